@@ -1,0 +1,193 @@
+"""The `sumtune` command: sub-commands -> configuration -> the modules that do the work.
+No logic of its own; every user-facing failure is one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from sumtune.config import METHODS, PRECISIONS
+from sumtune.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _add_train_flags(p: argparse.ArgumentParser, method_required: bool) -> None:
+    p.add_argument("--method", choices=METHODS, required=method_required, help="fine-tuning method")
+    p.add_argument("--config", help="YAML preset (see configs/)")
+    p.add_argument("--model", help="hub name (e.g. EleutherAI/gpt-neo-125m) or local model directory")
+    p.add_argument("--data", help="Kaggle CNN/DM dir | FILE.csv/.jsonl | hf:NAME[:CONFIG]")
+    p.add_argument("--output-dir", help="run directory to write")
+    p.add_argument("--epochs", type=_positive_int)
+    p.add_argument("--max-steps", type=_positive_int, help="optimizer steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=_positive_int, help="micro-batch per process")
+    p.add_argument("--grad-accum", type=_positive_int, help="micro-batches per optimizer step")
+    p.add_argument("--lr", type=_float)
+    p.add_argument("--max-length", type=_positive_int, help="prompt + summary tokens (default 1024)")
+    p.add_argument("--max-train-samples", type=_positive_int)
+    p.add_argument("--max-eval-samples", type=_positive_int)
+    p.add_argument("--precision", choices=PRECISIONS)
+    p.add_argument("--seed", type=_positive_int)
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set method.r=16 (repeatable)")
+
+
+def _flags(a: argparse.Namespace) -> dict:
+    return {
+        "method.name": getattr(a, "method", None), "model.name": a.model, "data.source": a.data,
+        "output_dir": a.output_dir, "train.epochs": a.epochs, "train.max_steps": a.max_steps,
+        "train.batch_size": a.batch_size, "train.grad_accum": a.grad_accum, "train.lr": a.lr,
+        "data.max_length": a.max_length, "data.max_train_samples": a.max_train_samples,
+        "data.max_eval_samples": a.max_eval_samples, "train.precision": a.precision, "train.seed": a.seed,
+    }
+
+
+def _add_eval_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--num-beams", type=_positive_int)
+    p.add_argument("--max-new-tokens", type=_positive_int)
+    p.add_argument("--no-repeat-ngram-size", type=_positive_int)
+    p.add_argument("--length-penalty", type=_float)
+
+
+def _eval_overrides(a: argparse.Namespace) -> dict:
+    return {k: v for k, v in {
+        "batch_size": a.batch_size, "num_beams": a.num_beams, "max_new_tokens": a.max_new_tokens,
+        "no_repeat_ngram_size": a.no_repeat_ngram_size, "length_penalty": a.length_penalty,
+    }.items() if v is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="sumtune", description="Fine-tune GPT-style models for news summarization and compare methods.")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train one method; writes a run directory")
+    _add_train_flags(p, method_required=False)
+    p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last checkpoint")
+
+    p = sub.add_parser("evaluate", help="loss + ROUGE of generated summaries for a run")
+    p.add_argument("run_dir")
+    p.add_argument("--split", choices=("validation", "test"), default="test")
+    p.add_argument("--limit", type=_positive_int, help="first N examples only")
+    _add_eval_flags(p)
+
+    p = sub.add_parser("summarize", help="print a summary of a text with a trained run")
+    p.add_argument("run_dir")
+    p.add_argument("file", nargs="?", default="-", help="text file, or - for stdin (default)")
+    _add_eval_flags(p)
+
+    p = sub.add_parser("compare", help="table + plots comparing runs")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--output", help="directory for compare.md/json and plots (default: common parent)")
+
+    p = sub.add_parser("experiment", help="train, evaluate and compare every method on the same data")
+    _add_train_flags(p, method_required=False)
+    p.add_argument("--with-full", action="store_true", help="include full fine-tuning")
+    p.add_argument("--sweep-lr", action="store_true", help="short runs over a small lr grid per method first")
+    p.add_argument("--eval-limit", type=_positive_int, help="evaluate on the first N test examples")
+
+    p = sub.add_parser("demo", help="the experiment on a tiny offline model and bundled data (minutes, no internet)")
+    p.add_argument("--output-dir", default="demo_runs")
+
+    p = sub.add_parser("export", help="write a plain Hugging Face model directory from a run")
+    p.add_argument("run_dir")
+    p.add_argument("out_dir")
+
+    p = sub.add_parser("download", help="fetch data or a model (needs internet)")
+    dsub = p.add_subparsers(dest="what", required=True, parser_class=_Parser)
+    d = dsub.add_parser("data", help="CNN/DailyMail from Kaggle (kagglehub) or the Hugging Face Hub")
+    d.add_argument("--source", choices=("kaggle", "hf"), default="hf")
+    d.add_argument("--name", help="dataset handle (default gowrishankarp/newspaper-text-summarization-cnn-dailymail "
+                                  "for kaggle, abisee/cnn_dailymail:3.0.0 for hf)")
+    d.add_argument("--out", required=True, help="directory to write train/validation/test.csv")
+    m = dsub.add_parser("model", help="a model from the Hugging Face Hub into a local directory")
+    m.add_argument("name")
+    m.add_argument("--out", help="directory (default: ./models/<name>)")
+    return ap
+
+
+def _run(a: argparse.Namespace) -> int:
+    if a.command == "train":
+        from sumtune.config import build_config
+        from sumtune.train import train
+
+        cfg = build_config(a.config, _flags(a), a.sets)
+        train(cfg, resume=a.resume)
+    elif a.command == "evaluate":
+        from sumtune.evaluate import evaluate_run
+
+        evaluate_run(a.run_dir, split=a.split, limit=a.limit, overrides=_eval_overrides(a))
+    elif a.command == "summarize":
+        from sumtune.evaluate import summarize_file
+
+        print(summarize_file(a.run_dir, a.file, overrides=_eval_overrides(a)))
+    elif a.command == "compare":
+        from sumtune.report import compare_runs
+
+        compare_runs(a.run_dirs, a.output)
+    elif a.command == "experiment":
+        from sumtune.config import build_config
+        from sumtune.experiment import run_experiment
+
+        cfg = build_config(a.config, _flags(a), a.sets)
+        run_experiment(cfg, with_full=a.with_full, sweep_lr=a.sweep_lr, eval_limit=a.eval_limit)
+    elif a.command == "demo":
+        from sumtune.experiment import run_demo
+
+        run_demo(a.output_dir)
+    elif a.command == "export":
+        from sumtune.export import export_run
+
+        export_run(a.run_dir, a.out_dir)
+    elif a.command == "download":
+        from sumtune import download
+
+        if a.what == "data":
+            download.download_data(a.source, a.name, a.out)
+        else:
+            download.download_model(a.name, a.out)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    for noisy in ("httpx", "urllib3", "filelock", "fsspec", "datasets", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return _run(args)
+    except UserError as e:
+        print(f"sumtune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sumtune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

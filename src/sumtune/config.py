@@ -1,0 +1,321 @@
+"""Configuration: dataclasses with the classic recipe as defaults, YAML presets,
+`--set key=value` overrides and validation.
+
+Precedence: defaults < `--config FILE` < explicit CLI flags < `--set key=value`.
+Every error names the key and the valid choices, in one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from sumtune.errors import UserError
+
+METHODS = ("zero_shot", "prompt_tuning", "lora", "last_layers", "full")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "EleutherAI/gpt-neo-125m"  # hub name or local directory
+    attention: Literal["auto", "sdpa", "eager"] = "auto"  # auto: our SDPA path where it is exact
+
+
+@dataclass
+class DataConfig:
+    source: str = ""  # Kaggle CNN/DM dir | file.csv/.jsonl | hf:NAME[:CONFIG]
+    article_column: str = "article"
+    summary_column: str = "highlights"
+    id_column: str = "id"
+    val_ratio: float = 0.1  # only for a single-file source
+    test_ratio: float = 0.1
+    max_train_samples: int = 0  # 0 = all
+    max_eval_samples: int = 0  # validation and test; 0 = all
+    max_length: int = 1024  # prompt + separator + summary + EOS
+    max_summary_length: int = 128
+    separator: str = "\nTL;DR:\n"
+    clean: bool = True
+    num_proc: int = 2
+    group_by_length: bool = False
+
+
+@dataclass
+class MethodConfig:
+    name: Literal["zero_shot", "prompt_tuning", "lora", "last_layers", "full"] = "lora"
+    # prompt_tuning
+    n_tokens: int = 20
+    init_text: str = "SUMMARIZE the following news article in a few sentences:"
+    init_random: bool = False  # init from random vocabulary embeddings instead
+    # lora
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=list)  # empty = all attention + MLP linears
+    # last_layers
+    last_k_blocks: int = 0
+    train_final_norm: bool = False
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    max_steps: int = 0  # optimizer steps; 0 = run the epochs
+    batch_size: int = 4  # per process, per micro-batch
+    grad_accum: int = 8
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    max_grad_norm: float = 1.0
+    patience: int = 2
+    eval_steps: int = 0  # 0 = validate at each epoch end only
+    save_steps: int = 0  # 0 = checkpoint at each epoch end only
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    seed: int = 42
+    tensorboard: bool = False
+    fast: bool = True  # our measured fast paths; false = plain reference path
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 8
+    num_beams: int = 1
+    max_new_tokens: int = 128
+    no_repeat_ngram_size: int = 0
+    length_penalty: float = 1.0
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output_dir: str = "runs/run"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Ranges checked after every merge: key -> (predicate, description of valid values)
+_RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+    "data.val_ratio": (lambda v: 0 < v < 1, "a number in (0, 1)"),
+    "data.test_ratio": (lambda v: 0 < v < 1, "a number in (0, 1)"),
+    "data.max_train_samples": (lambda v: v >= 0, "an integer >= 0 (0 = all)"),
+    "data.max_eval_samples": (lambda v: v >= 0, "an integer >= 0 (0 = all)"),
+    "data.max_length": (lambda v: v >= 16, "an integer >= 16"),
+    "data.max_summary_length": (lambda v: v >= 1, "an integer >= 1"),
+    "data.num_proc": (lambda v: v >= 1, "an integer >= 1"),
+    "method.n_tokens": (lambda v: v >= 1, "an integer >= 1"),
+    "method.r": (lambda v: v >= 1, "an integer >= 1"),
+    "method.alpha": (lambda v: v >= 1, "an integer >= 1"),
+    "method.dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "method.last_k_blocks": (lambda v: v >= 0, "an integer >= 0"),
+    "train.epochs": (lambda v: v >= 1, "an integer >= 1"),
+    "train.max_steps": (lambda v: v >= 0, "an integer >= 0 (0 = run the epochs)"),
+    "train.batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "train.grad_accum": (lambda v: v >= 1, "an integer >= 1"),
+    "train.lr": (lambda v: 0 < v < 10, "a number in (0, 10)"),
+    "train.weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    "train.warmup_ratio": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "train.max_grad_norm": (lambda v: v > 0, "a number > 0"),
+    "train.patience": (lambda v: v >= 1, "an integer >= 1"),
+    "train.eval_steps": (lambda v: v >= 0, "an integer >= 0"),
+    "train.save_steps": (lambda v: v >= 0, "an integer >= 0"),
+    "eval.batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "eval.num_beams": (lambda v: v >= 1, "an integer >= 1"),
+    "eval.max_new_tokens": (lambda v: v >= 1, "an integer >= 1"),
+    "eval.no_repeat_ngram_size": (lambda v: v >= 0, "an integer >= 0"),
+}
+
+
+def _fields(obj: Any) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(obj)}
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(hint)))
+    if typing.get_origin(hint) in (list, typing.List):  # noqa: UP006
+        return "a comma-separated list"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        hint, str(hint)
+    )
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Convert a YAML or command-line value to the field's type, or fail naming the key."""
+    bad = UserError(f"config key '{key}': got {value!r}, expected {_describe(hint)}")
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise bad
+        return value
+    if origin in (list, typing.List):  # noqa: UP006
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise bad
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise bad
+    if hint is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if hint is float:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    raise bad
+
+
+def set_key(cfg: Config, key: str, value: Any) -> None:
+    """Set a dotted key (`train.lr`) on the config, coercing and checking its type."""
+    parts = key.split(".")
+    obj: Any = cfg
+    for i, part in enumerate(parts):
+        fields = _fields(obj)
+        if part not in fields:
+            prefix = ".".join(parts[:i])
+            valid = ", ".join(f"{prefix + '.' if prefix else ''}{n}" for n in fields)
+            raise UserError(f"unknown config key '{key}'; valid keys here: {valid}")
+        if i == len(parts) - 1:
+            hint = _type_hints(type(obj))[part]
+            if dataclasses.is_dataclass(hint):
+                raise UserError(f"config key '{key}' is a section; set one of its keys, e.g. '{key}.<name>'")
+            setattr(obj, part, _coerce(key, value, hint))
+        else:
+            obj = getattr(obj, part)
+            if not dataclasses.is_dataclass(obj):
+                raise UserError(f"config key '{'.'.join(parts[: i + 1])}' is not a section")
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {p} must hold a mapping of sections (model, data, method, train, eval)")
+    return data
+
+
+def parse_set(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise UserError(f"--set expects key=value (e.g. train.lr=1e-4), got {item!r}")
+    key, value = item.split("=", 1)
+    return key.strip(), value
+
+
+def validate(cfg: Config) -> Config:
+    for key, (ok, desc) in _RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not ok(value):
+            raise UserError(f"config key '{key}': got {value!r}, expected {desc}")
+    if cfg.data.val_ratio + cfg.data.test_ratio >= 1:
+        raise UserError("config keys 'data.val_ratio' + 'data.test_ratio' must be < 1")
+    if cfg.data.max_summary_length + 8 > cfg.data.max_length:
+        raise UserError(
+            f"config key 'data.max_summary_length' ({cfg.data.max_summary_length}) leaves no room for "
+            f"the article within 'data.max_length' ({cfg.data.max_length}); lower it or raise max_length"
+        )
+    return cfg
+
+
+def build_config(
+    config_file: str | None = None,
+    flags: dict[str, Any] | None = None,
+    sets: list[str] | None = None,
+) -> Config:
+    """Resolve the configuration: defaults < file < flags (dotted keys, None = unset) < --set."""
+    cfg = Config()
+    if config_file:
+        for key, value in _flatten(load_yaml(config_file)).items():
+            set_key(cfg, key, value)
+    for key, value in (flags or {}).items():
+        if value is not None:
+            set_key(cfg, key, value)
+    for item in sets or []:
+        key, value = parse_set(item)
+        set_key(cfg, key, yaml.safe_load(value) if value.strip() else value)
+    return validate(cfg)
+
+
+def config_from_dict(d: dict[str, Any]) -> Config:
+    """Rebuild a Config from a run's config.yaml."""
+    cfg = Config()
+    for key, value in _flatten(d).items():
+        set_key(cfg, key, value)
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from sumtune.checkpoint import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    p = Path(run_dir) / "config.yaml"
+    if not p.is_file():
+        raise UserError(f"{run_dir} is not a sumtune run directory (no config.yaml); pass the --output-dir of a train run")
+    return config_from_dict(load_yaml(p))
+
+
+__all__ = [
+    "Config", "ModelConfig", "DataConfig", "MethodConfig", "TrainConfig", "EvalConfig",
+    "METHODS", "PRECISIONS", "build_config", "config_from_dict", "save_config", "load_run_config",
+    "set_key", "validate",
+]

@@ -1,0 +1,122 @@
+"""Load the base model and tokenizer (hub name or local directory), describe it
+(a fingerprint that runs record), and pick the compute precision."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from sumtune.errors import UserError
+
+
+def _is_offline_error(e: BaseException) -> bool:
+    text = f"{type(e).__name__} {e}".lower()
+    return any(
+        s in text
+        for s in ("offline", "connection", "resolve", "max retries", "network", "timed out", "couldn't connect",
+                  "cannot find the requested files", "localentrynotfound", "we couldn't connect")
+    )
+
+
+def _check_name(name: str) -> None:
+    looks_local = name.startswith((".", "/", "~")) or os.sep in name.strip("/").split("/", 1)[-1] or Path(name).exists()
+    if looks_local and not Path(name).expanduser().is_dir():
+        raise UserError(f"model path does not exist: {name}; pass a directory with config.json or a hub name like EleutherAI/gpt-neo-125m")
+    if Path(name).is_dir() and not (Path(name) / "config.json").is_file():
+        raise UserError(f"{name} is not a model directory (no config.json); pass a Hugging Face model directory")
+
+
+def load_tokenizer(name: str):
+    """The tokenizer, with a pad token (EOS) set when it has none."""
+    from transformers import AutoTokenizer
+
+    _check_name(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+    except Exception as e:  # noqa: BLE001 - turned into one clear line
+        raise _load_error(name, "tokenizer", e) from None
+    if tok.eos_token is None:
+        raise UserError(f"tokenizer of {name} has no EOS token; sumtune needs one to end summaries")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name: str, dtype: torch.dtype = torch.float32):
+    """The base causal LM in `dtype` (fp32 by default: master weights for training)."""
+    from transformers import AutoModelForCausalLM
+
+    _check_name(name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+    except Exception as e:  # noqa: BLE001
+        raise _load_error(name, "model", e) from None
+    return model
+
+
+def _load_error(name: str, what: str, e: BaseException) -> UserError:
+    if _is_offline_error(e) and not Path(name).is_dir():
+        return UserError(
+            f"cannot download {what} '{name}' (no internet or not on the Hub); "
+            f"run `sumtune download model {name}` where you have internet, or pass a local directory with --model DIR"
+        )
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return UserError(f"cannot load {what} from '{name}': {first}")
+
+
+def fingerprint(name: str, model) -> dict:
+    """What identifies a base model: its name/path, a hash of its config, and of its
+    weight files' names and sizes (cheap, catches a swapped checkpoint)."""
+    cfg = model.config.to_dict()
+    for k in ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "_attn_implementation_autoset",
+              "_attn_implementation", "architectures", "use_cache", "pad_token_id"):
+        cfg.pop(k, None)
+    cfg_hash = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    files = []
+    p = Path(name)
+    if p.is_dir():
+        files = sorted((f.name, f.stat().st_size) for f in p.iterdir() if f.suffix in (".safetensors", ".bin"))
+    shapes = sorted((k, tuple(v.shape)) for k, v in model.state_dict().items())
+    w_hash = hashlib.sha256(json.dumps([files, shapes]).encode()).hexdigest()[:16]
+    return {"name": name, "config_sha": cfg_hash, "weights_sha": w_hash, "model_type": model.config.model_type}
+
+
+def count_params(model) -> tuple[int, int]:
+    """(trainable, total) parameters, counting shared tensors once."""
+    seen: set[int] = set()
+    trainable = total = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+    return trainable, total
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto -> bf16 where the hardware runs it (CUDA with bf16, or a CPU with AMX/AVX512-BF16), else fp32."""
+    if precision != "auto":
+        if precision == "fp16" and device.type != "cuda":
+            raise UserError("precision fp16 needs a CUDA GPU (it uses a grad scaler); use bf16 or fp32 on CPU")
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if _cpu_has_fast_bf16() else "fp32"
+
+
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
