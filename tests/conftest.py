@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# datasets' cache goes to a throwaway directory, never the user's ~/.cache
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="sumtune-test-hf-"))
+
+import torch  # noqa: E402
+
+# Tiny models on 2 shared cores: one intra-op thread is several times faster.
+torch.set_num_threads(1)
 
 from sumtune.tiny import build_tiny_model, synthetic_news  # noqa: E402
 

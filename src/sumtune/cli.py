@@ -133,9 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(a: argparse.Namespace) -> int:
     if a.command == "train":
         from sumtune.config import build_config
-        from sumtune.train import train
 
         cfg = build_config(a.config, _flags(a), a.sets)
+        from sumtune.train import train
+
         train(cfg, resume=a.resume)
     elif a.command == "evaluate":
         from sumtune.evaluate import evaluate_run
@@ -151,9 +152,10 @@ def _run(a: argparse.Namespace) -> int:
         compare_runs(a.run_dirs, a.output)
     elif a.command == "experiment":
         from sumtune.config import build_config
-        from sumtune.experiment import run_experiment
 
         cfg = build_config(a.config, _flags(a), a.sets)
+        from sumtune.experiment import run_experiment
+
         run_experiment(cfg, with_full=a.with_full, sweep_lr=a.sweep_lr, eval_limit=a.eval_limit)
     elif a.command == "demo":
         from sumtune.experiment import run_demo
@@ -173,12 +175,28 @@ def _run(a: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_progress(verbose: bool) -> None:
+    """datasets' per-map progress bars only with --verbose."""
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "0" if verbose else "1"
+    if "datasets" in sys.modules:  # already imported (read at import time otherwise)
+        import datasets
+
+        if verbose:
+            datasets.enable_progress_bars()
+        else:
+            datasets.disable_progress_bars()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad flag (2, message already printed)
+        return e.code if isinstance(e.code, int) else 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     for noisy in ("httpx", "urllib3", "filelock", "fsspec", "datasets", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _quiet_progress(args.verbose)
     try:
         return _run(args)
     except UserError as e:

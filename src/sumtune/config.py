@@ -37,6 +37,7 @@ class DataConfig:
     test_ratio: float = 0.1
     max_train_samples: int = 0  # 0 = all
     max_eval_samples: int = 0  # validation and test; 0 = all
+    max_test_samples: int = 0  # test only, when > 0 (else max_eval_samples applies)
     max_length: int = 1024  # prompt + separator + summary + EOS
     max_summary_length: int = 128
     separator: str = "\nTL;DR:\n"
@@ -110,6 +111,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.test_ratio": (lambda v: 0 < v < 1, "a number in (0, 1)"),
     "data.max_train_samples": (lambda v: v >= 0, "an integer >= 0 (0 = all)"),
     "data.max_eval_samples": (lambda v: v >= 0, "an integer >= 0 (0 = all)"),
+    "data.max_test_samples": (lambda v: v >= 0, "an integer >= 0 (0 = as max_eval_samples)"),
     "data.max_length": (lambda v: v >= 16, "an integer >= 16"),
     "data.max_summary_length": (lambda v: v >= 1, "an integer >= 1"),
     "data.num_proc": (lambda v: v >= 1, "an integer >= 1"),
@@ -206,8 +208,12 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     raise bad
 
 
-def set_key(cfg: Config, key: str, value: Any) -> None:
-    """Set a dotted key (`train.lr`) on the config, coercing and checking its type."""
+def set_key(cfg: Config, key: str, value: Any, text: bool = False) -> None:
+    """Set a dotted key (`train.lr`) on the config, coercing and checking its type.
+
+    With ``text`` the value is a command-line string (``--set``): it is taken as written,
+    except a quoted string or a ``[list]``, which are read as YAML (for escapes like ``\\n``).
+    """
     parts = key.split(".")
     obj: Any = cfg
     for i, part in enumerate(parts):
@@ -219,12 +225,25 @@ def set_key(cfg: Config, key: str, value: Any) -> None:
         if i == len(parts) - 1:
             hint = _type_hints(type(obj))[part]
             if dataclasses.is_dataclass(hint):
+                if value is None:  # an empty section in a YAML file
+                    return
                 raise UserError(f"config key '{key}' is a section; set one of its keys, e.g. '{key}.<name>'")
-            setattr(obj, part, _coerce(key, value, hint))
+            setattr(obj, part, _coerce(key, _from_text(key, value, hint) if text else value, hint))
         else:
             obj = getattr(obj, part)
             if not dataclasses.is_dataclass(obj):
                 raise UserError(f"config key '{'.'.join(parts[: i + 1])}' is not a section")
+
+
+def _from_text(key: str, text: str, hint: Any) -> Any:
+    t = text.strip()
+    quoted = hint is str and len(t) >= 2 and t[0] == t[-1] and t[0] in "\"'"
+    if quoted or (typing.get_origin(hint) in (list, typing.List) and t.startswith("[")):  # noqa: UP006
+        try:
+            return yaml.safe_load(t)
+        except yaml.YAMLError:
+            raise UserError(f"config key '{key}': cannot parse {text!r}; expected {_describe(hint)}") from None
+    return text if hint is str else t
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -289,7 +308,7 @@ def build_config(
             set_key(cfg, key, value)
     for item in sets or []:
         key, value = parse_set(item)
-        set_key(cfg, key, yaml.safe_load(value) if value.strip() else value)
+        set_key(cfg, key, value, text=True)
     return validate(cfg)
 
 

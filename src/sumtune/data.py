@@ -12,9 +12,13 @@ explicit fingerprints, so a re-run reuses the cache instead of re-tokenising.
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import hashlib
+import json
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,31 +33,34 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 _KAGGLE_FILES = {s: f"{s}.csv" for s in SPLITS}
+# Below this many rows, starting worker processes costs more than it saves.
+MIN_PARALLEL_ROWS = 2000
 
 # --- cleaning ---------------------------------------------------------------
 
-# Daily Mail bylines/timestamps at the start of an article:
+# Daily Mail articles open with a byline and time stamps, e.g.
 #   "By . Associated Press . PUBLISHED: . 14:03 EST, 3 May 2013 . | . UPDATED: . 14:04 EST, 3 May 2013 . "
-_DM_HEADER = re.compile(
-    r"^\s*(?:By \. [^.]{1,80}? \. )?(?:(?:and|and \.) [^.]{1,80}? \. )*"
-    r"(?:(?:PUBLISHED|UPDATED): \. \d{1,2}:\d{2} EST, \d{1,2} \w+ \d{4} \. (?:\| \. )?)+"
+#   "By . Sarah Griffiths . Last updated at 5:03 PM on 15th October 2011 . "
+# The author segment holds no full stop, so a body sentence is never taken for it.
+_DM_BYLINE = re.compile(r"^By \. [A-Z][^.]{0,79}? \. (?:and \. [A-Z][^.]{0,79}? \. )?")
+_DM_STAMPS = re.compile(
+    r"^(?:(?:(?:PUBLISHED|UPDATED): \. \d{1,2}:\d{2} [A-Z]{3}, \d{1,2} [A-Z][a-z]+ \d{4} \. (?:\| \. )?)+"
+    r"|Last updated at \d{1,2}:\d{2} [AP]M on \d{1,2}(?:st|nd|rd|th)? [A-Z][a-z]+ \d{4} \. )"
 )
-_DM_BYLINE = re.compile(r"^\s*By \. [^.]{1,80}? \. (?:(?:and \. )?[^.]{1,60}? \. ){0,2}(?=[A-Z\"'(])")
-_LAST_UPDATED = re.compile(r"^\s*Last updated at \d{1,2}:\d{2} [AP]M on \d{1,2}\w{0,2} \w+ \d{4} \. ")
-_CNN_TAG = re.compile(r"^(.{0,80}?)\(CNN\)\s*(?:--\s*)?")
+_DM_VIDEO = re.compile(r"\bScroll down for (?:the )?videos? \.\s*")
+# "WASHINGTON (CNN) -- ", "LONDON, England (CNN) -- ", "(CNN)": capitalised dateline words only.
+_CNN_TAG = re.compile(r"^((?:[A-Z][\w.'-]*)(?:,? [A-Z][\w.'-]*){0,5} )?\(CNN\)\s*(?:--\s*)?")
 _SPACES = re.compile(r"[ \t\r\f\v\u00a0]+")
 
 
 def clean_article(text: str) -> str:
     """Collapse whitespace and strip CNN/DM boilerplate that is safe to remove (Daily Mail
-    bylines and PUBLISHED/UPDATED stamps, "Last updated at ...", the "(CNN) --" tag);
+    bylines, PUBLISHED/UPDATED stamps, "Scroll down for video", the "(CNN) --" tag);
     case and punctuation are kept."""
     text = _SPACES.sub(" ", text.replace("\n", " ")).strip()
-    for pattern in (_DM_HEADER, _LAST_UPDATED):
-        text = pattern.sub("", text, count=1)
-    if _DM_BYLINE.match(text):
-        text = _DM_BYLINE.sub("", text, count=1)
-    text = _CNN_TAG.sub(lambda m: f"{m.group(1).strip()} -- " if m.group(1).strip() else "", text, count=1)
+    text = _DM_STAMPS.sub("", _DM_BYLINE.sub("", text, count=1), count=1)
+    text = _DM_VIDEO.sub("", text)
+    text = _CNN_TAG.sub(lambda m: f"{m.group(1).strip()} -- " if m.group(1) else "", text, count=1)
     return text.strip()
 
 
@@ -63,12 +70,28 @@ def clean_summary(text: str) -> str:
     return "\n".join(line for line in lines if line)
 
 
-# --- sources ----------------------------------------------------------------
+# --- reading sources --------------------------------------------------------
 
 
 def _first_line(e: BaseException) -> str:
     s = str(e).strip()
     return s.splitlines()[0] if s else type(e).__name__
+
+
+def _hash(*parts: Any) -> str:
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
+
+
+@contextlib.contextmanager
+def _datasets_quiet() -> Iterator[None]:
+    """datasets logs read failures at ERROR on stderr; we report them as one UserError instead."""
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _find_bad_utf8(path: Path) -> int | None:
@@ -90,189 +113,302 @@ def _find_bad_utf8(path: Path) -> int | None:
     return line if tail else None
 
 
-def _load_files(kind: str, files: dict[str, str]):
-    import datasets
+def _utf8_error(path: Path) -> UserError | None:
+    bad = _find_bad_utf8(path)
+    if bad is None:
+        return None
+    return UserError(
+        f"{path}, line {bad}: not valid UTF-8; re-encode the file as UTF-8 "
+        f"(e.g. iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix})"
+    )
 
-    for f in files.values():
-        p = Path(f)
-        if p.stat().st_size == 0:
-            raise UserError(f"{p}: file is empty; it needs a header row and examples")
+
+def _csv_header(path: Path) -> list[str]:
+    """The CSV's column names; fails on an empty, header-only or undecodable file."""
+    with open(path, "rb") as f:
+        first = f.readline()
+        has_row = any(line.strip() for line in f)
+    if not first.strip():
+        raise UserError(f"{path}: file is empty; it needs a header row and examples")
     try:
-        return datasets.load_dataset(kind, data_files=files)
-    except Exception as e:  # noqa: BLE001 - turned into one line naming the file
-        text = f"{type(e).__name__}: {e} {e.__cause__ or ''} {e.__context__ or ''}"
-        if "utf-8" in text.lower() or "codec" in text.lower() or "unicode" in text.lower():
-            for f in files.values():
-                bad = _find_bad_utf8(Path(f))
-                if bad is not None:
-                    raise UserError(
-                        f"{f}, line {bad}: not valid UTF-8; re-encode the file as UTF-8 "
-                        f"(e.g. iconv -f latin1 -t utf-8 {Path(f).name} > fixed.{kind})"
-                    ) from None
-        if "empty" in text.lower() or "no columns" in text.lower():
-            raise UserError(f"{', '.join(files.values())}: no data (empty file or header only)") from None
-        raise UserError(f"cannot read {', '.join(files.values())} as {kind}: {_first_line(e)}") from None
+        header = next(csv.reader([first.decode("utf-8-sig")]))
+    except UnicodeDecodeError:
+        raise _utf8_error(path) or UserError(f"{path}, line 1: not valid UTF-8") from None
+    if not has_row:
+        raise UserError(f"{path}: header only ({', '.join(header)}), no examples")
+    return [c or f"column{i}" for i, c in enumerate(header)]
 
 
-def _read_source(cfg: DataConfig, seed: int):
-    """Raw DatasetDict with train/validation/test, original column names."""
+def _load_file(path: Path, kind: str):
+    """One CSV/JSON(L) file as a memory-mapped Dataset; every failure is one line naming the file."""
     import datasets
 
+    kwargs: dict[str, Any] = {}
+    if kind == "csv":
+        # Every column as text: ids keep leading zeros, a chunk of empty cells cannot change a column's type.
+        cols = _csv_header(path)
+        kwargs = {"column_names": cols, "header": 0,
+                  "features": datasets.Features({c: datasets.Value("string") for c in cols})}
+    else:
+        if not _has_content(path):
+            raise UserError(f"{path}: file is empty; it needs one JSON object per line")
+        # pyarrow's JSON reader does not check UTF-8; bad bytes would only fail later, mid-training.
+        err = _utf8_error(path)
+        if err is not None:
+            raise err
+    try:
+        with _datasets_quiet():
+            return datasets.load_dataset(kind, data_files={"train": str(path)}, split="train", **kwargs)
+    except Exception as e:  # noqa: BLE001 - turned into one line naming the file
+        chain = f"{e!r} {e.__cause__!r} {e.__context__!r}".lower()
+        if "utf-8" in chain or "unicode" in chain:
+            err = _utf8_error(path)
+            if err is not None:
+                raise err from None
+        if "corresponds to no data" in chain or "no columns" in chain:
+            raise UserError(f"{path}: no examples in the file") from None
+        cause = e.__cause__ or e
+        raise UserError(f"cannot read {path} as {kind}: {_first_line(cause)}") from None
+
+
+def _has_content(path: Path) -> bool:
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 16):
+            if chunk.strip():
+                return True
+    return False
+
+
+def _check_columns(ds, where: str, cfg: DataConfig) -> None:
+    cols = ds.column_names
+    missing = [c for c in (cfg.article_column, cfg.summary_column) if c not in cols]
+    if missing:
+        raise UserError(
+            f"{where}: missing column(s) {', '.join(missing)}; found {', '.join(cols) or 'none'}; "
+            "name yours with --set data.article_column=NAME --set data.summary_column=NAME"
+        )
+    if len(ds) == 0:
+        raise UserError(f"{where}: no examples")
+
+
+def _with_ids(ds, cfg: DataConfig):
+    """Give rows without an id column their row number (before any split or subset)."""
+    if cfg.id_column in ds.column_names:
+        return ds
+    ids = [str(i) for i in range(len(ds))]
+    return ds.add_column(cfg.id_column, ids, new_fingerprint=_hash(ds._fingerprint, "row-ids", cfg.id_column))
+
+
+def _read_source(cfg: DataConfig, seed: int) -> dict[str, Any]:
+    """{"train", "validation", "test"} -> raw Dataset with the configured columns (and an id)."""
     src = cfg.source.strip()
     if not src:
-        raise UserError("no data source; pass --data DIR|FILE.csv|FILE.jsonl|hf:NAME[:CONFIG] (or `sumtune demo`)")
+        raise UserError("no data source; pass --data DIR|FILE.csv|FILE.jsonl|hf:NAME[:CONFIG]")
     if src.startswith("hf:"):
-        name, _, conf = src[3:].partition(":")
-        try:
-            raw = datasets.load_dataset(name, conf or None)
-        except Exception as e:  # noqa: BLE001
-            raise UserError(
-                f"cannot load dataset '{name}' from the Hugging Face Hub ({_first_line(e)[:160]}); offline, run "
-                "`sumtune download data` where you have internet and pass the directory with --data DIR"
-            ) from None
-        return _ensure_splits(datasets.DatasetDict(raw), cfg, seed)
+        return _read_hub(src, cfg, seed)
     path = Path(src).expanduser()
     if not path.exists():
         raise UserError(f"data path does not exist: {src}; pass a Kaggle CNN/DM directory, a .csv/.jsonl file or hf:NAME")
     if path.is_dir():
         missing = [f for f in _KAGGLE_FILES.values() if not (path / f).is_file()]
         if len(missing) == len(_KAGGLE_FILES):
-            raise UserError(f"{src} is not a dataset directory: expected train.csv, validation.csv and test.csv (Kaggle CNN/DM layout)")
+            raise UserError(
+                f"{src} is not a dataset directory: expected train.csv, validation.csv and test.csv "
+                "(Kaggle CNN/DM layout), or pass one .csv/.jsonl file"
+            )
         if missing:
             raise UserError(f"{src}: missing {', '.join(missing)}; a Kaggle CNN/DM directory has train.csv, validation.csv, test.csv")
-        return _load_files("csv", {s: str(path / f) for s, f in _KAGGLE_FILES.items()})
+        raw = {}
+        for split, name in _KAGGLE_FILES.items():
+            ds = _load_file(path / name, "csv")
+            _check_columns(ds, str(path / name), cfg)
+            raw[split] = _with_ids(ds, cfg)
+        return raw
     kind = {".csv": "csv", ".jsonl": "json", ".json": "json"}.get(path.suffix.lower())
     if kind is None:
         raise UserError(f"{src} is not a dataset: use a .csv or .jsonl file, a Kaggle CNN/DM directory or hf:NAME")
-    raw = _load_files(kind, {"train": str(path)})
-    return _ensure_splits(raw, cfg, seed)
+    ds = _load_file(path, kind)
+    _check_columns(ds, src, cfg)
+    return _split_missing({"train": _with_ids(ds, cfg)}, cfg, seed)
 
 
-def _ensure_splits(raw, cfg: DataConfig, seed: int):
-    """Split a single table by ratio (seeded) when validation/test are absent."""
+def _read_hub(src: str, cfg: DataConfig, seed: int) -> dict[str, Any]:
     import datasets
 
-    if all(s in raw for s in SPLITS):
-        return raw
+    name, _, conf = src[3:].partition(":")
+    try:
+        with _datasets_quiet():
+            raw = datasets.load_dataset(name, conf or None)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(
+            f"cannot load dataset '{name}' from the Hugging Face Hub ({_first_line(e)[:160]}); offline, run "
+            "`sumtune download data` where you have internet and pass the directory with --data DIR"
+        ) from None
     if "train" not in raw:
-        raise UserError(f"data source {cfg.source} has splits {list(raw)}; need 'train' (and optionally validation/test)")
+        raise UserError(f"{src} has splits {', '.join(raw)}; sumtune needs a 'train' split (validation/test optional)")
+    out = {}
+    for split in SPLITS:
+        if split in raw:
+            _check_columns(raw[split], f"{src} ({split})", cfg)
+            out[split] = _with_ids(raw[split], cfg)
+    return _split_missing(out, cfg, seed)
+
+
+def _split_missing(raw: dict[str, Any], cfg: DataConfig, seed: int) -> dict[str, Any]:
+    """Carve the missing validation/test splits out of train, by ratio, with the seed."""
+    missing = [s for s in ("validation", "test") if s not in raw]
+    if not missing:
+        return raw
     full = raw["train"]
-    if len(full) < 3:
-        raise UserError(f"{cfg.source}: only {len(full)} rows; need at least 3 to split train/validation/test")
-    holdout = cfg.val_ratio + cfg.test_ratio
-    a = full.train_test_split(test_size=holdout, seed=seed)
-    b = a["test"].train_test_split(test_size=cfg.test_ratio / holdout, seed=seed)
-    return datasets.DatasetDict(
-        train=a["train"], validation=raw.get("validation", b["train"]), test=raw.get("test", b["test"])
-    )
+    n = len(full)
+    sizes = {s: max(1, round(n * (cfg.val_ratio if s == "validation" else cfg.test_ratio))) for s in missing}
+    if n - sum(sizes.values()) < 1:
+        raise UserError(f"{cfg.source}: only {n} examples; too few to split into train/validation/test")
+    perm = np.random.default_rng([seed, 1]).permutation(n)
+    parts, start = {}, 0
+    for s in missing:
+        parts[s] = perm[start : start + sizes[s]]
+        start += sizes[s]
+    parts["train"] = perm[start:]
+    out = dict(raw)
+    for s, idx in parts.items():
+        key = _hash(full._fingerprint, "split", seed, cfg.val_ratio, cfg.test_ratio, tuple(missing), s)
+        out[s] = full.select(np.sort(idx), new_fingerprint=key)
+    return out
 
 
-def _subset(ds, n: int, seed: int):
-    return ds.shuffle(seed=seed).select(range(n)) if 0 < n < len(ds) else ds
+def _subset(ds, n: int, seed: int, split: str):
+    """A seeded subset of n rows kept in file order; a larger n yields a superset."""
+    if not 0 < n < len(ds):
+        return ds
+    idx = np.sort(np.random.default_rng([seed, SPLITS.index(split) + 2]).permutation(len(ds))[:n])
+    return ds.select(idx, new_fingerprint=_hash(ds._fingerprint, "subset", seed, n))
 
 
 def _standardise(ds, split: str, cfg: DataConfig):
-    """Rename to id/article/summary, clean, and drop rows with an empty article or summary."""
-    cols = ds.column_names
-    missing = [c for c in (cfg.article_column, cfg.summary_column) if c not in cols]
-    if missing:
-        raise UserError(
-            f"{cfg.source} ({split}): missing column(s) {', '.join(missing)}; found {', '.join(cols) or 'none'}; "
-            "set data.article_column / data.summary_column (--set data.article_column=NAME)"
-        )
-    has_id = cfg.id_column in cols
-    do_clean = cfg.clean
-    art_c, sum_c, id_c = cfg.article_column, cfg.summary_column, cfg.id_column
+    """Rename to id/article/summary, clean, and drop rows whose article or summary is empty."""
+    art_c, sum_c, id_c, do_clean = cfg.article_column, cfg.summary_column, cfg.id_column, cfg.clean
 
-    def fn(batch: dict[str, list], idx: list[int]) -> dict[str, list]:
-        arts, sums = batch[art_c], batch[sum_c]
-        ids = batch[id_c] if has_id else idx
-        out = {"id": [], "article": [], "summary": []}
-        for i, a, s in zip(ids, arts, sums):
+    def fn(batch: dict[str, list]) -> dict[str, list]:
+        out: dict[str, list] = {"id": [], "article": [], "summary": []}
+        for i, a, s in zip(batch[id_c], batch[art_c], batch[sum_c]):
             a = a if isinstance(a, str) else ""
             s = s if isinstance(s, str) else ""
             a, s = (clean_article(a), clean_summary(s)) if do_clean else (a.strip(), s.strip())
-            out["id"].append(str(i))
-            out["article"].append(a)
-            out["summary"].append(s)
+            if a and s:
+                out["id"].append(str(i))
+                out["article"].append(a)
+                out["summary"].append(s)
         return out
 
-    fp = _hash(ds._fingerprint, "standardise-v1", art_c, sum_c, id_c, has_id, do_clean)
-    ds = ds.map(fn, batched=True, with_indices=True, remove_columns=cols, new_fingerprint=fp,
-                num_proc=_procs(cfg, len(ds)), desc=f"cleaning {split}")
-    n0 = len(ds)
-    ds = ds.filter(lambda a, s: [bool(x) and bool(y) for x, y in zip(a, s)], input_columns=["article", "summary"],
-                   batched=True, new_fingerprint=_hash(fp, "nonempty"))
-    if len(ds) < n0:
-        log.warning("%s: skipped %d of %d rows with an empty or missing article/summary", split, n0 - len(ds), n0)
-    if len(ds) == 0:
-        raise UserError(f"{cfg.source}: split '{split}' has no usable rows (every article or summary is empty)")
-    return ds
+    fp = _hash(ds._fingerprint, "standardise-v2", art_c, sum_c, id_c, do_clean)
+    return ds.map(fn, batched=True, remove_columns=ds.column_names, new_fingerprint=fp,
+                  num_proc=_procs(cfg, len(ds)), desc=f"cleaning {split}")
 
 
 def load_splits(cfg: DataConfig, seed: int):
-    """Cleaned train/validation/test with columns id, article, summary; subsets are seeded."""
+    """Cleaned train/validation/test with columns id, article, summary (str); subsets are seeded.
+
+    ``max_train_samples`` limits train, ``max_eval_samples`` validation and test,
+    ``max_test_samples`` (when > 0) test instead. Rows with an empty article or summary
+    are skipped and counted in one log line; a split left empty is an error.
+    """
     import datasets
 
     raw = _read_source(cfg, seed)
-    out = {}
+    limits = {"train": cfg.max_train_samples, "validation": cfg.max_eval_samples,
+              "test": cfg.max_test_samples or cfg.max_eval_samples}
+    out, skipped = {}, {}
     for split in SPLITS:
-        n = cfg.max_train_samples if split == "train" else cfg.max_eval_samples
-        ds = raw[split]
-        if len(ds) == 0:
-            raise UserError(f"{cfg.source}: split '{split}' is empty (header only?)")
-        out[split] = _standardise(_subset(ds, n, seed), split, cfg)
+        ds = _subset(raw[split], limits[split], seed, split)
+        out[split] = _standardise(ds, split, cfg)
+        skipped[split] = len(ds) - len(out[split])
+        if len(out[split]) == 0:
+            raise UserError(
+                f"{cfg.source}: split '{split}' has no usable examples ({len(ds)} skipped: empty article or summary)"
+            )
+    if sum(skipped.values()):
+        log.warning("skipped %d examples with an empty or missing article/summary (%s)", sum(skipped.values()),
+                    ", ".join(f"{s} {n}" for s, n in skipped.items()))
     return datasets.DatasetDict(out)
 
 
 # --- tokenisation -----------------------------------------------------------
 
 
-def _hash(*parts: Any) -> str:
-    return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
-
-
 def _procs(cfg: DataConfig, n: int) -> int | None:
-    return cfg.num_proc if cfg.num_proc > 1 and n >= 2000 else None
+    return cfg.num_proc if cfg.num_proc > 1 and n >= MIN_PARALLEL_ROWS else None
 
 
 def tokenizer_id(tokenizer) -> str:
-    """A stable identity for cache fingerprints: vocabulary + special tokens."""
-    vocab = sorted(tokenizer.get_vocab().items())
-    return _hash(type(tokenizer).__name__, vocab[:50], len(vocab), tokenizer.eos_token, tokenizer.pad_token)
+    """A stable identity for cache fingerprints: the whole tokenizer definition
+    (vocabulary, merges, normalisation), not its transient padding/truncation state."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("padding", None)
+        spec.pop("truncation", None)
+        body = json.dumps(spec, sort_keys=True)
+    else:
+        body = repr(sorted(tokenizer.get_vocab().items()))
+    return _hash(type(tokenizer).__name__, body, tokenizer.eos_token_id)
 
 
 def _budget(tokenizer, cfg: DataConfig) -> tuple[list[int], int]:
+    """(separator ids, tokens left for article + target)."""
     sep = tokenizer(cfg.separator, add_special_tokens=False)["input_ids"]
-    return sep, cfg.max_length - len(sep)
+    room = cfg.max_length - len(sep)
+    if room < cfg.max_summary_length + 2:
+        raise UserError(
+            f"config key 'data.max_length' ({cfg.max_length}) leaves no room for an article next to the "
+            f"separator ({len(sep)} tokens) and 'data.max_summary_length' ({cfg.max_summary_length}) + EOS"
+        )
+    return sep, room
+
+
+def encode_batch(tokenizer, articles: list[str], summaries: list[str], cfg: DataConfig) -> dict[str, list]:
+    """Token examples: prompt = article (cut to fit) + separator; target = summary (cut only
+    beyond ``max_summary_length``) + EOS; labels are -100 on the prompt. One tokenizer call
+    per column, so the fast tokenizer encodes the batch in Rust."""
+    sep, room = _budget(tokenizer, cfg)
+    eos = tokenizer.eos_token_id
+    arts = tokenizer(list(articles), add_special_tokens=False)["input_ids"]
+    sums = tokenizer(list(summaries), add_special_tokens=False)["input_ids"]
+    out: dict[str, list] = {"input_ids": [], "labels": [], "n_target": []}
+    for art, summ in zip(arts, sums):
+        target = summ[: cfg.max_summary_length] + [eos]
+        prompt = art[: room - len(target)] + sep
+        out["input_ids"].append(prompt + target)
+        out["labels"].append([-100] * len(prompt) + target)
+        out["n_target"].append(len(target))
+    return out
 
 
 def encode_example(tokenizer, article: str, summary: str, cfg: DataConfig) -> dict[str, Any]:
-    """prompt = article (cut to fit) + separator; target = summary (cut only beyond its own budget) + EOS."""
-    sep, room = _budget(tokenizer, cfg)
-    target = tokenizer(summary, add_special_tokens=False)["input_ids"][: cfg.max_summary_length]
-    target = target + [tokenizer.eos_token_id]
-    art = tokenizer(article, add_special_tokens=False)["input_ids"][: max(room - len(target), 1)]
-    prompt = art + sep
-    return {"input_ids": prompt + target, "labels": [-100] * len(prompt) + target, "n_target": len(target)}
+    """One token example (see `encode_batch`)."""
+    return {k: v[0] for k, v in encode_batch(tokenizer, [article], [summary], cfg).items()}
 
 
 def encode_prompt(tokenizer, article: str, cfg: DataConfig) -> list[int]:
     """The generation input: the article cut to leave room for the longest summary, + separator."""
     sep, room = _budget(tokenizer, cfg)
-    art = tokenizer(article, add_special_tokens=False)["input_ids"][: max(room - cfg.max_summary_length - 1, 1)]
+    art = tokenizer(article, add_special_tokens=False)["input_ids"][: room - cfg.max_summary_length - 1]
     return art + sep
 
 
 def tokenize_splits(splits, tokenizer, cfg: DataConfig):
-    """Add input_ids, labels (-100 on the prompt) and n_target to every split (cached by fingerprint)."""
+    """Add input_ids, labels (-100 on the prompt) and n_target to every split.
+
+    Each ``map`` carries a fingerprint of (rows, tokenizer, lengths, separator), so a
+    re-run with the same inputs loads the cached Arrow file instead of tokenising again.
+    """
     import datasets
 
-    sig = _hash(tokenizer_id(tokenizer), cfg.max_length, cfg.max_summary_length, cfg.separator, "tok-v1")
+    _budget(tokenizer, cfg)  # fail here, not inside a worker process
+    sig = _hash(tokenizer_id(tokenizer), cfg.max_length, cfg.max_summary_length, cfg.separator, "tok-v2")
 
     def fn(batch: dict[str, list]) -> dict[str, list]:
-        rows = [encode_example(tokenizer, a, s, cfg) for a, s in zip(batch["article"], batch["summary"])]
-        return {k: [r[k] for r in rows] for k in ("input_ids", "labels", "n_target")}
+        return encode_batch(tokenizer, batch["article"], batch["summary"], cfg)
 
     return datasets.DatasetDict({
         split: ds.map(fn, batched=True, new_fingerprint=_hash(ds._fingerprint, sig),

@@ -52,7 +52,8 @@ def load_model(name: str, dtype: torch.dtype = torch.float32):
 
     _check_name(name)
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        # safetensors only: a pickled .bin is never loaded (it can run code)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, use_safetensors=True)
     except Exception as e:  # noqa: BLE001
         raise _load_error(name, "model", e) from None
     return model
@@ -65,6 +66,8 @@ def _load_error(name: str, what: str, e: BaseException) -> UserError:
             f"run `sumtune download model {name}` where you have internet, or pass a local directory with --model DIR"
         )
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if what == "model" and "model.safetensors" in first:
+        first += " (sumtune never loads pickled .bin weights; convert them with safetensors.torch.save_file)"
     return UserError(f"cannot load {what} from '{name}': {first}")
 
 
