@@ -7,6 +7,12 @@ Contract for the module `prepare` returns (the "method model"):
   that prepends virtual tokens strips their positions from the logits), and `.loss`
   when labels are given;
 - exactly the parameters the method trains have `requires_grad=True`.
+
+`load` rebuilds the method model for inference: nothing requires grad afterwards.
+
+On disk (RUN/adapter): the method's weights file (`weights_file`, safetensors only)
+plus `sumtune.json`, the metadata `runs.run_meta` builds (method, base model
+fingerprint, method hyper-parameters).
 """
 
 from __future__ import annotations
@@ -16,12 +22,26 @@ from pathlib import Path
 
 import torch
 
+from sumtune.checkpoint import (
+    PICKLE_SUFFIXES,
+    atomic_dir,
+    atomic_save_tensors,
+    atomic_write_json,
+    load_tensors,
+    read_json,
+)
 from sumtune.config import MethodConfig
+from sumtune.errors import UserError
+
+META_FILE = "sumtune.json"
 
 
 class Method(ABC):
     name: str = ""
     trains: bool = True  # zero_shot: False
+    weights_file: str | None = None  # inside RUN/adapter; None: the method saves no weights
+    config_keys: tuple[str, ...] = ()  # the MethodConfig fields this method uses (recorded in the metadata)
+    not_exportable: str = ""  # why a plain model cannot hold what this method trains ("" = it can)
 
     @abstractmethod
     def prepare(self, model: torch.nn.Module, tokenizer, cfg: MethodConfig) -> torch.nn.Module:
@@ -37,13 +57,79 @@ class Method(ABC):
 
     def merged(self, model: torch.nn.Module) -> torch.nn.Module:
         """A plain Hugging Face model equivalent to the method model (for export)."""
-        raise NotImplementedError(f"{self.name} cannot be exported as a plain model")
+        raise UserError(f"a {self.name} run cannot be exported as a plain model: {self.not_exportable}")
 
     def trainable_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """The trainable tensors by name (used by checkpoints)."""
         return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
+    def method_config(self, cfg: MethodConfig) -> dict:
+        """The hyper-parameters of this method, as recorded in the run metadata."""
+        return {k: getattr(cfg, k) for k in self.config_keys}
+
 
 def freeze(model: torch.nn.Module) -> None:
     for p in model.parameters():
         p.requires_grad_(False)
+
+
+def write_meta(directory: Path, meta: dict) -> None:
+    atomic_write_json(Path(directory) / META_FILE, meta)
+
+
+def read_meta(directory: Path) -> dict:
+    """RUN/adapter/sumtune.json, or a one-line error saying the adapter is incomplete."""
+    path = Path(directory) / META_FILE
+    if not path.is_file():
+        raise UserError(f"{path} is missing: {directory} was not written by a finished sumtune run; retrain or pick another run")
+    meta = read_json(path)
+    if not isinstance(meta, dict) or "method" not in meta or "base_model" not in meta:
+        raise UserError(f"{path}: expected keys 'method' and 'base_model'; the file is damaged, retrain the run")
+    return meta
+
+
+def weights_path(directory: Path, filename: str) -> Path:
+    """`directory/filename` if it exists; refuses pickled weights offered in its place."""
+    directory = Path(directory)
+    path = directory / filename
+    if path.is_file():
+        return path
+    pickles = sorted(f.name for f in directory.glob("*") if f.suffix in PICKLE_SUFFIXES) if directory.is_dir() else []
+    if pickles:
+        raise UserError(
+            f"{directory / pickles[0]}: refusing to load a pickle file (it can run arbitrary code); "
+            f"sumtune reads {filename} only: convert the weights with safetensors.torch.save_file"
+        )
+    raise UserError(f"weights file not found: {path}; the run did not finish saving, retrain it")
+
+
+def save_params(model: torch.nn.Module, directory: Path, meta: dict, filename: str) -> None:
+    """Write the trainable parameters (by their names in `model`) plus the metadata, atomically."""
+    tensors = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    with atomic_dir(directory) as tmp:
+        atomic_save_tensors(tmp / filename, tensors, metadata={"format": "pt"})
+        write_meta(tmp, meta)
+
+
+def load_params(model: torch.nn.Module, directory: Path, filename: str, names: list[str]) -> None:
+    """Copy the saved tensors into the parameters `names` of `model`; the file must hold exactly
+    those names with the same shapes (else a one-line error naming the first difference)."""
+    path = weights_path(directory, filename)
+    tensors = load_tensors(path)
+    params = dict(model.named_parameters())
+    missing = [n for n in names if n not in tensors]
+    unexpected = [n for n in tensors if n not in names]
+    if missing or unexpected:
+        what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+        raise UserError(
+            f"{path}: {what} ({len(missing)} missing, {len(unexpected)} unexpected tensors); "
+            "the weights were saved with other method settings or another base model"
+        )
+    with torch.no_grad():
+        for n in names:
+            if tensors[n].shape != params[n].shape:
+                raise UserError(
+                    f"{path}: tensor {n!r} has shape {tuple(tensors[n].shape)}, the model expects "
+                    f"{tuple(params[n].shape)}; the weights belong to another base model"
+                )
+            params[n].copy_(tensors[n])

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
-from sumtune.checkpoint import atomic_dir, atomic_write_json
+from sumtune.checkpoint import atomic_dir, load_tensors, read_json
 from sumtune.config import MethodConfig
 from sumtune.errors import UserError
-from sumtune.methods.base import Method, freeze
+from sumtune.methods.base import Method, freeze, weights_path, write_meta
 
 # attention projections + MLP linears, per model_type
 TARGETS = {
@@ -28,6 +28,8 @@ def target_modules(model: torch.nn.Module, cfg: MethodConfig) -> list[str] | str
 
 class Lora(Method):
     name = "lora"
+    weights_file = "adapter_model.safetensors"
+    config_keys = ("r", "alpha", "dropout", "target_modules")
 
     def _config(self, model, cfg: MethodConfig):
         from peft import LoraConfig
@@ -50,11 +52,15 @@ class Lora(Method):
     def save(self, model, directory: Path, meta: dict) -> None:
         with atomic_dir(directory) as tmp:
             model.save_pretrained(tmp)
-            atomic_write_json(tmp / "sumtune.json", meta)
+            write_meta(tmp, meta)
 
     def load(self, model, tokenizer, directory: Path, cfg: MethodConfig):
         from peft import PeftModel
 
+        load_tensors(weights_path(directory, self.weights_file))  # one-line error if truncated or corrupt
+        peft_type = read_json(Path(directory) / "adapter_config.json").get("peft_type")
+        if peft_type != "LORA":
+            raise UserError(f"{directory} holds a {peft_type} adapter, not LoRA; load it as its own method")
         freeze(model)
         return PeftModel.from_pretrained(model, str(directory), is_trainable=False)
 

@@ -1,0 +1,30 @@
+"""Zero-shot: the base model as it is, no training. Its run directory holds only the
+metadata, so evaluate and compare treat the baseline like any other run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sumtune.checkpoint import atomic_dir
+from sumtune.config import MethodConfig
+from sumtune.methods.base import Method, freeze, write_meta
+
+
+class ZeroShot(Method):
+    name = "zero_shot"
+    trains = False
+
+    def prepare(self, model, tokenizer, cfg: MethodConfig):
+        freeze(model)
+        return model
+
+    def save(self, model, directory: Path, meta: dict) -> None:
+        with atomic_dir(directory) as tmp:
+            write_meta(tmp, meta)
+
+    def load(self, model, tokenizer, directory: Path, cfg: MethodConfig):
+        freeze(model)
+        return model
+
+    def merged(self, model):
+        return model

@@ -1,0 +1,91 @@
+"""A run directory's metadata and loading a finished run back.
+
+Layout (see DESIGN.md): RUN/config.yaml, RUN/adapter/ (the method's weights plus
+`sumtune.json`, the metadata below). Writing, in the trainer:
+
+    base = modeling.load_model(cfg.model.name)
+    meta = run_meta(cfg, base)                 # before method.prepare
+    model = method.prepare(base, tokenizer, cfg.method)
+    ...train...
+    method.save(model, run / "adapter", meta)  # writes the weights + sumtune.json
+
+Reading, everywhere else: `cfg, method, model, tokenizer = load_run(run)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sumtune.config import Config, load_run_config
+from sumtune.errors import UserError
+from sumtune.methods import Method, get_method
+from sumtune.methods.base import read_meta, weights_path
+from sumtune.modeling import fingerprint, load_model, load_tokenizer
+
+
+def run_meta(cfg: Config, model: torch.nn.Module, **extra) -> dict:
+    """The metadata `method.save` records: {"method", "base_model": modeling.fingerprint,
+    "method_config": the method's hyper-parameters, **extra}.
+
+    `model` is the base model as `modeling.load_model` returned it, before `method.prepare`
+    (LoRA injects modules that would change the fingerprint); a soft-prompt wrapper is unwrapped.
+    """
+    from sumtune.methods.prompt_tuning import SoftPromptModel
+
+    if isinstance(model, SoftPromptModel):
+        model = model.base
+    if hasattr(model, "peft_config"):
+        raise ValueError("run_meta needs the base model: call it before method.prepare")
+    method = get_method(cfg.method.name)
+    return {
+        "method": method.name,
+        "base_model": fingerprint(cfg.model.name, model),
+        "method_config": method.method_config(cfg.method),
+        **extra,
+    }
+
+
+def check_method(meta: dict, method: Method, where: Path) -> None:
+    """One-line error when `where` was saved by another method."""
+    if meta["method"] != method.name:
+        raise UserError(
+            f"{where} holds weights of method '{meta['method']}', which cannot be loaded as method '{method.name}'; "
+            f"load the run with method '{meta['method']}'"
+        )
+
+
+def check_base(meta: dict, base: dict, where: Path) -> None:
+    """One-line error when `where` was trained on another base model (`base`: modeling.fingerprint)."""
+    saved = meta["base_model"]
+    if any(saved.get(k) != base.get(k) for k in ("model_type", "config_sha", "weights_sha")):
+        raise UserError(
+            f"{where} was trained on base model '{saved.get('name')}' (config {saved.get('config_sha')}, "
+            f"weights {saved.get('weights_sha')}), not on '{base['name']}' (config {base['config_sha']}, "
+            f"weights {base['weights_sha']}); load it onto the base model it was trained on"
+        )
+
+
+def load_run(run_dir: str | Path, dtype: torch.dtype = torch.float32,
+             base_model: str | None = None) -> tuple[Config, Method, torch.nn.Module, object]:
+    """(cfg, method, model, tokenizer) of a finished run, on the CPU in eval mode, nothing
+    requiring grad. `base_model` overrides the run's model.name (e.g. the model moved);
+    it must still be the same model."""
+    run = Path(run_dir)
+    cfg = load_run_config(run)
+    adapter = run / "adapter"
+    if not adapter.is_dir():
+        raise UserError(f"{run} has no adapter/ directory (the training did not finish saving); retrain it")
+    meta = read_meta(adapter)
+    method = get_method(cfg.method.name)
+    check_method(meta, method, adapter)
+    if method.weights_file:
+        weights_path(adapter, method.weights_file)  # fail before loading the base model
+    name = base_model or cfg.model.name
+    tokenizer = load_tokenizer(name)
+    model = load_model(name, dtype)
+    check_base(meta, fingerprint(name, model), adapter)
+    model = method.load(model, tokenizer, adapter, cfg.method)
+    model.eval()
+    return cfg, method, model, tokenizer
