@@ -1,0 +1,129 @@
+"""`evaluate` and `summarize`: metrics.json against rouge-score recomputed from predictions.jsonl,
+the loss against the model's own per-example loss, summarize for every method, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+
+import pytest
+import torch
+from datasets import DatasetDict
+from method_utils import make_run
+from rouge_score import rouge_scorer
+
+from sumtune.checkpoint import atomic_write_json
+from sumtune.cli import main
+from sumtune.config import load_run_config
+from sumtune.data import load_splits, tokenize_splits
+from sumtune.evaluate import evaluate_run, summarize_file
+
+FAST = {"max_new_tokens": 12, "batch_size": 4}
+
+
+def _finished_run(tmp_path, model_dir, data_dir, method="lora", name="run"):
+    """A run directory as the trainer leaves it (config, adapter, results.json finished)."""
+    run, cfg, model, tok = make_run(tmp_path / name, model_dir, method,
+                                    sets=(f"data.source={data_dir}", "method.n_tokens=4", "method.r=4"))
+    atomic_write_json(run / "results.json", {"method": method, "finished": True})
+    return run, model, tok
+
+
+def _test_rows(data_dir):
+    with open(data_dir / "test.csv", newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_metrics_equal_rouge_score_recomputed_and_loss_is_token_weighted(tiny_neo, kaggle_dir, tmp_path, capsys):
+    run, model, tok = _finished_run(tmp_path, tiny_neo, kaggle_dir)
+    metrics = evaluate_run(run, "test", limit=None, overrides=FAST)
+    assert "rouge1" in capsys.readouterr().out
+
+    saved = json.loads((run / "eval/test/metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    preds = [json.loads(line) for line in (run / "eval/test/predictions.jsonl").read_text().splitlines()]
+    rows = _test_rows(kaggle_dir)
+    assert saved["n"] == len(preds) == len(rows)
+    assert sorted(p["id"] for p in preds) == sorted(r["id"] for r in rows)
+    assert any(p["prediction"] for p in preds)
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=True)
+    scores = [scorer.score(p["reference"], p["prediction"]) for p in preds]
+    for key in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
+        assert saved[key] == pytest.approx(sum(s[key].fmeasure for s in scores) / len(scores), abs=1e-12)
+        assert 0 <= saved[key] <= 1
+    assert saved["decoding"]["max_new_tokens"] == 12 and saved["summaries_per_s"] > 0
+
+    # the loss: every example alone through the model's own (mean) loss, weighted by its summary tokens
+    cfg = load_run_config(run)
+    test = tokenize_splits(DatasetDict(test=load_splits(cfg.data, cfg.train.seed)["test"]), tok, cfg.data)["test"]
+    total = tokens = 0.0
+    with torch.no_grad():
+        for ex in test:
+            ids, labels = torch.tensor([ex["input_ids"]]), torch.tensor([ex["labels"]])
+            n = int((labels[:, 1:] != -100).sum())
+            total += float(model(input_ids=ids, labels=labels).loss) * n
+            tokens += n
+    assert saved["loss"] == pytest.approx(total / tokens, rel=1e-5)
+
+
+def test_limit_and_validation_split(tiny_neo, kaggle_dir, tmp_path):
+    run, _, _ = _finished_run(tmp_path, tiny_neo, kaggle_dir)
+    metrics = evaluate_run(run, "validation", limit=3, overrides=FAST)
+    assert metrics["n"] == 3 and metrics["limit"] == 3
+    assert len((run / "eval/validation/predictions.jsonl").read_text().splitlines()) == 3
+
+
+def test_summarize_matches_the_evaluation_prediction(tiny_neo, kaggle_dir, tmp_path):
+    run, _, _ = _finished_run(tmp_path, tiny_neo, kaggle_dir, method="prompt_tuning")
+    evaluate_run(run, "test", limit=None, overrides=FAST)
+    preds = {json.loads(x)["id"]: json.loads(x)["prediction"]
+             for x in (run / "eval/test/predictions.jsonl").read_text().splitlines()}
+    row = _test_rows(kaggle_dir)[0]
+    article = tmp_path / "article.txt"
+    article.write_text(row["article"], encoding="utf-8")
+    assert summarize_file(run, str(article), overrides=FAST) == preds[row["id"]]
+
+
+@pytest.mark.parametrize("method", ["zero_shot", "prompt_tuning", "lora", "last_layers", "full"])
+def test_summarize_cli_every_method(method, tiny_neo, kaggle_dir, tmp_path, monkeypatch, capsys):
+    run, _, _ = _finished_run(tmp_path, tiny_neo, kaggle_dir, method=method)
+    monkeypatch.setattr("sys.stdin", io.StringIO(_test_rows(kaggle_dir)[1]["article"]))
+    assert main(["summarize", str(run), "-", "--max-new-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    assert out.endswith("\n") and "\n\n" not in out.strip()
+
+
+def _one_line_error(argv, capsys) -> str:
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sumtune: error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_bad_input(tiny_neo, kaggle_dir, tmp_path, capsys, monkeypatch):
+    run, _, _ = _finished_run(tmp_path, tiny_neo, kaggle_dir)
+    (tmp_path / "empty.txt").write_text("  \n", encoding="utf-8")
+
+    assert "not a sumtune run" in _one_line_error(["evaluate", str(tmp_path)], capsys)
+    assert "not a sumtune run" in _one_line_error(["compare", str(tmp_path)], capsys)
+    assert "empty input" in _one_line_error(["summarize", str(run), str(tmp_path / "empty.txt")], capsys)
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert "empty input" in _one_line_error(["summarize", str(run)], capsys)
+
+    atomic_write_json(run / "results.json", {"method": "lora"})  # killed before the end
+    for cmd in (["evaluate", str(run)], ["summarize", str(run), str(tmp_path / "empty.txt")], ["compare", str(run)]):
+        err = _one_line_error(cmd, capsys)
+        assert "unfinished" in err and "--resume" in err
+
+    atomic_write_json(run / "results.json", {"method": "lora", "finished": True})
+    shutil.rmtree(run / "adapter")
+    for cmd in (["evaluate", str(run)], ["compare", str(run)]):
+        assert "no weights" in _one_line_error(cmd, capsys)
+
+    run2, _, _ = _finished_run(tmp_path, tiny_neo, kaggle_dir, name="run2")
+    (kaggle_dir / "test.csv").unlink()  # the data no longer has a test split
+    assert "test.csv" in _one_line_error(["evaluate", str(run2), "--split", "test"], capsys)

@@ -1,0 +1,94 @@
+"""`experiment`: every method trained, evaluated and compared into one directory; re-running
+skips what is finished; the lr sweep keeps each method's best rate by validation loss."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sumtune import experiment
+from sumtune.config import build_config, load_run_config
+
+
+def _cfg(out, model_dir, data_dir, **sets):
+    flags = {"model.name": str(model_dir), "data.source": str(data_dir), "output_dir": str(out),
+             "train.epochs": 1, "train.batch_size": 4, "train.grad_accum": 1, "train.precision": "fp32",
+             "data.max_length": 256, "data.max_summary_length": 48, "eval.max_new_tokens": 8,
+             "method.n_tokens": 4, "method.r": 4}
+    flags.update(sets)
+    return build_config(flags=flags)
+
+
+def _read(path):
+    return json.loads(path.read_text())
+
+
+def test_experiment_runs_every_method_and_resumes(tiny_neo, kaggle_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "exp"
+    report = experiment.run_experiment(_cfg(out, tiny_neo, kaggle_dir), eval_limit=4)
+    methods = ["zero_shot", "prompt_tuning", "lora", "last_layers"]
+    assert [r["method"] for r in report["rows"]] == methods
+    for m in methods:
+        assert _read(out / m / "results.json")["finished"] is True
+        metrics = _read(out / m / "eval/test/metrics.json")
+        assert metrics["n"] == 4 and 0 <= metrics["rougeL"] <= 1
+    assert all(r["evaluated"] for r in report["rows"])
+    assert (out / "compare.md").is_file() and len(report["plots"]) == 3
+    record = _read(out / "experiment.json")
+    lrs = record["lr"]
+    assert lrs["prompt_tuning"] == experiment.LR_GRID["prompt_tuning"][1] > lrs["lora"] == experiment.LR_GRID["lora"][1]
+    printed = capsys.readouterr().out
+    assert "| lora |" in printed and "loss_curves.png" in printed
+
+    # a second run trains and evaluates nothing again
+    stamps = {m: (out / m / "eval/test/metrics.json").stat().st_mtime_ns for m in methods}
+
+    def no_training(*a, **k):
+        raise AssertionError("finished runs must not be trained again")
+
+    monkeypatch.setattr("sumtune.train.train", no_training)
+    monkeypatch.setattr("sumtune.evaluate.evaluate_run", no_training)
+    experiment.run_experiment(_cfg(out, tiny_neo, kaggle_dir), eval_limit=4)
+    assert stamps == {m: (out / m / "eval/test/metrics.json").stat().st_mtime_ns for m in methods}
+    assert "finished earlier, skipped" in capsys.readouterr().out
+
+
+def test_sweep_keeps_the_best_lr_by_validation_loss(tiny_neo, kaggle_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(experiment, "METHODS", ("lora",))
+    monkeypatch.setattr(experiment, "LR_GRID", {"lora": (1e-5, 3e-2)})
+    out = tmp_path / "exp"
+    experiment.run_experiment(_cfg(out, tiny_neo, kaggle_dir, **{"train.epochs": 2}), sweep_lr=True, eval_limit=2)
+    losses = {lr: _read(out / "sweep/lora" / f"lr{lr:g}" / "results.json")["best_val_loss"] for lr in (1e-5, 3e-2)}
+    assert losses[1e-5] != losses[3e-2]
+    best = min(losses, key=losses.get)
+    record = _read(out / "experiment.json")
+    assert record["lr"]["lora"] == best
+    assert record["sweep"]["lora"] == {f"{lr:g}": v for lr, v in losses.items()}
+    assert load_run_config(out / "lora").train.lr == best
+    # the sweep's short runs: one epoch each; the main run: the full budget
+    assert _read(out / "sweep/lora/lr0.03/results.json")["epochs_run"] == 1
+    assert _read(out / "lora/results.json")["epochs_run"] == 2
+
+
+def test_a_started_run_is_continued_not_refused(tiny_neo, kaggle_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(experiment, "METHODS", ("lora",))
+    out = tmp_path / "exp"
+    cfg = _cfg(out, tiny_neo, kaggle_dir)
+    experiment.run_experiment(cfg, eval_limit=2)
+    (out / "lora/results.json").unlink()  # as if killed before the end: the trainer refuses a fresh start there
+    old_eval = (out / "lora/eval/test/metrics.json").stat().st_mtime_ns
+    experiment.run_experiment(cfg, eval_limit=2)
+    assert _read(out / "lora/results.json")["finished"] is True
+    assert (out / "lora/eval/test/metrics.json").stat().st_mtime_ns > old_eval  # retrained, so evaluated again
+
+
+@pytest.mark.slow
+def test_demo_runs_offline(tmp_path, capsys):
+    report = experiment.run_demo(tmp_path / "demo")
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0].startswith("NOTE: this demo trains a tiny random model")
+    assert experiment.REAL_COMMAND in printed.splitlines()[0]
+    assert [r["method"] for r in report["rows"]] == ["zero_shot", "prompt_tuning", "lora", "last_layers", "full"]
+    assert all(r["evaluated"] for r in report["rows"])
+    assert printed.rstrip().splitlines()[-1].startswith("plot: ")

@@ -1,0 +1,59 @@
+"""ROUGE against hand-checkable cases and rouge-score itself; the token-weighted loss against
+one large batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from rouge_score import rouge_scorer
+
+from sumtune.metrics import TokenLoss, rouge, summed_token_loss
+
+
+def test_rouge_identical_and_disjoint():
+    assert rouge(["the cat sat on the mat"], ["the cat sat on the mat"]) == pytest.approx(
+        {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0, "rougeLsum": 1.0})
+    assert rouge(["dogs bark loudly"], ["the cat sat"]) == pytest.approx(
+        {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0, "rougeLsum": 0.0})
+    assert rouge([""], ["the cat sat"])["rouge1"] == 0.0
+
+
+def test_rouge_stems_and_is_a_mean_over_examples():
+    # "running"/"runs" share the stem "run": unigram F1 = 1 with stemming
+    assert rouge(["he runs"], ["he running"])["rouge1"] == pytest.approx(1.0)
+    preds, refs = ["a b c d", "x y"], ["a b c d", "x z w v"]
+    # example F1s: 1.0 and 2*(1/2*1/4)/(1/2+1/4) = 1/3 -> mean 2/3 (a corpus-level sum would differ)
+    assert rouge(preds, refs)["rouge1"] == pytest.approx((1.0 + 1 / 3) / 2)
+
+
+def test_rouge_lsum_uses_newline_sentences():
+    ref = "the mayor approved the plan\nresidents welcomed it"
+    pred = "residents welcomed it\nthe mayor approved the plan"
+    scores = rouge([pred], [ref])
+    assert scores["rougeLsum"] == pytest.approx(1.0)  # each sentence matched on its own
+    assert scores["rougeL"] < 1.0  # one long sequence: the swapped order breaks the LCS
+    expected = rouge_scorer.RougeScorer(["rougeL", "rougeLsum"], use_stemmer=True).score(ref, pred)
+    assert scores["rougeL"] == pytest.approx(expected["rougeL"].fmeasure)
+
+
+def test_rouge_length_mismatch():
+    with pytest.raises(ValueError):
+        rouge(["a"], ["a", "b"])
+
+
+def test_token_weighted_loss_equals_one_large_batch():
+    torch.manual_seed(0)
+    logits = torch.randn(5, 9, 11)
+    labels = torch.randint(0, 11, (5, 9))
+    labels[:, :3] = -100  # the prompt
+    labels[0, 5:] = -100  # short summaries: uneven token counts per row
+    labels[3, 7:] = -100
+    meter = TokenLoss()
+    for rows in ([0, 1], [2], [3, 4]):  # uneven batches
+        meter.add(*summed_token_loss(logits[rows], labels[rows]))
+    expected = F.cross_entropy(logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1), ignore_index=-100)
+    assert meter.mean == pytest.approx(float(expected), rel=1e-6)
+    assert meter.tokens == int((labels[:, 1:] != -100).sum())
+    with pytest.raises(ValueError):
+        _ = TokenLoss().mean
