@@ -1,0 +1,66 @@
+"""Shared by the benchmarks: the token file, the model both sides use, the precision."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+RANDOM_125M = "gpt-neo-125m-random"
+RANDOM_SMALL = "gpt-neo-small-random"  # for quick runs: 4 layers, hidden 256, the same vocabulary
+
+
+def load_rows(path: str | Path) -> list[dict]:
+    """Rows {input_ids, labels} of a make_token_data.py file."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    if not rows or any("input_ids" not in r or "labels" not in r for r in rows):
+        raise SystemExit(f"{path}: expected JSON lines with input_ids and labels (make_token_data.py)")
+    return rows
+
+
+def random_gpt_neo(name: str = RANDOM_125M):
+    """GPT-Neo with random weights: the 125M shape exactly as the peer builds it (seed 0), or the small one."""
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    hidden, layers, heads = (768, 12, 12) if name == RANDOM_125M else (256, 4, 4)
+    torch.manual_seed(0)
+    cfg = GPTNeoConfig(vocab_size=50257, max_position_embeddings=2048, hidden_size=hidden, num_layers=layers,
+                       attention_types=[[["global", "local"], layers // 2]], num_heads=heads, window_size=256,
+                       embed_dropout=0.0, attention_dropout=0.0, resid_dropout=0.0)
+    return GPTNeoForCausalLM(cfg)
+
+
+def bench_tokenizer():
+    """A small offline tokenizer: the token files are ids already; sumtune needs one for EOS/padding."""
+    from sumtune.tiny import synthetic_news, train_tokenizer
+
+    return train_tokenizer([r["article"] + "\n" + r["highlights"] for r in synthetic_news(50)], vocab_size=300)
+
+
+def build_model(name: str):
+    """(model, tokenizer): a random GPT-Neo (with a small tokenizer), or a model directory."""
+    if name in (RANDOM_125M, RANDOM_SMALL):
+        return random_gpt_neo(name), bench_tokenizer()
+    from sumtune.modeling import load_model, load_tokenizer
+
+    return load_model(name), load_tokenizer(name)
+
+
+def write_model_dir(name: str, out: Path) -> Path:
+    """A model directory sumtune's trainer can load by path (a random model is saved once)."""
+    if name not in (RANDOM_125M, RANDOM_SMALL):
+        return Path(name)
+    if not (out / "config.json").is_file():
+        model, tok = build_model(name)
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+    return out
+
+
+def precision_for(requested: str) -> str:
+    """What `--precision` means on this machine (auto: bf16 only where the hardware runs it fast)."""
+    from sumtune.modeling import resolve_precision
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_precision(requested, device)

@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Evaluation decoding side by side: sumtune's `Generator` (batched, SDPA attention,
+per-prompt prefill) against Hugging Face `generate` at batch 1 (its default eager
+attention), greedy, on the same model, prompts and precision.
+
+    python bench/generate.py --data TOKENS.jsonl [--model gpt-neo-125m-random|DIR]
+        [--n 8] [--max-new-tokens 64] [--batch-size 8] [--reps 2] [--json]
+
+Prompts are the article part (labels -100) of the rows of a make_token_data.py file.
+Both sides stop at EOS only (the blank-line stop rule is off: HF has none), so their
+greedy outputs must be token-identical; the script fails loudly when they are not.
+The two run alternately in one process (the attention is switched between runs);
+printed: median summaries/s of each, the ratio, and whether the outputs matched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import build_model, load_rows, precision_for  # noqa: E402
+
+from sumtune.config import EvalConfig  # noqa: E402
+from sumtune.fastpath import speed_up  # noqa: E402
+from sumtune.fastpath.attention import set_attention  # noqa: E402
+from sumtune.generate import Generator  # noqa: E402
+
+
+def hf_generate(model, prompts, eos: int, max_new: int, autocast) -> list[list[int]]:
+    out = []
+    for p in prompts:
+        ids = torch.tensor([p])
+        with torch.inference_mode(), autocast():
+            seq = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new,
+                                 do_sample=False, eos_token_id=eos, pad_token_id=eos)
+        out.append(seq[0, len(p):].tolist())
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="JSONL of {input_ids, labels} (make_token_data.py)")
+    ap.add_argument("--model", default="gpt-neo-125m-random")
+    ap.add_argument("--n", type=int, default=8, help="prompts")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=8, help="sumtune's decoding batch")
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--json", action="store_true", help="end with one JSON line")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    precision = precision_for(a.precision)
+    rows = load_rows(a.data)[: a.n]
+    prompts = [[t for t, y in zip(r["input_ids"], r["labels"]) if y == -100] for r in rows]
+    model, tokenizer = build_model(a.model)
+    model.eval()
+    eos = tokenizer.eos_token_id
+    dtype = torch.bfloat16 if precision == "bf16" else None
+
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None)
+
+    cfg = EvalConfig(batch_size=a.batch_size, num_beams=1, max_new_tokens=a.max_new_tokens)
+    times: dict[str, list[float]] = {"sumtune": [], "hf": []}
+    outputs: dict[str, list[list[int]]] = {}
+    for rep in range(a.reps):
+        for side in (("hf", "sumtune") if rep % 2 == 0 else ("sumtune", "hf")):
+            t0 = time.perf_counter()
+            if side == "hf":
+                set_attention(model, "eager")  # what Transformers gives GPT-Neo
+                outputs[side] = hf_generate(model, prompts, eos, a.max_new_tokens, autocast)
+            else:
+                speed_up(model)
+                gen = Generator(model, tokenizer, cfg, autocast=dtype, stop_at_blank_line=False)
+                outputs[side] = gen.generate(prompts)
+            times[side].append(time.perf_counter() - t0)
+            print(f"rep {rep} {side:8s} {len(prompts) / times[side][-1]:.3f} summaries/s", flush=True)
+    identical = outputs["hf"] == outputs["sumtune"]
+    result = {
+        "precision": precision, "model": a.model, "n": len(prompts),
+        "prompt_tokens_mean": round(statistics.mean(map(len, prompts)), 1),
+        "max_new_tokens": a.max_new_tokens, "batch_size": a.batch_size, "reps": a.reps,
+        "sumtune_summaries_per_s": round(len(prompts) / statistics.median(times["sumtune"]), 4),
+        "hf_summaries_per_s": round(len(prompts) / statistics.median(times["hf"]), 4),
+        "identical_output": identical, "threads": torch.get_num_threads(),
+    }
+    result["ratio"] = round(result["sumtune_summaries_per_s"] / result["hf_summaries_per_s"], 3)
+    print(f"sumtune {result['sumtune_summaries_per_s']:.3f} summaries/s | HF generate batch 1 "
+          f"{result['hf_summaries_per_s']:.3f} summaries/s | ratio {result['ratio']:.2f}x | "
+          f"identical greedy output: {identical} | {precision}")
+    if a.json:
+        print(json.dumps(result))
+    if not identical:
+        raise SystemExit("outputs differ between sumtune and HF generate")
+    return result
+
+
+if __name__ == "__main__":
+    main()

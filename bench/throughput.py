@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Training throughput side by side: sumtune's trainer against the peer (Hugging Face
+Trainer + PEFT, ../shared/bench/peer_hf_trainer.py), on the same pre-tokenised rows,
+model, hyper-parameters and precision.
+
+    python bench/throughput.py --method {lora,prompt_tuning,last_layers} --data TOKENS.jsonl
+        [--model gpt-neo-125m-random|gpt-neo-small-random|DIR] [--steps 1] [--reps 3]
+        [--precision auto] [--epochs-last-layers 10] [--json]
+
+Both sides: LoRA r 8, alpha 16, dropout 0.05 on every attention and MLP linear layer;
+12 virtual tokens; head-only with the head untied; batch 2 x accumulation 4; lr 5e-4,
+clipping 1.0; fused AdamW; the precision `--precision` resolves to on this machine
+(auto: bf16 only with AMX/AVX512-BF16 or a GPU; the peer gets --bf16 exactly then).
+Each side trains `--steps` optimizer steps on the first steps x 8 rows of the file (each
+row seen once, in a fresh process each time) and the two alternate, `--reps` times.
+tokens/s = rows x mean row length / training seconds, as the peer counts it; peak RSS
+is the process's maximum resident set (wait4), model building included, for both.
+For last_layers sumtune also trains `--epochs-last-layers` epochs over the same rows
+(feature cache after the first) and reports that time over its first epoch.
+
+Printed: each run, then medians and ratios; with --json the last line is one JSON object.
+A run during which other processes used more than 10% of the CPUs is marked "busy" and
+left out of the medians when each side has a run that is not (on 2 shared cores a busy
+neighbour slows 2-thread matmuls several-fold, which swamps any comparison).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import RANDOM_125M, load_rows, precision_for, write_model_dir  # noqa: E402
+
+PEER = HERE.parent.parent / "shared" / "bench" / "peer_hf_trainer.py"
+PEER_METHOD = {"lora": "lora", "prompt_tuning": "prompt_tuning", "last_layers": "last_layer"}
+BATCH, ACCUM = 2, 4
+BUSY = 0.1  # a run during which other processes used more than this share of the CPUs
+
+
+def _busy_seconds() -> float:
+    """CPU seconds spent by all processes on the machine so far (from /proc/stat)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return 0.0
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def run_child(cmd: list[str], log: Path) -> dict:
+    """Run one side; its last JSON line, plus its peak RSS and the CPU others used meanwhile."""
+    busy0, t0 = _busy_seconds(), time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)  # reaped here, so its rusage is the child's alone
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    out = log.read_text()
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{out[-3000:]}")
+    result = json.loads([x for x in out.splitlines() if x.startswith("{")][-1])
+    own = usage.ru_utime + usage.ru_stime
+    result["peak_rss_mb"] = usage.ru_maxrss // 1024
+    result["cpu_user_s"], result["cpu_sys_s"] = round(usage.ru_utime, 1), round(usage.ru_stime, 1)
+    result["others_cpu_share"] = round(max(0.0, _busy_seconds() - busy0 - own) / (wall * (os.cpu_count() or 1)), 3)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--method", required=True, choices=["lora", "prompt_tuning", "last_layers"])
+    ap.add_argument("--data", required=True, help="JSONL of {input_ids, labels} (make_token_data.py)")
+    ap.add_argument("--model", default=RANDOM_125M, help=f"{RANDOM_125M}, gpt-neo-small-random, or a model dir")
+    ap.add_argument("--steps", type=int, default=1, help="optimizer steps per run (8 rows each)")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    ap.add_argument("--epochs-last-layers", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads for both sides (0: default)")
+    ap.add_argument("--peer", default=str(PEER))
+    ap.add_argument("--workdir", default=None, help="where the model copy and logs go (default: a temp dir)")
+    ap.add_argument("--json", action="store_true", help="end with one JSON line")
+    a = ap.parse_args(argv)
+
+    precision = precision_for(a.precision)
+    work = Path(a.workdir or tempfile.mkdtemp(prefix="sumtune-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    n_rows = a.steps * BATCH * ACCUM
+    rows = load_rows(a.data)
+    if len(rows) < n_rows:
+        raise SystemExit(f"{a.data} has {len(rows)} rows; --steps {a.steps} needs {n_rows}")
+    data = work / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows[:n_rows]))
+    model_dir = write_model_dir(a.model, work / "model")
+    epochs = a.epochs_last_layers if a.method == "last_layers" else 1
+
+    peer_cmd = [sys.executable, a.peer, "--data", str(data), "--method", PEER_METHOD[a.method],
+                "--model", a.model if a.model == RANDOM_125M else str(model_dir),
+                "--batch-size", str(BATCH), "--grad-accum", str(ACCUM), "--max-steps", str(a.steps),
+                "--out", str(work / "peer"), "--threads", str(a.threads)] + (["--bf16"] if precision == "bf16" else [])
+    ours_cmd = [sys.executable, str(HERE / "throughput_worker.py"), "--data", str(data), "--method", a.method,
+                "--model", str(model_dir), "--batch-size", str(BATCH), "--grad-accum", str(ACCUM),
+                "--epochs", str(epochs), "--precision", precision, "--threads", str(a.threads),
+                "--out", str(work / "sumtune")]
+    runs: dict[str, list[dict]] = {"sumtune": [], "peer": []}
+    for rep in range(a.reps):
+        for side in (("peer", "sumtune") if rep % 2 == 0 else ("sumtune", "peer")):
+            r = run_child(peer_cmd if side == "peer" else ours_cmd, work / f"{side}-{rep}.log")
+            runs[side].append(r)
+            busy = f" busy ({r['others_cpu_share']:.0%} CPU used by others)" if r["others_cpu_share"] > BUSY else ""
+            extra = (f" | {epochs} epochs {r['seconds_all_epochs']:.1f} s = {r['epochs_over_first']:.2f} x first"
+                     if side == "sumtune" and epochs > 1 else "")
+            print(f"rep {rep} {side:8s} {r['tokens_per_s']:8.1f} tokens/s  {r['seconds']:7.1f} s  "
+                  f"peak RSS {r['peak_rss_mb']} MB{extra}{busy}", flush=True)
+
+    def clean(side: str) -> list[dict]:
+        """The runs no other process disturbed, when each side has one; else all runs."""
+        quiet = [r for r in runs[side] if r["others_cpu_share"] <= BUSY]
+        both = all(any(r["others_cpu_share"] <= BUSY for r in runs[s]) for s in runs)
+        return quiet if both else runs[side]
+
+    def med(side: str, key: str) -> float:
+        return statistics.median(r[key] for r in clean(side))
+
+    result = {
+        "method": a.method, "model": a.model, "precision": precision, "rows": n_rows, "steps": a.steps,
+        "reps": a.reps, "mean_row_tokens": round(statistics.mean(len(r["input_ids"]) for r in rows[:n_rows]), 1),
+        "sumtune_tokens_per_s": round(med("sumtune", "tokens_per_s"), 1),
+        "peer_tokens_per_s": round(med("peer", "tokens_per_s"), 1),
+        "sumtune_peak_rss_mb": int(med("sumtune", "peak_rss_mb")),
+        "peer_peak_rss_mb": int(med("peer", "peak_rss_mb")),
+        "busy_runs": sum(r["others_cpu_share"] > BUSY for side in runs.values() for r in side),
+        "runs_in_medians": {side: len(clean(side)) for side in runs},
+    }
+    result["ratio"] = round(result["sumtune_tokens_per_s"] / result["peer_tokens_per_s"], 3)
+    result["rss_ratio"] = round(result["sumtune_peak_rss_mb"] / result["peer_peak_rss_mb"], 3)
+    if epochs > 1:
+        result["epochs"] = epochs
+        result["epochs_over_first"] = round(med("sumtune", "epochs_over_first"), 3)
+    print(f"{a.method} ({precision}, {n_rows} rows x {result['mean_row_tokens']} tokens, {a.reps} reps, medians): "
+          f"sumtune {result['sumtune_tokens_per_s']} tokens/s, peer {result['peer_tokens_per_s']} tokens/s, "
+          f"ratio {result['ratio']:.2f}x; peak RSS {result['sumtune_peak_rss_mb']} vs {result['peer_peak_rss_mb']} MB "
+          f"({result['rss_ratio']:.2f}x)"
+          + (f"; {epochs} epochs = {result['epochs_over_first']:.2f} x the first" if epochs > 1 else ""))
+    if a.json:
+        print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""One sumtune side of bench/throughput.py (run in its own process for a clean peak RSS).
+
+Trains on pre-tokenised rows with the trainer's own pieces, set up as `train.train`
+sets them up: the method's `prepare`, `fastpath.speed_up` and `select_loss` (switched
+by train.fast), the AdamW parameter groups and schedule, the data order, collation and
+`train.optimizer_step` (exact accumulation, clipping). What `train.train` adds around
+them - reading text data, validation, checkpoints - is left out, as the peer has none.
+Prints one JSON line: seconds and tokens/s of the first epoch, and all epochs' time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--method", required=True)
+    ap.add_argument("--model", required=True, help="model directory")
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--grad-accum", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--fast", default="true", choices=["true", "false"])
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+
+    from datasets import Dataset
+
+    from sumtune import train as trainer
+    from sumtune.config import build_config
+    from sumtune.data import Collator, epoch_order
+    from sumtune.fastpath import fused_adamw, select_loss, speed_up
+    from sumtune.methods import get_method
+    from sumtune.modeling import autocast_dtype, load_model, load_tokenizer
+
+    rows = [json.loads(line) for line in open(a.data) if line.strip()]
+    cfg = build_config(flags={
+        "model.name": a.model, "method.name": a.method, "output_dir": a.out,
+        "method.r": 8, "method.alpha": 16, "method.dropout": 0.05, "method.n_tokens": 12,
+        "method.last_k_blocks": 0, "train.batch_size": a.batch_size, "train.grad_accum": a.grad_accum,
+        "train.lr": 5e-4, "train.weight_decay": 0.0, "train.warmup_ratio": 0.0, "train.scheduler": "linear",
+        "train.max_grad_norm": 1.0, "train.precision": a.precision, "train.fast": a.fast == "true",
+        "train.epochs": a.epochs, "train.seed": 0,
+    })
+    tc = cfg.train
+    accelerator, precision = trainer._accelerator(cfg, Path(a.out))
+    tokenizer = load_tokenizer(a.model)
+    model = get_method(a.method).prepare(load_model(a.model), tokenizer, cfg.method)
+    speed_up(model, tc.fast, cfg.model.attention, autocast_dtype(precision))
+    loss_fn = select_loss(model, trainer.token_loss_sum, tc.fast)
+    ds = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+    collate = Collator(tokenizer.pad_token_id)
+    per_step = tc.batch_size * tc.grad_accum
+    steps_per_epoch = -(-len(ds) // per_step)
+
+    t0 = time.perf_counter()  # from here on, what the peer's Trainer.train() times
+    optimizer = torch.optim.AdamW(trainer.param_groups(model, tc.weight_decay), lr=tc.lr,
+                                  fused=fused_adamw(tc.fast))
+    scheduler = trainer._scheduler(optimizer, tc.scheduler, 0, steps_per_epoch * a.epochs)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    trained = [p for p in model.parameters() if p.requires_grad]
+    epoch_ends, losses = [], []
+    for epoch in range(a.epochs):
+        order = epoch_order(len(ds), tc.seed, epoch)
+        for k in range(steps_per_epoch):
+            batches = trainer.micro_batches(ds, order[k * per_step:(k + 1) * per_step], tc.batch_size, 1, 0, collate)
+            losses.append(trainer.optimizer_step(accelerator, model, optimizer, scheduler, loss_fn, batches,
+                                                 trained, tc.max_grad_norm)[0])
+        epoch_ends.append(time.perf_counter() - t0)
+    first = epoch_ends[0]
+    tokens = len(rows) * statistics.mean(len(r["input_ids"]) for r in rows)  # as the peer counts
+    print(json.dumps({
+        "side": "sumtune", "method": a.method, "precision": precision, "fast": tc.fast,
+        "seconds": round(first, 2), "tokens_per_s": round(tokens / first, 1), "epochs": a.epochs,
+        "seconds_all_epochs": round(epoch_ends[-1], 2), "epochs_over_first": round(epoch_ends[-1] / first, 3),
+        "epoch_seconds": [round(b - e, 2) for b, e in zip(epoch_ends, [0.0] + epoch_ends[:-1])],
+        "final_loss": losses[-1], "loss_function": getattr(loss_fn, "__name__", type(loss_fn).__name__),
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Frozen-feature cache for head-only tuning (`last_layers` with `last_k_blocks: 0`).
+
+When only the LM head (and optionally the final layer norm) trains and the body has
+no active dropout, the body maps a sample to the same hidden states in every epoch.
+The first time a sample is seen, its hidden states at the positions that predict a
+label are computed (without autograd: nothing in the body trains) and stored; from
+then on the sample costs only the head. The cache is keyed by the sample's tokens, so
+training and validation samples alike hit it, whatever the order of the batches.
+
+Storage is bounded: entries stay in memory up to `max_memory_mb`, the rest are
+appended to a file in a temporary directory and read back with one `pread` each.
+Entries keep the dtype the body produced; under bf16 autocast they are stored in
+bf16, which is what the head would have received anyway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+
+import torch
+from torch import nn
+
+from sumtune.fastpath.loss import find_head, head_loss_sum, identity_in_place_of, label_positions
+
+
+class FeatureCache:
+    """Tensors by key, in memory up to a bound, then in a spill file."""
+
+    def __init__(self, max_memory_mb: float = 1024, spill_dir: str | None = None):
+        self.max_bytes = int(max_memory_mb * 2**20)
+        self.mem: dict[bytes, torch.Tensor] = {}
+        self.disk: dict[bytes, tuple[int, tuple[int, ...], torch.dtype]] = {}
+        self.mem_bytes = 0
+        self._spill_parent = spill_dir
+        self._dir: str | None = None
+        self._fd: int | None = None
+        self._end = 0
+
+    def __len__(self) -> int:
+        return len(self.mem) + len(self.disk)
+
+    def get(self, key: bytes) -> torch.Tensor | None:
+        t = self.mem.get(key)
+        if t is not None:
+            return t
+        where = self.disk.get(key)
+        if where is None:
+            return None
+        offset, shape, dtype = where
+        n = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        data = bytearray(os.pread(self._fd, n, offset))
+        return torch.frombuffer(data, dtype=dtype).view(shape)
+
+    def put(self, key: bytes, value: torch.Tensor) -> None:
+        value = value.detach().to("cpu").contiguous()
+        size = value.numel() * value.element_size()
+        if self.mem_bytes + size <= self.max_bytes:
+            self.mem[key] = value
+            self.mem_bytes += size
+            return
+        if self._fd is None:
+            self._dir = tempfile.mkdtemp(prefix="sumtune-features-", dir=self._spill_parent)
+            self._fd = os.open(os.path.join(self._dir, "features.bin"), os.O_RDWR | os.O_CREAT, 0o600)
+        raw = value.view(torch.uint8).reshape(-1).numpy().tobytes() if size else b""
+        os.pwrite(self._fd, raw, self._end)
+        self.disk[key] = (self._end, tuple(value.shape), value.dtype)
+        self._end += size
+
+    def close(self) -> None:
+        """Drop everything and delete the spill file."""
+        self.mem.clear()
+        self.disk.clear()
+        self.mem_bytes = 0
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def __del__(self):
+        self.close()
+
+
+def _row_key(*tensors: torch.Tensor) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for t in tensors:
+        h.update(t.to(torch.int64).cpu().numpy().tobytes())
+        h.update(b"|")
+    return h.digest()
+
+
+def _final_norm(model: nn.Module) -> nn.Module | None:
+    for m in model.modules():
+        body = getattr(m, "transformer", None)
+        if body is not None and hasattr(body, "ln_f"):
+            return body.ln_f
+    return None
+
+
+class CachedHeadLoss:
+    """`token_loss_sum(model, batch)` for head-only tuning with the body's features cached.
+
+    Build it with `for_model`, which returns None unless the cache is exact for the model:
+    every trainable parameter is in the LM head or the final layer norm, and no dropout
+    module can fire. With a trainable final norm the cache holds its input."""
+
+    def __init__(self, head: nn.Module, norm: nn.Module | None, cache: FeatureCache):
+        self.head, self.norm, self.cache = head, norm, cache
+
+    @classmethod
+    def for_model(cls, model: nn.Module, cache: FeatureCache | None = None) -> CachedHeadLoss | None:
+        head = find_head(model)
+        norm = _final_norm(model)
+        if norm is not None and not any(p.requires_grad for p in norm.parameters()):
+            norm = None
+        allowed = {id(p) for m in (head, norm) if m is not None for p in m.parameters()}
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if not trainable or any(id(p) not in allowed for p in trainable):
+            return None
+        if any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
+            return None
+        return cls(head, norm, cache if cache is not None else FeatureCache())
+
+    def _features(self, model, ids, mask, end, pos) -> torch.Tensor:
+        key = _row_key(ids[:end], mask[:end], pos)
+        f = self.cache.get(key)
+        if f is None:
+            cut = [self.head] + ([self.norm] if self.norm is not None else [])
+            with torch.no_grad(), identity_in_place_of(model, *cut):
+                f = model(input_ids=ids[None, :end], attention_mask=mask[None, :end]).logits[0, pos]
+            self.cache.put(key, f)
+        return f.to(ids.device)
+
+    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        feats, targets = [], []
+        for r in range(ids.shape[0]):
+            pos, tgt = label_positions(labels[r])
+            if pos.numel():
+                feats.append(self._features(model, ids[r], mask[r], int(pos[-1]) + 1, pos))
+                targets.append(tgt)
+        if not feats:
+            return torch.zeros((), device=ids.device, requires_grad=True), 0
+        x = torch.cat(feats)
+        if self.norm is not None:
+            x = self.norm(x)
+        return head_loss_sum(self.head, x, torch.cat(targets)), x.shape[0]

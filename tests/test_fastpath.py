@@ -1,0 +1,314 @@
+"""Every fast path against its reference: Transformers' eager attention and `generate`,
+Hugging Face's own causal-LM loss, PEFT's LoRA forward, the uncached head loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from method_utils import padded_batch
+
+from sumtune.config import MethodConfig
+from sumtune.fastpath import select_loss, speed_up
+from sumtune.fastpath.attention import GPTNeoSdpaAttention, set_attention
+from sumtune.fastpath.features import CachedHeadLoss, FeatureCache
+from sumtune.fastpath.gelu import set_fast_gelu
+from sumtune.fastpath.head import set_fast_head
+from sumtune.fastpath.lora import keep_mask, set_fast_lora
+from sumtune.fastpath.loss import fast_token_loss_sum, head_loss_sum
+from sumtune.methods import get_method
+from sumtune.modeling import load_model, load_tokenizer
+
+TOL = 1e-5
+
+
+def _batch(vocab: int, seed: int = 0, lengths=(40, 29, 33), prompt: int = 18) -> dict[str, torch.Tensor]:
+    """Right-padded rows longer than the tiny GPT-Neo's local window (16), labels after `prompt`."""
+    g = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.randint(1, vocab, (len(lengths), width), generator=g)
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :prompt] = -100
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _hf_loss_sum(model, batch) -> tuple[torch.Tensor, int]:
+    """Reference: Hugging Face's mean causal-LM loss over the full logits, times the label count."""
+    n = int((batch["labels"][:, 1:] != -100).sum())
+    return model(**batch).loss * n, n
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _loss_and_grads(model, fn, batch):
+    model.zero_grad(set_to_none=True)
+    loss, n = fn(model, batch)
+    loss.backward()
+    return loss.detach(), n, _grads(model)
+
+
+def _assert_close_grads(a: dict, b: dict, tol: float = TOL) -> None:
+    assert a.keys() == b.keys() and a
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=tol, atol=tol, msg=k)
+
+
+# ---------------------------------------------------------------- attention
+
+def test_gpt_neo_sdpa_matches_eager_forward_backward_and_padding(tiny_neo):
+    model = load_model(str(tiny_neo)).train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    batch = _batch(model.config.vocab_size)
+    left = dict(batch, attention_mask=batch["attention_mask"].flip(1), input_ids=batch["input_ids"].flip(1))
+    out = {}
+    for impl in ("eager", "sdpa"):
+        assert set_attention(model, impl) == impl
+        model.zero_grad()
+        loss, _ = _hf_loss_sum(model, batch)
+        loss.backward()
+        with torch.no_grad():
+            left_logits = model(input_ids=left["input_ids"], attention_mask=left["attention_mask"]).logits
+        out[impl] = (loss.detach(), _grads(model), model(**batch).logits.detach(), left_logits)
+    assert isinstance(model.transformer.h[1].attn.attention, GPTNeoSdpaAttention)
+    assert model.transformer.h[1].attn.attention.attention_type == "local"
+    torch.testing.assert_close(out["sdpa"][0], out["eager"][0], rtol=TOL, atol=TOL)
+    _assert_close_grads(out["sdpa"][1], out["eager"][1])
+    for i, mask in ((2, batch["attention_mask"]), (3, left["attention_mask"])):  # real positions only
+        real = mask.bool()
+        torch.testing.assert_close(out["sdpa"][i][real], out["eager"][i][real], rtol=TOL, atol=TOL)
+
+
+def test_gpt_neo_sdpa_generate_with_cache_matches_eager(tiny_neo):
+    model = load_model(str(tiny_neo)).eval()
+    ids = _batch(model.config.vocab_size, lengths=(30, 30))["input_ids"]
+    mask = torch.ones_like(ids)
+    mask[1, :9] = 0  # left padding in a batch
+    kw = dict(attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=0,
+              output_logits=True, return_dict_in_generate=True)
+    set_attention(model, "eager")
+    ref = model.generate(ids, **kw)
+    speed_up(model)  # SDPA and the few-rows head
+    out = model.generate(ids, **kw)
+    assert torch.equal(out.sequences, ref.sequences)  # 42 tokens: past the window of 16
+    torch.testing.assert_close(torch.stack(out.logits), torch.stack(ref.logits), rtol=TOL, atol=TOL)
+
+
+def test_gpt2_uses_transformers_sdpa(tiny_gpt2):
+    model = load_model(str(tiny_gpt2)).eval()
+    batch = _batch(model.config.vocab_size)
+    assert set_attention(model, "eager") == "eager"
+    ref = model(**batch).logits
+    assert set_attention(model, "auto") == "sdpa"
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(model(**batch).logits[real], ref[real], rtol=TOL, atol=TOL)
+
+
+def test_few_rows_head_matches_linear(tiny_neo):
+    model = load_model(str(tiny_neo))
+    head = model.lm_head
+    xs = [torch.randn(rows, 1, model.config.hidden_size) for rows in (1, 8, 40)]
+    refs = [head(x) for x in xs]
+    assert set_fast_head(model) and type(model.lm_head).__name__ == "FewRowsLinear"
+    for x, ref in zip(xs, refs):
+        torch.testing.assert_close(head(x), ref, rtol=TOL, atol=TOL)
+
+
+def test_fast_gelu_matches_gelu_new(tiny_neo):
+    model = load_model(str(tiny_neo)).eval()
+    batch = _batch(model.config.vocab_size)
+    ref = model(**batch).logits
+    assert set_fast_gelu(model) == model.config.num_layers
+    torch.testing.assert_close(model(**batch).logits, ref, rtol=TOL, atol=TOL)
+
+
+# ---------------------------------------------------------------- loss at label positions
+
+def _method_model(model_dir, method: str, **cfg):
+    tok = load_tokenizer(str(model_dir))
+    base = load_model(str(model_dir))
+    model = get_method(method).prepare(base, tok, MethodConfig(name=method, **cfg))
+    if method == "lora":  # PEFT starts B at zero; make the adapters matter
+        torch.manual_seed(0)
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                torch.nn.init.normal_(p, std=0.05)
+    return model.train(), tok
+
+
+@pytest.mark.parametrize("arch", ["tiny_neo", "tiny_gpt2"])
+@pytest.mark.parametrize("method,cfg", [("lora", {"dropout": 0.0}), ("prompt_tuning", {"n_tokens": 5}),
+                                        ("last_layers", {"last_k_blocks": 1})])
+def test_fast_loss_matches_hf_loss(request, arch, method, cfg):
+    model, tok = _method_model(request.getfixturevalue(arch), method, **cfg)
+    batch = padded_batch(tok)
+    ref_loss, ref_n, ref_grads = _loss_and_grads(model, _hf_loss_sum, batch)
+    info = speed_up(model)
+    assert info["attention"] == "sdpa"
+    loss, n, grads = _loss_and_grads(model, fast_token_loss_sum, batch)
+    assert n == ref_n
+    torch.testing.assert_close(loss, ref_loss, rtol=TOL, atol=TOL)
+    _assert_close_grads(grads, ref_grads)
+
+
+@pytest.mark.parametrize("method", ["lora", "prompt_tuning"])
+def test_fast_loss_in_one_padded_pass_matches_hf_loss(tiny_neo, method, monkeypatch):
+    """The GPU/DDP variant: the whole batch in one pass, head at the labelled positions only."""
+    monkeypatch.setattr("sumtune.fastpath.loss.one_pass_per_row", lambda model, device: False)
+    model, tok = _method_model(tiny_neo, method, **({"dropout": 0.0} if method == "lora" else {"n_tokens": 5}))
+    batch = _batch(model.config.vocab_size)
+    ref_loss, _, ref_grads = _loss_and_grads(model, _hf_loss_sum, batch)
+    speed_up(model)
+    loss, _, grads = _loss_and_grads(model, fast_token_loss_sum, batch)
+    torch.testing.assert_close(loss, ref_loss, rtol=TOL, atol=TOL)
+    _assert_close_grads(grads, ref_grads)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_cross_entropy_matches_torch(bias):
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 300, bias=bias)
+    h = torch.randn(9, 16, requires_grad=True)
+    y = torch.randint(0, 300, (9,))
+    grads = []
+    for fn in (lambda: F.cross_entropy(head(h), y, reduction="sum"), lambda: head_loss_sum(head, h, y)):
+        head.zero_grad()
+        h.grad = None
+        loss = fn()
+        (loss * 0.37).backward()  # a scale, as the trainer applies
+        grads.append([loss.detach(), h.grad] + [p.grad for p in head.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=TOL, atol=TOL)
+
+
+def test_fast_loss_bf16_within_one_percent(tiny_neo):
+    model, tok = _method_model(tiny_neo, "lora", dropout=0.0)
+    batch = _batch(model.config.vocab_size)
+    ref, n = _hf_loss_sum(model, batch)
+    speed_up(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, m = fast_token_loss_sum(model, batch)
+    assert m == n
+    assert abs(loss.item() - ref.item()) <= 1e-2 * abs(ref.item())
+
+
+@pytest.mark.parametrize("arch", ["tiny_neo", "tiny_gpt2"])
+def test_frozen_weights_cast_once_is_bit_identical_under_autocast(request, arch):
+    model, _ = _method_model(request.getfixturevalue(arch), "lora", dropout=0.0)
+    speed_up(model)
+    batch = _batch(model.config.vocab_size)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref_loss, _, ref_grads = _loss_and_grads(model, fast_token_loss_sum, batch)
+    assert speed_up(model, autocast=torch.bfloat16)["frozen_linears_cast"] > 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _, grads = _loss_and_grads(model, fast_token_loss_sum, batch)
+    assert torch.equal(loss, ref_loss)
+    assert all(torch.equal(grads[k], ref_grads[k]) for k in ref_grads)
+
+
+def test_fast_paths_switch_off(tiny_neo):
+    model, _ = _method_model(tiny_neo, "lora", dropout=0.1)
+    speed_up(model)
+    assert select_loss(model, _hf_loss_sum, fast=False) is _hf_loss_sum
+    assert select_loss(model, _hf_loss_sum) is fast_token_loss_sum
+    set_fast_lora(model, False)
+    assert speed_up(model, fast=False)["attention"] == "eager"
+    assert type(model.base_model.model.transformer.h[0].attn.attention).__name__ == "GPTNeoSelfAttention"
+    assert type(model.base_model.model.transformer.h[0].attn.attention.q_proj).__name__ == "Linear"
+
+
+# ---------------------------------------------------------------- LoRA
+
+def test_fast_lora_matches_peft_without_dropout(tiny_neo):
+    model, _ = _method_model(tiny_neo, "lora", dropout=0.0)
+    batch = _batch(model.config.vocab_size)
+    ref_loss, _, ref_grads = _loss_and_grads(model, _hf_loss_sum, batch)
+    assert set_fast_lora(model) == 6 * model.config.num_layers
+    loss, _, grads = _loss_and_grads(model, _hf_loss_sum, batch)
+    torch.testing.assert_close(loss, ref_loss, rtol=TOL, atol=TOL)
+    _assert_close_grads(grads, ref_grads)
+
+
+def test_fast_lora_dropout_is_lora_of_dropped_input(tiny_neo, monkeypatch):
+    """With the mask fixed, one layer's output is base(x) + B(A(x * mask / keep)) * scaling."""
+    model, _ = _method_model(tiny_neo, "lora", dropout=0.3)
+    set_fast_lora(model)
+    layer = model.base_model.model.transformer.h[0].mlp.c_fc
+    x = torch.randn(2, 7, layer.in_features)
+    mask = torch.rand(x.shape) > 0.3
+    monkeypatch.setattr("sumtune.fastpath.lora.keep_mask", lambda shape, p, device: (mask, 0.7))
+    a, b = layer.lora_A["default"], layer.lora_B["default"]
+    expected = layer.base_layer(x) + b(a(x * mask / 0.7)) * layer.scaling["default"]
+    torch.testing.assert_close(layer(x), expected, rtol=TOL, atol=TOL)
+    layer.eval()  # no dropout in eval mode: PEFT's forward exactly
+    torch.testing.assert_close(layer(x), layer.base_layer(x) + b(a(x)) * layer.scaling["default"],
+                               rtol=TOL, atol=TOL)
+
+
+def test_fast_lora_layers_reading_one_input_share_one_mask(tiny_neo, monkeypatch):
+    import sumtune.fastpath.lora as fl
+
+    model, _ = _method_model(tiny_neo, "lora", dropout=0.3)
+    set_fast_lora(model)
+    attn = model.base_model.model.transformer.h[0].attn.attention
+    draws = []
+    real = fl.keep_mask
+    monkeypatch.setattr(fl, "keep_mask", lambda *a: draws.append(a) or real(*a))
+    x = torch.randn(2, 7, attn.q_proj.in_features)
+    for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+        proj(x)
+    assert len(draws) == 1
+    attn.q_proj(x.clone())  # another tensor
+    x.mul_(2)  # the same tensor, changed in place
+    attn.q_proj(x)
+    assert len(draws) == 3
+
+
+def test_keep_mask_drop_rate_and_independence():
+    torch.manual_seed(0)
+    mask, keep = keep_mask(torch.Size([1000, 1000]), 0.05, torch.device("cpu"))
+    assert mask.dtype == torch.bool and abs(keep - 0.95) < 1e-9
+    assert abs(mask.float().mean().item() - keep) < 2e-3
+    pairs = mask.view(-1, 2).float()  # the two halves of one random word
+    both = (pairs[:, 0] * pairs[:, 1]).mean().item()
+    assert abs(both - keep**2) < 3e-3
+    again, _ = keep_mask(torch.Size([1000, 1000]), 0.05, torch.device("cpu"))
+    assert not torch.equal(mask, again)
+
+
+# ---------------------------------------------------------------- feature cache
+
+@pytest.mark.parametrize("norm", [False, True])
+@pytest.mark.parametrize("memory_mb", [1024, 0])  # 0: every entry spills to disk
+def test_feature_cache_matches_uncached(tiny_neo, norm, memory_mb):
+    model, tok = _method_model(tiny_neo, "last_layers", last_k_blocks=0, train_final_norm=norm)
+    speed_up(model)
+    batch = _batch(model.config.vocab_size)
+    ref_loss, ref_n, ref_grads = _loss_and_grads(model, _hf_loss_sum, batch)
+    cache = FeatureCache(memory_mb)
+    fn = CachedHeadLoss.for_model(model, cache)
+    assert fn is not None
+    for _ in range(2):  # a miss that fills the cache, then a hit
+        loss, n, grads = _loss_and_grads(model, fn, batch)
+        assert n == ref_n
+        torch.testing.assert_close(loss, ref_loss, rtol=TOL, atol=TOL)
+        _assert_close_grads(grads, ref_grads)
+    assert len(cache) == 3 and (len(cache.disk) == 3) == (memory_mb == 0)
+    cache.close()
+
+
+def test_feature_cache_only_when_exact(tiny_neo, tiny_gpt2):
+    lora, _ = _method_model(tiny_neo, "lora")
+    assert CachedHeadLoss.for_model(lora) is None  # the body trains
+    deep, _ = _method_model(tiny_neo, "last_layers", last_k_blocks=1)
+    assert CachedHeadLoss.for_model(deep) is None
+    head, _ = _method_model(tiny_neo, "last_layers")
+    assert isinstance(select_loss(head, _hf_loss_sum), CachedHeadLoss)
+    assert select_loss(head, _hf_loss_sum, distributed=True) is fast_token_loss_sum
+    head.transformer.drop.p = 0.1  # dropout in the body: features differ per epoch
+    assert CachedHeadLoss.for_model(head) is None
