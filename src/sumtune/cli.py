@@ -7,6 +7,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from sumtune.config import METHODS, PRECISIONS
@@ -176,7 +177,13 @@ def _run(a: argparse.Namespace) -> int:
 
 
 def _quiet_progress(verbose: bool) -> None:
-    """datasets' per-map progress bars only with --verbose."""
+    """datasets' per-map and transformers' weight-loading bars only with --verbose."""
+    import transformers
+
+    if verbose:
+        transformers.utils.logging.enable_progress_bar()
+    else:
+        transformers.utils.logging.disable_progress_bar()
     os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "0" if verbose else "1"
     if "datasets" in sys.modules:  # already imported (read at import time otherwise)
         import datasets
@@ -196,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("httpx", "urllib3", "filelock", "fsspec", "datasets", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # PEFT 0.21 calls a deprecated transformers 5 helper on every LoRA model: not the user's concern
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     _quiet_progress(args.verbose)
     try:
         return _run(args)

@@ -38,6 +38,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from sumtune.config import EvalConfig
 from sumtune.errors import UserError
+from sumtune.progress import bar as bar_of
 
 
 def decoding_parts(model: nn.Module) -> tuple[nn.Module, torch.Tensor | None]:
@@ -159,13 +160,11 @@ class Generator:
     @torch.inference_mode()
     def generate(self, prompts: Sequence[Sequence[int]], progress: bool = False) -> list[list[int]]:
         """New tokens for each prompt, in input order; a finished summary ends with its stop token."""
-        from tqdm.auto import tqdm
-
         k = self.cfg.num_beams
         per_batch = max(1, self.cfg.batch_size // k)
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         out: list[list[int]] = [[] for _ in prompts]
-        with tqdm(total=len(prompts), desc="generating", unit="summary", disable=not progress) as bar:
+        with bar_of("generating", len(prompts), "summary", enabled=progress) as bar:
             for start in range(0, len(order), per_batch):
                 idx = order[start : start + per_batch]
                 batch = [prompts[i] for i in idx]

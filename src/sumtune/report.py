@@ -34,7 +34,7 @@ def run_row(run: Path, split: str = "test") -> dict[str, Any]:
         "trainable_pct": 100.0 * trainable / total if trainable is not None and total else None,
         "train_seconds": seconds, "seconds_per_epoch": seconds / epochs if seconds is not None and epochs else None,
         "epochs_run": epochs, "peak_memory_mb": res.get("peak_memory_mb"), "tokens_per_s": res.get("tokens_per_s"),
-        "lr": cfg.train.lr, "best_val_loss": res.get("best_val_loss"),
+        "lr": cfg.train.lr if cfg.method.name != "zero_shot" else None, "best_val_loss": res.get("best_val_loss"),
         "evaluated": False, "test_loss": None, "n_test": None, **dict.fromkeys(ROUGE_KEYS),
     }
     metrics = run / "eval" / split / "metrics.json"

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from sumtune import progress
 from sumtune.checkpoint import (
     atomic_write_json,
     latest_checkpoint,
@@ -553,9 +554,7 @@ class _StopOnSignal:
 
 
 def _bar(desc: str, total: int, initial: int, main: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", disable=not main, dynamic_ncols=True)
+    return progress.bar(desc, total, "step", initial=initial, enabled=main)
 
 
 def _epoch_summary(epoch: int, n_epochs: int, progress: Progress, val: float | None, bar) -> None:
