@@ -36,8 +36,9 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
-def _add_train_flags(p: argparse.ArgumentParser, method_required: bool) -> None:
-    p.add_argument("--method", choices=METHODS, required=method_required, help="fine-tuning method")
+def _add_train_flags(p: argparse.ArgumentParser, with_method: bool) -> None:
+    if with_method:
+        p.add_argument("--method", choices=METHODS, help="fine-tuning method")
     p.add_argument("--config", help="YAML preset (see configs/)")
     p.add_argument("--model", help="hub name (e.g. EleutherAI/gpt-neo-125m) or local model directory")
     p.add_argument("--data", help="Kaggle CNN/DM dir | FILE.csv/.jsonl | hf:NAME[:CONFIG]")
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("train", help="train one method; writes a run directory")
-    _add_train_flags(p, method_required=False)
+    _add_train_flags(p, with_method=True)
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last checkpoint")
 
     p = sub.add_parser("evaluate", help="loss + ROUGE of generated summaries for a run")
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="directory for compare.md/json and plots (default: common parent)")
 
     p = sub.add_parser("experiment", help="train, evaluate and compare every method on the same data")
-    _add_train_flags(p, method_required=False)
+    _add_train_flags(p, with_method=False)
     p.add_argument("--with-full", action="store_true", help="include full fine-tuning")
     p.add_argument("--sweep-lr", action="store_true", help="short runs over a small lr grid per method first")
     p.add_argument("--eval-limit", type=_positive_int, help="evaluate on the first N test examples")
