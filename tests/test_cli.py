@@ -171,3 +171,13 @@ def test_pickled_model_weights_are_refused(capsys, tmp_path, kaggle_dir, train_a
     (model / "model.safetensors").unlink()
     _fails(capsys, train_argv(kaggle_dir, model), "cannot load model", "model.safetensors")
     assert not train_argv.out.exists()
+
+
+def test_train_flags_map_onto_config_keys():
+    from sumtune.cli import _flags, build_parser
+
+    a = build_parser().parse_args(["train", "--method", "full", "--save-steps", "7", "--seed", "3"])
+    flags = _flags(a)
+    assert flags["method.name"] == "full" and flags["train.save_steps"] == 7 and flags["train.seed"] == 3
+    a = build_parser().parse_args(["experiment", "--with-full"])
+    assert _flags(a)["method.name"] is None  # experiment trains every method

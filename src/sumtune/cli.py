@@ -53,6 +53,7 @@ def _add_train_flags(p: argparse.ArgumentParser, with_method: bool) -> None:
     p.add_argument("--max-eval-samples", type=_positive_int)
     p.add_argument("--precision", choices=PRECISIONS)
     p.add_argument("--seed", type=_positive_int)
+    p.add_argument("--save-steps", type=_positive_int, help="also checkpoint every N optimizer steps")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set method.r=16 (repeatable)")
 
@@ -64,6 +65,7 @@ def _flags(a: argparse.Namespace) -> dict:
         "train.batch_size": a.batch_size, "train.grad_accum": a.grad_accum, "train.lr": a.lr,
         "data.max_length": a.max_length, "data.max_train_samples": a.max_train_samples,
         "data.max_eval_samples": a.max_eval_samples, "train.precision": a.precision, "train.seed": a.seed,
+        "train.save_steps": a.save_steps,
     }
 
 
