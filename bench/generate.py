@@ -7,8 +7,13 @@ attention), greedy, on the same model, prompts and precision.
         [--n 8] [--max-new-tokens 64] [--batch-size 8] [--reps 2] [--json]
 
 Prompts are the article part (labels -100) of the rows of a make_token_data.py file.
-Both sides stop at EOS only (the blank-line stop rule is off: HF has none), so their
-greedy outputs must be token-identical; the script fails loudly when they are not.
+Both sides stop at EOS only (the blank-line stop rule is off: HF has none). The two
+compute the same logits with different kernels (SDPA vs eager attention, batch 8 vs 1),
+which round differently, so where a random model has two near-tied logits the greedy
+choice can flip. The script reports how many outputs are identical, and for each that
+is not, the gap between the two tokens' logits at the first difference (recomputed with
+HF's model at batch 1 in fp32). It fails when a difference is not such a tie (gap above
+1e-3 in fp32, 0.1 in bf16): that would be a bug, not rounding.
 The two run alternately in one process (the attention is switched between runs);
 printed: median summaries/s of each, the ratio, and whether the outputs matched.
 """
@@ -42,6 +47,21 @@ def hf_generate(model, prompts, eos: int, max_new: int, autocast) -> list[list[i
                                  do_sample=False, eos_token_id=eos, pad_token_id=eos)
         out.append(seq[0, len(p):].tolist())
     return out
+
+
+@torch.inference_mode()
+def divergence_gaps(model, prompts, ref: list[list[int]], got: list[list[int]]) -> list[float]:
+    """For each output that differs: |logit(ref token) - logit(got token)| at the first difference,
+    from the model at batch 1 in fp32 with eager attention."""
+    set_attention(model, "eager")
+    gaps = []
+    for p, a, b in zip(prompts, ref, got):
+        k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+        if k is None:
+            continue
+        logits = model(torch.tensor([p + a[:k]])).logits[0, -1].float()
+        gaps.append(abs(float(logits[a[k]] - logits[b[k]])))
+    return gaps
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -85,22 +105,30 @@ def main(argv: list[str] | None = None) -> dict:
             times[side].append(time.perf_counter() - t0)
             print(f"rep {rep} {side:8s} {len(prompts) / times[side][-1]:.3f} summaries/s", flush=True)
     identical = outputs["hf"] == outputs["sumtune"]
+    gaps = divergence_gaps(model, prompts, outputs["hf"], outputs["sumtune"])
+    same = sum(h == s for h, s in zip(outputs["hf"], outputs["sumtune"]))
+    prefix = [next((i for i, (x, y) in enumerate(zip(h, s)) if x != y), min(len(h), len(s)))
+              for h, s in zip(outputs["hf"], outputs["sumtune"])]
     result = {
         "precision": precision, "model": a.model, "n": len(prompts),
         "prompt_tokens_mean": round(statistics.mean(map(len, prompts)), 1),
         "max_new_tokens": a.max_new_tokens, "batch_size": a.batch_size, "reps": a.reps,
         "sumtune_summaries_per_s": round(len(prompts) / statistics.median(times["sumtune"]), 4),
         "hf_summaries_per_s": round(len(prompts) / statistics.median(times["hf"]), 4),
-        "identical_output": identical, "threads": torch.get_num_threads(),
+        "identical_output": identical, "identical_prompts": same,
+        "common_prefix_tokens_median": statistics.median(prefix), "max_logit_gap_at_divergence": max(gaps, default=0.0),
+        "threads": torch.get_num_threads(),
     }
     result["ratio"] = round(result["sumtune_summaries_per_s"] / result["hf_summaries_per_s"], 3)
     print(f"sumtune {result['sumtune_summaries_per_s']:.3f} summaries/s | HF generate batch 1 "
           f"{result['hf_summaries_per_s']:.3f} summaries/s | ratio {result['ratio']:.2f}x | "
-          f"identical greedy output: {identical} | {precision}")
+          f"identical greedy output: {identical} ({same}/{len(prompts)} prompts, common prefix median "
+          f"{result['common_prefix_tokens_median']} tokens; logit gap at divergence max "
+          f"{result['max_logit_gap_at_divergence']:.2e}) | {precision}")
     if a.json:
         print(json.dumps(result))
-    if not identical:
-        raise SystemExit("outputs differ between sumtune and HF generate")
+    if max(gaps, default=0.0) > (1e-3 if precision == "fp32" else 0.1):
+        raise SystemExit("outputs differ between sumtune and HF generate where the logits are not tied")
     return result
 
 

@@ -304,6 +304,32 @@ def test_feature_cache_matches_uncached(tiny_neo, norm, memory_mb):
     cache.close()
 
 
+def test_whole_step_cached_loss_equals_micro_batch_steps(tiny_neo, tmp_path):
+    """The trainer hands the cached head loss a whole step at once: the update equals the
+    reference loss's, micro-batch by micro-batch, over the same samples (fp32)."""
+    from sumtune import train as trainer
+    from sumtune.config import build_config
+
+    cfg = build_config(flags={"model.name": str(tiny_neo), "train.precision": "fp32"})
+    accelerator, _ = trainer._accelerator(cfg, tmp_path)
+    batches = [(_batch(50, seed=s, lengths=(40, 29)), True) for s in range(3)]
+    results = []
+    for fn in ("reference", "cached"):
+        model, _ = _method_model(tiny_neo, "last_layers", last_k_blocks=0)
+        speed_up(model)
+        loss_fn = CachedHeadLoss.for_model(model) if fn == "cached" else _hf_loss_sum
+        trained = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(trained, lr=0.5)  # the update is the gradient (Adam would magnify rounding)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        for _ in range(2):
+            loss, n, *_ = trainer.optimizer_step(accelerator, model, opt, sched, loss_fn, batches, trained, 1.0)
+        results.append((loss, n, [p.detach().clone() for p in trained]))
+    (ref_loss, ref_n, ref_w), (loss, n, w) = results
+    assert n == ref_n and loss == pytest.approx(ref_loss, rel=1e-5)
+    for a, b in zip(w, ref_w):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_feature_cache_only_when_exact(tiny_neo, tiny_gpt2):
     lora, _ = _method_model(tiny_neo, "lora")
     assert CachedHeadLoss.for_model(lora) is None  # the body trains

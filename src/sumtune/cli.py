@@ -203,8 +203,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help (0) or a bad flag (2, message already printed)
         return e.code if isinstance(e.code, int) else 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    for noisy in ("httpx", "urllib3", "filelock", "fsspec", "datasets", "huggingface_hub"):
+    for noisy in ("httpx", "urllib3", "filelock", "fsspec", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # offline, the Hub client logs a warning per retry before our one-line error says it all
+    # (the library sets its level when first imported, from HF_HUB_VERBOSITY)
+    os.environ.setdefault("HF_HUB_VERBOSITY", "debug" if args.verbose else "error")
+    logging.getLogger("huggingface_hub").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # PEFT 0.21 calls a deprecated transformers 5 helper on every LoRA model: not the user's concern
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

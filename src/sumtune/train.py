@@ -289,6 +289,13 @@ def optimizer_step(accelerator, model, optimizer, scheduler, loss_fn, batches: l
     n_targets, n_tokens = (int(x) for x in accelerator.reduce(counts, "sum"))
     scale = accelerator.num_processes / n_targets  # sum / all targets; DDP divides gradients by the processes
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    if getattr(loss_fn, "whole_step", False) and accelerator.num_processes == 1:
+        # a loss that takes the whole step at once (the head-only feature cache): one backward
+        with accelerator.autocast():
+            loss, _ = loss_fn.step_loss(model, [{k: v.to(device) for k, v in b.items()} for b, _ in batches])
+        accelerator.backward(loss * scale)
+        loss_sum += loss.detach().double()
+        batches = []
     for i, (batch, counted) in enumerate(batches):
         batch = {k: v.to(device) for k, v in batch.items()}
         sync = i == len(batches) - 1  # gradients are all-reduced once per step

