@@ -81,14 +81,18 @@ def main(argv: list[str] | None = None) -> dict:
     precision = precision_for(a.precision)
     rows = load_rows(a.data)[: a.n]
     prompts = [[t for t, y in zip(r["input_ids"], r["labels"]) if y == -100] for r in rows]
-    model, tokenizer = build_model(a.model)
+    model, tokenizer = build_model(a.model)  # HF's side: as users run it (autocast over fp32 weights)
     model.eval()
+    ours, _ = build_model(a.model)  # sumtune's side: prepared as `sumtune evaluate` prepares a run
+    ours.load_state_dict(model.state_dict())
+    ours.eval()
     eos = tokenizer.eos_token_id
     dtype = torch.bfloat16 if precision == "bf16" else None
 
     def autocast():
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None)
 
+    speed_up(ours, autocast=dtype, inference=True)
     cfg = EvalConfig(batch_size=a.batch_size, num_beams=1, max_new_tokens=a.max_new_tokens)
     times: dict[str, list[float]] = {"sumtune": [], "hf": []}
     outputs: dict[str, list[list[int]]] = {}
@@ -99,8 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
                 set_attention(model, "eager")  # what Transformers gives GPT-Neo
                 outputs[side] = hf_generate(model, prompts, eos, a.max_new_tokens, autocast)
             else:
-                speed_up(model)
-                gen = Generator(model, tokenizer, cfg, autocast=dtype, stop_at_blank_line=False)
+                gen = Generator(ours, tokenizer, cfg, autocast=dtype, stop_at_blank_line=False)
                 outputs[side] = gen.generate(prompts)
             times[side].append(time.perf_counter() - t0)
             print(f"rep {rep} {side:8s} {len(prompts) / times[side][-1]:.3f} summaries/s", flush=True)

@@ -371,3 +371,28 @@ def test_head_cast_once_is_autocast_bit_for_bit(trainable):
     fast = run(lambda h: head_loss_sum(head, h, targets))
     ref = run(lambda h: F.cross_entropy(F.linear(h, head.weight).float(), targets, reduction="sum"))
     assert head._sumtune_low_weight[1] is not low and torch.equal(fast[0], ref[0])
+
+
+@pytest.mark.parametrize("arch", ["tiny_neo", "tiny_gpt2"])
+def test_cast_for_inference_gives_autocasts_logits(arch, request):
+    """Decoding preparation: every linear (the tied head as its own copy) in bf16 once; the input
+    embeddings stay fp32; logits under autocast match the uncast model's (and HF's head path)."""
+    from sumtune.fastpath.precision import cast_for_inference
+
+    model_dir = request.getfixturevalue(arch)
+    ref, _ = _method_model(model_dir, "lora")
+    ours, _ = _method_model(model_dir, "lora")
+    ours.load_state_dict(ref.state_dict())
+    ref.eval(), ours.eval()
+    speed_up(ours, autocast=torch.bfloat16, inference=True)
+    assert not any(p.requires_grad for p in ours.parameters())
+    emb, head = ours.get_input_embeddings(), ours.get_output_embeddings()
+    assert emb.weight.dtype == torch.float32 and head.weight.dtype == torch.bfloat16
+    assert cast_for_inference(ours, torch.bfloat16) > 0
+    ids = _batch(ours.config.vocab_size)["input_ids"][:1]
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = ref(input_ids=ids).logits.float()
+        got = ours(input_ids=ids).logits.float()
+        last = ours(input_ids=ids[:, :5]).logits.float()[:, -1]  # few rows: the head's own path
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-2)
+    torch.testing.assert_close(last, want[:, 4], rtol=0, atol=2e-2)

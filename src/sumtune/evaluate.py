@@ -61,7 +61,7 @@ def _model(run: Path, cfg: Config):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     autocast = autocast_dtype(resolve_precision(cfg.train.precision, device))
-    speed_up(model, cfg.train.fast, cfg.model.attention, autocast)  # SDPA, few-rows head (fastpath/)
+    speed_up(model, cfg.train.fast, cfg.model.attention, autocast, inference=True)  # fastpath/
     return model, tokenizer, autocast
 
 

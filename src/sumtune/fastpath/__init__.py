@@ -25,18 +25,20 @@ from sumtune.fastpath.gelu import set_fast_gelu
 from sumtune.fastpath.head import set_fast_head
 from sumtune.fastpath.lora import set_fast_lora
 from sumtune.fastpath.loss import fast_token_loss_sum
-from sumtune.fastpath.precision import cast_frozen_linears
+from sumtune.fastpath.precision import cast_for_inference, cast_frozen_linears
 
 LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, int]]
 
 
 def speed_up(model: nn.Module, fast: bool = True, attention: str = "auto",
-             autocast: torch.dtype | None = None) -> dict[str, object]:
+             autocast: torch.dtype | None = None, inference: bool = False) -> dict[str, object]:
     """Apply the module-level fast paths to a prepared method model, in place; returns what is in
     use. With fast=False only the attention is set (eager, unless `attention` names one).
-    `autocast`: the dtype training/decoding will autocast to (None: fp32), for the frozen-weight cast."""
+    `autocast`: the dtype training/decoding will autocast to (None: fp32), for the frozen-weight cast;
+    `inference`: nothing will train (evaluation, decoding): every weight is frozen and cast."""
+    cast = cast_for_inference if inference else cast_frozen_linears
     return {
-        "frozen_linears_cast": cast_frozen_linears(model, autocast) if fast and autocast else 0,
+        "frozen_linears_cast": cast(model, autocast) if fast and autocast else 0,
         "attention": set_attention(model, attention if attention != "auto" else ("sdpa" if fast else "eager")),
         "fused_gelu": set_fast_gelu(model, fast) if fast else 0,
         "fast_lora_layers": set_fast_lora(model, fast) if fast else 0,

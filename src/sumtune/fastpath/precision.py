@@ -5,7 +5,12 @@ and the cast is not cached for weights that do not require grad - i.e. for every
 frozen weight, every micro-batch. Casting the frozen linear weights (and biases) once
 gives the very same bf16 operands, so the results are bit-identical. Embeddings and
 layer norms stay in fp32 (autocast runs them in fp32; the residual stream stays fp32),
-trainable parameters stay fp32 master weights."""
+trainable parameters stay fp32 master weights.
+
+For decoding (`cast_for_inference`) nothing trains: every linear is cast once, and an LM
+head tied to the input embeddings gets its own low-precision copy (the embedding lookup
+stays fp32). Measured, bf16 decoding of 8 summaries at 125M: autocast re-cast every
+weight - the 38.6M-entry head included - at each of the 64 steps, ~45% of the time."""
 
 from __future__ import annotations
 
@@ -29,3 +34,15 @@ def cast_frozen_linears(model: nn.Module, dtype: torch.dtype) -> int:
                 p.data = p.data.to(dtype)
         n += 1
     return n
+
+
+def cast_for_inference(model: nn.Module, dtype: torch.dtype) -> int:
+    """Freeze `model` and cast every linear weight to `dtype` once (see the module doc); an LM head
+    tied to the input embeddings is untied into a `dtype` copy. Returns how many linears are cast."""
+    from sumtune.fastpath.loss import find_head
+
+    model.requires_grad_(False)
+    head = find_head(model)
+    if any(head.weight is m.weight for m in model.modules() if isinstance(m, nn.Embedding)):
+        head.weight = nn.Parameter(head.weight.detach().to(dtype), requires_grad=False)
+    return cast_frozen_linears(model, dtype)
