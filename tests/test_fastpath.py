@@ -396,3 +396,19 @@ def test_cast_for_inference_gives_autocasts_logits(arch, request):
         last = ours(input_ids=ids[:, :5]).logits.float()[:, -1]  # few rows: the head's own path
     torch.testing.assert_close(got, want, rtol=0, atol=2e-2)
     torch.testing.assert_close(last, want[:, 4], rtol=0, atol=2e-2)
+
+
+def test_fast_lora_under_bf16_autocast_matches_peft(tiny_neo):
+    """bf16: the shared cast of a layer input (q, k, v, base and LoRA paths) changes only rounding."""
+    model, _ = _method_model(tiny_neo, "lora", dropout=0.0)
+    speed_up(model, autocast=torch.bfloat16)
+    batch = _batch(model.config.vocab_size)
+    runs = []
+    for fast in (False, True):
+        set_fast_lora(model, fast)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            runs.append(_loss_and_grads(model, fast_token_loss_sum, batch))
+    (ref_loss, _, ref), (loss, _, got) = runs
+    assert abs(loss.item() - ref_loss.item()) <= 1e-2 * abs(ref_loss.item())
+    for k in ref:
+        assert float((got[k] - ref[k]).norm() / ref[k].norm()) < 5e-2, k
