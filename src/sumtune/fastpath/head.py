@@ -36,9 +36,10 @@ class FewRowsLinear(nn.Linear):
 def set_fast_head(model: nn.Module, enabled: bool = True) -> bool:
     """Switch the LM head (a plain nn.Linear) to `FewRowsLinear` or back; whether it is switched."""
     from sumtune.fastpath.loss import find_head
+    from sumtune.fastpath.precision import CastOnceLinear
 
     head = find_head(model)
-    if type(head) not in (nn.Linear, FewRowsLinear):
+    if type(head) not in (nn.Linear, FewRowsLinear, CastOnceLinear):
         return False
     head.__class__ = FewRowsLinear if enabled else nn.Linear
     return enabled

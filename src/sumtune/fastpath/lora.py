@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sumtune.fastpath.precision import cast_once
+
 _BITS = 2**16
 
 
@@ -48,19 +50,6 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.
     words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
     mask = words.view(torch.int16)[:n] >= (drop - 2**15)  # int16 quarters are uniform on [-2**15, 2**15)
     return mask.view(shape), 1.0 - drop / _BITS
-
-
-def cast_once(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """x in `dtype`, the same tensor for every layer that reads x (see the module doc)."""
-    if x.dtype == dtype:
-        return x
-    # inference tensors have no version counter; nothing between q, k and v changes x in place
-    key = (None if x.is_inference() else x._version, dtype)
-    shared = getattr(x, "_sumtune_cast", None)
-    if shared is None or shared[0] != key:
-        shared = (key, x.to(dtype))
-        x._sumtune_cast = shared
-    return shared[1]
 
 
 def dropped(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:

@@ -5,7 +5,11 @@ and the cast is not cached for weights that do not require grad - i.e. for every
 frozen weight, every micro-batch. Casting the frozen linear weights (and biases) once
 gives the very same bf16 operands, so the results are bit-identical. Embeddings and
 layer norms stay in fp32 (autocast runs them in fp32; the residual stream stays fp32),
-trainable parameters stay fp32 master weights.
+trainable parameters stay fp32 master weights. A cast linear also casts its fp32 input
+once for all the layers that read it (`cast_once`: GPT-Neo's q, k and v read one layer
+norm output, and autocast would cast it three times forward and three gradients back);
+the forward stays bit-identical, the gradients of those layers add up in bf16 before the
+one cast back to fp32.
 
 For decoding (`cast_for_inference`) nothing trains: every linear is cast once, and an LM
 head tied to the input embeddings gets its own low-precision copy (the embedding lookup
@@ -17,6 +21,30 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
+
+
+def cast_once(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x in `dtype`, the same tensor for every layer that reads x (see the module doc)."""
+    if x.dtype == dtype:
+        return x
+    # inference tensors have no version counter; nothing between q, k and v changes x in place
+    key = (None if x.is_inference() else x._version, dtype)
+    shared = getattr(x, "_sumtune_cast", None)
+    if shared is None or shared[0] != key:
+        shared = (key, x.to(dtype))
+        x._sumtune_cast = shared
+    return shared[1]
+
+
+class CastOnceLinear(nn.Linear):
+    """A frozen nn.Linear whose weight is already in the autocast dtype: under autocast its input
+    is cast with `cast_once`, so layers reading one tensor (GPT-Neo's q, k, v) share one copy."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        device = x.device.type
+        if torch.is_autocast_enabled(device) and self.weight.dtype == torch.get_autocast_dtype(device):
+            x = cast_once(x, self.weight.dtype)
+        return super().forward(x)
 
 
 def cast_frozen_linears(model: nn.Module, dtype: torch.dtype) -> int:
@@ -32,6 +60,8 @@ def cast_frozen_linears(model: nn.Module, dtype: torch.dtype) -> int:
         for p in (m.weight, m.bias):
             if p is not None and p.dtype != dtype:
                 p.data = p.data.to(dtype)
+        if type(m) is nn.Linear:
+            m.__class__ = CastOnceLinear
         n += 1
     return n
 
