@@ -211,7 +211,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
                         accelerator.log({f"train/{k}": event[k] for k in ("loss", "lr", "grad_norm", "tokens_per_s")},
                                         step=progress.step)
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{n_tokens / seconds:.0f}")
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{n_tokens / seconds:.0f}", refresh=False)
 
                     at_end = progress.step == last
                     if at_end or (tc.eval_steps and progress.step % tc.eval_steps == 0):
