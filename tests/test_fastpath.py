@@ -281,6 +281,8 @@ def test_keep_mask_drop_rate_and_independence():
         assert abs(both - keep**2) < 3e-3
     again, _ = keep_mask(torch.Size([1000, 1000]), 0.05, torch.device("cpu"))
     assert not torch.equal(mask, again)
+    _, keep = keep_mask(torch.Size([10]), 0.9999999, torch.device("cpu"))  # p just below 1
+    assert keep == 2**-16
 
 
 # ---------------------------------------------------------------- feature cache
@@ -304,15 +306,19 @@ def test_feature_cache_matches_uncached(tiny_neo, norm, memory_mb):
     cache.close()
 
 
-def test_whole_step_cached_loss_equals_micro_batch_steps(tiny_neo, tmp_path):
+@pytest.mark.parametrize("rows", [1024, 40])  # 40: the step's micro-batches go in several groups
+def test_whole_step_cached_loss_equals_micro_batch_steps(tiny_neo, tmp_path, monkeypatch, rows):
     """The trainer hands the cached head loss a whole step at once: the update equals the
     reference loss's, micro-batch by micro-batch, over the same samples (fp32)."""
     from sumtune import train as trainer
     from sumtune.config import build_config
 
+    monkeypatch.setattr(trainer, "WHOLE_STEP_ROWS", rows)
     cfg = build_config(flags={"model.name": str(tiny_neo), "train.precision": "fp32"})
     accelerator, _ = trainer._accelerator(cfg, tmp_path)
     batches = [(_batch(50, seed=s, lengths=(40, 29)), True) for s in range(3)]
+    groups = trainer._groups_by_targets([b for b, _ in batches], rows)
+    assert [len(g) for g in groups] == ([3] if rows == 1024 else [1, 1, 1])
     results = []
     for fn in ("reference", "cached"):
         model, _ = _method_model(tiny_neo, "last_layers", last_k_blocks=0)
@@ -363,11 +369,19 @@ def test_head_cast_once_is_autocast_bit_for_bit(trainable):
     fast = run(lambda h: head_loss_sum(head, h, targets))
     for a, b in zip(fast, ref):
         assert (a is None and b is None) or torch.equal(a, b)
+    if trainable:  # fused AdamW updates the weight without bumping its version: never a stale copy
+        opt = torch.optim.AdamW(head.parameters(), lr=0.1, fused=True)
+        for _ in range(2):
+            opt.step()
+            fast = run(lambda h: head_loss_sum(head, h, targets))
+            ref = run(lambda h: F.cross_entropy(F.linear(h, head.weight).float(), targets, reduction="sum"))
+            assert torch.equal(fast[0], ref[0])
+        return
     low = head._sumtune_low_weight[1]
     run(lambda h: head_loss_sum(head, h, targets))
     assert head._sumtune_low_weight[1] is low  # not cast again
     with torch.no_grad():
-        head.weight.add_(1.0)  # an optimizer step
+        head.weight.add_(1.0)  # changed in place (load_state_dict, resume)
     fast = run(lambda h: head_loss_sum(head, h, targets))
     ref = run(lambda h: F.cross_entropy(F.linear(h, head.weight).float(), targets, reduction="sum"))
     assert head._sumtune_low_weight[1] is not low and torch.equal(fast[0], ref[0])
@@ -412,3 +426,22 @@ def test_fast_lora_under_bf16_autocast_matches_peft(tiny_neo):
     assert abs(loss.item() - ref_loss.item()) <= 1e-2 * abs(ref_loss.item())
     for k in ref:
         assert float((got[k] - ref[k]).norm() / ref[k].norm()) < 5e-2, k
+
+
+@pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`")  # PEFT: a LoRA on the tied head
+def test_cast_for_inference_leaves_a_lora_wrapped_head_alone(tiny_neo):
+    model, _ = _method_model(tiny_neo, "lora", target_modules=["lm_head", "q_proj"])
+    model.eval()
+    speed_up(model, autocast=torch.bfloat16, inference=True)
+    ids = _batch(model.config.vocab_size)["input_ids"][:1]
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.isfinite(model(input_ids=ids).logits).all()
+
+
+def test_cast_once_does_not_serve_a_graph_less_copy_to_autograd():
+    from sumtune.fastpath.precision import cast_once
+
+    x = torch.randn(3, 4, requires_grad=True) * 1.0
+    with torch.no_grad():
+        cast_once(x, torch.bfloat16)
+    assert cast_once(x, torch.bfloat16).requires_grad

@@ -278,6 +278,26 @@ def _rows(ds, idx: list[int]) -> list[dict[str, list[int]]]:
     return [{"input_ids": i, "labels": la} for i, la in zip(cols["input_ids"], cols["labels"])]
 
 
+# Target tokens per head pass on the whole-step path: logits, their fp32 copy and gradients
+# take ~12 bytes x rows x vocab (~0.6 GB at 1024 rows and GPT-2's 50,257 words).
+WHOLE_STEP_ROWS = 1024
+
+
+def _groups_by_targets(batches: list[dict], limit: int) -> list[list[dict]]:
+    """Consecutive micro-batches grouped so that a group holds at most `limit` target tokens
+    (a micro-batch above the limit alone)."""
+    groups: list[list[dict]] = []
+    total = limit + 1
+    for b in batches:
+        n = count_targets(b)
+        if total + n > limit:
+            groups.append([])
+            total = 0
+        groups[-1].append(b)
+        total += n
+    return groups
+
+
 def optimizer_step(accelerator, model, optimizer, scheduler, loss_fn, batches: list[tuple[dict, bool]],
                    trained: list, max_grad_norm: float) -> tuple[float, int, int, float, float]:
     """Forward/backward over this process's micro-batches (`micro_batches`), then clip and step.
@@ -290,11 +310,13 @@ def optimizer_step(accelerator, model, optimizer, scheduler, loss_fn, batches: l
     scale = accelerator.num_processes / n_targets  # sum / all targets; DDP divides gradients by the processes
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     if getattr(loss_fn, "whole_step", False) and accelerator.num_processes == 1:
-        # a loss that takes the whole step at once (the head-only feature cache): one backward
-        with accelerator.autocast():
-            loss, _ = loss_fn.step_loss(model, [{k: v.to(device) for k, v in b.items()} for b, _ in batches])
-        accelerator.backward(loss * scale)
-        loss_sum += loss.detach().double()
+        # a loss that takes several micro-batches at once (the head-only feature cache): one
+        # backward per group of up to WHOLE_STEP_ROWS target tokens, which bounds the logits' memory
+        for group in _groups_by_targets([b for b, _ in batches], WHOLE_STEP_ROWS):
+            with accelerator.autocast():
+                loss, _ = loss_fn.step_loss(model, [{k: v.to(device) for k, v in b.items()} for b in group])
+            accelerator.backward(loss * scale)
+            loss_sum += loss.detach().double()
         batches = []
     for i, (batch, counted) in enumerate(batches):
         batch = {k: v.to(device) for k, v in batch.items()}

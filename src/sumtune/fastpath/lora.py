@@ -46,7 +46,7 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.
     if device.type != "cpu":
         return torch.empty(shape, dtype=torch.bool, device=device).bernoulli_(1.0 - p), 1.0 - p
     n = shape.numel()
-    drop = round(p * _BITS)
+    drop = min(round(p * _BITS), _BITS - 1)  # p < 1: keep at least one value in 2**16
     words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
     mask = words.view(torch.int16)[:n] >= (drop - 2**15)  # int16 quarters are uniform on [-2**15, 2**15)
     return mask.view(shape), 1.0 - drop / _BITS

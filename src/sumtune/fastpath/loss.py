@@ -7,10 +7,11 @@ labels) and pads every row of a micro-batch to the longest one. Here:
   are the final hidden states, aligned with `input_ids` (the method contract strips
   virtual-token positions for us);
 - the head is applied only at positions whose next token carries a label;
-- under autocast the head's weight is cast to the autocast dtype once per optimizer step
-  (autocast would cast the [vocab, hidden] matrix again in every micro-batch: measured
-  ~70 ms of a ~10 s bf16 LoRA step each time at 125M, and more than a third of a cached
-  head-only epoch); the result is bit-identical to autocast's;
+- under autocast a frozen head's weight is cast to the autocast dtype once (autocast would
+  cast the [vocab, hidden] matrix again in every micro-batch: measured ~70 ms of a ~10 s
+  bf16 LoRA step each time at 125M); the result is bit-identical to autocast's. A trained
+  head is cast at each call, like autocast does (the head-only feature cache calls it once
+  per step);
 - on a CPU each row runs alone, trimmed to its last needed position (with causal
   attention this is exact: no position attends to later ones), so no compute is spent
   on padding; on a GPU or under DDP the batch runs in one pass, trimmed likewise.
@@ -124,9 +125,14 @@ class _LowPrecisionLinear(torch.autograd.Function):
 
 
 def low_precision_weight(module: nn.Module, dtype: torch.dtype) -> torch.Tensor:
-    """`module.weight` cast to `dtype`, cast again only after the weight has changed (in-place
-    updates such as an optimizer step or load_state_dict bump its version counter)."""
+    """`module.weight` cast to `dtype`. A frozen weight is cast once and the copy kept (cast again
+    if the weight is replaced or changed in place: load_state_dict bumps its version); a trained
+    weight is cast at every call, as autocast does - fused optimizers update parameters without
+    bumping their version, so a kept copy could go stale. Copies made in inference mode are not
+    kept (they could not be saved for a later backward)."""
     w = module.weight
+    if w.requires_grad or torch.is_inference_mode_enabled():
+        return w.detach().to(dtype)
     key = (w._version, w.data_ptr(), dtype)
     cached = getattr(module, "_sumtune_low_weight", None)
     if cached is None or cached[0] != key:

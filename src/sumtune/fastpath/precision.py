@@ -27,8 +27,9 @@ def cast_once(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """x in `dtype`, the same tensor for every layer that reads x (see the module doc)."""
     if x.dtype == dtype:
         return x
-    # inference tensors have no version counter; nothing between q, k and v changes x in place
-    key = (None if x.is_inference() else x._version, dtype)
+    # inference tensors have no version counter; nothing between q, k and v changes x in place.
+    # Grad mode is in the key: a copy made without autograd must not serve a read that needs it.
+    key = (None if x.is_inference() else x._version, dtype, torch.is_grad_enabled())
     shared = getattr(x, "_sumtune_cast", None)
     if shared is None or shared[0] != key:
         shared = (key, x.to(dtype))
@@ -73,6 +74,7 @@ def cast_for_inference(model: nn.Module, dtype: torch.dtype) -> int:
 
     model.requires_grad_(False)
     head = find_head(model)
-    if any(head.weight is m.weight for m in model.modules() if isinstance(m, nn.Embedding)):
+    tied = any(head.weight is m.weight for m in model.modules() if isinstance(m, nn.Embedding))
+    if tied and isinstance(head, nn.Linear):  # (a LoRA-wrapped head keeps its own layout)
         head.weight = nn.Parameter(head.weight.detach().to(dtype), requires_grad=False)
     return cast_frozen_linears(model, dtype)
