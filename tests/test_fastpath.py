@@ -317,7 +317,7 @@ def test_whole_step_cached_loss_equals_micro_batch_steps(tiny_neo, tmp_path, mon
     cfg = build_config(flags={"model.name": str(tiny_neo), "train.precision": "fp32"})
     accelerator, _ = trainer._accelerator(cfg, tmp_path)
     batches = [(_batch(50, seed=s, lengths=(40, 29)), True) for s in range(3)]
-    groups = trainer._groups_by_targets([b for b, _ in batches], rows)
+    groups = trainer._groups_by_targets([b for b, _ in batches], [trainer.count_targets(b) for b, _ in batches], rows)
     assert [len(g) for g in groups] == ([3] if rows == 1024 else [1, 1, 1])
     results = []
     for fn in ("reference", "cached"):

@@ -283,13 +283,12 @@ def _rows(ds, idx: list[int]) -> list[dict[str, list[int]]]:
 WHOLE_STEP_ROWS = 1024
 
 
-def _groups_by_targets(batches: list[dict], limit: int) -> list[list[dict]]:
+def _groups_by_targets(batches: list[dict], targets: list[int], limit: int) -> list[list[dict]]:
     """Consecutive micro-batches grouped so that a group holds at most `limit` target tokens
-    (a micro-batch above the limit alone)."""
+    (a micro-batch above the limit alone); `targets`: each micro-batch's count."""
     groups: list[list[dict]] = []
     total = limit + 1
-    for b in batches:
-        n = count_targets(b)
+    for b, n in zip(batches, targets):
         if total + n > limit:
             groups.append([])
             total = 0
@@ -303,31 +302,31 @@ def optimizer_step(accelerator, model, optimizer, scheduler, loss_fn, batches: l
     """Forward/backward over this process's micro-batches (`micro_batches`), then clip and step.
     Returns (loss per target token over the whole step, target tokens, input tokens, grad norm, lr)."""
     device = accelerator.device
-    real = [b for b, counts in batches if counts]
-    counts = torch.tensor([sum(count_targets(b) for b in real), sum(int(b["attention_mask"].sum()) for b in real)],
-                          dtype=torch.float64, device=device)
+    targets = [count_targets(b) if counted else 0 for b, counted in batches]
+    tokens = sum(int(b["attention_mask"].sum()) for b, counted in batches if counted)
+    counts = torch.tensor([sum(targets), tokens], dtype=torch.float64, device=device)
     n_targets, n_tokens = (int(x) for x in accelerator.reduce(counts, "sum"))
     scale = accelerator.num_processes / n_targets  # sum / all targets; DDP divides gradients by the processes
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     if getattr(loss_fn, "whole_step", False) and accelerator.num_processes == 1:
         # a loss that takes several micro-batches at once (the head-only feature cache): one
         # backward per group of up to WHOLE_STEP_ROWS target tokens, which bounds the logits' memory
-        for group in _groups_by_targets([b for b, _ in batches], WHOLE_STEP_ROWS):
+        for group in _groups_by_targets([b for b, _ in batches], targets, WHOLE_STEP_ROWS):
             with accelerator.autocast():
                 loss, _ = loss_fn.step_loss(model, [{k: v.to(device) for k, v in b.items()} for b in group])
             accelerator.backward(loss * scale)
             loss_sum += loss.detach().double()
-        batches = []
-    for i, (batch, counted) in enumerate(batches):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        sync = i == len(batches) - 1  # gradients are all-reduced once per step
-        with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-            with accelerator.autocast():
-                loss, _ = loss_fn(model, batch)
-            if not counted:  # a filler: same graph, zero gradients
-                loss = loss * 0.0
-            accelerator.backward(loss * scale)
-        loss_sum += loss.detach().double()
+    else:
+        for i, (batch, counted) in enumerate(batches):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            sync = i == len(batches) - 1  # gradients are all-reduced once per step
+            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                with accelerator.autocast():
+                    loss, _ = loss_fn(model, batch)
+                if not counted:  # a filler: same graph, zero gradients
+                    loss = loss * 0.0
+                accelerator.backward(loss * scale)
+            loss_sum += loss.detach().double()
     loss = float(accelerator.reduce(loss_sum, "sum")) / n_targets
     lr = scheduler.get_last_lr()[0]
     if not math.isfinite(loss):  # the caller stops; no update with a broken loss
