@@ -2,11 +2,10 @@
 
 `F.linear(x, W)` with x [8, 768] and the [50257, 768] head weight runs as one GEMM
 that repacks the whole 154 MB weight for every call; `(W @ x.T).T` reads it in place.
-Measured on this 2-core CPU (fp32): 52 ms vs 21 ms per call at 8 rows, 54 vs 34 at 16,
-equal at 1 - a sixth of a batch-8 decoding step. Larger inputs (training, prefill)
-take the usual path unchanged. Under autocast, with the weight already in the autocast
-dtype (`cast_for_inference`), an fp32 input is cast first: `F.linear` on a 3-D fp32 input
-would otherwise copy the whole transposed weight (measured: 146 ms per prefill)."""
+Larger inputs (training, prefill) take the usual path unchanged. Under autocast, with the
+weight already in the autocast dtype (`cast_for_inference`), an fp32 input is cast first:
+`F.linear` on a 3-D fp32 input would otherwise copy the whole transposed weight (a
+[1, 768, 50257] `aten::copy_` per prefill in `bench/profile_step.py --generate --shapes`)."""
 
 from __future__ import annotations
 

@@ -7,17 +7,17 @@ it feeds. Here:
 - the keep-mask comes from 16 random bits per element, drawn as 64-bit integers (four
   elements per draw) and compared with a threshold: each element is dropped
   independently with probability p rounded to a multiple of 2**-16 (0.05 -> 0.0500031),
-  and the kept ones are rescaled by the exact 1/keep (measured, bf16 LoRA step at 125M:
-  the draws 1.0 s -> ~0.5 s of ~10 s);
+  and the kept ones are rescaled by the exact 1/keep (half the random bits of 32 per
+  element; their cost shows as `aten::random_` in `bench/profile_step.py`);
 - under autocast the input is cast to the autocast dtype once and that copy is shared by
   the base layer, the LoRA path and the other layers reading the same tensor (q, k, v):
   autocast casts it in each of those six GEMMs, and its backward casts six gradients back
   (PEFT even casts it to the fp32 LoRA weights' dtype first). The forward is bit-identical;
   in the backward, the gradients of the layers sharing the copy add up in bf16 before the
-  one cast to fp32 (measured, bf16 LoRA step at 125M: SEE_BELOW);
+  one cast to fp32 (the casts left show as `aten::copy_` in `bench/profile_step.py --shapes`);
 - layers that read the same input tensor (q, k and v of an attention block) share one
   mask: each still sees its input dropped with probability p, element by element, but
-  the three draws are one (measured: ~10% faster LoRA step, ~130 MB less at 125M);
+  the three draws are one (one draw and one masked copy instead of three);
 - the 1/(1-p) rescaling and `scaling` are folded into one factor applied by the final
   `addmm`, which also adds the low-rank update to the base output in one pass
   (no [T, d_out] temporaries for `* scaling` and `+`);
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sumtune.fastpath.precision import cast_once
+from sumtune.fastpath.precision import cast_once, memo_on
 
 _BITS = 2**16
 
@@ -55,14 +55,12 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.
 def dropped(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
     """x with dropout's mask applied (not rescaled) and the keep probability. Layers that read the
     same input tensor (GPT-Neo's q, k and v projections) share one draw: it is stored on `x`."""
-    key = (p, x._version)
-    shared = getattr(x, "_sumtune_dropped", None)
-    if shared is not None and shared[0] == key:
-        return shared[1], shared[2]
-    mask, keep = keep_mask(x.shape, p, x.device)
-    out = x * mask
-    x._sumtune_dropped = (key, out, keep)
-    return out, keep
+
+    def draw() -> tuple[torch.Tensor, float]:
+        mask, keep = keep_mask(x.shape, p, x.device)
+        return x * mask, keep
+
+    return memo_on(x, "_sumtune_dropped", (p, x._version), draw)
 
 
 @cache

@@ -8,8 +8,8 @@ labels) and pads every row of a micro-batch to the longest one. Here:
   virtual-token positions for us);
 - the head is applied only at positions whose next token carries a label;
 - under autocast a frozen head's weight is cast to the autocast dtype once (autocast would
-  cast the [vocab, hidden] matrix again in every micro-batch: measured ~70 ms of a ~10 s
-  bf16 LoRA step each time at 125M); the result is bit-identical to autocast's. A trained
+  cast the [vocab, hidden] matrix again in every micro-batch: a [50257, 768] `aten::copy_`
+  per micro-batch in `bench/profile_step.py --shapes`); the result is bit-identical. A trained
   head is cast at each call, like autocast does (the head-only feature cache calls it once
   per step);
 - on a CPU each row runs alone, trimmed to its last needed position (with causal
@@ -153,9 +153,9 @@ def head_logits(head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 
 def head_loss_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Summed cross-entropy of the LM head's logits for `hidden` [n, H] against `targets` [n].
-    On a CPU in fp32, by `_LinearCrossEntropy` (measured: the head's forward + backward for 4 x 128
-    positions of a 50257-token vocabulary 1.46 s -> ~1.1 s against `F.linear` + `F.cross_entropy`,
-    whose GEMM repacks the whole weight on every call); elsewhere the plain ops."""
+    On a CPU in fp32, by `_LinearCrossEntropy` (its GEMMs read the weight in place, where
+    `F.linear` + `F.cross_entropy` repack it on every call and keep log-probabilities besides the
+    logits); elsewhere the plain ops."""
     plain = (hidden.device.type != "cpu" or torch.is_autocast_enabled("cpu")
              or hidden.dtype != torch.float32 or head.weight.dtype != torch.float32)
     if plain:

@@ -13,14 +13,27 @@ one cast back to fp32.
 
 For decoding (`cast_for_inference`) nothing trains: every linear is cast once, and an LM
 head tied to the input embeddings gets its own low-precision copy (the embedding lookup
-stays fp32). Measured, bf16 decoding of 8 summaries at 125M: autocast re-cast every
-weight - the 38.6M-entry head included - at each of the 64 steps, ~45% of the time."""
+stays fp32). Without it, autocast re-casts every weight - the 38.6M-entry head included -
+at every decoding step (`bench/generate.py` measures the result against HF `generate`)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
+
+
+def memo_on(x: torch.Tensor, name: str, key: tuple, make: Callable[[], Any]) -> Any:
+    """`make()`, computed once per `key` for the tensor x and kept on x as attribute `name`: layers
+    reading the same tensor share one result (a new tensor or a changed key computes it again)."""
+    shared = getattr(x, name, None)
+    if shared is None or shared[0] != key:
+        shared = (key, make())
+        setattr(x, name, shared)
+    return shared[1]
 
 
 def cast_once(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -30,11 +43,7 @@ def cast_once(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     # inference tensors have no version counter; nothing between q, k and v changes x in place.
     # Grad mode is in the key: a copy made without autograd must not serve a read that needs it.
     key = (None if x.is_inference() else x._version, dtype, torch.is_grad_enabled())
-    shared = getattr(x, "_sumtune_cast", None)
-    if shared is None or shared[0] != key:
-        shared = (key, x.to(dtype))
-        x._sumtune_cast = shared
-    return shared[1]
+    return memo_on(x, "_sumtune_cast", key, lambda: x.to(dtype))
 
 
 class CastOnceLinear(nn.Linear):

@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Where the time goes: one sumtune training step (or a decoding run) under torch.profiler.
+
+    python bench/profile_step.py --data TOKENS.jsonl --method {lora,prompt_tuning,last_layers}
+        [--epochs 3] [--precision auto] [--fast true] [--rows 20] [--shapes]
+    python bench/profile_step.py --data TOKENS.jsonl --generate [--n 8] [--max-new-tokens 64]
+
+Training: the setting of bench/throughput.py (GPT-Neo-125M shape, random weights, the first
+8 rows of the file, batch 2 x accumulation 4, LoRA r 8 / dropout 0.05, 12 virtual tokens),
+one optimizer step per epoch, built with the trainer's own pieces; the time of every epoch
+is printed (for last_layers, epochs after the first run from the feature cache), then the
+top operators of one more step. Decoding: sumtune's Generator prepared as `sumtune
+evaluate` prepares a run, greedy, batch 8. `--shapes` also lists the costliest
+`aten::copy_` calls by shape (casts). A profile is a guide; speed claims come from the
+side-by-side scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RANDOM_125M, build_model, load_rows, precision_for, write_model_dir  # noqa: E402
+
+
+def _train_step(a, precision: str):
+    """(a function running one optimizer step for epoch e, the step count done)."""
+    from datasets import Dataset
+
+    from sumtune import train as trainer
+    from sumtune.config import build_config
+    from sumtune.data import Collator, epoch_order
+    from sumtune.fastpath import fused_adamw, select_loss, speed_up
+    from sumtune.methods import get_method
+    from sumtune.modeling import autocast_dtype, load_model, load_tokenizer
+
+    work = Path(tempfile.mkdtemp(prefix="sumtune-profile-"))
+    model_dir = str(write_model_dir(a.model, work / "model"))
+    rows = load_rows(a.data)[:8]
+    cfg = build_config(flags={
+        "model.name": model_dir, "method.name": a.method, "output_dir": str(work / "run"),
+        "method.r": 8, "method.alpha": 16, "method.dropout": 0.05, "method.n_tokens": 12,
+        "train.batch_size": 2, "train.grad_accum": 4, "train.lr": 5e-4, "train.weight_decay": 0.0,
+        "train.warmup_ratio": 0.0, "train.precision": precision, "train.fast": a.fast == "true", "train.seed": 0,
+    })
+    accelerator, precision = trainer._accelerator(cfg, work / "run")
+    tokenizer = load_tokenizer(model_dir)
+    model = get_method(a.method).prepare(load_model(model_dir), tokenizer, cfg.method)
+    speed_up(model, cfg.train.fast, cfg.model.attention, autocast_dtype(precision))
+    loss_fn = select_loss(model, trainer.token_loss_sum, cfg.train.fast)
+    ds = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+    collate = Collator(tokenizer.pad_token_id)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainer.param_groups(model, 0.0), lr=5e-4, fused=fused_adamw(cfg.train.fast))
+    scheduler = trainer._scheduler(optimizer, "linear", 0, 1000)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+
+    def step(epoch: int) -> None:
+        batches = trainer.micro_batches(ds, epoch_order(len(ds), 0, epoch), 2, 1, 0, collate)
+        trainer.optimizer_step(accelerator, model, optimizer, scheduler, loss_fn, batches, trained, 1.0)
+
+    return step
+
+
+def _generate(a, precision: str):
+    from sumtune.config import EvalConfig
+    from sumtune.fastpath import speed_up
+    from sumtune.generate import Generator
+
+    rows = load_rows(a.data)[: a.n]
+    prompts = [[t for t, y in zip(r["input_ids"], r["labels"]) if y == -100] for r in rows]
+    model, tokenizer = build_model(a.model)
+    model.eval()
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    speed_up(model, autocast=dtype, inference=True)
+    gen = Generator(model, tokenizer, EvalConfig(batch_size=8, max_new_tokens=a.max_new_tokens),
+                    autocast=dtype, stop_at_blank_line=False)
+    return lambda _epoch: gen.generate(prompts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="JSONL of {input_ids, labels} (make_token_data.py)")
+    ap.add_argument("--model", default=RANDOM_125M)
+    ap.add_argument("--method", default="lora", choices=["lora", "prompt_tuning", "last_layers", "full"])
+    ap.add_argument("--generate", action="store_true", help="profile decoding instead of a training step")
+    ap.add_argument("--n", type=int, default=8, help="prompts (--generate)")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=2, help="timed runs before the profiled one")
+    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    ap.add_argument("--fast", default="true", choices=["true", "false"])
+    ap.add_argument("--rows", type=int, default=20, help="operators to list")
+    ap.add_argument("--shapes", action="store_true", help="also the costliest aten::copy_ calls by shape")
+    a = ap.parse_args()
+    precision = precision_for(a.precision)
+    run = _generate(a, precision) if a.generate else _train_step(a, precision)
+    for epoch in range(a.epochs):
+        t0 = time.perf_counter()
+        run(epoch)
+        print(f"run {epoch}: {time.perf_counter() - t0:.3f} s", flush=True)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=a.shapes) as prof:
+        t0 = time.perf_counter()
+        run(a.epochs)
+        print(f"profiled run: {time.perf_counter() - t0:.3f} s ({precision})")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.rows))
+    if a.shapes:
+        copies = [e for e in prof.key_averages(group_by_input_shape=True) if e.key == "aten::copy_"]
+        for e in sorted(copies, key=lambda e: -e.self_cpu_time_total)[:10]:
+            print(f"aten::copy_ {e.self_cpu_time_total / 1e3:8.1f} ms {e.count:6d} calls {e.input_shapes}")
+
+
+if __name__ == "__main__":
+    main()
