@@ -19,7 +19,6 @@ import json
 import logging
 import re
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -415,11 +414,6 @@ def tokenize_splits(splits, tokenizer, cfg: DataConfig):
                       num_proc=_procs(cfg, len(ds)), desc=f"tokenising {split}")
         for split, ds in splits.items()
     })
-
-
-def describe(cfg: DataConfig) -> dict[str, Any]:
-    """The data settings that define a run's examples (resume checks these)."""
-    return asdict(cfg)
 
 
 # --- batching ---------------------------------------------------------------
