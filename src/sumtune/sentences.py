@@ -1,0 +1,34 @@
+"""Sentence splitting for ROUGE-Lsum, which scores each sentence's LCS on its own.
+
+The splitter is pySBD (rule-based, "Golden Rules" for English), run on each line: a newline is always
+a sentence boundary, since references hold one highlight per line. Why not nltk Punkt, the usual choice
+for CNN/DailyMail: its trained English parameters are nltk data that these machines cannot download,
+and the pickled form must never be loaded; loading `punkt_tab` only where present would make a score
+depend on the machine. Punkt with a shipped abbreviation list but no trained orthographic statistics got
+14 of 16 hand-made news cases (it kept "He paused... Then" and "to the U.S. The fans" together); pySBD
+got all 16 (`tests/test_sentences.py`). It is pure Python, pickle-free and deterministic, at roughly
+4 ms per 1,000 characters. Known misses: '"It's over." "No," she replied.' stays one sentence.
+Lsum therefore differs slightly from Punkt-based numbers; `SPLITTER` is recorded beside the metrics.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import pysbd
+
+SPLITTER = f"pysbd-{pysbd.__version__}-en"
+
+
+@cache
+def _segmenter() -> pysbd.Segmenter:
+    return pysbd.Segmenter(language="en", clean=False)  # clean=False: the text is kept as written
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of `text`, stripped, in order; newlines always end a sentence, blank ones are dropped."""
+    out: list[str] = []
+    for line in text.splitlines():
+        if line.strip():
+            out.extend(s.strip() for s in _segmenter().segment(line) if s.strip())
+    return out
