@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from rouge_score import rouge_scorer
 
-from sumtune.metrics import TokenLoss, rouge, summed_token_loss
+from sumtune.metrics import TokenLoss, rouge, rouge_per_example, summed_token_loss
 
 
 def test_rouge_identical_and_disjoint():
@@ -57,3 +57,29 @@ def test_token_weighted_loss_equals_one_large_batch():
     assert meter.tokens == int((labels[:, 1:] != -100).sum())
     with pytest.raises(ValueError):
         _ = TokenLoss().mean
+
+
+def test_rouge_lsum_splits_sentences_and_others_are_raw_rouge_score():
+    pred = "Mr. Smith said the U.S. plan failed. Residents were angry. The mayor resigned on Jan. 5."
+    ref = "The mayor resigned.\nResidents were angry at the plan."
+    scores = rouge([pred], [ref])
+    split_pred = "Mr. Smith said the U.S. plan failed.\nResidents were angry.\nThe mayor resigned on Jan. 5."
+    keys = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
+    scorer = rouge_scorer.RougeScorer(keys, use_stemmer=True)
+    on_split, on_raw = scorer.score(ref, split_pred), scorer.score(ref, pred)
+    assert scores["rougeLsum"] == pytest.approx(on_split["rougeLsum"].fmeasure)
+    assert scores["rougeLsum"] != pytest.approx(on_raw["rougeLsum"].fmeasure)  # splitting matters here
+    for k in keys[:3]:
+        assert scores[k] == pytest.approx(on_raw[k].fmeasure)
+
+
+def test_rouge_is_the_mean_of_rouge_per_example():
+    preds = ["The cat sat. It purred.", "dogs bark", "a b c"]
+    refs = ["The cat sat on the mat.\nIt purred loudly.", "the dog barks", "x y z"]
+    per = rouge_per_example(preds, refs)
+    assert set(per) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
+    assert all(len(v) == 3 for v in per.values())
+    assert per["rouge1"][2] == 0.0 and per["rouge1"][1] > 0.0
+    assert rouge(preds, refs) == pytest.approx({k: sum(v) / 3 for k, v in per.items()})
+    with pytest.raises(ValueError):
+        rouge_per_example([], [])
