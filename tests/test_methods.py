@@ -313,6 +313,27 @@ def test_last_layers_save_load_merge_round_trip(model_dir, tmp_path, train_head)
         method.load(load_model(str(model_dir)), tok, tmp_path / "adapter", other)
 
 
+@pytest.mark.parametrize("name,cfg,text", [
+    ("zero_shot", MethodConfig(name="zero_shot"), "nothing (base model)"),
+    ("prompt_tuning", MethodConfig(name="prompt_tuning"), "soft prompt, 20 tokens"),
+    ("prompt_tuning", MethodConfig(name="prompt_tuning", n_tokens=1), "soft prompt, 1 token"),
+    ("lora", MethodConfig(name="lora"), "LoRA r=8 α=16 on attention+MLP"),
+    ("lora", MethodConfig(name="lora", r=4, alpha=8, target_modules=["q_proj", "v_proj"]),
+     "LoRA r=4 α=8 on q_proj, v_proj"),
+    ("last_layers", MethodConfig(name="last_layers"), "LM head (untied copy)"),
+    ("last_layers", MethodConfig(name="last_layers", last_k_blocks=2, train_final_norm=True, train_head=False),
+     "last 2 blocks + final norm (head tied, frozen)"),
+    ("last_layers", MethodConfig(name="last_layers", last_k_blocks=1, train_head=False), "last block (head tied, frozen)"),
+    ("last_layers", MethodConfig(name="last_layers", train_final_norm=True, train_head=False),
+     "final norm (head tied, frozen)"),
+    ("last_layers", MethodConfig(name="last_layers", last_k_blocks=2), "LM head (untied) + last 2 blocks"),
+    ("last_layers", MethodConfig(name="last_layers", train_final_norm=True), "LM head (untied) + final norm"),
+    ("full", MethodConfig(name="full"), "all weights"),
+])
+def test_describe_says_what_trains(name, cfg, text):
+    assert get_method(name).describe(cfg) == text
+
+
 # ---------------------------------------------------------------- full, zero-shot
 
 def test_full_trains_everything(model_dir):

@@ -52,6 +52,13 @@ class LastLayers(Method):
     weights_file = "weights.safetensors"
     config_keys = ("last_k_blocks", "train_final_norm", "train_head")
 
+    def describe(self, cfg: MethodConfig) -> str:
+        k = cfg.last_k_blocks
+        parts = ([f"last {k} blocks" if k > 1 else "last block"] if k else []) + (["final norm"] if cfg.train_final_norm else [])
+        if not cfg.train_head:
+            return " + ".join(parts) + " (head tied, frozen)"
+        return " + ".join(["LM head (untied)", *parts]) if parts else "LM head (untied copy)"
+
     def prepare(self, model, tokenizer, cfg: MethodConfig):
         freeze(model)
         blocks, norm = blocks_and_norm(model)
