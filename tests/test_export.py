@@ -36,6 +36,20 @@ def test_export_is_a_plain_model_with_the_run_logits(request, tmp_path, arch, me
     assert text.startswith("Boston (CNN) --")
 
 
+def test_export_of_last_blocks_keeps_the_head_tied(tiny_neo, tmp_path):
+    """train_head=false: the exported model ties its head to the input embeddings, as the base did."""
+    from transformers import AutoModelForCausalLM
+
+    run, *_ = make_run(tmp_path / "run", tiny_neo, "last_layers", ("method.last_k_blocks=1", "method.train_head=false"))
+    out = export_run(run, tmp_path / "export")
+    _, _, model, tok = load_run(run)
+    plain = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert plain.config.tie_word_embeddings and plain.lm_head.weight is plain.transformer.wte.weight
+    batch = padded_batch(tok)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(**batch).logits, model(**batch).logits, rtol=0, atol=1e-4)
+
+
 def test_export_of_a_soft_prompt_points_to_the_adapter(tiny_neo, tmp_path):
     run, *_ = make_run(tmp_path / "run", tiny_neo, "prompt_tuning", ("method.n_tokens=3",), steps=1)
     with pytest.raises(UserError, match="soft prompt.*PeftModel.from_pretrained") as e:

@@ -336,11 +336,71 @@ def test_whole_step_cached_loss_equals_micro_batch_steps(tiny_neo, tmp_path, mon
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("arch", ["tiny_neo", "tiny_gpt2"])
+def test_last_blocks_with_tied_frozen_head_fast_equals_reference(request, tmp_path, arch):
+    """train_head=false with a block: the body trains, so no feature cache; two optimizer steps with
+    the fast paths (train.fast=true) and without (false) give the same losses and weights, and the
+    tied head / input embeddings stay bit-identical either way."""
+    from sumtune import train as trainer
+    from sumtune.config import build_config
+
+    cfg = build_config(flags={"model.name": str(request.getfixturevalue(arch)), "train.precision": "fp32"})
+    accelerator, _ = trainer._accelerator(cfg, tmp_path)
+    batches = [(_batch(50, seed=s, lengths=(40, 29)), True) for s in range(3)]
+    results = {}
+    for fast in (True, False):
+        model, _ = _method_model(request.getfixturevalue(arch), "last_layers", last_k_blocks=1,
+                                 train_final_norm=True, train_head=False)
+        emb = model.get_input_embeddings().weight
+        emb0 = emb.detach().clone()
+        speed_up(model, fast)
+        loss_fn = select_loss(model, trainer.token_loss_sum, fast)
+        assert loss_fn is (fast_token_loss_sum if fast else trainer.token_loss_sum)
+        trained = [p for p in model.parameters() if p.requires_grad]
+        start = [p.detach().clone() for p in trained]
+        opt = torch.optim.SGD(trained, lr=0.5)  # the update is the gradient (Adam would magnify rounding)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        losses = [trainer.optimizer_step(accelerator, model, opt, sched, loss_fn, batches, trained, 1.0)[:2]
+                  for _ in range(2)]
+        assert model.get_output_embeddings().weight is emb and torch.equal(emb, emb0)
+        assert all(not torch.equal(p, p0) for p, p0 in zip(trained, start))
+        results[fast] = (losses, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+    (fast_losses, fast_w), (ref_losses, ref_w) = results[True], results[False]
+    for (loss, n), (ref_loss, ref_n) in zip(fast_losses, ref_losses):
+        assert n == ref_n and loss == pytest.approx(ref_loss, rel=1e-5)
+    assert fast_w.keys() == ref_w.keys() and any(".h.1." in k for k in fast_w) and "lm_head.weight" not in fast_w
+    for k in fast_w:
+        torch.testing.assert_close(fast_w[k], ref_w[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.parametrize("memory_mb", [1024, 0])
+def test_feature_cache_with_tied_frozen_head_and_final_norm(tiny_neo, memory_mb):
+    """train_head=false, only the final norm trains: the body below it is frozen, so the cache
+    (which holds the norm's input) is exact; the head is applied frozen, as the tied matrix."""
+    model, _ = _method_model(tiny_neo, "last_layers", train_final_norm=True, train_head=False)
+    speed_up(model)
+    batch = _batch(model.config.vocab_size)
+    ref_loss, ref_n, ref_grads = _loss_and_grads(model, _hf_loss_sum, batch)
+    assert set(ref_grads) == {"transformer.ln_f.weight", "transformer.ln_f.bias"}
+    cache = FeatureCache(memory_mb)
+    fn = CachedHeadLoss.for_model(model, cache)
+    assert fn is not None
+    for _ in range(2):  # a miss that fills the cache, then a hit
+        loss, n, grads = _loss_and_grads(model, fn, batch)
+        assert n == ref_n
+        torch.testing.assert_close(loss, ref_loss, rtol=TOL, atol=TOL)
+        _assert_close_grads(grads, ref_grads)
+    cache.close()
+
+
 def test_feature_cache_only_when_exact(tiny_neo, tiny_gpt2):
     lora, _ = _method_model(tiny_neo, "lora")
     assert CachedHeadLoss.for_model(lora) is None  # the body trains
     deep, _ = _method_model(tiny_neo, "last_layers", last_k_blocks=1)
     assert CachedHeadLoss.for_model(deep) is None
+    blocks, _ = _method_model(tiny_neo, "last_layers", last_k_blocks=1, train_head=False)
+    assert CachedHeadLoss.for_model(blocks) is None  # a block trains, the head does not
+    assert select_loss(blocks, _hf_loss_sum) is fast_token_loss_sum
     head, _ = _method_model(tiny_neo, "last_layers")
     assert isinstance(select_loss(head, _hf_loss_sum), CachedHeadLoss)
     assert select_loss(head, _hf_loss_sum, distributed=True) is fast_token_loss_sum

@@ -241,6 +241,99 @@ def test_saved_weights_round_trip(tiny_gpt2, tmp_path, name, cfg):
     assert not any(p.requires_grad for p in loaded.parameters())
 
 
+@pytest.mark.parametrize("k,norm", [(1, False), (2, True), (0, True)])
+def test_last_layers_without_head_keeps_it_tied_and_frozen(model_dir, k, norm):
+    """train_head=false: the classic baseline. Blocks/norm train; the head stays the input embeddings'
+    tensor (not copied, config untouched) and neither moves, even at a large rate."""
+    base, tok = _base(model_dir)
+    _, hidden, _ = _dims(base)
+    _, base_total = count_params(base)
+    tied = base.config.tie_word_embeddings
+    emb0 = base.get_input_embeddings().weight
+    ptr = emb0.data_ptr()
+    cfg = MethodConfig(name="last_layers", last_k_blocks=k, train_final_norm=norm, train_head=False)
+    model = get_method("last_layers").prepare(base, tok, cfg)
+    head, emb = model.get_output_embeddings().weight, model.get_input_embeddings().weight
+    assert tied and head is emb is emb0 and not head.requires_grad
+    assert model.config.tie_word_embeddings == tied
+    expected = (2 * hidden if norm else 0) + k * BLOCK[model.config.model_type](hidden)
+    assert count_params(model) == (expected, base_total)  # no extra matrix
+    before = _snapshot(model)
+    train_steps(model, padded_batch(tok), steps=4, lr=1.0)
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]) != p.requires_grad, n  # frozen: unchanged; trained: changed
+    head, emb = model.get_output_embeddings().weight, model.get_input_embeddings().weight
+    assert head is emb is emb0 and emb.data_ptr() == ptr
+    assert torch.equal(emb, before["transformer.wte.weight"])
+
+
+def test_last_layers_without_head_needs_something_to_train(tiny_neo):
+    from sumtune.config import build_config
+
+    base, tok = _base(tiny_neo)
+    cfg = MethodConfig(name="last_layers", train_head=False)
+    for fail in (lambda: get_method("last_layers").prepare(base, tok, cfg),
+                 lambda: build_config(sets=["method.name=last_layers", "method.train_head=false"])):
+        with pytest.raises(UserError) as e:
+            fail()
+        msg = str(e.value)
+        assert "\n" not in msg
+        assert all(key in msg for key in ("method.train_head", "method.last_k_blocks", "method.train_final_norm"))
+    # keys of another method are not checked
+    assert build_config(sets=["method.name=lora", "method.train_head=false"]).method.train_head is False
+
+
+@pytest.mark.parametrize("train_head", [True, False])
+def test_last_layers_save_load_merge_round_trip(model_dir, tmp_path, train_head):
+    from safetensors import safe_open
+
+    base, tok = _base(model_dir)
+    method = get_method("last_layers")
+    cfg = MethodConfig(name="last_layers", last_k_blocks=1, train_head=train_head)
+    assert method.method_config(cfg) == {"last_k_blocks": 1, "train_final_norm": False, "train_head": train_head}
+    model = method.prepare(base, tok, cfg)
+    batch = padded_batch(tok)
+    train_steps(model, batch)
+    method.save(model, tmp_path / "adapter", {"method": "last_layers", "method_config": method.method_config(cfg)})
+    with safe_open(tmp_path / "adapter" / method.weights_file, "pt") as f:
+        keys = set(f.keys())
+    assert keys == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert ("lm_head.weight" in keys) == train_head and all(".h.1." in k for k in keys if k != "lm_head.weight")
+    loaded = method.load(load_model(str(model_dir)), tok, tmp_path / "adapter", cfg).eval()
+    assert not any(p.requires_grad for p in loaded.parameters())
+    tied = loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight
+    assert tied != train_head and loaded.config.tie_word_embeddings != train_head
+    with torch.no_grad():
+        expected = model(**batch).logits
+        assert torch.equal(loaded(**batch).logits, expected)
+        assert torch.equal(method.merged(loaded)(**batch).logits, expected)
+    # the weights of one variant do not load as the other: one line naming the tensor
+    other = MethodConfig(name="last_layers", last_k_blocks=1, train_head=not train_head)
+    with pytest.raises(UserError, match="'lm_head.weight'.*other method settings"):
+        method.load(load_model(str(model_dir)), tok, tmp_path / "adapter", other)
+
+
+@pytest.mark.parametrize("name,cfg,text", [
+    ("zero_shot", MethodConfig(name="zero_shot"), "nothing (base model)"),
+    ("prompt_tuning", MethodConfig(name="prompt_tuning"), "soft prompt, 20 tokens"),
+    ("prompt_tuning", MethodConfig(name="prompt_tuning", n_tokens=1), "soft prompt, 1 token"),
+    ("lora", MethodConfig(name="lora"), "LoRA r=8 α=16 on attention+MLP"),
+    ("lora", MethodConfig(name="lora", r=4, alpha=8, target_modules=["q_proj", "v_proj"]),
+     "LoRA r=4 α=8 on q_proj, v_proj"),
+    ("last_layers", MethodConfig(name="last_layers"), "LM head (untied copy)"),
+    ("last_layers", MethodConfig(name="last_layers", last_k_blocks=2, train_final_norm=True, train_head=False),
+     "last 2 blocks + final norm (head tied, frozen)"),
+    ("last_layers", MethodConfig(name="last_layers", last_k_blocks=1, train_head=False), "last block (head tied, frozen)"),
+    ("last_layers", MethodConfig(name="last_layers", train_final_norm=True, train_head=False),
+     "final norm (head tied, frozen)"),
+    ("last_layers", MethodConfig(name="last_layers", last_k_blocks=2), "LM head (untied) + last 2 blocks"),
+    ("last_layers", MethodConfig(name="last_layers", train_final_norm=True), "LM head (untied) + final norm"),
+    ("full", MethodConfig(name="full"), "all weights"),
+])
+def test_describe_says_what_trains(name, cfg, text):
+    assert get_method(name).describe(cfg) == text
+
+
 # ---------------------------------------------------------------- full, zero-shot
 
 def test_full_trains_everything(model_dir):

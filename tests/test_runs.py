@@ -48,6 +48,27 @@ def test_run_meta_records_method_base_and_hyper_parameters(tiny_neo, tmp_path):
     assert meta["base_model"] == fingerprint(str(tiny_neo), load_model(str(tiny_neo)))
 
 
+def test_last_layers_run_records_train_head_and_loads_back(tiny_neo, tmp_path):
+    import json
+
+    run, cfg, model, tok = make_run(tmp_path / "run", tiny_neo, "last_layers",
+                                    ("method.last_k_blocks=1", "method.train_head=false"))
+    meta = json.loads((run / "adapter" / "sumtune.json").read_text())
+    assert meta["method_config"] == {"last_k_blocks": 1, "train_final_norm": False, "train_head": False}
+    _, _, loaded, _ = load_run(run)
+    assert loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight
+    batch = padded_batch(tok)
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch).logits, model(**batch).logits)
+    # the run's config changed to the other variant: refused in one line naming the tensor
+    data = yaml.safe_load((run / "config.yaml").read_text())
+    data["method"]["train_head"] = True
+    (run / "config.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(UserError, match="missing 'lm_head.weight'") as e:
+        load_run(run)
+    _one_line(e)
+
+
 def test_run_meta_refuses_a_wrapped_model(tiny_neo):
     from sumtune.config import build_config
 

@@ -61,6 +61,7 @@ class MethodConfig:
     # last_layers
     last_k_blocks: int = 0
     train_final_norm: bool = False
+    train_head: bool = True  # false: the head stays tied to the input embeddings and frozen
 
 
 @dataclass
@@ -283,6 +284,8 @@ def validate(cfg: Config) -> Config:
         value = getattr(getattr(cfg, section), name)
         if not ok(value):
             raise UserError(f"config key '{key}': got {value!r}, expected {desc}")
+    if cfg.method.name == "last_layers":
+        check_last_layers(cfg.method)
     if cfg.data.val_ratio + cfg.data.test_ratio >= 1:
         raise UserError("config keys 'data.val_ratio' + 'data.test_ratio' must be < 1")
     if cfg.data.max_summary_length + 8 > cfg.data.max_length:
@@ -291,6 +294,15 @@ def validate(cfg: Config) -> Config:
             f"the article within 'data.max_length' ({cfg.data.max_length}); lower it or raise max_length"
         )
     return cfg
+
+
+def check_last_layers(m: MethodConfig) -> None:
+    """One-line error when method last_layers would train nothing (head frozen, no block, no norm)."""
+    if not m.train_head and m.last_k_blocks < 1 and not m.train_final_norm:
+        raise UserError(
+            "config key 'method.train_head' is false, so 'method.last_k_blocks' must be >= 1 or "
+            "'method.train_final_norm' true: otherwise last_layers trains nothing"
+        )
 
 
 def build_config(
@@ -336,5 +348,5 @@ def load_run_config(run_dir: str | Path) -> Config:
 __all__ = [
     "Config", "ModelConfig", "DataConfig", "MethodConfig", "TrainConfig", "EvalConfig",
     "METHODS", "PRECISIONS", "build_config", "config_from_dict", "save_config", "load_run_config",
-    "set_key", "validate",
+    "set_key", "validate", "check_last_layers",
 ]

@@ -1,11 +1,17 @@
 """Frozen-feature cache for head-only tuning (`last_layers` with `last_k_blocks: 0`).
 
-When only the LM head (and optionally the final layer norm) trains and the body has
+When nothing outside the LM head and the final layer norm trains and the body has
 no active dropout, the body maps a sample to the same hidden states in every epoch.
 The first time a sample is seen, its hidden states at the positions that predict a
 label are computed (without autograd: nothing in the body trains) and stored; from
 then on the sample costs only the head. The cache is keyed by the sample's tokens, so
 training and validation samples alike hit it, whatever the order of the batches.
+
+`CachedHeadLoss.for_model` uses it only where this is exact: the head trains (optionally
+with the norm), or `train_head: false` with only the norm (the frozen head, tied to the
+input embeddings, is applied as it is). As soon as a block trains (`last_k_blocks >= 1`,
+with or without the head) the features change every step: the trainer then uses the
+plain label-positions loss (loss.py).
 
 Storage is bounded: entries stay in memory up to `max_memory_mb`, the rest are
 appended to a file in a temporary directory and read back with one `pread` each.

@@ -8,6 +8,8 @@ Contract for the module `prepare` returns (the "method model"):
   when labels are given;
 - exactly the parameters the method trains have `requires_grad=True`.
 
+`describe(cfg)` says in a few words what trains (for reports and logs).
+
 `load` rebuilds the method model for inference: nothing requires grad afterwards.
 
 On disk (RUN/adapter): the method's weights file (`weights_file`, safetensors only)
@@ -54,6 +56,10 @@ class Method(ABC):
     @abstractmethod
     def load(self, model: torch.nn.Module, tokenizer, directory: Path, cfg: MethodConfig) -> torch.nn.Module:
         """Rebuild the method model on the base `model` with the weights in `directory`."""
+
+    @abstractmethod
+    def describe(self, cfg: MethodConfig) -> str:
+        """What trains under `cfg`, in a few words for a report (e.g. "soft prompt, 20 tokens")."""
 
     def merged(self, model: torch.nn.Module) -> torch.nn.Module:
         """A plain Hugging Face model equivalent to the method model (for export)."""

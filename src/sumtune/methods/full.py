@@ -13,6 +13,9 @@ class Full(Method):
     name = "full"
     weights_file = "weights.safetensors"
 
+    def describe(self, cfg: MethodConfig) -> str:
+        return "all weights"
+
     def prepare(self, model, tokenizer, cfg: MethodConfig):
         for p in model.parameters():
             p.requires_grad_(True)

@@ -1,12 +1,22 @@
-"""Last-layers fine-tuning: the LM head trains; optionally the final layer norm
-(`method.train_final_norm`) and the last k transformer blocks (`method.last_k_blocks`).
+"""Last-layers fine-tuning: the top of a frozen model trains. Three keys choose what:
+`method.train_head` (default true), `method.last_k_blocks` (default 0) and
+`method.train_final_norm` (default false).
+
+- `train_head: true` (the default): the LM head trains, plus the final layer norm and
+  the last k blocks if asked. With k = 0 this is head-only tuning ("LM head (untied
+  copy)"), 38.6M trainable weights on GPT-Neo-125M.
+- `train_head: false`: the classic "last layers" baseline: the last k blocks and/or the
+  final layer norm train (at least one of them: else nothing would), the head stays as
+  the base model has it - tied to the input embeddings - and frozen.
 
 GPT-Neo and GPT-2 tie the LM head to the input embeddings (one tensor). Training
 that tensor would also change every input embedding, so the "frozen" body would
-move. We therefore untie the head: it becomes a trainable copy of the embedding
-matrix (`config.tie_word_embeddings = False`), and the input embeddings stay
-frozen and bit-identical. The cost: one extra vocab x hidden matrix in memory and
-in the exported model.
+move. When the head trains we therefore untie it: it becomes a trainable copy of the
+embedding matrix (`config.tie_word_embeddings = False`), and the input embeddings stay
+frozen and bit-identical. The cost: one extra vocab x hidden matrix in memory and in
+the exported model. When the head does not train there is nothing to protect the
+embeddings from, so the head is left tied (no copy, `config.tie_word_embeddings` as it
+was), and the saved weights hold only the trained blocks/norm.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ from pathlib import Path
 
 from torch import nn
 
-from sumtune.config import MethodConfig
+from sumtune.config import MethodConfig, check_last_layers
 from sumtune.errors import UserError
 from sumtune.methods.base import Method, freeze, load_params, save_params
 
@@ -40,7 +50,14 @@ def blocks_and_norm(model: nn.Module) -> tuple[nn.ModuleList, nn.Module]:
 class LastLayers(Method):
     name = "last_layers"
     weights_file = "weights.safetensors"
-    config_keys = ("last_k_blocks", "train_final_norm")
+    config_keys = ("last_k_blocks", "train_final_norm", "train_head")
+
+    def describe(self, cfg: MethodConfig) -> str:
+        k = cfg.last_k_blocks
+        parts = ([f"last {k} blocks" if k > 1 else "last block"] if k else []) + (["final norm"] if cfg.train_final_norm else [])
+        if not cfg.train_head:
+            return " + ".join(parts) + " (head tied, frozen)"
+        return " + ".join(["LM head (untied)", *parts]) if parts else "LM head (untied copy)"
 
     def prepare(self, model, tokenizer, cfg: MethodConfig):
         freeze(model)
@@ -49,7 +66,8 @@ class LastLayers(Method):
             raise UserError(
                 f"config key 'method.last_k_blocks': got {cfg.last_k_blocks}, the model has {len(blocks)} blocks"
             )
-        trained: list[nn.Module] = [untie_head(model)]
+        check_last_layers(cfg)
+        trained: list[nn.Module] = [untie_head(model)] if cfg.train_head else []
         if cfg.train_final_norm:
             trained.append(norm)
         trained += list(blocks)[len(blocks) - cfg.last_k_blocks:]

@@ -31,6 +31,10 @@ class Lora(Method):
     weights_file = "adapter_model.safetensors"
     config_keys = ("r", "alpha", "dropout", "target_modules")
 
+    def describe(self, cfg: MethodConfig) -> str:
+        where = ", ".join(cfg.target_modules) if cfg.target_modules else "attention+MLP"
+        return f"LoRA r={cfg.r} α={cfg.alpha} on {where}"
+
     def _config(self, model, cfg: MethodConfig):
         from peft import LoraConfig
 

@@ -103,6 +103,9 @@ class PromptTuning(Method):
     config_keys = ("n_tokens", "init_text", "init_random")
     not_exportable = "its soft prompt is learned input vectors, not model weights, so a plain model cannot hold it"
 
+    def describe(self, cfg: MethodConfig) -> str:
+        return f"soft prompt, {cfg.n_tokens} token{'' if cfg.n_tokens == 1 else 's'}"
+
     def prepare(self, model, tokenizer, cfg: MethodConfig) -> SoftPromptModel:
         freeze(model)
         return SoftPromptModel(model, init_prompt(model, tokenizer, cfg))

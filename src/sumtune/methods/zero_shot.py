@@ -14,6 +14,9 @@ class ZeroShot(Method):
     name = "zero_shot"
     trains = False
 
+    def describe(self, cfg: MethodConfig) -> str:
+        return "nothing (base model)"
+
     def prepare(self, model, tokenizer, cfg: MethodConfig):
         freeze(model)
         return model
