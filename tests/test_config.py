@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
 
-from sumtune.config import Config, build_config, load_run_config, save_config
+from sumtune.cli import _eval_overrides, build_parser
+from sumtune.config import (
+    DECODING_PRESETS,
+    Config,
+    EvalConfig,
+    build_config,
+    config_from_dict,
+    decoding_summary,
+    load_run_config,
+    save_config,
+)
 from sumtune.errors import UserError
+from sumtune.evaluate import _config as eval_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -142,3 +154,79 @@ def test_run_config_round_trip(tmp_path):
     assert load_run_config(tmp_path) == cfg
     with pytest.raises(UserError, match="not a sumtune run directory"):
         load_run_config(tmp_path / "elsewhere")
+
+
+CNNDM = {"num_beams": 4, "no_repeat_ngram_size": 3, "length_penalty": 2.0, "min_new_tokens": 55, "max_new_tokens": 140}
+GREEDY = {"num_beams": 1, "no_repeat_ngram_size": 0, "length_penalty": 1.0, "min_new_tokens": 0, "max_new_tokens": 128}
+
+
+def _decoding(ev: EvalConfig) -> dict:
+    return {k: getattr(ev, k) for k in CNNDM}
+
+
+def test_decoding_presets_set_exactly_the_listed_values():
+    assert set(DECODING_PRESETS) == set(typing.get_args(typing.get_type_hints(EvalConfig)["preset"]))
+    cfg = build_config(sets=["eval.preset=cnndm"])
+    assert cfg.eval.preset == "cnndm" and _decoding(cfg.eval) == CNNDM
+    assert (cfg.eval.batch_size, cfg.eval.max_sentences) == (Config().eval.batch_size, 0)  # not decoding keys
+    assert _decoding(Config().eval) == GREEDY  # greedy: the defaults, today's behaviour
+    assert build_config(sets=["eval.preset=cnndm", "eval.preset=greedy"]) == Config()
+
+
+def test_preset_goes_first_within_a_layer(tmp_path):
+    cnndm_2_beams = {**CNNDM, "num_beams": 2}
+    # a file: the preset after the key it would override
+    f = _yaml(tmp_path, "eval:\n  num_beams: 2\n  preset: cnndm\n")
+    assert _decoding(build_config(f).eval) == cnndm_2_beams
+    # the flags dict, either order
+    for flags in ({"eval.num_beams": 2, "eval.preset": "cnndm"}, {"eval.preset": "cnndm", "eval.num_beams": 2}):
+        assert _decoding(build_config(flags=flags).eval) == cnndm_2_beams
+    # --set items, either order
+    for sets in (["eval.preset=cnndm", "eval.num_beams=2"], ["eval.num_beams=2", "eval.preset=cnndm"]):
+        assert _decoding(build_config(sets=sets).eval) == cnndm_2_beams
+    # across layers a later preset overrides earlier keys, and later keys override an earlier preset
+    assert build_config(f, sets=["eval.preset=greedy"]).eval.num_beams == 1
+    assert build_config(f, {"eval.min_new_tokens": 7}).eval.min_new_tokens == 7
+    assert _decoding(build_config(f, {"eval.preset": "cnndm"}).eval) == CNNDM
+
+
+def test_preset_reload_and_eval_overrides(tmp_path):
+    cfg = build_config(sets=["eval.num_beams=2", "eval.preset=cnndm", "eval.max_sentences=3"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_run_config(tmp_path) == cfg  # the saved file lists preset first and every key after it
+    d = cfg.to_dict()
+    d["eval"] = dict(reversed(list(d["eval"].items())))  # the preset last: still applied first
+    assert config_from_dict(d) == cfg
+    # `sumtune evaluate/summarize` flags on a saved run: --decoding first, whatever the order
+    args = build_parser().parse_args(["evaluate", str(tmp_path), "--num-beams", "3", "--decoding", "greedy",
+                                      "--min-new-tokens", "5"])
+    overrides = _eval_overrides(args)
+    assert overrides == {"preset": "greedy", "num_beams": 3, "min_new_tokens": 5}
+    ev = eval_config(tmp_path, dict(reversed(list(overrides.items())))).eval
+    assert _decoding(ev) == {**GREEDY, "num_beams": 3, "min_new_tokens": 5}
+    assert ev.max_sentences == 3  # not a preset key: kept from the run
+    assert build_parser().parse_args(["summarize", "r", "--decoding", "cnndm"]).decoding == "cnndm"
+
+
+def test_decoding_summary():
+    assert decoding_summary(Config().eval) == {"preset": "greedy", "label": "greedy", "modified": [],
+                                               **GREEDY, "max_sentences": 0}
+    ev = build_config(sets=["eval.preset=cnndm", "eval.num_beams=2", "eval.batch_size=3"]).eval
+    s = decoding_summary(ev)
+    assert (s["preset"], s["label"], s["modified"], s["num_beams"]) == ("cnndm", "cnndm*", ["num_beams"], 2)
+    assert decoding_summary(build_config(sets=["eval.preset=cnndm"]).eval)["label"] == "cnndm"
+
+
+@pytest.mark.parametrize(
+    "sets, expected",
+    [
+        (["eval.preset=beam"], ["'eval.preset'", "one of greedy, cnndm"]),
+        (["eval.min_new_tokens=-1"], ["'eval.min_new_tokens'", "an integer >= 0"]),
+        (["eval.max_sentences=-2"], ["'eval.max_sentences'", "an integer >= 0"]),
+        (["eval.preset=cnndm", "eval.max_new_tokens=40"], ["eval.min_new_tokens", "(55)", "eval.max_new_tokens"]),
+    ],
+)
+def test_bad_decoding_values(sets, expected):
+    with pytest.raises(UserError) as e:
+        build_config(sets=sets)
+    assert "\n" not in str(e.value) and all(t in str(e.value) for t in expected)

@@ -10,7 +10,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from sumtune.config import METHODS, PRECISIONS
+from sumtune.config import DECODING_PRESETS, METHODS, PRECISIONS
 from sumtune.errors import UserError
 
 
@@ -70,16 +70,20 @@ def _flags(a: argparse.Namespace) -> dict:
 
 
 def _add_eval_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--decoding", choices=tuple(DECODING_PRESETS),
+                   help="decoding preset (eval.preset); the other decoding flags override its values")
     p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--num-beams", type=_positive_int)
     p.add_argument("--max-new-tokens", type=_positive_int)
+    p.add_argument("--min-new-tokens", type=_positive_int, help="no stop before this many new tokens")
     p.add_argument("--no-repeat-ngram-size", type=_positive_int)
     p.add_argument("--length-penalty", type=_float)
 
 
 def _eval_overrides(a: argparse.Namespace) -> dict:
     return {k: v for k, v in {
-        "batch_size": a.batch_size, "num_beams": a.num_beams, "max_new_tokens": a.max_new_tokens,
+        "preset": a.decoding, "batch_size": a.batch_size, "num_beams": a.num_beams,
+        "max_new_tokens": a.max_new_tokens, "min_new_tokens": a.min_new_tokens,
         "no_repeat_ngram_size": a.no_repeat_ngram_size, "length_penalty": a.length_penalty,
     }.items() if v is not None}
 

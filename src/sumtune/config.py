@@ -2,6 +2,8 @@
 `--set key=value` overrides and validation.
 
 Precedence: defaults < `--config FILE` < explicit CLI flags < `--set key=value`.
+`eval.preset` (DECODING_PRESETS) writes a set of decoding keys when it is set; within one layer
+(a file, the flags, the --set items, a saved config.yaml) it is applied before the other keys.
 Every error names the key and the valid choices, in one line.
 """
 
@@ -84,13 +86,54 @@ class TrainConfig:
     fast: bool = True  # our measured fast paths; false = plain reference path
 
 
+# Decoding presets: setting `eval.preset` writes these values into the eval section at that moment,
+# so keys set after it override them (within one layer of configuration the preset goes first).
+# "cnndm" is the BART CNN/DailyMail recipe: fairseq's examples/bart/summarize.py (CNN_KWARGS: beam=4,
+# lenpen=2.0, max_len_b=140, min_len=55, no_repeat_ngram_size=3; examples/bart/README.summarization.md
+# points there), the same as facebook/bart-large-cnn's generation config on the Hugging Face Hub
+# (num_beams 4, length_penalty 2.0, no_repeat_ngram_size 3, min_length 56 / max_length 142 counting the
+# decoder's start token). Beam search here keeps `generate`'s early_stopping=False heuristic.
+DECODING_PRESETS: dict[str, dict[str, Any]] = {
+    "greedy": {"num_beams": 1, "no_repeat_ngram_size": 0, "length_penalty": 1.0,
+               "min_new_tokens": 0, "max_new_tokens": 128},
+    "cnndm": {"num_beams": 4, "no_repeat_ngram_size": 3, "length_penalty": 2.0,
+              "min_new_tokens": 55, "max_new_tokens": 140},
+}
+
+
 @dataclass
 class EvalConfig:
+    preset: Literal["greedy", "cnndm"] = "greedy"  # see DECODING_PRESETS; later keys override it
     batch_size: int = 8
     num_beams: int = 1
     max_new_tokens: int = 128
+    min_new_tokens: int = 0  # no stop (EOS or blank line) before this many new tokens
     no_repeat_ngram_size: int = 0
     length_penalty: float = 1.0
+    max_sentences: int = 0  # keep the first N sentences of a summary; 0 = all
+
+
+PRESET_KEY = "eval.preset"
+
+
+def apply_preset(ev: EvalConfig, name: str) -> EvalConfig:
+    """Set `ev.preset` and write that preset's decoding values into `ev` (in place; returned)."""
+    if name not in DECODING_PRESETS:
+        raise UserError(f"config key 'eval.preset': got {name!r}, expected one of {', '.join(DECODING_PRESETS)}")
+    ev.preset = name
+    for key, value in DECODING_PRESETS[name].items():
+        setattr(ev, key, value)
+    return ev
+
+
+def decoding_summary(cfg: EvalConfig) -> dict[str, Any]:
+    """The decoding settings to record with results: the preset's keys with their values, the preset
+    name, the keys whose value differs from the preset (``modified``) and a ``label``: the preset name,
+    with a ``*`` when anything was modified (e.g. "cnndm*")."""
+    preset = DECODING_PRESETS[cfg.preset]
+    modified = [k for k, v in preset.items() if getattr(cfg, k) != v]
+    return {"preset": cfg.preset, "label": cfg.preset + ("*" if modified else ""), "modified": modified,
+            **{k: getattr(cfg, k) for k in preset}, "max_sentences": cfg.max_sentences}
 
 
 @dataclass
@@ -135,7 +178,9 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "eval.batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "eval.num_beams": (lambda v: v >= 1, "an integer >= 1"),
     "eval.max_new_tokens": (lambda v: v >= 1, "an integer >= 1"),
+    "eval.min_new_tokens": (lambda v: v >= 0, "an integer >= 0"),
     "eval.no_repeat_ngram_size": (lambda v: v >= 0, "an integer >= 0"),
+    "eval.max_sentences": (lambda v: v >= 0, "an integer >= 0 (0 = all)"),
 }
 
 
@@ -230,10 +275,19 @@ def set_key(cfg: Config, key: str, value: Any, text: bool = False) -> None:
                     return
                 raise UserError(f"config key '{key}' is a section; set one of its keys, e.g. '{key}.<name>'")
             setattr(obj, part, _coerce(key, _from_text(key, value, hint) if text else value, hint))
+            if key == PRESET_KEY:
+                apply_preset(cfg.eval, cfg.eval.preset)
         else:
             obj = getattr(obj, part)
             if not dataclasses.is_dataclass(obj):
                 raise UserError(f"config key '{'.'.join(parts[: i + 1])}' is not a section")
+
+
+def set_keys(cfg: Config, items: typing.Iterable[tuple[str, Any]], text: bool = False) -> None:
+    """Set several keys that form one layer of configuration: `eval.preset` first, then the others in
+    order, so a preset never overrides a key given beside it, whatever the order they are written in."""
+    for key, value in sorted(items, key=lambda kv: kv[0] != PRESET_KEY):  # stable: the rest keep their order
+        set_key(cfg, key, value, text=text)
 
 
 def _from_text(key: str, text: str, hint: Any) -> Any:
@@ -288,6 +342,11 @@ def validate(cfg: Config) -> Config:
         check_last_layers(cfg.method)
     if cfg.data.val_ratio + cfg.data.test_ratio >= 1:
         raise UserError("config keys 'data.val_ratio' + 'data.test_ratio' must be < 1")
+    if cfg.eval.min_new_tokens > cfg.eval.max_new_tokens:
+        raise UserError(
+            f"config key 'eval.min_new_tokens' ({cfg.eval.min_new_tokens}) exceeds 'eval.max_new_tokens' "
+            f"({cfg.eval.max_new_tokens}); lower it or raise max_new_tokens"
+        )
     if cfg.data.max_summary_length + 8 > cfg.data.max_length:
         raise UserError(
             f"config key 'data.max_summary_length' ({cfg.data.max_summary_length}) leaves no room for "
@@ -313,22 +372,16 @@ def build_config(
     """Resolve the configuration: defaults < file < flags (dotted keys, None = unset) < --set."""
     cfg = Config()
     if config_file:
-        for key, value in _flatten(load_yaml(config_file)).items():
-            set_key(cfg, key, value)
-    for key, value in (flags or {}).items():
-        if value is not None:
-            set_key(cfg, key, value)
-    for item in sets or []:
-        key, value = parse_set(item)
-        set_key(cfg, key, value, text=True)
+        set_keys(cfg, _flatten(load_yaml(config_file)).items())
+    set_keys(cfg, [(k, v) for k, v in (flags or {}).items() if v is not None])
+    set_keys(cfg, [parse_set(item) for item in sets or []], text=True)
     return validate(cfg)
 
 
 def config_from_dict(d: dict[str, Any]) -> Config:
     """Rebuild a Config from a run's config.yaml."""
     cfg = Config()
-    for key, value in _flatten(d).items():
-        set_key(cfg, key, value)
+    set_keys(cfg, _flatten(d).items())
     return cfg
 
 
@@ -348,5 +401,5 @@ def load_run_config(run_dir: str | Path) -> Config:
 __all__ = [
     "Config", "ModelConfig", "DataConfig", "MethodConfig", "TrainConfig", "EvalConfig",
     "METHODS", "PRECISIONS", "build_config", "config_from_dict", "save_config", "load_run_config",
-    "set_key", "validate", "check_last_layers",
+    "set_key", "set_keys", "validate", "check_last_layers", "DECODING_PRESETS", "apply_preset", "decoding_summary",
 ]

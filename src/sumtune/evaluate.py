@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from sumtune.checkpoint import atomic_write_json, atomic_write_text, read_json
-from sumtune.config import Config, load_run_config, set_key, validate
+from sumtune.config import Config, load_run_config, set_keys, validate
 from sumtune.errors import UserError
 from sumtune.generate import Generator, decode_summary
 from sumtune.metrics import ROUGE_KEYS, TokenLoss, rouge, summed_token_loss
@@ -46,8 +46,7 @@ def check_finished_run(run_dir: str | Path) -> Path:
 def _config(run: Path, overrides: dict[str, Any] | None) -> Config:
     """The run's configuration with the decoding overrides (eval.*) applied."""
     cfg = load_run_config(run)
-    for key, value in (overrides or {}).items():
-        set_key(cfg, f"eval.{key}", value)
+    set_keys(cfg, [(f"eval.{key}", value) for key, value in (overrides or {}).items()])  # preset first
     return validate(cfg)
 
 
