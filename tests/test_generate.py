@@ -9,8 +9,9 @@ import pytest
 import torch
 from method_utils import make_run
 from peft import PeftModel
+from transformers import LogitsProcessor, LogitsProcessorList
 
-from sumtune.config import EvalConfig
+from sumtune.config import EvalConfig, apply_preset
 from sumtune.generate import Generator, decode_summary
 from sumtune.modeling import load_model, load_tokenizer
 from sumtune.tiny import synthetic_news
@@ -27,7 +28,7 @@ def _prompts(tokenizer, n: int = 7) -> list[list[int]]:
 def _hf(model, prompt: list[int], eos: int, embeds: torch.Tensor | None = None, **kw) -> list[int]:
     """New tokens from `generate` at batch 1 (no padding); `embeds`: a soft prompt to put in front."""
     ids = torch.tensor([prompt])
-    args = dict(max_new_tokens=NEW, do_sample=False, eos_token_id=eos, pad_token_id=eos, **kw)
+    args = {**dict(max_new_tokens=NEW, do_sample=False, eos_token_id=eos, pad_token_id=eos), **kw}
     with torch.no_grad():
         if embeds is None:
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **args)
@@ -158,3 +159,121 @@ def test_no_repeat_ngram_bans_repeats_within_the_summary(tiny_neo):
         assert cut < len(g), "random tiny models repeat themselves"
         assert o[:cut] == g[:cut] and o[cut] != g[cut]  # identical until greedy would repeat
         assert _first_repeat(o, 2) == len(o)
+
+
+# --- decoding presets: min_new_tokens, and beam search with the cnndm settings ---------------------
+
+
+class _SummaryNoRepeat(LogitsProcessor):
+    """`generate`'s n-gram ban over the generated tokens only (its own also covers the prompt)."""
+
+    def __init__(self, prompt_len: int, n: int):
+        self.prompt_len, self.n = prompt_len, n
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        for r, row in enumerate(input_ids[:, self.prompt_len :].tolist()):
+            follow: dict[tuple[int, ...], set[int]] = {}
+            for i in range(len(row) - self.n + 1):
+                follow.setdefault(tuple(row[i : i + self.n - 1]), set()).add(row[i + self.n - 1])
+            banned = follow.get(tuple(row[len(row) - self.n + 1 :]), set()) if len(row) >= self.n - 1 else set()
+            scores[r, sorted(banned)] = float("-inf")
+        return scores
+
+
+def _hf_decoding(model, prompt: list[int], eos: int, ev: EvalConfig) -> list[int]:
+    """`generate` at batch 1 with the decoding settings of `ev`, up to EOS."""
+    kw = dict(max_new_tokens=ev.max_new_tokens, min_new_tokens=ev.min_new_tokens, num_beams=ev.num_beams,
+              no_repeat_ngram_size=0)
+    if ev.num_beams > 1:
+        kw["length_penalty"] = ev.length_penalty
+    if ev.no_repeat_ngram_size:
+        kw["logits_processor"] = LogitsProcessorList([_SummaryNoRepeat(len(prompt), ev.no_repeat_ngram_size)])
+    return _until_eos(_hf(model, prompt, eos, **kw), eos)
+
+
+def _early_eos_model(tiny, within: int = 8):
+    """A tiny model, its tokenizer and prompts, with as EOS the token that greedy decoding emits within
+    the first `within` new tokens of the most rows (random tiny models rarely stop early otherwise)."""
+    tokenizer = load_tokenizer(str(tiny))
+    model = load_model(str(tiny)).eval()
+    prompts = _prompts(tokenizer, 5)
+    greedy = [_hf(model, p, tokenizer.eos_token_id) for p in prompts]
+    eos = Counter(t for o in greedy for t in set(o[:within])).most_common(1)[0][0]
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos)
+    return model, tokenizer, prompts, eos
+
+
+def _ours(model, tokenizer, ev: EvalConfig, prompts, **kw) -> list[list[int]]:
+    return Generator(model, tokenizer, ev, stop_at_blank_line=False, **kw).generate(prompts)
+
+
+def test_greedy_min_new_tokens_equals_hf_generate(tiny_neo):
+    model, tokenizer, prompts, eos = _early_eos_model(tiny_neo)
+    ev = EvalConfig(batch_size=3, max_new_tokens=NEW, min_new_tokens=8)
+    expected = [_hf_decoding(model, p, eos, ev) for p in prompts]
+    assert _ours(model, tokenizer, ev, prompts) == expected
+    assert all(len(e) > 8 for e in expected)
+    unbounded = _ours(model, tokenizer, EvalConfig(batch_size=3, max_new_tokens=NEW), prompts)
+    assert any(len(u) <= 8 for u in unbounded), "some rows should stop before 8 tokens without the minimum"
+
+
+@pytest.mark.parametrize("arch", ["tiny_neo", "tiny_gpt2"])
+@pytest.mark.parametrize("length_penalty", [2.0, 0.5])
+def test_beam_cnndm_preset_equals_hf_generate(arch, length_penalty, request):
+    """The cnndm settings with short lengths (beam 4, 3-gram ban, a minimum length; length penalty 2 as in
+    the preset, and 0.5, with which short hypotheses win and so the minimum matters), then batched."""
+    model, tokenizer, prompts, eos = _early_eos_model(request.getfixturevalue(arch))
+    ev = apply_preset(EvalConfig(batch_size=4), "cnndm")  # 4 beams: one entry per batch
+    ev.min_new_tokens, ev.max_new_tokens, ev.length_penalty = 6, NEW, length_penalty
+    expected = [_hf_decoding(model, p, eos, ev) for p in prompts[:3]]
+    alone = _ours(model, tokenizer, ev, prompts)
+    assert alone[:3] == expected
+    ev.batch_size = 12  # 3 entries per batch, ending at different steps
+    assert _ours(model, tokenizer, ev, prompts) == alone
+    assert all(len(a) > 6 for a in alone)
+    ev.min_new_tokens = 0
+    no_min = _ours(model, tokenizer, ev, prompts)
+    if length_penalty < 1:
+        assert no_min != alone and any(len(n) <= 6 for n in no_min), "the minimum should matter here"
+    ev.min_new_tokens, ev.no_repeat_ngram_size = 6, 0
+    assert _ours(model, tokenizer, ev, prompts) != alone, "the n-gram ban should matter here"
+
+
+def test_beam_cnndm_preset_real_lengths_equals_hf_generate(tiny_neo):
+    model, tokenizer, prompts, eos = _early_eos_model(tiny_neo)
+    ev = apply_preset(EvalConfig(batch_size=8), "cnndm")
+    assert (ev.num_beams, ev.min_new_tokens, ev.max_new_tokens) == (4, 55, 140)
+    two = [prompts[0], prompts[3]]  # 12 and 39 tokens
+    expected = [_hf_decoding(model, p, eos, ev) for p in two]
+    assert _ours(model, tokenizer, ev, two) == expected
+    assert all(len(e) > 55 for e in expected)
+
+
+def test_stop_mask_is_the_stop_rule_for_every_token(tiny_gpt2):
+    """The min_new_tokens ban forbids exactly the tokens `_stops` would stop at, blank lines included."""
+    tokenizer = load_tokenizer(str(tiny_gpt2))
+    gen = Generator(load_model(str(tiny_gpt2)), tokenizer, EvalConfig())
+    vocab = gen.tables["blank"].shape[0]
+    prev = torch.arange(-1, vocab).repeat(2)
+    started = torch.arange(len(prev)) >= vocab + 1
+    mask = gen._stop_mask(prev, started)
+    for tok in range(vocab):
+        t = torch.full_like(prev, tok)
+        assert torch.equal(mask[:, tok], gen._stops(t, prev, started)), tok
+    nl = tokenizer("\n")["input_ids"][0]
+    assert mask[:, tokenizer.eos_token_id].all()
+    assert mask[started & (prev == nl), nl].all() and not mask[~started, nl].any()  # "\n" + "\n", after text only
+
+
+def test_min_new_tokens_beyond_the_room_runs_to_the_last_position(tiny_neo):
+    tokenizer = load_tokenizer(str(tiny_neo))
+    model = load_model(str(tiny_neo)).eval()
+    long = (_prompts(tokenizer, 5)[-1] * 1024)[: 1024 - 10]  # 10 positions left
+    free = _ours(model, tokenizer, EvalConfig(max_new_tokens=NEW), [long])[0]
+    assert len(free) == 10
+    eos = free[2]
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos)
+    assert len(_ours(model, tokenizer, EvalConfig(max_new_tokens=NEW), [long])[0]) <= 3
+    for k in (1, 2):
+        out = _ours(model, tokenizer, EvalConfig(num_beams=k, max_new_tokens=NEW, min_new_tokens=55), [long])[0]
+        assert len(out) == 10 and eos not in out

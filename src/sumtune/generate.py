@@ -24,6 +24,8 @@ every method); beam search follows ``generate``'s algorithm (scores normalised b
 generated length ** length_penalty, the same early-stop heuristic). ``no_repeat_ngram_size``
 bans repeats within the summary only - unlike ``generate``, which would also ban every
 n-gram of the article in a decoder-only prompt and so forbid copying phrases.
+``min_new_tokens`` forbids, before that many new tokens, every token that would stop the row:
+EOS (as ``generate`` does) and, with the blank-line rule, the tokens that would make the blank line.
 """
 
 from __future__ import annotations
@@ -220,6 +222,24 @@ class Generator:
             stop = stop | blank
         return stop
 
+    def _stop_mask(self, prev: torch.Tensor, started: torch.Tensor) -> torch.Tensor:
+        """[rows, vocab]: the tokens that would end each row now (`_stops` for every token at once)."""
+        t = self.tables
+        mask = torch.zeros(len(prev), t["blank"].shape[0], dtype=torch.bool, device=prev.device)
+        mask[:, self.eos] = True
+        if self.stop_at_blank_line:
+            after_nl = (t["ends_nl"][prev.clamp(min=0)] & (prev >= 0))[:, None]
+            mask |= torch.where(started[:, None], t["blank"] | (after_nl & t["starts_nl"]), t["blank_lstrip"])
+        return mask
+
+    def _ban_stops(self, scores: torch.Tensor, prev: torch.Tensor, started: torch.Tensor, step: int) -> torch.Tensor:
+        """Before `min_new_tokens` tokens, forbid every token that would stop a row: EOS as `generate`'s
+        min_new_tokens does, and, with the blank-line rule, the tokens making a blank line. Steps stop at the
+        room left (max_new_tokens, the model's positions), so a minimum beyond it ends rows there."""
+        if step >= self.cfg.min_new_tokens:
+            return scores
+        return scores.masked_fill(self._stop_mask(prev, started), float("-inf"))
+
     def _ban_repeats(self, logits: torch.Tensor, seqs: torch.Tensor, n_done: int) -> torch.Tensor:
         """Forbid tokens that would repeat an n-gram of the summary so far (seqs[:, :n_done])."""
         n = self.cfg.no_repeat_ngram_size
@@ -245,6 +265,7 @@ class Generator:
         lengths = [limit] * n
         out = torch.zeros(n, limit, dtype=torch.long, device=self.device)
         for step in range(limit):
+            logits = self._ban_stops(logits, prev, started, step)
             tok = self._ban_repeats(logits, seqs, step).argmax(-1)
             seqs[:, step] = tok
             stop = self._stops(tok, prev, started) & ~finished
@@ -291,7 +312,7 @@ class Generator:
         base = (torch.arange(b, device=dev) * k)[:, None]
         for step in range(limit):
             logp = torch.log_softmax(logits, dim=-1)
-            logp = self._ban_repeats(logp, seqs, step)
+            logp = self._ban_repeats(self._ban_stops(logp, prev, started, step), seqs, step)
             vocab = logp.shape[-1]
             cand = (logp.view(b, k, vocab) + scores[:, :, None]).view(b, k * vocab)
             top, idx = torch.topk(cand, 2 * k, dim=1)
