@@ -231,18 +231,34 @@ def _read_source(cfg: DataConfig, seed: int) -> dict[str, Any]:
     return _split_missing({"train": _with_ids(ds, cfg)}, cfg, seed)
 
 
-def _read_hub(src: str, cfg: DataConfig, seed: int) -> dict[str, Any]:
+# hf:NAME[:CONFIG] -> the DatasetDict loaded in this process (fingerprints.data_fingerprint reads it)
+_HUB_LOADED: dict[str, Any] = {}
+
+
+def _load_hub(src: str):
+    """`datasets.load_dataset` of hf:NAME[:CONFIG]; with the Hub unreachable, from the cache only
+    (at once, not after the client's retries)."""
     import datasets
 
+    from sumtune.offline import use_cache_only
+
     name, _, conf = src[3:].partition(":")
+    cache_only = use_cache_only()  # unreachable: the process is offline from here on
     try:
         with _datasets_quiet():
             raw = datasets.load_dataset(name, conf or None)
     except Exception as e:  # noqa: BLE001
+        why = "the Hub is unreachable and it is not in the local cache" if cache_only else _first_line(e)[:160]
         raise UserError(
-            f"cannot load dataset '{name}' from the Hugging Face Hub ({_first_line(e)[:160]}); offline, run "
+            f"cannot load dataset '{name}' from the Hugging Face Hub ({why}); offline, run "
             "`sumtune download data` where you have internet and pass the directory with --data DIR"
         ) from None
+    _HUB_LOADED[src] = raw
+    return raw
+
+
+def _read_hub(src: str, cfg: DataConfig, seed: int) -> dict[str, Any]:
+    raw = _load_hub(src)
     if "train" not in raw:
         raise UserError(f"{src} has splits {', '.join(raw)}; sumtune needs a 'train' split (validation/test optional)")
     out = {}

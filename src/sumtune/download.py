@@ -110,7 +110,10 @@ def _kaggle(handle: str, out: Path) -> Path:
 def _hub_dataset(spec: str, out: Path) -> Path:
     import datasets
 
+    from sumtune.offline import use_cache_only
+
     name, _, conf = spec.partition(":")
+    use_cache_only()  # the Hub unreachable: offline at once (the cache still serves), not after retries
     try:
         raw = datasets.load_dataset(name, conf or None)
     except Exception as e:  # noqa: BLE001

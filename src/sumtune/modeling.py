@@ -1,16 +1,15 @@
 """Load the base model and tokenizer (hub name or local directory), describe it
-(a fingerprint that runs record), and pick the compute precision."""
+(`fingerprint`, from sumtune.fingerprints: what runs record), and pick the compute precision."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
 import torch
 
 from sumtune.errors import UserError
+from sumtune.fingerprints import fingerprint  # noqa: F401 - re-exported: runs record it
 
 
 def _is_offline_error(e: BaseException) -> bool:
@@ -30,13 +29,21 @@ def _check_name(name: str) -> None:
         raise UserError(f"{name} is not a model directory (no config.json); pass a Hugging Face model directory")
 
 
+def _hub_kwargs(name: str) -> dict:
+    """For a Hub name when the Hub is unreachable (or offline mode is on): read the local
+    cache only, so an uncached name fails at once instead of after the client's retries."""
+    from sumtune.offline import use_cache_only
+
+    return {"local_files_only": True} if not Path(name).is_dir() and use_cache_only() else {}
+
+
 def load_tokenizer(name: str):
     """The tokenizer, with a pad token (EOS) set when it has none."""
     from transformers import AutoTokenizer
 
     _check_name(name)
     try:
-        tok = AutoTokenizer.from_pretrained(name)
+        tok = AutoTokenizer.from_pretrained(name, **_hub_kwargs(name))
     except Exception as e:  # noqa: BLE001 - turned into one clear line
         raise _load_error(name, "tokenizer", e) from None
     if tok.eos_token is None:
@@ -53,7 +60,7 @@ def load_model(name: str, dtype: torch.dtype = torch.float32):
     _check_name(name)
     try:
         # safetensors only: a pickled .bin is never loaded (it can run code)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, use_safetensors=True)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, use_safetensors=True, **_hub_kwargs(name))
     except Exception as e:  # noqa: BLE001
         raise _load_error(name, "model", e) from None
     return model
@@ -69,23 +76,6 @@ def _load_error(name: str, what: str, e: BaseException) -> UserError:
     if what == "model" and "model.safetensors" in first:
         first += " (sumtune never loads pickled .bin weights; convert them with safetensors.torch.save_file)"
     return UserError(f"cannot load {what} from '{name}': {first}")
-
-
-def fingerprint(name: str, model) -> dict:
-    """What identifies a base model: its name/path, a hash of its config, and of its
-    weight files' names and sizes (cheap, catches a swapped checkpoint)."""
-    cfg = model.config.to_dict()
-    for k in ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "_attn_implementation_autoset",
-              "_attn_implementation", "architectures", "use_cache", "pad_token_id"):
-        cfg.pop(k, None)
-    cfg_hash = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    files = []
-    p = Path(name)
-    if p.is_dir():
-        files = sorted((f.name, f.stat().st_size) for f in p.iterdir() if f.suffix in (".safetensors", ".bin"))
-    shapes = sorted((k, tuple(v.shape)) for k, v in model.state_dict().items())
-    w_hash = hashlib.sha256(json.dumps([files, shapes]).encode()).hexdigest()[:16]
-    return {"name": name, "config_sha": cfg_hash, "weights_sha": w_hash, "model_type": model.config.model_type}
 
 
 def count_params(model) -> tuple[int, int]:

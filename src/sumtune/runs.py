@@ -20,13 +20,14 @@ import torch
 
 from sumtune.config import Config, load_run_config
 from sumtune.errors import UserError
+from sumtune.fingerprints import FINGERPRINT_VERSION, fingerprint
 from sumtune.methods import Method, get_method
 from sumtune.methods.base import read_meta, weights_path
-from sumtune.modeling import fingerprint, load_model, load_tokenizer
+from sumtune.modeling import load_model, load_tokenizer
 
 
 def run_meta(cfg: Config, model: torch.nn.Module, **extra) -> dict:
-    """The metadata `method.save` records: {"method", "base_model": modeling.fingerprint,
+    """The metadata `method.save` records: {"method", "base_model": fingerprints.fingerprint,
     "method_config": the method's hyper-parameters, **extra}.
 
     `model` is the base model as `modeling.load_model` returned it, before `method.prepare`
@@ -57,9 +58,22 @@ def check_method(meta: dict, method: Method, where: Path) -> None:
 
 
 def check_base(meta: dict, base: dict, where: Path) -> None:
-    """One-line error when `where` was trained on another base model (`base`: modeling.fingerprint)."""
+    """One-line error when `where` was trained on another base model (`base`: fingerprints.fingerprint),
+    or when its record predates weight-value fingerprints (scheme 1: names, sizes and shapes
+    only, which another checkpoint of the same architecture matches): that cannot be checked,
+    so it is refused with the command that re-records it."""
     saved = meta["base_model"]
-    if any(saved.get(k) != base.get(k) for k in ("model_type", "config_sha", "weights_sha")):
+    scheme1 = saved.get("fingerprint", 1) < FINGERPRINT_VERSION
+    keys = ("model_type", "config_sha") if scheme1 else ("model_type", "config_sha", "weights_sha")
+    if scheme1 and all(saved.get(k) == base.get(k) for k in keys):
+        run = Path(where).parent
+        raise UserError(
+            f"{where} records base model '{saved.get('name')}' without its weight values (sumtune before "
+            f"fingerprint scheme {FINGERPRINT_VERSION}), so it cannot be checked that '{base['name']}' is the model it was "
+            f"trained on; if you are sure it is, run `python -m sumtune.fingerprints upgrade {run} --model {base['name']}`, "
+            "else retrain the run"
+        )
+    if any(saved.get(k) != base.get(k) for k in keys):
         raise UserError(
             f"{where} was trained on base model '{saved.get('name')}' (config {saved.get('config_sha')}, "
             f"weights {saved.get('weights_sha')}), not on '{base['name']}' (config {base['config_sha']}, "
@@ -84,8 +98,10 @@ def load_run(run_dir: str | Path, dtype: torch.dtype = torch.float32,
         weights_path(adapter, method.weights_file)  # fail before loading the base model
     name = base_model or cfg.model.name
     tokenizer = load_tokenizer(name)
-    model = load_model(name, dtype)
+    model = load_model(name)  # fp32: the weights the run recorded, before any cast
     check_base(meta, fingerprint(name, model), adapter)
+    if dtype != torch.float32:
+        model = model.to(dtype)
     model = method.load(model, tokenizer, adapter, cfg.method)
     model.eval()
     return cfg, method, model, tokenizer
