@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from sumtune.checkpoint import atomic_write_json
 from sumtune.config import build_config, save_config
 from sumtune.methods import get_method
 from sumtune.modeling import load_model, load_tokenizer
@@ -52,4 +53,5 @@ def make_run(run: Path, model_dir: Path, method: str, sets: tuple[str, ...] = ()
         train_steps(model, padded_batch(tokenizer), steps=steps)
     model.eval()
     m.save(model, run / "adapter", meta)
+    atomic_write_json(run / "results.json", {"method": method, "finished": True})  # as the trainer ends
     return run, cfg, model, tokenizer

@@ -9,6 +9,7 @@ import pytest
 
 from sumtune import experiment
 from sumtune.config import build_config, load_run_config
+from sumtune.experiment import Plan
 
 
 def _cfg(out, model_dir, data_dir, **sets):
@@ -26,7 +27,7 @@ def _read(path):
 
 def test_experiment_runs_every_method_and_resumes(tiny_neo, kaggle_dir, tmp_path, monkeypatch, capsys):
     out = tmp_path / "exp"
-    report = experiment.run_experiment(_cfg(out, tiny_neo, kaggle_dir), eval_limit=4)
+    report = experiment.run_experiment(_cfg(out, tiny_neo, kaggle_dir), Plan(eval_limit=4))
     methods = ["zero_shot", "prompt_tuning", "lora", "last_layers"]
     assert [r["method"] for r in report["rows"]] == methods
     for m in methods:
@@ -37,7 +38,8 @@ def test_experiment_runs_every_method_and_resumes(tiny_neo, kaggle_dir, tmp_path
     assert (out / "compare.md").is_file() and len(report["plots"]) == 3
     record = _read(out / "experiment.json")
     lrs = record["lr"]
-    assert lrs["prompt_tuning"] == experiment.LR_GRID["prompt_tuning"][1] > lrs["lora"] == experiment.LR_GRID["lora"][1]
+    middle = {m: experiment.LR_GRID[m][len(experiment.LR_GRID[m]) // 2] for m in ("prompt_tuning", "lora")}
+    assert lrs["prompt_tuning"] == middle["prompt_tuning"] > lrs["lora"] == middle["lora"]
     printed = capsys.readouterr().out
     assert "| lora |" in printed and "loss_curves.png" in printed
 
@@ -49,22 +51,25 @@ def test_experiment_runs_every_method_and_resumes(tiny_neo, kaggle_dir, tmp_path
 
     monkeypatch.setattr("sumtune.train.train", no_training)
     monkeypatch.setattr("sumtune.evaluate.evaluate_run", no_training)
-    experiment.run_experiment(_cfg(out, tiny_neo, kaggle_dir), eval_limit=4)
+    experiment.run_experiment(_cfg(out, tiny_neo, kaggle_dir), Plan(eval_limit=4))
     assert stamps == {m: (out / m / "eval/test/metrics.json").stat().st_mtime_ns for m in methods}
-    assert "finished earlier, skipped" in capsys.readouterr().out
+    assert "finished earlier with the same settings, skipped" in capsys.readouterr().out
 
 
 def test_sweep_keeps_the_best_lr_by_validation_loss(tiny_neo, kaggle_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(experiment, "METHODS", ("lora",))
-    monkeypatch.setattr(experiment, "LR_GRID", {"lora": (1e-5, 3e-2)})
     out = tmp_path / "exp"
-    experiment.run_experiment(_cfg(out, tiny_neo, kaggle_dir, **{"train.epochs": 2}), sweep_lr=True, eval_limit=2)
-    losses = {lr: _read(out / "sweep/lora" / f"lr{lr:g}" / "results.json")["best_val_loss"] for lr in (1e-5, 3e-2)}
+    experiment.run_experiment(_cfg(out, tiny_neo, kaggle_dir, **{"train.epochs": 2}),
+                              Plan(sweep_lr=True, eval_limit=2, lr_grid={"lora": (1e-5, 3e-2)}))
+    record = _read(out / "experiment.json")
+    swept = sorted(float(k) for k in record["sweep"]["lora"]["losses"])
+    assert {1e-5, 3e-2} <= set(swept)
+    losses = {lr: _read(out / "sweep/lora" / f"lr{lr:g}" / "results.json")["best_val_loss"] for lr in swept}
     assert losses[1e-5] != losses[3e-2]
     best = min(losses, key=losses.get)
-    record = _read(out / "experiment.json")
     assert record["lr"]["lora"] == best
-    assert record["sweep"]["lora"] == {f"{lr:g}": v for lr, v in losses.items()}
+    assert record["sweep"]["lora"]["losses"] == {f"{lr:g}": v for lr, v in losses.items()}
+    assert record["sweep"]["lora"]["seconds"] > 0
     assert load_run_config(out / "lora").train.lr == best
     # the sweep's short runs: one epoch each; the main run: the full budget
     assert _read(out / "sweep/lora/lr0.03/results.json")["epochs_run"] == 1
@@ -75,10 +80,10 @@ def test_a_started_run_is_continued_not_refused(tiny_neo, kaggle_dir, tmp_path, 
     monkeypatch.setattr(experiment, "METHODS", ("lora",))
     out = tmp_path / "exp"
     cfg = _cfg(out, tiny_neo, kaggle_dir)
-    experiment.run_experiment(cfg, eval_limit=2)
+    experiment.run_experiment(cfg, Plan(eval_limit=2))
     (out / "lora/results.json").unlink()  # as if killed before the end: the trainer refuses a fresh start there
     old_eval = (out / "lora/eval/test/metrics.json").stat().st_mtime_ns
-    experiment.run_experiment(cfg, eval_limit=2)
+    experiment.run_experiment(cfg, Plan(eval_limit=2))
     assert _read(out / "lora/results.json")["finished"] is True
     assert (out / "lora/eval/test/metrics.json").stat().st_mtime_ns > old_eval  # retrained, so evaluated again
 

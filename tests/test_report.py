@@ -40,10 +40,13 @@ def test_compare_writes_tables_and_plots(tiny_neo, tmp_path, capsys):
     printed = capsys.readouterr().out
 
     md = (tmp_path / "cmp/compare.md").read_text()
-    assert "| lora | lora | 40 (4%) | 36.0 | 12.0 | 300 | 950 | 2.5000 | 2.6000 | 30.00 | 10.00 | 20.00 | 25.00 |" in md
-    assert "| last_layers | last_layers | 500 (50%) |" in md and "not evaluated" in md
-    assert "| zero_shot | zero_shot | 0 (0%) | 0.0 | - |" in md
-    assert md.split("\n\n")[1] in printed  # the table is printed
+    assert ("| lora | lora | LoRA r=4 α=16 on attention+MLP | 42 | 0.0003 | 40 (4%) | 3 | 36.0 | - | - "
+            "| 300 (peak RSS) | 950 | 2.5000 |") in md
+    assert "| lora | 8 | - | 2.6000 | 30.00 | 10.00 | 20.00 | 25.00 | - / - |" in md
+    assert "| last_layers | last_layers | LM head (untied copy) | 42 | 0.0003 | 500 (50%) |" in md
+    assert "| last_layers | - | - | not evaluated |" in md
+    assert "| zero_shot | zero_shot | nothing (base model) | 42 | - | 0 (0%) | 0 | 0.0 |" in md
+    assert md.split("![")[0].strip() in printed  # the tables are printed
 
     saved = json.loads((tmp_path / "cmp/compare.json").read_text())
     assert saved == json.loads(json.dumps(report))

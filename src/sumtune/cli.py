@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from sumtune.config import DECODING_PRESETS, METHODS, PRECISIONS
 from sumtune.errors import UserError
+from sumtune.offline import apply_offline_env
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,9 +37,22 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
+def _lr_choice(text: str) -> float | dict[str, float]:
+    """experiment --lr: one rate for every method, or per method as lora=1e-4,prompt_tuning=0.1."""
+    if "=" not in text:
+        return _float(text)
+    rates = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        if name.strip() not in METHODS:
+            raise argparse.ArgumentTypeError(f"unknown method {name.strip()!r} in {text!r} (methods: {', '.join(METHODS)})")
+        rates[name.strip()] = _float(value)
+    return rates
+
+
 def _add_train_flags(p: argparse.ArgumentParser, with_method: bool) -> None:
     if with_method:
-        p.add_argument("--method", choices=METHODS, help="fine-tuning method")
+        p.add_argument("--method", choices=METHODS, required=True, help="fine-tuning method")
     p.add_argument("--config", help="YAML preset (see configs/)")
     p.add_argument("--model", help="hub name (e.g. EleutherAI/gpt-neo-125m) or local model directory")
     p.add_argument("--data", help="Kaggle CNN/DM dir | FILE.csv/.jsonl | hf:NAME[:CONFIG]")
@@ -47,7 +61,11 @@ def _add_train_flags(p: argparse.ArgumentParser, with_method: bool) -> None:
     p.add_argument("--max-steps", type=_positive_int, help="optimizer steps (overrides --epochs)")
     p.add_argument("--batch-size", type=_positive_int, help="micro-batch per process")
     p.add_argument("--grad-accum", type=_positive_int, help="micro-batches per optimizer step")
-    p.add_argument("--lr", type=_float)
+    if with_method:
+        p.add_argument("--lr", type=_float)
+    else:
+        p.add_argument("--lr", type=_lr_choice, metavar="F|METHOD=F,...",
+                       help="fix the rate: one for every method, or per method (others use their grid)")
     p.add_argument("--max-length", type=_positive_int, help="prompt + summary tokens (default 1024)")
     p.add_argument("--max-train-samples", type=_positive_int)
     p.add_argument("--max-eval-samples", type=_positive_int)
@@ -62,7 +80,8 @@ def _flags(a: argparse.Namespace) -> dict:
     return {
         "method.name": getattr(a, "method", None), "model.name": a.model, "data.source": a.data,
         "output_dir": a.output_dir, "train.epochs": a.epochs, "train.max_steps": a.max_steps,
-        "train.batch_size": a.batch_size, "train.grad_accum": a.grad_accum, "train.lr": a.lr,
+        "train.batch_size": a.batch_size, "train.grad_accum": a.grad_accum,
+        "train.lr": a.lr if isinstance(a.lr, float) else None,
         "data.max_length": a.max_length, "data.max_train_samples": a.max_train_samples,
         "data.max_eval_samples": a.max_eval_samples, "train.precision": a.precision, "train.seed": a.seed,
         "train.save_steps": a.save_steps,
@@ -100,23 +119,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="loss + ROUGE of generated summaries for a run")
     p.add_argument("run_dir")
     p.add_argument("--split", choices=("validation", "test"), default="test")
-    p.add_argument("--limit", type=_positive_int, help="first N examples only")
+    p.add_argument("--limit", type=_positive_int,
+                   help="the first N rows of the whole split, 0 = all (default: the run's own caps)")
+    p.add_argument("--data", help="evaluate on another data source (recorded in metrics.json)")
+    p.add_argument("--model", help="the run's base model at another path (must be the same model)")
     _add_eval_flags(p)
 
-    p = sub.add_parser("summarize", help="print a summary of a text with a trained run")
-    p.add_argument("run_dir")
-    p.add_argument("file", nargs="?", default="-", help="text file, or - for stdin (default)")
+    p = sub.add_parser("summarize", help="print a summary of a text with one or more trained runs")
+    p.add_argument("paths", nargs="+", metavar="RUN [RUN ...] [FILE|-]",
+                   help="run directories, then a text file or - for stdin (default: stdin)")
+    p.add_argument("--model", help="the runs' base model at another path (must be the same model)")
     _add_eval_flags(p)
 
     p = sub.add_parser("compare", help="table + plots comparing runs")
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--output", help="directory for compare.md/json and plots (default: common parent)")
+    p.add_argument("--split", choices=("validation", "test"), default="test", help="which evaluation to compare")
 
     p = sub.add_parser("experiment", help="train, evaluate and compare every method on the same data")
     _add_train_flags(p, with_method=False)
     p.add_argument("--with-full", action="store_true", help="include full fine-tuning")
     p.add_argument("--sweep-lr", action="store_true", help="short runs over a small lr grid per method first")
-    p.add_argument("--eval-limit", type=_positive_int, help="evaluate on the first N test examples")
+    p.add_argument("--eval-limit", type=_positive_int,
+                   help="evaluate on the first N test rows, 0 = the whole split (default: data.max_eval_samples)")
+    p.add_argument("--seeds", type=_positive_int, default=1, help="train every method with N seeds (default 1)")
+    p.add_argument("--overwrite", action="store_true", help="retrain runs whose settings changed")
+    p.add_argument("--decoding", choices=("greedy", "cnndm"),
+                   help="decoding preset for every method (default cnndm unless eval.* keys are set)")
 
     p = sub.add_parser("demo", help="the experiment on a tiny offline model and bundled data (minutes, no internet)")
     p.add_argument("--output-dir", default="demo_runs")
@@ -143,34 +172,33 @@ def _run(a: argparse.Namespace) -> int:
         from sumtune.config import build_config
 
         cfg = build_config(a.config, _flags(a), a.sets)
+        apply_offline_env(cfg.model.name, cfg.data.source)
         from sumtune.train import train
 
         train(cfg, resume=a.resume)
     elif a.command == "evaluate":
         from sumtune.evaluate import evaluate_run
 
-        evaluate_run(a.run_dir, split=a.split, limit=a.limit, overrides=_eval_overrides(a))
-    elif a.command == "summarize":
-        from sumtune.evaluate import summarize_file
+        _offline_for_runs([a.run_dir], a.model, a.data, need_data=True)
 
-        print(summarize_file(a.run_dir, a.file, overrides=_eval_overrides(a)))
+        evaluate_run(a.run_dir, split=a.split, limit=a.limit, overrides=_eval_overrides(a), data=a.data,
+                     base_model=a.model)
+    elif a.command == "summarize":
+        _summarize(a)
     elif a.command == "compare":
         from sumtune.report import compare_runs
 
-        compare_runs(a.run_dirs, a.output)
+        compare_runs(a.run_dirs, a.output, split=a.split)
     elif a.command == "experiment":
-        from sumtune.config import build_config
-
-        cfg = build_config(a.config, _flags(a), a.sets)
-        from sumtune.experiment import run_experiment
-
-        run_experiment(cfg, with_full=a.with_full, sweep_lr=a.sweep_lr, eval_limit=a.eval_limit)
+        _experiment(a)
     elif a.command == "demo":
         from sumtune.experiment import run_demo
 
         run_demo(a.output_dir)
     elif a.command == "export":
         from sumtune.export import export_run
+
+        _offline_for_runs([a.run_dir], None, None)
 
         export_run(a.run_dir, a.out_dir)
     elif a.command == "download":
@@ -181,6 +209,54 @@ def _run(a: argparse.Namespace) -> int:
         else:
             download.download_model(a.name, a.out)
     return 0
+
+
+def _offline_for_runs(runs: list[str], model: str | None, data: str | None, need_data: bool = False) -> None:
+    """No network call when the runs' model (and, with `need_data`, their data) are local."""
+    from sumtune.config import load_run_config
+
+    try:
+        cfgs = [load_run_config(r) for r in runs]
+    except UserError:
+        return  # the command itself reports it
+    models = {model or c.model.name for c in cfgs}
+    sources = {data or c.data.source for c in cfgs} if need_data else {None}
+    if len(models) == 1 and len(sources) == 1:
+        apply_offline_env(models.pop(), sources.pop())
+
+
+def _summarize(a: argparse.Namespace) -> None:
+    """One summary per run; the last path is the input when it is not a directory."""
+    from pathlib import Path
+
+    from sumtune.evaluate import read_text, summarize_text
+    from sumtune.runs import check_finished_run
+
+    runs, source = a.paths, "-"
+    if len(runs) > 1 and not Path(runs[-1]).is_dir():
+        runs, source = runs[:-1], runs[-1]
+    _offline_for_runs(runs, a.model, None)
+    for run in runs:
+        check_finished_run(run)  # before reading standard input
+    text = read_text(source)
+    for run in runs:
+        summary = summarize_text(run, text, overrides=_eval_overrides(a), base_model=a.model)
+        print(summary if len(runs) == 1 else f"== {run}\n{summary}\n")
+
+
+def _experiment(a: argparse.Namespace) -> None:
+    from sumtune.config import build_config
+    from sumtune.experiment import Plan, run_experiment
+
+    sets = list(a.sets)
+    named: set[str] = set()
+    cfg = build_config(a.config, _flags(a), sets, explicit=named)
+    if a.decoding or not any(k.startswith("eval.") for k in named):  # one decoding for all; cnndm unless told
+        cfg = build_config(a.config, _flags(a), [f"eval.preset={a.decoding or 'cnndm'}", *sets])
+    apply_offline_env(cfg.model.name, cfg.data.source)
+    plan = Plan(with_full=a.with_full, sweep_lr=a.sweep_lr, eval_limit=a.eval_limit, seeds=max(1, a.seeds),
+                overwrite=a.overwrite, lr=a.lr)
+    run_experiment(cfg, plan)
 
 
 def _quiet_progress(verbose: bool) -> None:

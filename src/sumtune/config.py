@@ -364,17 +364,40 @@ def check_last_layers(m: MethodConfig) -> None:
         )
 
 
+def absolute_source(source: str) -> str:
+    """A local path made absolute (a run must work from any directory); hub names and
+    `hf:` sources unchanged."""
+    if not source or source.startswith("hf:"):
+        return source
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else source
+
+
 def build_config(
     config_file: str | None = None,
     flags: dict[str, Any] | None = None,
     sets: list[str] | None = None,
+    explicit: set[str] | None = None,
 ) -> Config:
-    """Resolve the configuration: defaults < file < flags (dotted keys, None = unset) < --set."""
+    """Resolve the configuration: defaults < file < flags (dotted keys, None = unset) < --set.
+    Local model and data paths become absolute. `explicit`, when given, receives the keys
+    that the file, flags or --set named."""
     cfg = Config()
+    named: set[str] = set()
     if config_file:
-        set_keys(cfg, _flatten(load_yaml(config_file)).items())
-    set_keys(cfg, [(k, v) for k, v in (flags or {}).items() if v is not None])
-    set_keys(cfg, [parse_set(item) for item in sets or []], text=True)
+        layer = list(_flatten(load_yaml(config_file)).items())
+        set_keys(cfg, layer)
+        named.update(k for k, _ in layer)
+    layer = [(k, v) for k, v in (flags or {}).items() if v is not None]
+    set_keys(cfg, layer)
+    named.update(k for k, _ in layer)
+    layer = [parse_set(item) for item in sets or []]
+    set_keys(cfg, layer, text=True)
+    named.update(k for k, _ in layer)
+    if explicit is not None:
+        explicit.update(named)
+    cfg.model.name = absolute_source(cfg.model.name)
+    cfg.data.source = absolute_source(cfg.data.source)
     return validate(cfg)
 
 
@@ -383,6 +406,25 @@ def config_from_dict(d: dict[str, Any]) -> Config:
     cfg = Config()
     set_keys(cfg, _flatten(d).items())
     return cfg
+
+
+# Keys that may change between a run and its continuation: they do not alter the optimisation.
+RESUME_FREE = ("output_dir", "train.save_steps", "train.tensorboard", "data.num_proc")
+
+
+def config_differences(old: Config, new: Config, ignore: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
+    """(key, old value, new value) for every training-relevant key that differs; decoding
+    (eval.*), RESUME_FREE and `ignore` keys aside. Local paths compare absolute."""
+    def flat(cfg: Config) -> dict[str, Any]:
+        d = _flatten(cfg.to_dict())
+        d["model.name"] = absolute_source(d["model.name"])
+        d["data.source"] = absolute_source(d["data.source"])
+        return d
+
+    a, b = flat(old), flat(new)
+    skip = set(RESUME_FREE) | set(ignore)
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if not k.startswith("eval.") and k not in skip and a.get(k) != b.get(k)]
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -1,9 +1,14 @@
 """`sumtune evaluate` and `sumtune summarize`: the loss over summary tokens, then summaries
 generated for every article (generate.py) and their ROUGE against the references.
 
-Writes RUN/eval/<split>/predictions.jsonl ({"id", "reference", "prediction"} per line) and
-then RUN/eval/<split>/metrics.json, each atomically; a metrics.json therefore means a
-complete evaluation.
+Writes RUN/eval/<split>/predictions.jsonl ({"id", "reference", "prediction", per-example
+ROUGE F1 and token lengths} per line) and then RUN/eval/<split>/metrics.json (means, 95%
+bootstrap intervals over documents, n, the decoding settings, the data evaluated), each
+atomically; a metrics.json therefore means a complete evaluation.
+
+How many rows: `limit=None` evaluates what the run's caps select (data.max_eval_samples /
+max_test_samples); `limit=N` the first N rows of the whole split, whatever those caps were;
+`limit=0` the whole split.
 """
 
 from __future__ import annotations
@@ -12,51 +17,52 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sumtune.checkpoint import atomic_write_json, atomic_write_text, read_json
-from sumtune.config import Config, load_run_config, set_keys, validate
+from sumtune.bootstrap import bootstrap_ci
+from sumtune.checkpoint import atomic_write_json, atomic_write_text
+from sumtune.config import (
+    Config,
+    absolute_source,
+    decoding_summary,
+    load_run_config,
+    set_key,
+    set_keys,
+    validate,
+)
 from sumtune.errors import UserError
 from sumtune.generate import Generator, decode_summary
-from sumtune.metrics import ROUGE_KEYS, TokenLoss, rouge, summed_token_loss
+from sumtune.metrics import ROUGE_KEYS, TokenLoss, rouge_per_example, summed_token_loss
+from sumtune.runs import check_finished_run
+from sumtune.sentences import SPLITTER, split_sentences
 
 log = logging.getLogger(__name__)
 
-
-def check_finished_run(run_dir: str | Path) -> Path:
-    """The run directory, if it is a finished run with weights; else a one-line error saying what it is."""
-    run = Path(run_dir)
-    if not (run / "config.yaml").is_file():
-        raise UserError(f"{run} is not a sumtune run directory (no config.yaml); pass the --output-dir of a train run")
-    results = run / "results.json"
-    if not results.is_file() or read_json(results).get("finished") is not True:
-        raise UserError(
-            f"{run} is an unfinished run (its results.json does not say finished); finish it with "
-            f"`sumtune train <the same options> --output-dir {run} --resume`"
-        )
-    if not (run / "adapter").is_dir():
-        raise UserError(f"{run} has no weights (no adapter/ directory); retrain it with `sumtune train`")
-    return run
+BOOTSTRAP_RESAMPLES = 1000
 
 
-def _config(run: Path, overrides: dict[str, Any] | None) -> Config:
-    """The run's configuration with the decoding overrides (eval.*) applied."""
+def _config(run: Path, overrides: dict[str, Any] | None, data: str | None = None) -> Config:
+    """The run's configuration with the decoding overrides (eval.*) applied; `data` replaces
+    the data source (evaluating on other data is allowed and recorded)."""
     cfg = load_run_config(run)
     set_keys(cfg, [(f"eval.{key}", value) for key, value in (overrides or {}).items()])  # preset first
+    if data is not None:
+        set_key(cfg, "data.source", absolute_source(data))
     return validate(cfg)
 
 
-def _model(run: Path, cfg: Config):
-    """(model on the device, tokenizer, autocast dtype or None)."""
+def _model(run: Path, cfg: Config, base_model: str | None = None):
+    """(model on the device, tokenizer, autocast dtype or None); `base_model` loads the run onto
+    another copy of its base model (the fingerprint check refuses a different one)."""
     from sumtune.fastpath import speed_up
     from sumtune.modeling import autocast_dtype, resolve_precision
     from sumtune.runs import load_run
 
-    _cfg, _method, model, tokenizer = load_run(run)
+    _cfg, _method, model, tokenizer = load_run(run, base_model=base_model)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     autocast = autocast_dtype(resolve_precision(cfg.train.precision, device))
@@ -84,9 +90,12 @@ def summary_loss(model, rows, pad_id: int, batch_size: int, autocast: torch.dtyp
 
 
 def _split_rows(cfg: Config, split: str, limit: int | None):
+    """The rows to evaluate: the run's caps when `limit` is None, else the first `limit` rows
+    of the uncapped split (0 = all of it)."""
     from sumtune.data import load_splits
 
-    splits = load_splits(cfg.data, cfg.train.seed)
+    data = cfg.data if limit is None else replace(cfg.data, max_eval_samples=0, max_test_samples=0)
+    splits = load_splits(data, cfg.train.seed)
     if split not in splits:
         raise UserError(f"data {cfg.data.source} has no '{split}' split (it has {', '.join(splits)})")
     ds = splits[split]
@@ -95,69 +104,112 @@ def _split_rows(cfg: Config, split: str, limit: int | None):
     return ds
 
 
+def first_sentences(text: str, n: int) -> str:
+    """The first n sentences, one per line (as the GPT-2 paper's zero-shot "TL;DR:" summaries)."""
+    return "\n".join(split_sentences(text)[:n])
+
+
+def _summaries(model, tokenizer, cfg: Config, autocast: torch.dtype | None, articles: list[str],
+               progress: bool) -> tuple[list[str], float]:
+    """(summary texts, generation seconds): decode, cut at the stop rule, keep eval.max_sentences."""
+    from sumtune.data import encode_prompt
+
+    prompts = [encode_prompt(tokenizer, a, cfg.data) for a in articles]
+    t0 = time.perf_counter()
+    generated = Generator(model, tokenizer, cfg.eval, autocast=autocast).generate(prompts, progress)
+    seconds = time.perf_counter() - t0
+    texts = [decode_summary(tokenizer, g, cfg.data.separator) for g in generated]
+    if cfg.eval.max_sentences:
+        texts = [first_sentences(t, cfg.eval.max_sentences) for t in texts]
+    return texts, seconds
+
+
+def _scores(predictions: list[str], references: list[str], tokenizer, seed: int) -> tuple[dict, dict]:
+    """(metrics: means, intervals, lengths; per-example columns for predictions.jsonl)."""
+    per = rouge_per_example(predictions, references)
+    pred_len = [len(tokenizer(p).input_ids) for p in predictions]
+    ref_len = [len(tokenizer(r).input_ids) for r in references]
+    metrics: dict[str, Any] = {k: sum(v) / len(v) for k, v in per.items()}
+    metrics["ci95"] = {k: list(bootstrap_ci(v, BOOTSTRAP_RESAMPLES, seed)) for k, v in per.items()}
+    metrics["bootstrap"] = {"resamples": BOOTSTRAP_RESAMPLES, "seed": seed, "level": 0.95,
+                            "method": "percentile, documents resampled"}
+    metrics["sentence_splitter"] = SPLITTER
+    metrics["mean_prediction_tokens"] = sum(pred_len) / len(pred_len)
+    metrics["mean_reference_tokens"] = sum(ref_len) / len(ref_len)
+    columns = {**per, "prediction_tokens": pred_len, "reference_tokens": ref_len}
+    return metrics, columns
+
+
 def evaluate_run(run_dir: str | Path, split: str = "test", limit: int | None = None,
-                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Loss, generated summaries and ROUGE of a finished run on `split`; returns the metrics written."""
+                 overrides: dict[str, Any] | None = None, data: str | None = None,
+                 base_model: str | None = None) -> dict[str, Any]:
+    """Loss, generated summaries and ROUGE (with intervals) of a finished run on `split`; returns
+    the metrics written. `data`/`base_model` override the run's data source and model path."""
     from datasets import DatasetDict
 
-    from sumtune.data import encode_prompt, tokenize_splits
+    from sumtune.data import tokenize_splits
 
     run = check_finished_run(run_dir)
-    cfg = _config(run, overrides)
+    cfg = _config(run, overrides, data)
     ds = _split_rows(cfg, split, limit)  # data problems show before the model loads
-    model, tokenizer, autocast = _model(run, cfg)
+    model, tokenizer, autocast = _model(run, cfg, base_model)
     tokenised = tokenize_splits(DatasetDict({split: ds}), tokenizer, cfg.data)[split]
     loss = summary_loss(model, tokenised, tokenizer.pad_token_id, cfg.eval.batch_size, autocast)
-
-    prompts = [encode_prompt(tokenizer, a, cfg.data) for a in ds["article"]]
-    generator = Generator(model, tokenizer, cfg.eval, autocast=autocast)
-    t0 = time.perf_counter()
-    generated = generator.generate(prompts, progress=True)
-    seconds = time.perf_counter() - t0
-    predictions = [decode_summary(tokenizer, g, cfg.data.separator) for g in generated]
+    predictions, seconds = _summaries(model, tokenizer, cfg, autocast, list(ds["article"]), progress=True)
     references = list(ds["summary"])
-
+    scores, columns = _scores(predictions, references, tokenizer, cfg.train.seed)
     metrics: dict[str, Any] = {
-        "split": split, "loss": loss, **rouge(predictions, references), "n": len(predictions),
-        "limit": limit or 0, "generation_seconds": seconds, "summaries_per_s": len(predictions) / seconds,
-        "generated_tokens": sum(len(g) for g in generated), "decoding": asdict(cfg.eval),
+        "split": split, "loss": loss, **scores, "n": len(predictions), "limit": limit,
+        "generation_seconds": seconds, "summaries_per_s": len(predictions) / seconds,
+        "decoding": decoding_summary(cfg.eval), "data": cfg.data.source,
+        "data_is_training_data": cfg.data.source == load_run_config(run).data.source,
     }
     out = run / "eval" / split
-    lines = (json.dumps({"id": i, "reference": r, "prediction": p}, ensure_ascii=False)
-             for i, r, p in zip(ds["id"], references, predictions))
-    atomic_write_text(out / "predictions.jsonl", "".join(line + "\n" for line in lines))
+    rows = ({"id": i, "reference": r, "prediction": p, **{k: v[j] for k, v in columns.items()}}
+            for j, (i, r, p) in enumerate(zip(ds["id"], references, predictions)))
+    atomic_write_text(out / "predictions.jsonl", "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows))
     atomic_write_json(out / "metrics.json", metrics)
-    scores = "  ".join(f"{k} {100 * metrics[k]:.2f}" for k in ROUGE_KEYS)
-    print(f"{run} [{split}, n={len(predictions)}]: loss {loss:.4f}  {scores}  "
+    scores_line = "  ".join(f"{k} {100 * metrics[k]:.2f} [{100 * metrics['ci95'][k][0]:.2f}, "
+                            f"{100 * metrics['ci95'][k][1]:.2f}]" for k in ROUGE_KEYS)
+    print(f"{run} [{split}, n={len(predictions)}, {metrics['decoding']['label']}]: loss {loss:.4f}  {scores_line}  "
           f"({metrics['summaries_per_s']:.2f} summaries/s)")
     print(f"wrote {out / 'metrics.json'} and {out / 'predictions.jsonl'}")
     return metrics
 
 
-def _read_text(file_or_dash: str) -> str:
+def read_text(file_or_dash: str) -> str:
+    """An article from a file or standard input ("-"), strictly UTF-8, not empty."""
+    where = "standard input" if file_or_dash == "-" else file_or_dash
     if file_or_dash == "-":
-        return sys.stdin.read()
-    path = Path(file_or_dash)
-    if not path.is_file():
-        raise UserError(f"input file not found: {path}; pass a text file or - for standard input")
+        raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
+    else:
+        path = Path(file_or_dash)
+        if not path.is_file():
+            raise UserError(f"input file not found: {path}; pass a text file or - for standard input")
+        raw = path.read_bytes()
     try:
-        return path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text (byte {e.start}); re-encode it as UTF-8") from None
+        raise UserError(f"{where} is not UTF-8 text (byte {e.start}); re-encode it as UTF-8") from None
+    if not text.strip():
+        raise UserError(f"empty input text ({where}); pass an article to summarise")
+    return text
 
 
-def summarize_file(run_dir: str | Path, file_or_dash: str = "-", overrides: dict[str, Any] | None = None) -> str:
-    """The summary of one text (a file, or stdin for "-"), cleaned and truncated as in training."""
-    from sumtune.data import clean_article, encode_prompt
+def summarize_text(run_dir: str | Path, text: str, overrides: dict[str, Any] | None = None,
+                   base_model: str | None = None) -> str:
+    """The summary of one article by a finished run, cleaned and truncated as in training."""
+    from sumtune.data import clean_article
 
     run = check_finished_run(run_dir)
-    text = _read_text(file_or_dash)
-    if not text.strip():
-        where = "standard input" if file_or_dash == "-" else file_or_dash
-        raise UserError(f"empty input text ({where}); pass an article to summarise")
     cfg = _config(run, overrides)
-    model, tokenizer, autocast = _model(run, cfg)
+    model, tokenizer, autocast = _model(run, cfg, base_model)
     article = clean_article(text) if cfg.data.clean else text.strip()
-    prompt = encode_prompt(tokenizer, article, cfg.data)
-    ids = Generator(model, tokenizer, cfg.eval, autocast=autocast).generate([prompt])[0]
-    return decode_summary(tokenizer, ids, cfg.data.separator)
+    return _summaries(model, tokenizer, cfg, autocast, [article], progress=False)[0][0]
+
+
+def summarize_file(run_dir: str | Path, file_or_dash: str = "-", overrides: dict[str, Any] | None = None,
+                   base_model: str | None = None) -> str:
+    """The summary of one text (a file, or stdin for "-")."""
+    check_finished_run(run_dir)
+    return summarize_text(run_dir, read_text(file_or_dash), overrides, base_model)

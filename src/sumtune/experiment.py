@@ -1,37 +1,56 @@
 """`sumtune experiment` - the whole study in one command - and `sumtune demo`, the same on a
 tiny offline model and the bundled news sample.
 
-Every method trains on the same data with the same budget (epochs/steps, batch, precision,
-seed) into OUT/<method>, is evaluated on the test split, and the runs are compared into OUT.
-Learning rates: one rate for all methods would be unfair (soft prompts need a far larger one
-than LoRA), so each method has its own small grid. With --sweep-lr, a short run (one epoch,
-or a quarter of --max-steps) per grid value goes to OUT/sweep/<method>/lr<value> and the rate
-with the lowest validation loss is kept; without it, each method uses the middle of its grid,
-unless train.lr was set to something other than its default, which then applies to all.
+Every method trains on the same data with the same budget (epochs/steps, batch, precision)
+into OUT/<method> (with --seeds N, also OUT/<method>-seed<S> for the further seeds), is
+evaluated on the test split with one decoding for all, and the runs are compared into OUT.
 
-Re-running resumes: a finished run (results.json "finished": true) is not trained again, a
-started one continues from its checkpoint, and an evaluation is skipped when its
-metrics.json exists with the same decoding settings and limit (and the run was not
-trained again meanwhile).
+Learning rates: one rate for all methods would be unfair (soft prompts need a far larger one
+than LoRA), so each method has its own grid (LR_GRID, with sources). Without --sweep-lr each
+method uses the middle of its grid; with it, a short run per grid value goes to
+OUT/sweep/<method>/lr<value>, the rate with the lowest validation loss is kept, and a best rate
+at the edge of the grid extends the grid one step in that direction. `lr` (the --lr flag)
+fixes the rate: one number for every method, or per method (`lora=1e-4,prompt_tuning=0.1`).
+
+Re-running: each method's resolved configuration is compared with the one in its directory.
+Identical: a finished run is skipped, a started one continues from its checkpoint, and an
+evaluation is skipped when its metrics.json has the same decoding, limit and data. Different:
+refused in one line naming the keys, unless `overwrite`, which starts those runs afresh.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import json
 import logging
-from dataclasses import asdict
+import math
+import shutil
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sumtune.checkpoint import atomic_dir, atomic_write_json, read_json
-from sumtune.config import Config, TrainConfig, build_config
+from sumtune.config import Config, build_config, config_differences, load_run_config
+from sumtune.errors import UserError
+from sumtune.runs import is_finished
 
 log = logging.getLogger(__name__)
 
 METHODS = ("zero_shot", "prompt_tuning", "lora", "last_layers")
+# Learning-rate grids for AdamW, from the literature:
+# - prompt tuning: Lester et al. 2021 train soft prompts at 0.3 (Adafactor); with AdamW, PEFT's
+#   prompt-tuning examples use 3e-2 and P-tuning v2 (Liu et al. 2022) 5e-3..1e-2: 3e-3 .. 3e-1.
+# - LoRA: Hu et al. 2021 use 2e-4 for GPT-2 (E2E), PEFT examples 1e-4..1e-3.
+# - last_layers, head only: a linear head tolerates larger rates (linear probing, e.g. Kumar et
+#   al. 2022 "LP-FT"): 1e-4 .. 1e-3. With blocks and a frozen head (`last_layers_blocks`):
+#   the partial fine-tuning range, as full fine-tuning but one step higher.
+# - full: GPT-2/GPT-Neo fine-tuning at 1e-5 .. 1e-4 (Radford et al. 2019; HF run_clm's 5e-5).
 LR_GRID = {
-    "prompt_tuning": (3e-2, 1e-1, 3e-1),
+    "prompt_tuning": (3e-3, 1e-2, 3e-2, 1e-1, 3e-1),
     "lora": (1e-4, 3e-4, 1e-3),
-    "last_layers": (3e-5, 1e-4, 3e-4),
+    "last_layers": (1e-4, 3e-4, 1e-3),
+    "last_layers_blocks": (3e-5, 1e-4, 3e-4),
     "full": (1e-5, 3e-5, 1e-4),
 }
 # a tiny random model learns only at far larger rates than a pretrained one
@@ -39,96 +58,247 @@ DEMO_LR_GRID = {
     "prompt_tuning": (1e-1, 3e-1, 1.0),
     "lora": (3e-3, 1e-2, 3e-2),
     "last_layers": (1e-3, 3e-3, 1e-2),
+    "last_layers_blocks": (1e-3, 3e-3, 1e-2),
     "full": (1e-3, 3e-3, 1e-2),
 }
+# A sweep run must take this many optimizer steps after warmup: under warmup the first step's
+# rate is 0, and a run of one or two steps leaves every rate at the zero-shot loss, so the sweep
+# would "choose" the first rate of a tie.
+MIN_SWEEP_STEPS = 5
 DEMO_DATA = Path(__file__).parent / "demo" / "news.jsonl"
 REAL_COMMAND = "sumtune experiment --model EleutherAI/gpt-neo-125m --data hf:abisee/cnn_dailymail:3.0.0"
 
 
-def _is_finished(run: Path) -> bool:
-    results = run / "results.json"
-    return results.is_file() and read_json(results).get("finished") is True
+@dataclass
+class Plan:
+    """What `run_experiment` does beyond the shared configuration."""
+
+    with_full: bool = False
+    sweep_lr: bool = False
+    eval_limit: int | None = None  # None: the run's caps; 0: the whole test split
+    seeds: int = 1
+    overwrite: bool = False
+    lr: float | dict[str, float] | None = None  # fixed rate(s); None: grids
+    lr_grid: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(LR_GRID))
+
+    def methods(self) -> tuple[str, ...]:
+        return METHODS + (("full",) if self.with_full else ())
 
 
-def _train(cfg: Config) -> tuple[Path, bool]:
+def grid_key(cfg: Config) -> str:
+    """The LR grid a method's configuration uses (last_layers with a frozen head has its own)."""
+    name = cfg.method.name
+    if name == "last_layers" and not getattr(cfg.method, "train_head", True):
+        return "last_layers_blocks"
+    return name
+
+
+# --- one run ------------------------------------------------------------------
+
+
+@functools.cache
+def _current_sources(model: str, data_cfg: str) -> dict:
+    """The base model's and the data's content fingerprints now (once per experiment)."""
+    from sumtune.config import DataConfig
+    from sumtune.fingerprints import data_fingerprint, fingerprint
+    from sumtune.modeling import load_model
+
+    data = data_fingerprint(DataConfig(**json.loads(data_cfg)))
+    return {"weights_sha": fingerprint(model, load_model(model))["weights_sha"], "data_sha": data.get("sha256")}
+
+
+def _source_differences(run: Path, cfg: Config) -> list[tuple[str, Any, Any]]:
+    """A finished run's recorded base weights and data content against what they are now."""
+    res = read_json(run / "results.json") if is_finished(run) else {}
+    saved_data = ((res.get("data") or {}).get("fingerprint") or {}).get("sha256")
+    base = res.get("base_model") or {}
+    saved_weights = base.get("weights_sha") if base.get("fingerprint") else None  # old scheme: load_run refuses
+    if not saved_data and not saved_weights:
+        return []
+    now = _current_sources(cfg.model.name, json.dumps(asdict(cfg.data), sort_keys=True))
+    diffs = []
+    if saved_data and saved_data != now["data_sha"]:
+        diffs.append(("data content (sha256)", saved_data[:12], str(now["data_sha"])[:12]))
+    if saved_weights and saved_weights != now["weights_sha"]:
+        diffs.append(("base model weights", saved_weights[:12], now["weights_sha"][:12]))
+    return diffs
+
+
+def _check_same(run: Path, cfg: Config, overwrite: bool) -> None:
+    """Refuse (or with `overwrite`, clear) a run directory made with other settings, or whose
+    recorded base weights or data content differ from today's."""
+    if not (run / "config.yaml").is_file():
+        return
+    diffs = config_differences(load_run_config(run), cfg) or _source_differences(run, cfg)
+    if not diffs:
+        return
+    if overwrite:
+        print(f"{run}: settings changed ({', '.join(k for k, _, _ in diffs)}); --overwrite: starting afresh")
+        shutil.rmtree(run)
+        return
+    shown = "; ".join(f"{k} was {a!r}, now {b!r}" for k, a, b in diffs[:4]) + (" ..." if len(diffs) > 4 else "")
+    raise UserError(f"{run} was made with other settings ({shown}); pass --overwrite to retrain it "
+                    "or use another --output-dir")
+
+
+def _train(cfg: Config, overwrite: bool) -> tuple[Path, bool]:
     """Train cfg into cfg.output_dir unless it is finished (continuing a started run);
     (the run, whether it trained now)."""
     from sumtune.train import train
 
     run = Path(cfg.output_dir)
-    if _is_finished(run):
-        print(f"{run}: finished earlier, skipped")
+    _check_same(run, cfg, overwrite)
+    if is_finished(run):
+        print(f"{run}: finished earlier with the same settings, skipped")
         return run, False
     return Path(train(cfg, resume=(run / "config.yaml").is_file())), True
 
 
-def _method_cfg(cfg: Config, method: str, output_dir: Path, lr: float | None) -> Config:
+def _method_cfg(cfg: Config, method: str, output_dir: Path, lr: float | None, seed: int | None = None) -> Config:
     c = copy.deepcopy(cfg)
     c.method.name = method
     c.output_dir = str(output_dir)
     if lr is not None:
         c.train.lr = lr
+    if seed is not None:
+        c.train.seed = seed
     return c
 
 
-def _sweep(cfg: Config, method: str, out: Path, grid: tuple[float, ...]) -> tuple[float, dict[str, float]]:
-    """Short runs over the method's grid; (best lr by validation loss, {lr: val loss})."""
-    losses: dict[str, float] = {}
-    for lr in grid:
-        c = _method_cfg(cfg, method, out / "sweep" / method / f"lr{lr:g}", lr)
-        if c.train.max_steps:
-            c.train.max_steps = max(1, c.train.max_steps // 4)
-        else:
-            c.train.epochs = 1
-        run, _ = _train(c)
-        losses[f"{lr:g}"] = read_json(run / "results.json")["best_val_loss"]
-    best = min(losses, key=losses.get)
-    print(f"lr sweep {method}: " + ", ".join(f"{k}: {v:.4f}" for k, v in losses.items()) + f" -> {best}")
-    return float(best), losses
-
-
-def _evaluate(run: Path, eval_limit: int | None, cfg: Config, retrained: bool) -> None:
+def _evaluate(run: Path, plan: Plan, cfg: Config, retrained: bool) -> None:
+    from sumtune.config import decoding_summary
     from sumtune.evaluate import evaluate_run
 
     done = run / "eval" / "test" / "metrics.json"
     if done.is_file() and not retrained:
         m = read_json(done)
-        if m.get("limit", 0) == (eval_limit or 0) and m.get("decoding") == asdict(cfg.eval):
-            print(f"{run}: evaluated earlier, skipped")
+        if (m.get("limit") == plan.eval_limit and m.get("decoding") == decoding_summary(cfg.eval)
+                and m.get("data") == cfg.data.source):
+            print(f"{run}: evaluated earlier with the same settings, skipped")
             return
-    evaluate_run(run, "test", limit=eval_limit, overrides=asdict(cfg.eval))
+    evaluate_run(run, "test", limit=plan.eval_limit, overrides=vars(copy.deepcopy(cfg.eval)))
 
 
-def run_experiment(cfg: Config, with_full: bool = False, sweep_lr: bool = False,
-                   eval_limit: int | None = None, lr_grid: dict[str, tuple[float, ...]] | None = None) -> dict:
-    """Train, evaluate and compare every method into cfg.output_dir; returns the comparison.
-    `lr_grid`: the learning rates per method (default LR_GRID)."""
+# --- learning rates -------------------------------------------------------------
+
+
+def _sweep_steps(cfg: Config) -> int | None:
+    """Optimizer steps of a sweep run when the budget is in steps (a quarter), else None (one
+    epoch); refuses a budget whose sweep runs could not train MIN_SWEEP_STEPS after warmup."""
+    if not cfg.train.max_steps:
+        return None
+    steps = cfg.train.max_steps // 4
+    if steps - math.ceil(cfg.train.warmup_ratio * steps) < MIN_SWEEP_STEPS:
+        need = 4 * math.ceil((MIN_SWEEP_STEPS + 1) / (1 - cfg.train.warmup_ratio))
+        raise UserError(f"--max-steps {cfg.train.max_steps} leaves each lr-sweep run {steps} steps, fewer than "
+                        f"{MIN_SWEEP_STEPS} after warmup, so no rate would train; use --max-steps {need} or more, "
+                        "or drop --sweep-lr")
+    return steps
+
+
+def _sweep_run(cfg: Config, method: str, out: Path, lr: float, overwrite: bool) -> tuple[float, float]:
+    """One short run at `lr`: (best validation loss, its wall seconds)."""
+    c = _method_cfg(cfg, method, out / "sweep" / method / f"lr{lr:g}", lr)
+    steps = _sweep_steps(cfg)
+    if steps:
+        c.train.max_steps = steps
+    else:
+        c.train.epochs = 1
+    run, _ = _train(c, overwrite)
+    res = read_json(run / "results.json")
+    trained = res["steps"] - math.ceil(c.train.warmup_ratio * res["steps"])
+    if trained < MIN_SWEEP_STEPS:
+        raise UserError(f"the lr sweep's runs take one epoch, {res['steps']} optimizer steps here, fewer than "
+                        f"{MIN_SWEEP_STEPS} after warmup; use more training rows, a smaller --batch-size or "
+                        "--grad-accum, or drop --sweep-lr")
+    return res["best_val_loss"], res.get("wall_seconds") or res.get("train_seconds") or 0.0
+
+
+def _best(losses: dict[float, float], grid: tuple[float, ...]) -> tuple[float, list[float]]:
+    """(chosen rate, rates tied with it): the lowest loss; among exact ties the one nearest the
+    grid's middle (reported, never silent)."""
+    low = min(losses.values())
+    tied = sorted(lr for lr, v in losses.items() if abs(v - low) <= 1e-9 * max(1.0, abs(low)))
+    middle = grid[len(grid) // 2]
+    return min(tied, key=lambda lr: abs(math.log(lr / middle))), tied
+
+
+def _edge(lr: float, grid: list[float]) -> str | None:
+    return "low" if lr == min(grid) else "high" if lr == max(grid) else None
+
+
+def _sweep(cfg: Config, method: str, out: Path, grid: tuple[float, ...], overwrite: bool) -> dict:
+    """Short runs over the grid, extended one step past an edge that wins; the record of it."""
+    rates = sorted(grid)
+    losses: dict[float, float] = {}
+    seconds = 0.0
+    for lr in rates:
+        losses[lr], s = _sweep_run(cfg, method, out, lr, overwrite)
+        seconds += s
+    best, tied = _best(losses, grid)
+    edge = _edge(best, rates)
+    if edge and len(rates) > 1:  # one more step in that direction, the grid's own ratio
+        ratio = rates[1] / rates[0] if edge == "low" else rates[-1] / rates[-2]
+        extra = float(f"{(best / ratio if edge == 'low' else best * ratio):.3g}")
+        if 0 < extra < 10:
+            losses[extra], s = _sweep_run(cfg, method, out, extra, overwrite)
+            seconds += s
+            rates = sorted(losses)
+            best, tied = _best(losses, grid)
+            edge = _edge(best, rates)
+    line = ", ".join(f"{lr:g}: {v:.4f}" for lr, v in sorted(losses.items()))
+    print(f"lr sweep {method}: {line} -> {best:g}" + (f" (at the {edge} edge of the grid)" if edge else ""))
+    if len(tied) > 1:
+        log.warning("lr sweep %s: rates %s tie at validation loss %.6f; kept %g (nearest the grid's middle)",
+                    method, ", ".join(f"{x:g}" for x in tied), losses[best], best)
+    return {"losses": {f"{lr:g}": v for lr, v in sorted(losses.items())}, "best": best, "edge": edge,
+            "tied": [f"{x:g}" for x in tied] if len(tied) > 1 else [], "seconds": seconds}
+
+
+def _fixed_lr(plan: Plan, method: str) -> float | None:
+    if isinstance(plan.lr, dict):
+        return plan.lr.get(method)
+    return plan.lr
+
+
+# --- the study ------------------------------------------------------------------
+
+
+def run_experiment(cfg: Config, plan: Plan | None = None) -> dict:
+    """Train, evaluate and compare every method into cfg.output_dir; returns the comparison."""
     from sumtune.report import compare_runs
 
-    grids = lr_grid or LR_GRID
+    plan = plan or Plan()
+    if plan.sweep_lr and plan.lr is not None and not isinstance(plan.lr, dict):
+        raise UserError("--lr fixes one rate for every method and --sweep-lr searches per method; pass one of them")
+    if isinstance(plan.lr, dict) and (unknown := sorted(set(plan.lr) - set(plan.methods()))):
+        raise UserError(f"--lr names {', '.join(unknown)}, not trained here (methods: {', '.join(plan.methods())})")
     out = Path(cfg.output_dir)
-    methods = METHODS + (("full",) if with_full else ())
-    fixed_lr = cfg.train.lr if cfg.train.lr != TrainConfig().lr else None
-    if fixed_lr is not None and not sweep_lr:
-        log.warning("train.lr=%g applies to every method; soft prompts usually need a far larger rate than "
-                    "LoRA (use --sweep-lr for a fair comparison)", fixed_lr)
-    record: dict = {"methods": list(methods), "lr": {}, "sweep": {}}
+    seeds = [cfg.train.seed + i for i in range(plan.seeds)]
+    record: dict = {"methods": list(plan.methods()), "seeds": seeds, "lr": {}, "sweep": {}, "runs": {}}
     runs = []
-    for method in methods:
-        lr = None
-        if method in grids:
-            if sweep_lr:
-                lr, record["sweep"][method] = _sweep(cfg, method, out, grids[method])
+    for method in plan.methods():
+        c0 = _method_cfg(cfg, method, out / method, None)
+        lr, key = _fixed_lr(plan, method), grid_key(c0)
+        if method != "zero_shot" and lr is None:
+            grid = plan.lr_grid[key]
+            if plan.sweep_lr:
+                record["sweep"][method] = _sweep(cfg, method, out, grid, plan.overwrite)
+                lr = record["sweep"][method]["best"]
             else:
-                lr = fixed_lr or grids[method][len(grids[method]) // 2]
-        c = _method_cfg(cfg, method, out / method, lr)
-        record["lr"][method] = c.train.lr if method in grids else None
-        print(f"== {method}" + (f" (lr {c.train.lr:g})" if method in grids else "") + f" -> {c.output_dir}")
-        run, trained = _train(c)
-        _evaluate(run, eval_limit, c, retrained=trained)
-        runs.append(run)
+                lr = grid[len(grid) // 2]
+        record["lr"][method] = lr
+        record["runs"][method] = []
+        for i, seed in enumerate(seeds if method != "zero_shot" else seeds[:1]):
+            run_dir = out / (method if i == 0 else f"{method}-seed{seed}")
+            c = _method_cfg(cfg, method, run_dir, lr, seed)
+            print(f"== {method}" + (f" (lr {lr:g})" if lr is not None else "") + f", seed {seed} -> {c.output_dir}")
+            run, trained = _train(c, plan.overwrite)
+            _evaluate(run, plan, c, retrained=trained)
+            runs.append(run)
+            record["runs"][method].append(str(run))
         atomic_write_json(out / "experiment.json", record)
-    return compare_runs(runs, out)
+    return compare_runs(runs, out, experiment=record)
 
 
 def _demo_texts() -> list[str]:
@@ -152,6 +322,7 @@ def run_demo(output_dir: str | Path = "demo_runs") -> dict:
     cfg = build_config(flags={
         "model.name": str(model_dir), "data.source": str(DEMO_DATA), "output_dir": str(out),
         "train.epochs": 10, "train.batch_size": 4, "train.grad_accum": 1, "train.precision": "fp32",
-        "data.max_length": 384, "data.max_summary_length": 64, "eval.max_new_tokens": 48,
+        "data.max_length": 384, "data.max_summary_length": 64, "eval.preset": "cnndm",
     })
-    return run_experiment(cfg, with_full=True, sweep_lr=True, lr_grid=DEMO_LR_GRID)  # ends with the table, plots
+    plan = Plan(with_full=True, sweep_lr=True, lr_grid=dict(DEMO_LR_GRID), seeds=2)
+    return run_experiment(cfg, plan)  # ends with the table, plots

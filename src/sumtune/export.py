@@ -10,7 +10,7 @@ from sumtune.checkpoint import atomic_dir, atomic_write_json
 from sumtune.config import load_run_config
 from sumtune.errors import UserError
 from sumtune.methods import get_method
-from sumtune.runs import load_run
+from sumtune.runs import check_finished_run, load_run
 
 MARKER = "sumtune_export.json"  # lets a later export replace this directory
 
@@ -20,6 +20,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
         raise UserError(f"{out} already exists and is not a sumtune export; choose a new OUT_DIR or remove it")
+    check_finished_run(run_dir)  # an interrupted run's adapter/ holds its best weights so far, not its result
     adapter = Path(run_dir) / "adapter"
     method = get_method(load_run_config(run_dir).method.name)
     if method.not_exportable:

@@ -113,3 +113,13 @@ def _cpu_has_fast_bf16() -> bool:
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def max_positions(model_config) -> int | None:
+    """The longest sequence the model's position embeddings allow (GPT-Neo 2048, GPT-2 1024), or
+    None where the config sets no limit."""
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(model_config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None

@@ -14,6 +14,7 @@ Reading, everywhere else: `cfg, method, model, tokenizer = load_run(run)`.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -24,6 +25,29 @@ from sumtune.fingerprints import FINGERPRINT_VERSION, fingerprint
 from sumtune.methods import Method, get_method
 from sumtune.methods.base import read_meta, weights_path
 from sumtune.modeling import load_model, load_tokenizer
+
+
+def is_finished(run: Path) -> bool:
+    """Whether `run` holds a finished run (results.json says so)."""
+    try:
+        return json.loads((Path(run) / "results.json").read_text(encoding="utf-8")).get("finished") is True
+    except (OSError, ValueError):
+        return False
+
+
+def check_finished_run(run_dir: str | Path) -> Path:
+    """The run directory, if it is a finished run with weights; else a one-line error saying what it is."""
+    run = Path(run_dir)
+    if not (run / "config.yaml").is_file():
+        raise UserError(f"{run} is not a sumtune run directory (no config.yaml); pass the --output-dir of a train run")
+    if not is_finished(run):
+        raise UserError(
+            f"{run} is an unfinished run (its results.json does not say finished); finish it with "
+            f"`sumtune train --config {run / 'config.yaml'} --resume`"
+        )
+    if not (run / "adapter").is_dir():
+        raise UserError(f"{run} has no weights (no adapter/ directory); retrain it with `sumtune train`")
+    return run
 
 
 def run_meta(cfg: Config, model: torch.nn.Module, **extra) -> dict:

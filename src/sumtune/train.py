@@ -55,19 +55,25 @@ from sumtune.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from sumtune.config import Config, load_run_config, save_config
+from sumtune.config import Config, config_differences, load_run_config, save_config
 from sumtune.data import Collator, epoch_order, load_splits, tokenize_splits
 from sumtune.errors import UserError
 from sumtune.fastpath import fused_adamw, select_loss, speed_up
+from sumtune.fingerprints import data_fingerprint
+from sumtune.memory import PeakMemory
 from sumtune.methods import get_method
-from sumtune.modeling import autocast_dtype, count_params, load_model, load_tokenizer, resolve_precision
-from sumtune.runs import run_meta
+from sumtune.modeling import (
+    autocast_dtype,
+    count_params,
+    load_model,
+    load_tokenizer,
+    max_positions,
+    resolve_precision,
+)
+from sumtune.runs import is_finished, run_meta
 
 log = logging.getLogger(__name__)
 
-# Config keys that `--resume` may change: they do not alter the optimisation.
-# batch_size and grad_accum may change too, as long as the effective batch stays the same.
-RESUME_FREE = ("output_dir", "train.save_steps", "train.tensorboard", "data.num_proc")
 RUN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "checkpoints", "adapter")
 
 
@@ -97,8 +103,10 @@ class Progress:
     best_step: int = 0
     bad_evals: int = 0  # validations in a row without improvement
     early_stopped: bool = False
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # wall time of the training loop (steps, validation, checkpoints)
     step_seconds: float = 0.0  # time spent in optimizer steps (for tokens/s)
+    validation_seconds: float = 0.0
+    checkpoint_seconds: float = 0.0
     tokens: int = 0  # input tokens trained on (no padding), all processes
     epoch_loss: float = 0.0  # this epoch's summed target-token loss so far
     epoch_targets: int = 0
@@ -110,11 +118,24 @@ def train(cfg: Config, resume: bool = False) -> Path:
     """Train `cfg.method` on `cfg.data` into the run directory `cfg.output_dir`; returns it.
     With `resume`, continue the run there from its newest good checkpoint."""
     run = Path(cfg.output_dir)
-    if resume and _finished(run):
+    if resume and is_finished(run):
         print(f"{run}: the run finished earlier; nothing to resume")
         return run
     _check_run_dir(run, cfg, resume)
     accelerator, precision = _accelerator(cfg, run)
+    memory = PeakMemory(accelerator.device).start()  # this run's own peak, not the process's
+    created = not run.exists()
+    try:
+        return _train(cfg, run, resume, accelerator, precision, memory)
+    except BaseException:
+        if not resume and accelerator.is_main_process:
+            _remove_failed_start(run, created)
+        raise
+    finally:
+        memory.stop()
+
+
+def _train(cfg: Config, run: Path, resume: bool, accelerator, precision: str, memory: PeakMemory) -> Path:
     main, world, tc = accelerator.is_main_process, accelerator.num_processes, cfg.train
     from accelerate.utils import set_seed
 
@@ -127,7 +148,9 @@ def train(cfg: Config, resume: bool = False) -> Path:
     train_ds, val_ds = (data[s].select_columns(["input_ids", "labels"]) for s in ("train", "validation"))
     collate = Collator(tokenizer.pad_token_id)
     base = load_model(cfg.model.name)
-    meta = run_meta(cfg, base)
+    check_max_length(cfg, base.config)
+    meta = run_meta(cfg, base, data={"source": cfg.data.source, "sizes": {s: len(data[s]) for s in data},
+                                     "fingerprint": data_fingerprint(cfg.data)})
     method = get_method(cfg.method.name)
     model = method.prepare(base, tokenizer, cfg.method)
     speed_up(model, tc.fast, cfg.model.attention, autocast_dtype(precision))  # fastpath/: each measured
@@ -138,11 +161,13 @@ def train(cfg: Config, resume: bool = False) -> Path:
 
     if not method.trains:  # zero_shot: the base model's validation loss and its metadata, no training
         model.to(accelerator.device)  # nothing trains: no DDP wrapper
+        t0 = time.perf_counter()
         val = _validation_loss(accelerator, model, loss_fn, val_ds, collate, tc.batch_size)
-        done = Progress(best_val_loss=val, peak_memory_mb=_peak_memory_mb(accelerator.device))
+        done = Progress(best_val_loss=val, peak_memory_mb=memory.peak_mb(),
+                        validation_seconds=time.perf_counter() - t0)
         if main:
             method.save(model, run / "adapter", meta)
-            _write_results(run, cfg, meta, trainable, total, precision, done, 0, world)
+            _write_results(run, cfg, meta, trainable, total, precision, done, 0, world, memory.kind)
         accelerator.print(f"{run}: zero_shot, validation loss {val:.4f} (no training)")
         return run
 
@@ -161,7 +186,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
 
     progress = Progress(samples_per_step=per_step, micro_samples=micro)
     if resume:
-        progress = _restore(accelerator, run, cfg, model, optimizer, scheduler, method) or progress
+        progress = _restore(accelerator, run, cfg, model, optimizer, scheduler, method, meta) or progress
         if main:
             save_config(cfg, run / "config.yaml")  # differs at most in RESUME_FREE keys and batch x accumulation
     records = Records(run / "metrics.jsonl", progress.metrics_offset, main)
@@ -215,8 +240,10 @@ def train(cfg: Config, resume: bool = False) -> Path:
 
                     at_end = progress.step == last
                     if at_end or (tc.eval_steps and progress.step % tc.eval_steps == 0):
+                        t0 = time.perf_counter()
                         val = _validate(accelerator, model, loss_fn, val_ds, collate, cfg, method, meta, run,
                                         progress, records, steps_per_epoch)
+                        progress.validation_seconds += time.perf_counter() - t0
                     stopping = _any_process(accelerator, stop.requested)
                     done = progress.step == total_steps or progress.early_stopped
                     if not done and (at_end or stopping or (tc.save_steps and progress.step % tc.save_steps == 0)):
@@ -224,8 +251,9 @@ def train(cfg: Config, resume: bool = False) -> Path:
                         progress.train_seconds += now - clock
                         clock = now
                         progress.metrics_offset = records.offset()
-                        progress.peak_memory_mb = max(progress.peak_memory_mb, _peak_memory_mb(accelerator.device))
-                        path = _save(accelerator, run, model, optimizer, scheduler, method, progress)
+                        progress.peak_memory_mb = max(progress.peak_memory_mb, memory.peak_mb())
+                        path = _save(accelerator, run, model, optimizer, scheduler, method, progress, meta)
+                        progress.checkpoint_seconds += time.perf_counter() - now
                         if stopping:
                             bar.close()
                             accelerator.print(f"interrupted after step {progress.step}: resumable checkpoint {path}; "
@@ -245,10 +273,11 @@ def train(cfg: Config, resume: bool = False) -> Path:
 
     # --- records
     progress.train_seconds += time.perf_counter() - clock
-    progress.peak_memory_mb = max(progress.peak_memory_mb, _peak_memory_mb(accelerator.device))
+    progress.peak_memory_mb = max(progress.peak_memory_mb, memory.peak_mb())
     if main:
         records.offset()
-        _write_results(run, cfg, meta, trainable, total, precision, progress, progress.step / steps_per_epoch, world)
+        _write_results(run, cfg, meta, trainable, total, precision, progress, progress.step / steps_per_epoch, world,
+                       memory.kind)
         shutil.rmtree(run / "checkpoints", ignore_errors=True)  # the run is complete: nothing to resume
         accelerator.print(f"{run}: best validation loss {progress.best_val_loss:.4f} at step {progress.best_step}"
                           + (" (early stopped)" if progress.early_stopped else "") + f"; weights in {run / 'adapter'}")
@@ -404,7 +433,7 @@ def _validate(accelerator, model, loss_fn, val_ds, collate, cfg: Config, method,
 # --- checkpoints and resume -------------------------------------------------
 
 
-def _save(accelerator, run: Path, model, optimizer, scheduler, method, progress: Progress) -> Path | None:
+def _save(accelerator, run: Path, model, optimizer, scheduler, method, progress: Progress, meta: dict) -> Path | None:
     """A resumable checkpoint at the current step boundary (main process writes; every process's RNG)."""
     from accelerate.utils import gather_object
 
@@ -415,7 +444,7 @@ def _save(accelerator, run: Path, model, optimizer, scheduler, method, progress:
         weights = {k: v.detach().cpu().clone() for k, v in method.trainable_state(accelerator.unwrap_model(model)).items()}
         files: dict[str, Any] = {
             "trainable.safetensors": weights, "optimizer.safetensors": opt_tensors, "optimizer.json": opt_meta,
-            "scheduler.json": scheduler.state_dict(), "state.json": asdict(progress),
+            "scheduler.json": scheduler.state_dict(), "state.json": asdict(progress), "sources.json": _sources(meta),
             **{f"rng-{r}.json": s for r, s in enumerate(rngs)},
         }
         path = save_checkpoint(run / "checkpoints", progress.step, files)
@@ -423,14 +452,34 @@ def _save(accelerator, run: Path, model, optimizer, scheduler, method, progress:
     return path
 
 
-def _restore(accelerator, run: Path, cfg: Config, model, optimizer, scheduler, method) -> Progress | None:
+def _sources(meta: dict) -> dict:
+    """What the run trains on, by content: the base model's and the data's fingerprints."""
+    return {"base_model": meta["base_model"], "data": meta["data"]["fingerprint"]}
+
+
+def _check_sources(run: Path, saved: dict, now: dict) -> None:
+    """Refuse to resume onto other base weights or changed data (same paths, other content)."""
+    if saved["data"].get("sha256") != now["data"].get("sha256"):
+        raise UserError(f"cannot resume {run}: the data changed since its checkpoint (content sha256 "
+                        f"{str(saved['data'].get('sha256'))[:12]}, now {str(now['data'].get('sha256'))[:12]}); "
+                        "restore the data it was trained on or start a new --output-dir")
+    if saved["base_model"].get("weights_sha") != now["base_model"].get("weights_sha"):
+        raise UserError(f"cannot resume {run}: the base model's weights differ from its checkpoint's "
+                        f"({saved['base_model'].get('weights_sha')}, now {now['base_model'].get('weights_sha')}); "
+                        "point --model at the model it was trained on or start a new --output-dir")
+
+
+def _restore(accelerator, run: Path, cfg: Config, model, optimizer, scheduler, method, meta: dict) -> Progress | None:
     """Load the newest good checkpoint into the prepared objects; None when there is none yet."""
     found = latest_checkpoint(run / "checkpoints", warn=log.warning)
     if found is None:
         log.warning("%s has no checkpoint yet; training starts from the beginning", run)
         return None
     path, files = found
-    saved = Progress(**{f.name: files["state.json"][f.name] for f in fields(Progress)})
+    if "sources.json" in files:  # checkpoints before content fingerprints have none
+        _check_sources(run, files["sources.json"], _sources(meta))
+    state = files["state.json"]
+    saved = Progress(**{f.name: state[f.name] for f in fields(Progress) if f.name in state})
     tc, world = cfg.train, accelerator.num_processes
     per_step, micro = tc.batch_size * world * tc.grad_accum, tc.batch_size * world
     if saved.samples_per_step != per_step:
@@ -458,25 +507,38 @@ def _restore(accelerator, run: Path, cfg: Config, model, optimizer, scheduler, m
     return saved
 
 
-def _finished(run: Path) -> bool:
-    try:
-        return json.loads((run / "results.json").read_text(encoding="utf-8")).get("finished") is True
-    except (OSError, ValueError):
-        return False
+def check_max_length(cfg: Config, model_config) -> None:
+    """One-line error when a training row cannot fit the model's positions (a soft prompt's
+    virtual tokens count too), before anything is written."""
+    limit = max_positions(model_config)
+    extra = cfg.method.n_tokens if cfg.method.name == "prompt_tuning" else 0
+    if limit is not None and cfg.data.max_length + extra > limit:
+        what = f"data.max_length {cfg.data.max_length}" + (f" + {extra} soft-prompt tokens" if extra else "")
+        raise UserError(f"{what} exceeds the {limit} positions of model {cfg.model.name} "
+                        f"({model_config.model_type}); use --max-length {limit - extra} or less")
 
 
-def _sections(cfg: Config) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in cfg.to_dict().items():
-        if isinstance(value, dict):
-            flat.update({f"{key}.{k}": v for k, v in value.items()})
+def _remove_failed_start(run: Path, created: bool) -> None:
+    """A run that failed before its first optimizer step leaves nothing behind (its checks
+    passed, so only files of this start are there)."""
+    if (run / "checkpoints").exists() or is_finished(run):
+        return
+    if (run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").stat().st_size > 0:
+        return  # it trained: keep what it wrote (best weights, records)
+    for name in RUN_FILES:
+        path = run / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
         else:
-            flat[key] = value
-    return flat
+            path.unlink(missing_ok=True)
+    if created:
+        with contextlib.suppress(OSError):
+            run.rmdir()  # only if empty
 
 
 def _check_run_dir(run: Path, cfg: Config, resume: bool) -> None:
-    """Never clobber a run; resume only a run whose optimisation settings are unchanged."""
+    """Never clobber a run; resume only a run whose optimisation settings are unchanged
+    (batch_size x grad_accum may be refactored: the checkpoint checks their product)."""
     present = [f for f in RUN_FILES if (run / f).exists()]
     if not resume:
         if present:
@@ -485,15 +547,13 @@ def _check_run_dir(run: Path, cfg: Config, resume: bool) -> None:
         return
     if "config.yaml" not in present:
         raise UserError(f"nothing to resume in {run} (no config.yaml); drop --resume to start a new run there")
-    old, new = _sections(load_run_config(run)), _sections(cfg)
-    for key, value in old.items():
-        if key.startswith("eval.") or key in RESUME_FREE or key in ("train.batch_size", "train.grad_accum"):
-            continue  # the effective batch is checked against the checkpoint
-        if new.get(key) != value:
-            raise UserError(
-                f"cannot resume {run}: {key} was {value!r}, now {new.get(key)!r}, which would not continue the "
-                f"same training; resume with `sumtune train --config {run / 'config.yaml'} --resume` "
-                "or start a new --output-dir")
+    diffs = config_differences(load_run_config(run), cfg, ignore=("train.batch_size", "train.grad_accum"))
+    if diffs:
+        key, old, new = diffs[0]
+        raise UserError(
+            f"cannot resume {run}: {key} was {old!r}, now {new!r}, which would not continue the "
+            f"same training; resume with `sumtune train --config {run / 'config.yaml'} --resume` "
+            "or start a new --output-dir")
 
 
 def _accelerator(cfg: Config, run: Path):
@@ -596,14 +656,6 @@ def _epoch_summary(epoch: int, n_epochs: int, progress: Progress, val: float | N
     bar.write(line)
 
 
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
 def _oom_error(e: BaseException, cfg: Config, step: int) -> BaseException:
     """Out of memory -> a one-line UserError saying how to continue; other errors unchanged."""
     if not isinstance(e, torch.cuda.OutOfMemoryError) and "can't allocate memory" not in str(e):
@@ -617,14 +669,18 @@ def _oom_error(e: BaseException, cfg: Config, step: int) -> BaseException:
 
 
 def _write_results(run: Path, cfg: Config, meta: dict, trainable: int, total: int, precision: str,
-                   progress: Progress, epochs: float, world: int) -> None:
+                   progress: Progress, epochs: float, world: int, memory_kind: str) -> None:
+    """results.json: train_seconds counts optimizer steps only; validation and checkpoint
+    writing are timed apart, and wall_seconds is the whole loop."""
     epochs = round(epochs, 3)
     atomic_write_json(run / "results.json", {
-        "method": cfg.method.name, "base_model": meta["base_model"],
-        "trainable_params": trainable, "total_params": total, "trainable_pct": 100.0 * trainable / total,
-        "train_seconds": progress.train_seconds, "epochs_run": int(epochs) if epochs == int(epochs) else epochs,
+        "method": cfg.method.name, "base_model": meta["base_model"], "data": meta.get("data"),
+        "data_sizes": (meta.get("data") or {}).get("sizes"), "trainable_params": trainable, "total_params": total, "trainable_pct": 100.0 * trainable / total,
+        "train_seconds": progress.step_seconds, "validation_seconds": progress.validation_seconds,
+        "checkpoint_seconds": progress.checkpoint_seconds, "wall_seconds": progress.train_seconds,
+        "epochs_run": int(epochs) if epochs == int(epochs) else epochs,
         "steps": progress.step, "best_val_loss": progress.best_val_loss, "best_step": progress.best_step,
-        "peak_memory_mb": progress.peak_memory_mb or _peak_memory_mb(torch.device("cpu")),
+        "peak_memory_mb": progress.peak_memory_mb, "peak_memory_kind": memory_kind,
         "tokens_per_s": progress.tokens / progress.step_seconds if progress.step_seconds else None,
         "early_stopped": progress.early_stopped, "precision": precision, "processes": world,
         "finished": True,

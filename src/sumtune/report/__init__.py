@@ -1,0 +1,55 @@
+"""`sumtune compare`: the runs side by side - compare.md (a header saying what the figures
+are, costs, scores with 95% intervals, seeds, pairwise tests), compare.json (the same data)
+and three PNG plots."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sumtune.checkpoint import atomic_write_json, atomic_write_text, read_json
+from sumtune.errors import UserError
+from sumtune.report.plots import loss_curves, plots
+from sumtune.report.rows import run_row
+from sumtune.report.stats import pairwise, seed_summary
+from sumtune.report.tables import markdown
+
+__all__ = ["compare_runs", "loss_curves", "run_row"]
+
+
+def _experiment_record(out: Path, experiment: dict | None) -> dict | None:
+    if experiment is not None:
+        return experiment
+    path = out / "experiment.json"
+    return read_json(path) if path.is_file() else None
+
+
+def compare_runs(run_dirs: Sequence[str | Path], output: str | Path | None = None, split: str = "test",
+                 experiment: dict | None = None) -> dict[str, Any]:
+    """Write compare.md, compare.json and the plots for `run_dirs` into `output` (default: their
+    common parent directory); print the tables and the files written. `experiment`: the
+    experiment's record (default: OUTPUT/experiment.json when present) for sweep costs and edges."""
+    runs = [Path(r) for r in run_dirs]
+    if not runs:
+        raise UserError("compare needs at least one run directory")
+    parent = Path(os.path.commonpath([r.resolve().parent for r in runs]))
+    out = Path(output) if output else parent
+    record = _experiment_record(out, experiment)
+    rows = [run_row(r, split, record) for r in runs]
+    if len({r["run"] for r in rows}) < len(rows):  # same directory names: label by path instead
+        for row, run in zip(rows, runs):
+            row["run"] = str(run.resolve().relative_to(parent))
+    out.mkdir(parents=True, exist_ok=True)
+    seeds, pairs = seed_summary(rows), pairwise(rows, runs, split)
+    text = markdown(rows, seeds, pairs, split)
+    written = plots(rows, runs, out, split)
+    atomic_write_text(out / "compare.md", text + "\n" + "".join(f"![{p.stem}]({p.name})\n" for p in written))
+    report = {"split": split, "rows": rows, "seeds": seeds, "pairs": pairs, "plots": [str(p) for p in written]}
+    atomic_write_json(out / "compare.json", report)
+    print(text)
+    print(f"wrote {out / 'compare.md'}, {out / 'compare.json'}")
+    for p in written:
+        print(f"plot: {p}")
+    return report

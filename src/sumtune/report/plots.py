@@ -1,0 +1,118 @@
+"""The three PNG plots of `sumtune compare`: loss curves, ROUGE bars with 95% intervals, and
+trainable parameters vs ROUGE-L."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+from sumtune.errors import UserError
+from sumtune.metrics import ROUGE_KEYS
+
+PLOTS = {"loss": "loss_curves.png", "rouge": "rouge_bars.png", "params": "params_vs_rougeL.png"}
+
+
+def loss_curves(run: Path) -> tuple[dict[int, float], dict[int, float]]:
+    """Per epoch: the mean of the logged training losses, and the validation loss (the epoch's last)."""
+    path = run / "metrics.jsonl"
+    train: dict[int, list[float]] = defaultdict(list)
+    val: dict[int, float] = {}
+    if not path.is_file():
+        return {}, {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            ev = json.loads(line)
+        except json.JSONDecodeError:
+            raise UserError(f"{path}, line {n}: not valid JSON; the file is damaged") from None
+        if "loss" not in ev or "epoch" not in ev or not math.isfinite(ev["loss"]):
+            continue
+        epoch = math.ceil(ev["epoch"])  # logged as fractional progress: (0, 1] is epoch 1
+        if ev.get("split") == "train":
+            train[epoch].append(ev["loss"])
+        elif ev.get("split") == "validation":
+            val[epoch] = ev["loss"]
+    return {e: sum(v) / len(v) for e, v in sorted(train.items())}, dict(sorted(val.items()))
+
+
+def plots(rows: Sequence[dict], runs: Sequence[Path], out: Path, split: str = "test") -> list[Path]:
+    """Write the three plots into `out`; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+    color = {row["run"]: colors[i % len(colors)] for i, row in enumerate(rows)}
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row, run in zip(rows, runs):
+        train, val = loss_curves(run)
+        c = color[row["run"]]
+        if train:
+            ax.plot(list(train), list(train.values()), "-o", color=c, ms=3, label=f"{row['run']} train")
+        if val:
+            ax.plot(list(val), list(val.values()), "--s", color=c, ms=3, label=f"{row['run']} validation")
+        elif row["best_val_loss"] is not None:  # nothing trained (zero_shot): its loss as a baseline
+            ax.axhline(row["best_val_loss"], ls=":", color="gray", label=f"{row['run']} validation (no training)")
+    ax.set(xlabel="epoch", ylabel="loss (summary tokens)", title="Training and validation loss per epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    if ax.lines:
+        ax.legend(fontsize=7, ncol=2)
+    written.append(_save(fig, out / PLOTS["loss"]))
+
+    evaluated = [r for r in rows if r["evaluated"]]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    width = 0.8 / len(ROUGE_KEYS)
+    for j, key in enumerate(ROUGE_KEYS):
+        xs = [i + (j - 1.5) * width for i in range(len(evaluated))]
+        values = [100 * r[key] for r in evaluated]
+        cis = [(r.get("ci95") or {}).get(key) for r in evaluated]
+        err = [[v - 100 * c[0] if c else 0 for v, c in zip(values, cis)],
+               [100 * c[1] - v if c else 0 for v, c in zip(values, cis)]]
+        bars = ax.bar(xs, values, width, label=key, yerr=err, capsize=2, error_kw={"elinewidth": 0.8})
+        ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=1)
+    ax.set_xticks(range(len(evaluated)), [r["run"] for r in evaluated])
+    ax.set(ylabel="F1 (%), 95% bootstrap interval", title=f"ROUGE on the {split} split")
+    if not evaluated:
+        ax.text(0.5, 0.5, "no run evaluated yet (sumtune evaluate RUN)", ha="center", transform=ax.transAxes)
+    else:
+        tops = [100 * ((r.get("ci95") or {}).get(k) or (0, r[k]))[1] for r in evaluated for k in ROUGE_KEYS]
+        ax.set_ylim(0, 1.25 * max(tops) + 1e-9)
+        ax.legend(fontsize=8, ncol=len(ROUGE_KEYS), loc="upper center")
+    written.append(_save(fig, out / PLOTS["rouge"]))
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in evaluated:
+        if r["trainable_params"]:
+            ax.scatter(r["trainable_params"], 100 * r["rougeL"], s=40, color=color[r["run"]])
+            ax.annotate(r["run"], (r["trainable_params"], 100 * r["rougeL"]), textcoords="offset points",
+                        xytext=(5, 4), fontsize=8)
+        else:  # nothing trained (zero_shot): no place on a log axis, drawn as a baseline
+            ax.axhline(100 * r["rougeL"], ls=":", color="gray", label=f"{r['run']} (0 trainable)")
+    ax.set_xscale("log")
+    ax.set(xlabel="trainable parameters (log scale)", ylabel="ROUGE-L F1 (%)",
+           title="What each method trains vs what it gains")
+    if any(line.get_label() and not line.get_label().startswith("_") for line in ax.lines):
+        ax.legend(fontsize=8)
+    written.append(_save(fig, out / PLOTS["params"]))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    """Save a figure atomically (temporary name in the same directory, then rename)."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,81 @@
+"""One row per run for `sumtune compare`: what the run is (method, what trained, seed, lr),
+what it cost (time, peak memory and its kind) and how it scored (ROUGE with 95% intervals,
+lengths, n, decoding), read from RUN/results.json and RUN/eval/<split>/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sumtune.checkpoint import read_json
+from sumtune.config import load_run_config
+from sumtune.errors import UserError
+from sumtune.metrics import ROUGE_KEYS
+from sumtune.runs import check_finished_run
+
+
+def _describe(cfg) -> str:
+    from sumtune.methods import get_method
+
+    method = get_method(cfg.method.name)
+    describe = getattr(method, "describe", None)
+    return describe(cfg.method) if describe else cfg.method.name
+
+
+def _eval_fields(run: Path, split: str) -> dict[str, Any]:
+    metrics = run / "eval" / split / "metrics.json"
+    empty = {"evaluated": False, "test_loss": None, "n_test": None, "decoding": None, "ci95": None,
+             "mean_prediction_tokens": None, "mean_reference_tokens": None, "eval_data": None,
+             "sentence_splitter": None,
+             **dict.fromkeys(ROUGE_KEYS)}
+    if not metrics.is_file():
+        return empty
+    m = read_json(metrics)
+    return {**empty, "evaluated": True, "test_loss": m.get("loss"), "n_test": m.get("n"),
+            "decoding": m.get("decoding"), "ci95": m.get("ci95"), "eval_data": m.get("data"),
+            "sentence_splitter": m.get("sentence_splitter"),
+            "mean_prediction_tokens": m.get("mean_prediction_tokens"),
+            "mean_reference_tokens": m.get("mean_reference_tokens"), **{k: m.get(k) for k in ROUGE_KEYS}}
+
+
+def run_row(run: Path, split: str = "test", experiment: dict | None = None) -> dict[str, Any]:
+    """One table row: the run's results.json and RUN/eval/<split>/metrics.json (None where absent);
+    `experiment` (OUT/experiment.json) adds the lr sweep's edge and cost for the run's method."""
+    check_finished_run(run)
+    cfg = load_run_config(run)
+    res = read_json(run / "results.json")
+    method = cfg.method.name
+    trainable, total = res.get("trainable_params"), res.get("total_params")
+    epochs, seconds = res.get("epochs_run") or 0, res.get("train_seconds")
+    sweep = ((experiment or {}).get("sweep") or {}).get(method) or {}
+    return {
+        "run": run.name, "path": str(run), "method": method, "trained": _describe(cfg), "seed": cfg.train.seed,
+        "trainable_params": trainable, "total_params": total,
+        "trainable_pct": 100.0 * trainable / total if trainable is not None and total else None,
+        "train_seconds": seconds, "validation_seconds": res.get("validation_seconds"),
+        "seconds_per_epoch": seconds / epochs if seconds is not None and epochs else None,
+        "sweep_seconds": sweep.get("seconds"), "lr_edge": sweep.get("edge"),
+        "epochs_run": epochs, "best_step": res.get("best_step"), "early_stopped": res.get("early_stopped"),
+        "peak_memory_mb": res.get("peak_memory_mb"), "peak_memory_kind": res.get("peak_memory_kind", "peak RSS"),
+        "tokens_per_s": res.get("tokens_per_s"), "precision": res.get("precision"),
+        "lr": cfg.train.lr if method != "zero_shot" else None, "best_val_loss": res.get("best_val_loss"),
+        "model": cfg.model.name, "data": cfg.data.source, "data_sizes": res.get("data_sizes"),
+        **_eval_fields(run, split),
+    }
+
+
+def predictions(run: Path, split: str) -> dict[str, dict[str, float]]:
+    """Per-document ROUGE F1 of a run's evaluation: {id: {rouge key: F1}} (empty when absent or old)."""
+    path = run / "eval" / split / "predictions.jsonl"
+    if not path.is_file():
+        return {}
+    out = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise UserError(f"{path}, line {n}: not valid JSON; the file is damaged, re-run sumtune evaluate") from None
+        if all(k in row for k in ROUGE_KEYS):
+            out[str(row["id"])] = {k: row[k] for k in ROUGE_KEYS}
+    return out

@@ -1,0 +1,132 @@
+"""The Markdown of `sumtune compare`: a header saying what the figures are, the runs' costs,
+their scores with 95% intervals, seeds (mean ± sd) and the pairwise tests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sumtune.metrics import ROUGE_KEYS
+
+ROUGE_NAMES = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"}
+
+
+def _num(v: float | None, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _table(head: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body]) + "\n"
+
+
+def _params(row: dict) -> str:
+    t = row["trainable_params"]
+    if t is None:
+        return "-"
+    return f"{t:,} ({row['trainable_pct']:.3g}%)" if row["trainable_pct"] is not None else f"{t:,}"
+
+
+def _lr(row: dict) -> str:
+    if row["lr"] is None:
+        return "-"
+    return f"{row['lr']:g}" + (f" (at {row['lr_edge']} grid edge)" if row.get("lr_edge") else "")
+
+
+def _epochs(row: dict) -> str:
+    text = f"{row['epochs_run']:g}" if row["epochs_run"] is not None else "-"
+    if row.get("best_step") is not None:
+        text += f" (best step {row['best_step']})"
+    return text + (", early stop" if row.get("early_stopped") else "")
+
+
+def cost_table(rows: Sequence[dict]) -> str:
+    head = ["run", "method", "what trained", "seed", "lr", "trainable params (% of total)", "epochs",
+            "train s", "validation s", "sweep s", "peak memory MB", "tokens/s", "best val loss"]
+    body = [[r["run"], r["method"], r["trained"], str(r["seed"]), _lr(r), _params(r), _epochs(r),
+             _num(r["train_seconds"], ".1f"), _num(r["validation_seconds"], ".1f"), _num(r["sweep_seconds"], ".1f"),
+             f"{_num(r['peak_memory_mb'], '.0f')} ({r['peak_memory_kind']})", _num(r["tokens_per_s"], ".0f"),
+             _num(r["best_val_loss"], ".4f")] for r in rows]
+    return _table(head, body)
+
+
+def _score(row: dict, key: str) -> str:
+    value, ci = row[key], (row.get("ci95") or {}).get(key)
+    if value is None:
+        return "-"
+    return f"{100 * value:.2f}" + (f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else "")
+
+
+def score_table(rows: Sequence[dict]) -> str:
+    head = ["run", "n", "decoding", "loss", *ROUGE_NAMES.values(), "mean length, generated / reference (tokens)"]
+    body = []
+    for r in rows:
+        if not r["evaluated"]:
+            body.append([r["run"], "-", "-", "not evaluated", *["-"] * len(ROUGE_KEYS), "-"])
+            continue
+        lengths = f"{_num(r['mean_prediction_tokens'], '.1f')} / {_num(r['mean_reference_tokens'], '.1f')}"
+        preset = (r["decoding"] or {}).get("label", "-")
+        body.append([r["run"], str(r["n_test"]), str(preset), _num(r["test_loss"], ".4f"),
+                     *[_score(r, k) for k in ROUGE_KEYS], lengths])
+    return _table(head, body)
+
+
+def seed_table(seeds: Sequence[dict]) -> str:
+    head = ["method", "seeds", *ROUGE_NAMES.values(), "best val loss"]
+    body = [[s["method"], ", ".join(map(str, s["seeds"])),
+             *[f"{100 * s[k]['mean']:.2f} ± {100 * s[k]['sd']:.2f}" for k in ROUGE_KEYS],
+             f"{s['best_val_loss']['mean']:.4f} ± {s['best_val_loss']['sd']:.4f}"] for s in seeds]
+    return _table(head, body)
+
+
+def pair_table(pairs: Sequence[dict]) -> str:
+    def cell(p: dict) -> str:
+        return (f"{100 * p['diff']:+.2f} [{100 * p['low']:+.2f}, {100 * p['high']:+.2f}] "
+                f"p={p['p_value']:.3f}" + (" **\\***" if p["significant"] else ""))
+
+    head = ["A − B", "n", *ROUGE_NAMES.values()]
+    return _table(head, [[f"{p['a']} − {p['b']}", str(p["n"]), *[cell(p[k]) for k in ROUGE_KEYS]] for p in pairs])
+
+
+def _decoding_text(decoding: dict | None) -> str:
+    if not decoding:
+        return "-"
+    d = decoding
+    return (f"{d.get('label', '?')} (beams {d.get('num_beams')}, no repeated {d.get('no_repeat_ngram_size')}-gram, "
+            f"length penalty {d.get('length_penalty')}, {d.get('min_new_tokens', 0)}–{d.get('max_new_tokens')} new "
+            f"tokens" + (f", first {d['max_sentences']} sentences" if d.get("max_sentences") else "") + ")")
+
+
+def header(rows: Sequence[dict], split: str) -> str:
+    """What the figures are: data, sizes, model, precision, split, decoding, ROUGE and memory."""
+    def distinct(key: str) -> str:
+        values = sorted({str(r[key]) for r in rows if r.get(key) is not None})
+        return ", ".join(values) or "-"
+
+    sizes = next((r["data_sizes"] for r in rows if r.get("data_sizes")), None)
+    size_text = ", ".join(f"{k} {v:,}" for k, v in sizes.items()) if sizes else "sizes not recorded"
+    ns = sorted({r["n_test"] for r in rows if r["evaluated"]})
+    decodings = {_decoding_text(r["decoding"]) for r in rows if r["evaluated"]}
+    splitters = f"sentences split by {distinct('sentence_splitter')}"
+    return "\n".join([
+        f"- **Data:** {distinct('data')} ({size_text}); evaluated on the {split} split, n = "
+        f"{', '.join(map(str, ns)) or '-'} documents",
+        f"- **Model:** {distinct('model')}; precision {distinct('precision')}",
+        f"- **Decoding (same for every run):** {'; '.join(sorted(decodings)) or '-'}",
+        "- **ROUGE:** F1 × 100, mean over documents (Google rouge-score, stemming), ROUGE-Lsum on "
+        f"{splitters}; [95% bootstrap interval over documents, 1,000 resamples]",
+        f"- **Peak memory:** {distinct('peak_memory_kind')} during training (RSS: the whole process)",
+        "- **Times:** train s = optimizer steps only; validation s apart; sweep s = the method's lr-sweep runs",
+    ]) + "\n"
+
+
+def markdown(rows: Sequence[dict], seeds: Sequence[dict], pairs: Sequence[dict], split: str) -> str:
+    parts = ["# sumtune comparison\n", header(rows, split), "## Runs: what trained and what it cost\n",
+             cost_table(rows), f"## Scores on the {split} split\n", score_table(rows)]
+    if seeds:
+        parts += ["## Across seeds (mean ± sd)\n", seed_table(seeds)]
+    if pairs:
+        parts += ["## Pairwise differences (paired bootstrap over documents)\n",
+                  "A − B in ROUGE points with its 95% interval and p-value; **\\*** = significant at 0.05 after "
+                  "Holm's correction over all pairs. A method with several seeds enters with its per-document "
+                  "mean over seeds.\n", pair_table(pairs)]
+    return "\n".join(parts)
