@@ -24,7 +24,6 @@ from typing import Any
 import torch
 
 from sumtune.bootstrap import bootstrap_ci
-from sumtune.checkpoint import atomic_write_json, atomic_write_text
 from sumtune.config import (
     Config,
     absolute_source,
@@ -36,6 +35,7 @@ from sumtune.config import (
 )
 from sumtune.decoding import Generator, decode_summary
 from sumtune.errors import UserError
+from sumtune.io import atomic_write_json, atomic_write_text
 from sumtune.metrics import ROUGE_KEYS, TokenLoss, rouge_per_example, summed_token_loss
 from sumtune.runs import check_finished_run
 from sumtune.sentences import SPLITTER, split_sentences

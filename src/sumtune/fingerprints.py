@@ -160,8 +160,8 @@ def upgrade_run(run_dir: str | Path, base_model: str | None = None) -> dict:
     what scheme 1 can check (model type, config, weight file sizes and tensor shapes).
     The caller asserts the base model is the one the run was trained on: scheme 1 never
     recorded the weight values, so nothing can prove it. Returns the new fingerprint."""
-    from sumtune.checkpoint import atomic_write_json
     from sumtune.config import load_run_config
+    from sumtune.io import atomic_write_json
     from sumtune.methods.base import META_FILE, read_meta
     from sumtune.modeling import load_model
 
