@@ -31,7 +31,7 @@ STEPS = 8  # 16 samples / (2 x 2) = 4 steps per epoch, 2 epochs
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """One torch thread here and in the subprocesses: the same arithmetic in both (bit-identity),
-    and on a shared 2-core machine far faster than two threads competing."""
+    and, the models being tiny, no threads competing for the cores."""
     threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"

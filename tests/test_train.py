@@ -22,7 +22,7 @@ from sumtune.runs import load_run
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """One torch thread: on a shared 2-core machine far faster than two threads competing."""
+    """One torch thread: the models are tiny, so more threads only compete for the cores."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
