@@ -197,7 +197,7 @@ def test_sweep_ties_are_reported(caplog):
 def test_export_refuses_an_unfinished_run(tiny_neo, tmp_path, capsys):
     from method_utils import make_run
 
-    from sumtune.checkpoint import atomic_write_json
+    from sumtune.io import atomic_write_json
 
     run, *_ = make_run(tmp_path / "run", tiny_neo, "lora", sets=("method.r=4",))
     atomic_write_json(run / "results.json", {"method": "lora"})  # as after Ctrl-C

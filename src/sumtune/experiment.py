@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sumtune.checkpoint import atomic_dir, atomic_write_json, read_json
 from sumtune.config import Config, build_config, config_differences, load_run_config
 from sumtune.errors import UserError
+from sumtune.io import atomic_dir, atomic_write_json, read_json
 from sumtune.runs import is_finished
 
 log = logging.getLogger(__name__)

@@ -47,7 +47,6 @@ import torch.nn.functional as F
 
 from sumtune import progress
 from sumtune.checkpoint import (
-    atomic_write_json,
     latest_checkpoint,
     optimizer_from_files,
     optimizer_to_files,
@@ -60,6 +59,7 @@ from sumtune.data import Collator, epoch_order, load_splits, tokenize_splits
 from sumtune.errors import UserError
 from sumtune.fastpath import fused_adamw, select_loss, speed_up
 from sumtune.fingerprints import data_fingerprint
+from sumtune.io import atomic_write_json
 from sumtune.memory import PeakMemory
 from sumtune.methods import get_method
 from sumtune.modeling import (
