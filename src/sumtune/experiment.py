@@ -325,5 +325,5 @@ def run_demo(output_dir: str | Path = "demo_runs") -> dict:
         "train.epochs": 10, "train.batch_size": 4, "train.grad_accum": 1, "train.precision": "fp32",
         "data.max_length": 384, "data.max_summary_length": 64, "eval.preset": "cnndm",
     })
-    plan = Plan(with_full=True, sweep_lr=True, lr_grid=dict(DEMO_LR_GRID), seeds=2)
+    plan = Plan(with_full=True, sweep_lr=True, lr_grid=dict(DEMO_LR_GRID))
     return run_experiment(cfg, plan)  # ends with the table, plots
