@@ -94,11 +94,16 @@ def test_max_sentences_keeps_the_first_sentences():
 def test_seeds_give_runs_per_method_and_mean_sd_in_the_report(tiny_neo, kaggle_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(experiment, "METHODS", ("zero_shot", "lora", "last_layers"))
     out = tmp_path / "exp"
-    report = experiment.run_experiment(build_config(flags=_flags(out, tiny_neo, kaggle_dir)),
-                                       Plan(eval_limit=4, seeds=2))
+    report = experiment.run_experiment(build_config(flags=_flags(out, tiny_neo, kaggle_dir,
+                                                                 **{"data.max_eval_samples": 4})), Plan(seeds=2))
     assert (out / "lora").is_dir() and (out / "lora-seed43").is_dir() and (out / "last_layers-seed43").is_dir()
     assert not (out / "zero_shot-seed43").exists()  # nothing trains: one run
     assert [r["method"] for r in report["rows"]].count("lora") == 2
+
+    def ids(run):
+        return [json.loads(x)["id"] for x in (out / run / "eval/test/predictions.jsonl").read_text().splitlines()]
+
+    assert ids("lora") == ids("lora-seed43") == ids("zero_shot")  # every seed scored on the same capped rows
     seeds = {s["method"]: s for s in report["seeds"]}
     assert seeds["lora"]["seeds"] == [42, 43] and seeds["lora"]["rougeL"]["sd"] >= 0
     pairs = {(p["a"], p["b"]) for p in report["pairs"]}
@@ -109,7 +114,7 @@ def test_seeds_give_runs_per_method_and_mean_sd_in_the_report(tiny_neo, kaggle_d
     assert "## Across seeds (mean ± sd)" in md and " ± " in md
     assert "## Pairwise differences" in md and "Holm" in md
     assert "peak RSS" in md and "evaluated on the test split, n = 4" in md
-    assert "train 24, validation 8, test 8" in md and "Decoding (same for every run):** greedy" in md
+    assert "train 24, validation 4, test 4" in md and "Decoding (same for every run):** greedy" in md
 
 
 def test_report_marks_an_lr_at_the_grid_edge_and_the_sweep_cost(tiny_neo, kaggle_dir, tmp_path, monkeypatch):

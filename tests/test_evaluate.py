@@ -63,7 +63,9 @@ def test_metrics_equal_rouge_score_recomputed_and_loss_is_token_weighted(tiny_ne
 
     # the loss: every example alone through the model's own (mean) loss, weighted by its summary tokens
     cfg = load_run_config(run)
-    test = tokenize_splits(DatasetDict(test=load_splits(cfg.data, cfg.train.seed)["test"]), tok, cfg.data)["test"]
+    cleaned = load_splits(cfg.data, cfg.data.seed)["test"]
+    assert {p["id"]: p["article"] for p in preds} == dict(zip(cleaned["id"], cleaned["article"]))  # for report.html
+    test = tokenize_splits(DatasetDict(test=cleaned), tok, cfg.data)["test"]
     total = tokens = 0.0
     with torch.no_grad():
         for ex in test:

@@ -165,7 +165,7 @@ def test_early_stopping_keeps_the_best_weights(tiny_neo, kaggle_dir, tmp_path):
     assert res["best_val_loss"] == val[best] and res["best_step"] == best + 1
     # the saved weights score the best validation loss, through the evaluate path (full logits)
     _, _, model, tok = load_run(run)
-    rows = tokenize_splits(load_splits(cfg.data, cfg.train.seed), tok, cfg.data)["validation"]
+    rows = tokenize_splits(load_splits(cfg.data, cfg.data.seed), tok, cfg.data)["validation"]
     assert summary_loss(model, rows, tok.pad_token_id, 4, None) == pytest.approx(val[best], rel=1e-5)
 
 
@@ -177,7 +177,7 @@ def test_zero_shot_records_the_base_model(tiny_neo, kaggle_dir, tmp_path):
     meta = json.loads((run / "adapter" / "sumtune.json").read_text())
     assert meta["method"] == "zero_shot" and meta["base_model"] == res["base_model"]
     tok = load_tokenizer(str(tiny_neo))
-    rows = tokenize_splits(load_splits(cfg.data, cfg.train.seed), tok, cfg.data)["validation"]
+    rows = tokenize_splits(load_splits(cfg.data, cfg.data.seed), tok, cfg.data)["validation"]
     ref = summary_loss(load_model(str(tiny_neo)), rows, tok.pad_token_id, 3, None)
     assert res["best_val_loss"] == pytest.approx(ref, rel=1e-6)
 

@@ -46,6 +46,8 @@ class DataConfig:
     clean: bool = True
     num_proc: int = 2
     group_by_length: bool = False
+    seed: int = 42  # splits a single file and draws capped subsets; apart from train.seed, so that
+    # every training seed of an experiment sees (and is scored on) the same rows
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """`sumtune evaluate` and `sumtune summarize`: the loss over summary tokens, then summaries
 generated for every article (decoding/) and their ROUGE against the references.
 
-Writes RUN/eval/<split>/predictions.jsonl ({"id", "reference", "prediction", per-example
-ROUGE F1 and token lengths} per line) and then RUN/eval/<split>/metrics.json (means, 95%
+Writes RUN/eval/<split>/predictions.jsonl ({"id", "article", "reference", "prediction",
+per-example ROUGE F1 and token lengths} per line) and then RUN/eval/<split>/metrics.json (means, 95%
 bootstrap intervals over documents, n, the decoding settings, the data evaluated), each
 atomically; a metrics.json therefore means a complete evaluation.
 
@@ -95,7 +95,7 @@ def _split_rows(cfg: Config, split: str, limit: int | None):
     from sumtune.data import load_splits
 
     data = cfg.data if limit is None else replace(cfg.data, max_eval_samples=0, max_test_samples=0)
-    splits = load_splits(data, cfg.train.seed)
+    splits = load_splits(data, cfg.data.seed)
     if split not in splits:
         raise UserError(f"data {cfg.data.source} has no '{split}' split (it has {', '.join(splits)})")
     ds = splits[split]
@@ -165,8 +165,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", limit: int | None = N
         "data_is_training_data": cfg.data.source == load_run_config(run).data.source,
     }
     out = run / "eval" / split
-    rows = ({"id": i, "reference": r, "prediction": p, **{k: v[j] for k, v in columns.items()}}
-            for j, (i, r, p) in enumerate(zip(ds["id"], references, predictions)))
+    rows = ({"id": i, "article": a, "reference": r, "prediction": p, **{k: v[j] for k, v in columns.items()}}
+            for j, (i, a, r, p) in enumerate(zip(ds["id"], ds["article"], references, predictions)))
     atomic_write_text(out / "predictions.jsonl", "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows))
     atomic_write_json(out / "metrics.json", metrics)
     scores_line = "  ".join(f"{k} {100 * metrics[k]:.2f} [{100 * metrics['ci95'][k][0]:.2f}, "

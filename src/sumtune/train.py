@@ -144,7 +144,7 @@ def _train(cfg: Config, run: Path, resume: bool, accelerator, precision: str, me
     # --- data, model and method: every input is checked before the run directory is written
     tokenizer = load_tokenizer(cfg.model.name)
     with accelerator.main_process_first():  # the main process fills the datasets cache, the others read it
-        data = tokenize_splits(load_splits(cfg.data, tc.seed), tokenizer, cfg.data)
+        data = tokenize_splits(load_splits(cfg.data, cfg.data.seed), tokenizer, cfg.data)
     train_ds, val_ds = (data[s].select_columns(["input_ids", "labels"]) for s in ("train", "validation"))
     collate = Collator(tokenizer.pad_token_id)
     base = load_model(cfg.model.name)

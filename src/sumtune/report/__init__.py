@@ -1,6 +1,6 @@
 """`sumtune compare`: the runs side by side - compare.md (a header saying what the figures
-are, costs, scores with 95% intervals, seeds, pairwise tests), compare.json (the same data)
-and three PNG plots."""
+are, costs, scores with 95% intervals, seeds, pairwise tests), compare.json (the same data),
+three PNG plots and report.html (all of it in one offline page, with an article browser)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from typing import Any
 
 from sumtune.errors import UserError
 from sumtune.io import atomic_write_json, atomic_write_text, read_json
+from sumtune.report.html import MAX_ARTICLES, write_html
 from sumtune.report.plots import loss_curves, plots
 from sumtune.report.rows import run_row
 from sumtune.report.stats import pairwise, seed_summary
 from sumtune.report.tables import markdown
 
-__all__ = ["compare_runs", "loss_curves", "run_row"]
+__all__ = ["compare_runs", "loss_curves", "run_row", "write_html"]
 
 
 def _experiment_record(out: Path, experiment: dict | None) -> dict | None:
@@ -27,10 +28,11 @@ def _experiment_record(out: Path, experiment: dict | None) -> dict | None:
 
 
 def compare_runs(run_dirs: Sequence[str | Path], output: str | Path | None = None, split: str = "test",
-                 experiment: dict | None = None) -> dict[str, Any]:
-    """Write compare.md, compare.json and the plots for `run_dirs` into `output` (default: their
-    common parent directory); print the tables and the files written. `experiment`: the
-    experiment's record (default: OUTPUT/experiment.json when present) for sweep costs and edges."""
+                 experiment: dict | None = None, max_articles: int = MAX_ARTICLES) -> dict[str, Any]:
+    """Write compare.md, compare.json, the plots and report.html for `run_dirs` into `output`
+    (default: their common parent directory); print the tables and the files written, the
+    report's path last. `experiment`: the experiment's record (default: OUTPUT/experiment.json
+    when present) for sweep costs and edges; `max_articles`: the report's article browser cap."""
     runs = [Path(r) for r in run_dirs]
     if not runs:
         raise UserError("compare needs at least one run directory")
@@ -52,4 +54,7 @@ def compare_runs(run_dirs: Sequence[str | Path], output: str | Path | None = Non
     print(f"wrote {out / 'compare.md'}, {out / 'compare.json'}")
     for p in written:
         print(f"plot: {p}")
+    page = write_html(report, runs, out, max_articles)
+    print("report (one file, open it in any browser):")
+    print(page)
     return report

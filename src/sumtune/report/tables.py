@@ -39,14 +39,19 @@ def _epochs(row: dict) -> str:
     return text + (", early stop" if row.get("early_stopped") else "")
 
 
-def cost_table(rows: Sequence[dict]) -> str:
+def cost_body(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+    """The cost table's header and cells (shared by the Markdown and the HTML report)."""
     head = ["run", "method", "what trained", "seed", "lr", "trainable params (% of total)", "epochs",
             "train s", "validation s", "sweep s", "peak memory MB", "tokens/s", "best val loss"]
     body = [[r["run"], r["method"], r["trained"], str(r["seed"]), _lr(r), _params(r), _epochs(r),
              _num(r["train_seconds"], ".1f"), _num(r["validation_seconds"], ".1f"), _num(r["sweep_seconds"], ".1f"),
              f"{_num(r['peak_memory_mb'], '.0f')} ({r['peak_memory_kind']})", _num(r["tokens_per_s"], ".0f"),
              _num(r["best_val_loss"], ".4f")] for r in rows]
-    return _table(head, body)
+    return head, body
+
+
+def cost_table(rows: Sequence[dict]) -> str:
+    return _table(*cost_body(rows))
 
 
 def _score(row: dict, key: str) -> str:
@@ -56,7 +61,8 @@ def _score(row: dict, key: str) -> str:
     return f"{100 * value:.2f}" + (f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else "")
 
 
-def score_table(rows: Sequence[dict]) -> str:
+def score_body(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+    """The score table's header and cells."""
     head = ["run", "n", "decoding", "loss", *ROUGE_NAMES.values(), "mean length, generated / reference (tokens)"]
     body = []
     for r in rows:
@@ -67,24 +73,37 @@ def score_table(rows: Sequence[dict]) -> str:
         preset = (r["decoding"] or {}).get("label", "-")
         body.append([r["run"], str(r["n_test"]), str(preset), _num(r["test_loss"], ".4f"),
                      *[_score(r, k) for k in ROUGE_KEYS], lengths])
-    return _table(head, body)
+    return head, body
 
 
-def seed_table(seeds: Sequence[dict]) -> str:
+def score_table(rows: Sequence[dict]) -> str:
+    return _table(*score_body(rows))
+
+
+def seed_body(seeds: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
     head = ["method", "seeds", *ROUGE_NAMES.values(), "best val loss"]
     body = [[s["method"], ", ".join(map(str, s["seeds"])),
              *[f"{100 * s[k]['mean']:.2f} ± {100 * s[k]['sd']:.2f}" for k in ROUGE_KEYS],
              f"{s['best_val_loss']['mean']:.4f} ± {s['best_val_loss']['sd']:.4f}"] for s in seeds]
-    return _table(head, body)
+    return head, body
+
+
+def seed_table(seeds: Sequence[dict]) -> str:
+    return _table(*seed_body(seeds))
+
+
+def pair_body(pairs: Sequence[dict], star: str = " **\\***") -> tuple[list[str], list[list[str]]]:
+    """The pairwise table's header and cells; `star` marks a significant difference."""
+    def cell(p: dict) -> str:
+        return (f"{100 * p['diff']:+.2f} [{100 * p['low']:+.2f}, {100 * p['high']:+.2f}] "
+                f"p={p['p_value']:.3f}" + (star if p["significant"] else ""))
+
+    head = ["A − B", "n", *ROUGE_NAMES.values()]
+    return head, [[f"{p['a']} − {p['b']}", str(p["n"]), *[cell(p[k]) for k in ROUGE_KEYS]] for p in pairs]
 
 
 def pair_table(pairs: Sequence[dict]) -> str:
-    def cell(p: dict) -> str:
-        return (f"{100 * p['diff']:+.2f} [{100 * p['low']:+.2f}, {100 * p['high']:+.2f}] "
-                f"p={p['p_value']:.3f}" + (" **\\***" if p["significant"] else ""))
-
-    head = ["A − B", "n", *ROUGE_NAMES.values()]
-    return _table(head, [[f"{p['a']} − {p['b']}", str(p["n"]), *[cell(p[k]) for k in ROUGE_KEYS]] for p in pairs])
+    return _table(*pair_body(pairs))
 
 
 def _decoding_text(decoding: dict | None) -> str:
@@ -96,8 +115,21 @@ def _decoding_text(decoding: dict | None) -> str:
             f"tokens" + (f", first {d['max_sentences']} sentences" if d.get("max_sentences") else "") + ")")
 
 
-def header(rows: Sequence[dict], split: str) -> str:
-    """What the figures are: data, sizes, model, precision, split, decoding, ROUGE and memory."""
+def _seeds_and_lr(rows: Sequence[dict]) -> str:
+    """Per method: its seeds and its learning rate(s), e.g. "lora seeds 42, 43, lr 0.0003"."""
+    seeds: dict[str, list[str]] = {}
+    lrs: dict[str, list[str]] = {}
+    for r in rows:
+        seeds.setdefault(r["method"], []).append(str(r["seed"]))
+        if _lr(r) not in lrs.setdefault(r["method"], []):
+            lrs[r["method"]].append(_lr(r))
+    return "; ".join(f"{m} seed{'s' if len(s) > 1 else ''} {', '.join(s)}, lr {', '.join(lrs[m])}"
+                     for m, s in seeds.items()) or "-"
+
+
+def facts(rows: Sequence[dict], split: str) -> list[tuple[str, str]]:
+    """What the figures are, as (label, text): data, sizes, model, precision, split, decoding,
+    seeds and lr per method, ROUGE, memory and times."""
     def distinct(key: str) -> str:
         values = sorted({str(r[key]) for r in rows if r.get(key) is not None})
         return ", ".join(values) or "-"
@@ -107,16 +139,22 @@ def header(rows: Sequence[dict], split: str) -> str:
     ns = sorted({r["n_test"] for r in rows if r["evaluated"]})
     decodings = {_decoding_text(r["decoding"]) for r in rows if r["evaluated"]}
     splitters = f"sentences split by {distinct('sentence_splitter')}"
-    return "\n".join([
-        f"- **Data:** {distinct('data')} ({size_text}); evaluated on the {split} split, n = "
-        f"{', '.join(map(str, ns)) or '-'} documents",
-        f"- **Model:** {distinct('model')}; precision {distinct('precision')}",
-        f"- **Decoding (same for every run):** {'; '.join(sorted(decodings)) or '-'}",
-        "- **ROUGE:** F1 × 100, mean over documents (Google rouge-score, stemming), ROUGE-Lsum on "
-        f"{splitters}; [95% bootstrap interval over documents, 1,000 resamples]",
-        f"- **Peak memory:** {distinct('peak_memory_kind')} during training (RSS: the whole process)",
-        "- **Times:** train s = optimizer steps only; validation s apart; sweep s = the method's lr-sweep runs",
-    ]) + "\n"
+    return [
+        ("Data", f"{distinct('data')} ({size_text}); evaluated on the {split} split, n = "
+                 f"{', '.join(map(str, ns)) or '-'} documents"),
+        ("Model", f"{distinct('model')}; precision {distinct('precision')}"),
+        ("Decoding (same for every run)", "; ".join(sorted(decodings)) or "-"),
+        ("Seeds and lr per method", _seeds_and_lr(rows)),
+        ("ROUGE", "F1 × 100, mean over documents (Google rouge-score, stemming), ROUGE-Lsum on "
+                  f"{splitters}; [95% bootstrap interval over documents, 1,000 resamples]"),
+        ("Peak memory", f"{distinct('peak_memory_kind')} during training (RSS: the whole process)"),
+        ("Times", "train s = optimizer steps only; validation s apart; sweep s = the method's lr-sweep runs"),
+    ]
+
+
+def header(rows: Sequence[dict], split: str) -> str:
+    """The facts as a Markdown list."""
+    return "\n".join(f"- **{label}:** {text}" for label, text in facts(rows, split)) + "\n"
 
 
 def markdown(rows: Sequence[dict], seeds: Sequence[dict], pairs: Sequence[dict], split: str) -> str:

@@ -1,0 +1,272 @@
+"""report.html: written by compare, every run in it, untrusted text escaped, the JSON block
+parses, nothing fetched; and (marker `browser`) headless Chromium loads it: the tables sort,
+the article browser shows every run's summary, the filters change the list, and an article
+holding a <script> shows as text without running."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import pytest
+from conftest import write_kaggle_dir
+from method_utils import make_run
+
+from sumtune.io import atomic_write_json
+from sumtune.report import compare_runs
+from sumtune.report.html import browser_data, repeats_ngram, script_json
+
+PAYLOAD = "<script>document.title='pwned'</script>"
+METHODS = ("zero_shot", "lora", "last_layers")
+# per article: ROUGE-L of zero_shot, lora, last_layers (in points); lora's worst is a05, best a02
+SCORES = {"a01": (10, 40, 30), "a02": (20, 90, 25), "a03": (15, 35, 80), "a04": (5, 50, 45),
+          "a05": (12, 2, 60), "a06": (30, 45, 40)}
+PREDICTIONS = {"a03": {"lora": f"Officials said {PAYLOAD} & more \u2028 done."},
+               "a04": {"zero_shot": "the storm the storm the storm hit the town"},
+               "a06": {"last_layers": ""}}
+
+
+def _article(i: str) -> str:
+    return f"Article {i}: {PAYLOAD} The mayor of Boston announced a plan." if i == "a03" else \
+        f"Article {i}: the mayor of Denver announced a storm warning for residents."
+
+
+def _write_eval(run, method):
+    lines = []
+    for i, scores in SCORES.items():
+        r_l = scores[METHODS.index(method)] / 100
+        text = PREDICTIONS.get(i, {}).get(method, f"{method} says the mayor announced a plan for {i}.")
+        lines.append({"id": i, "article": _article(i), "reference": f"The mayor announced a plan ({i}).",
+                      "prediction": text, "rouge1": r_l + 0.1, "rouge2": r_l / 2, "rougeL": r_l,
+                      "rougeLsum": r_l, "prediction_tokens": 9, "reference_tokens": 8})
+    path = run / "eval/test/predictions.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+    mean = sum(x["rougeL"] for x in lines) / len(lines)
+    atomic_write_json(run / "eval/test/metrics.json", {
+        "loss": 2.6, "rouge1": mean + 0.1, "rouge2": mean / 2, "rougeL": mean, "rougeLsum": mean, "n": len(lines),
+        "ci95": {k: [0.01, 0.9] for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")}})
+
+
+def _run(root, model_dir, method, trainable, sets=()):
+    run, *_ = make_run(root / method, model_dir, method, sets=("method.r=4", *sets))
+    atomic_write_json(run / "results.json", {
+        "method": method, "trainable_params": trainable, "total_params": 1000, "train_seconds": 10.0 + trainable,
+        "epochs_run": 2, "best_val_loss": 2.5, "peak_memory_mb": 300.0, "tokens_per_s": 950.0, "finished": True})
+    return run
+
+
+@pytest.fixture(scope="module")
+def built(tiny_neo, tmp_path_factory):
+    root = tmp_path_factory.mktemp("html")
+    runs = [_run(root, tiny_neo, m, t) for m, t in zip(METHODS, (0, 40, 500))]
+    for run, method in zip(runs, METHODS):
+        _write_eval(run, method)
+    return root, runs
+
+
+@pytest.fixture(scope="module")
+def page(built):
+    root, runs = built
+    compare_runs(runs, root / "cmp")
+    return root / "cmp/report.html"
+
+
+def _data_block(html: str) -> dict:
+    block = re.search(r'<script type="application/json" id="browser-data">(.*?)</script>', html, re.S).group(1)
+    return json.loads(block)
+
+
+def test_compare_writes_the_report_and_prints_its_path_last(built, capsys):
+    root, runs = built
+    compare_runs(runs, root / "again")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == str(root / "again/report.html")
+    assert lines[-3].startswith("plot: ")  # the plots are still printed, before it
+
+
+def test_report_holds_every_run_the_tables_and_the_plots(page):
+    html = page.read_text(encoding="utf-8")
+    for method in METHODS:
+        assert f"<td>{method}</td>" in html
+    assert "<td>43.67 [1.00, 90.00]</td>" in html  # lora's ROUGE-L with its interval, as in compare.md
+    assert html.count('src="data:image/png;base64,') == 3
+    assert "Seeds and lr per method" in html and "lora seed 42, lr 0.0003" in html
+
+
+def test_untrusted_text_is_escaped_and_the_data_block_parses(page):
+    html = page.read_text(encoding="utf-8")
+    assert "document.title" not in html.replace("\\u003cscript\\u003edocument.title", "")
+    assert "\u2028" not in html
+    data = _data_block(html)
+    assert [r["run"] for r in data["runs"]] == list(METHODS)
+    by_id = {a["id"]: a for a in data["articles"]}
+    assert list(by_id) == sorted(SCORES) and by_id["a03"]["article"] == _article("a03")
+    assert by_id["a03"]["preds"][1]["text"] == PREDICTIONS["a03"]["lora"]
+    assert by_id["a04"]["preds"][0]["repeats"] and not by_id["a04"]["preds"][1]["repeats"]
+    assert by_id["a06"]["preds"][2]["text"] == ""
+
+
+def test_nothing_is_fetched(page):
+    html = page.read_text(encoding="utf-8")
+    assert "http://" not in html and "https://" not in html
+    assert not re.search(r"<(link|iframe)\b|@import|\bsrc=\"(?!data:)", html)
+
+
+def test_script_json_and_repeats():
+    text = script_json({"a": "</script><b>&\u2028\u2029"})
+    assert not set("<>&\u2028\u2029") & set(text)
+    assert json.loads(text) == {"a": "</script><b>&\u2028\u2029"}
+    assert repeats_ngram("The storm hit; the STORM hit.") and not repeats_ngram("the storm hit the town")
+    assert not repeats_ngram("")
+
+
+def test_browser_is_capped_by_id(built):
+    _root, runs = built
+    from sumtune.report.rows import run_row
+
+    data = browser_data([run_row(r) for r in runs], runs, "test", max_articles=2)
+    assert [a["id"] for a in data["articles"]] == ["a01", "a02"] and data["total"] == 6
+
+
+def test_articles_come_from_the_data_when_predictions_lack_them(tiny_neo, tmp_path):
+    """predictions.jsonl written before the article was stored there: the page reads the run's data."""
+    from sumtune.config import load_run_config
+    from sumtune.data import load_splits
+    from sumtune.report.rows import run_row
+
+    data_dir = write_kaggle_dir(tmp_path / "cnndm")
+    run = _run(tmp_path, tiny_neo, "lora", 40, sets=(f"data.source={data_dir}",))
+    test = load_splits(load_run_config(run).data, 42)["test"]
+    line = {"id": test[0]["id"], "reference": "r", "prediction": "p", "rouge1": 0.1, "rouge2": 0.1, "rougeL": 0.1,
+            "rougeLsum": 0.1}
+    (run / "eval/test").mkdir(parents=True)
+    (run / "eval/test/predictions.jsonl").write_text(json.dumps(line) + "\n")
+    atomic_write_json(run / "eval/test/metrics.json", {"rouge1": 0.1, "rouge2": 0.1, "rougeL": 0.1,
+                                                       "rougeLsum": 0.1, "n": 1})
+    assert browser_data([run_row(run)], [run], "test")["articles"][0]["article"] == test[0]["article"]
+
+
+# --- headless Chromium -------------------------------------------------------------
+
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable",
+                                            "chrome") if shutil.which(n)), None)
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary on PATH (chromium, "
+                                    "chromium-browser, google-chrome); .ci/run installs it with apt")
+
+
+def _chromium(page, fragment, tmp_path, *args) -> str:
+    cmd = [CHROMIUM, "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run", "--disable-dev-shm-usage",
+           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=3000", *args,
+           page.resolve().as_uri() + "#" + fragment]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+class _Dom(HTMLParser):
+    """The dumped DOM, enough to read: elements as [tag, attrs, children], text as str."""
+
+    VOID = {"meta", "img", "br", "hr", "input", "link", "col", "source", "wbr"}
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.root: list = ["#root", {}, []]
+        self.stack = [self.root]
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        node = [tag, dict(attrs), []]
+        self.stack[-1][2].append(node)
+        if tag not in self.VOID:
+            self.stack.append(node)
+
+    def handle_endtag(self, tag):
+        while len(self.stack) > 1 and self.stack.pop()[0] != tag:
+            pass
+
+    def handle_data(self, data):
+        self.stack[-1][2].append(data)
+
+    def all(self, pred, node=None) -> list:
+        node = node or self.root
+        found = [node] if pred(node) else []
+        for child in node[2]:
+            if isinstance(child, list):
+                found += self.all(pred, child)
+        return found
+
+    def by_id(self, ident: str) -> list:
+        return self.all(lambda n: n[1].get("id") == ident)[0]
+
+    @staticmethod
+    def text(node) -> str:
+        return "".join(c if isinstance(c, str) else _Dom.text(c) for c in node[2])
+
+
+def _dom(page, fragment, tmp_path) -> _Dom:
+    return _Dom(_chromium(page, fragment, tmp_path, "--dump-dom"))
+
+
+def _column(dom, table_id, index=0) -> list[str]:
+    rows = dom.all(lambda n: n[0] == "tr", dom.by_id(table_id))[1:]
+    return [dom.text([c for c in r[2] if isinstance(c, list)][index]) for r in rows]
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_tables_have_a_row_per_run_and_sort(page, tmp_path):
+    dom = _dom(page, "", tmp_path)
+    assert _column(dom, "cost-table") == list(METHODS) and _column(dom, "score-table") == list(METHODS)
+    assert _column(_dom(page, "sort=-rougeL", tmp_path), "score-table") == ["last_layers", "lora", "zero_shot"]
+    assert _column(_dom(page, "sort=rougeL", tmp_path), "score-table") == ["zero_shot", "lora", "last_layers"]
+    assert _column(_dom(page, "sort=-train-s", tmp_path), "cost-table") == ["last_layers", "lora", "zero_shot"]
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_article_browser_shows_every_run_and_filters(page, tmp_path):
+    dom = _dom(page, "article=a02", tmp_path)
+    cards = {c[1]["data-run"]: dom.text(c) for c in dom.all(lambda n: "data-run" in n[1])}
+    assert list(cards) == list(METHODS)
+    for method in METHODS:
+        assert f"{method} says the mayor announced a plan for a02." in cards[method]
+    assert "ROUGE-L 90.0" in cards["lora"] and dom.text(dom.by_id("article-id")) == "Article a02"
+    listed = [o[1]["value"] for o in dom.all(lambda n: n[0] == "option", dom.by_id("article-list"))]
+    assert listed == sorted(SCORES)
+
+    worst = _dom(page, "filter=worst:lora", tmp_path)
+    order = [o[1]["value"] for o in worst.all(lambda n: n[0] == "option", worst.by_id("article-list"))]
+    assert order == sorted(SCORES, key=lambda i: SCORES[i][1]) and order != listed
+    assert worst.text(worst.by_id("article-id")) == "Article a05"  # the first of the filtered list
+    dis = _dom(page, "filter=disagree:lora,last_layers", tmp_path)
+    assert dis.all(lambda n: n[0] == "option", dis.by_id("article-list"))[0][1]["value"] == "a02"  # |90 - 25|
+    for kind, ids in (("repeats", ["a04"]), ("empty", ["a06"])):
+        d = _dom(page, f"filter={kind}", tmp_path)
+        assert [o[1]["value"] for o in d.all(lambda n: n[0] == "option", d.by_id("article-list"))] == ids
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_a_script_in_the_data_shows_as_text_and_does_not_run(page, tmp_path):
+    raw = _chromium(page, "article=a03", tmp_path, "--dump-dom")
+    dom = _Dom(raw)
+    assert dom.text(dom.all(lambda n: n[0] == "title")[0]) == "sumtune comparison"
+    assert dom.text(dom.by_id("article-text")) == _article("a03")
+    lora = next(c for c in dom.all(lambda n: n[1].get("data-run") == "lora"))
+    assert PAYLOAD in dom.text(lora)
+    assert "<script>document.title" not in raw and "&lt;script&gt;document.title" in raw
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_screenshots(page, tmp_path):
+    """The top of the page, and the whole page (the browser is below the plots) for a filtered article."""
+    for name, fragment, height in (("top", "", 2000), ("browser", "filter=worst:lora&article=a03", 3600)):
+        shot = tmp_path / f"{name}.png"
+        _chromium(page, fragment, tmp_path, f"--screenshot={shot}", f"--window-size=1400,{height}",
+                  "--hide-scrollbars")
+        assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 20_000
