@@ -31,6 +31,7 @@ from typing import Any
 from sumtune.config import Config, build_config, config_differences, load_run_config
 from sumtune.errors import UserError
 from sumtune.io import atomic_dir, atomic_write_json, read_json
+from sumtune.lock import DirLock
 from sumtune.runs import is_finished
 
 log = logging.getLogger(__name__)
@@ -262,44 +263,53 @@ def _fixed_lr(plan: Plan, method: str) -> float | None:
 # --- the study ------------------------------------------------------------------
 
 
-def run_experiment(cfg: Config, plan: Plan | None = None) -> dict:
-    """Train, evaluate and compare every method into cfg.output_dir; returns the comparison."""
-    from sumtune.report import compare_runs
-
-    plan = plan or Plan()
+def _check_plan(cfg: Config, plan: Plan) -> None:
+    """Every refusal that needs no training, before anything runs."""
     if plan.sweep_lr and plan.lr is not None and not isinstance(plan.lr, dict):
         raise UserError("--lr fixes one rate for every method and --sweep-lr searches per method; pass one of them")
     if isinstance(plan.lr, dict) and (unknown := sorted(set(plan.lr) - set(plan.methods()))):
         raise UserError(f"--lr names {', '.join(unknown)}, not trained here (methods: {', '.join(plan.methods())})")
     if plan.sweep_lr:
-        _sweep_steps(cfg)  # refuse a budget the sweep cannot train with, before anything runs
+        _sweep_steps(cfg)
+
+
+def _method_lr(cfg: Config, plan: Plan, method: str, record: dict, memo: dict) -> float | None:
+    """The method's rate: fixed by --lr, else swept (recorded) or the middle of its grid."""
+    lr = _fixed_lr(plan, method)
+    if method == "zero_shot" or lr is not None:
+        return lr
+    grid = plan.lr_grid[grid_key(_method_cfg(cfg, method, Path(cfg.output_dir) / method, None))]
+    if not plan.sweep_lr:
+        return grid[len(grid) // 2]
+    record["sweep"][method] = _sweep(cfg, method, Path(cfg.output_dir), grid, plan.overwrite, memo)
+    return record["sweep"][method]["best"]
+
+
+def run_experiment(cfg: Config, plan: Plan | None = None) -> dict:
+    """Train, evaluate and compare every method into cfg.output_dir (its only writer while
+    it runs); returns the comparison."""
+    from sumtune.report import compare_runs
+
+    plan = plan or Plan()
+    _check_plan(cfg, plan)
     out = Path(cfg.output_dir)
     seeds = [cfg.train.seed + i for i in range(plan.seeds)]
     record: dict = {"methods": list(plan.methods()), "seeds": seeds, "lr": {}, "sweep": {}, "runs": {}}
     runs = []
     memo: dict = {}  # today's content fingerprints, computed once if a finished run needs them
-    for method in plan.methods():
-        c0 = _method_cfg(cfg, method, out / method, None)
-        lr, key = _fixed_lr(plan, method), grid_key(c0)
-        if method != "zero_shot" and lr is None:
-            grid = plan.lr_grid[key]
-            if plan.sweep_lr:
-                record["sweep"][method] = _sweep(cfg, method, out, grid, plan.overwrite, memo)
-                lr = record["sweep"][method]["best"]
-            else:
-                lr = grid[len(grid) // 2]
-        record["lr"][method] = lr
-        record["runs"][method] = []
-        for i, seed in enumerate(seeds if method != "zero_shot" else seeds[:1]):
-            run_dir = out / (method if i == 0 else f"{method}-seed{seed}")
-            c = _method_cfg(cfg, method, run_dir, lr, seed)
-            print(f"== {method}" + (f" (lr {lr:g})" if lr is not None else "") + f", seed {seed} -> {c.output_dir}")
-            run, trained = _train(c, plan.overwrite, memo)
-            _evaluate(run, plan, c, retrained=trained)
-            runs.append(run)
-            record["runs"][method].append(str(run))
-        atomic_write_json(out / "experiment.json", record)
-    return compare_runs(runs, out, experiment=record)
+    with DirLock(out, "experiment directory"):
+        for method in plan.methods():
+            lr = record["lr"][method] = _method_lr(cfg, plan, method, record, memo)
+            record["runs"][method] = []
+            for i, seed in enumerate(seeds if method != "zero_shot" else seeds[:1]):
+                c = _method_cfg(cfg, method, out / (method if i == 0 else f"{method}-seed{seed}"), lr, seed)
+                print(f"== {method}" + (f" (lr {lr:g})" if lr is not None else "") + f", seed {seed} -> {c.output_dir}")
+                run, trained = _train(c, plan.overwrite, memo)
+                _evaluate(run, plan, c, retrained=trained)
+                runs.append(run)
+                record["runs"][method].append(str(run))
+            atomic_write_json(out / "experiment.json", record)
+        return compare_runs(runs, out, experiment=record)
 
 
 def _demo_texts() -> list[str]:

@@ -1,14 +1,21 @@
 """Atomic, pickle-free persistence: safetensors for tensors, JSON/YAML for the rest.
 
 Every write goes to a temporary name in the same directory, is fsynced, then
-renamed over the target, so a killed process never leaves a half-written file.
+renamed over the target, so a killed process never leaves a half-written file. A write
+that fails (no space left, permission denied, a read-only file system, a path part that is
+a file) removes its temporary file and raises `WriteError`: one line naming the path, the
+reason and the bytes it needed; what was written before is untouched.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +26,60 @@ from safetensors.torch import load_file, save_file
 from sumtune.errors import UserError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+_REASONS = {
+    errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.EROFS: "read-only file system",
+    errno.ENOTDIR: "a part of the path is a file, not a directory", errno.EISDIR: "it is a directory",
+}
 
 
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+class WriteError(UserError):
+    """A file or directory that could not be written (see the module docstring)."""
+
+    def __init__(self, path: Path, code: int | None, detail: str, needed: int | None = None):
+        self.path, self.errno = Path(path), code
+        reason = _REASONS.get(code, detail) if code is not None else detail
+        size = f" (it needed about {needed / 2**20:.1f} MB)" if needed and code in (errno.ENOSPC, errno.EDQUOT) else ""
+        super().__init__(f"cannot write {path}: {reason}{size}")
+
+
+def _errno_of(e: BaseException) -> int | None:
+    """The OS error number of an OSError, or of a safetensors error that wraps one ("os error 28")."""
+    if isinstance(e, OSError):
+        return e.errno
+    found = re.search(r"os error (\d+)", str(e))
+    return int(found.group(1)) if found else None
+
+
+@contextlib.contextmanager
+def writing(path: Path, needed: int | None = None) -> Iterator[None]:
+    """Turn an OS-level failure of the block into a WriteError naming `path`."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        yield
+    except WriteError:
         raise
+    except (OSError, SafetensorError) as e:
+        detail = getattr(e, "strerror", None) or str(e).splitlines()[0]
+        raise WriteError(path, _errno_of(e), detail, needed) from None
+
+
+def _atomic(path: Path, write, needed: int | None = None) -> None:
+    with writing(path, needed):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    _atomic(Path(path), lambda f: f.write(data))
+    _atomic(Path(path), lambda f: f.write(data), len(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -50,17 +93,18 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """safetensors.save_file through a temporary name + fsync + rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path, sum(t.numel() * t.element_size() for t in tensors.values())):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -100,8 +144,9 @@ class atomic_dir:
         self.path = Path(path)
 
     def __enter__(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+        with writing(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -109,7 +154,18 @@ class atomic_dir:
 
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if issubclass(exc_type, (OSError, SafetensorError)) and not issubclass(exc_type, WriteError):
+                raise WriteError(self.path, _errno_of(exc), getattr(exc, "strerror", None) or str(exc)) from None
             return
+        try:
+            self._swap_in()
+        except OSError as e:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise WriteError(self.path, e.errno, e.strerror or str(e)) from None
+
+    def _swap_in(self) -> None:
+        import shutil
+
         for f in self.tmp.iterdir():
             if f.is_file():
                 with open(f, "rb") as fh:
@@ -119,6 +175,11 @@ class atomic_dir:
             old = self.path.with_name(f".{self.path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(self.path, old)
-        os.replace(self.tmp, self.path)
+        try:
+            os.replace(self.tmp, self.path)
+        except OSError:
+            if old is not None:
+                os.replace(old, self.path)  # the previous directory back in place
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

@@ -11,6 +11,7 @@ from typing import Any
 
 from sumtune.errors import UserError
 from sumtune.io import atomic_write_json, atomic_write_text, read_json
+from sumtune.lock import DirLock
 from sumtune.report.html import MAX_ARTICLES, write_html
 from sumtune.report.plots import loss_curves, plots
 from sumtune.report.rows import run_row
@@ -43,18 +44,18 @@ def compare_runs(run_dirs: Sequence[str | Path], output: str | Path | None = Non
     if len({r["run"] for r in rows}) < len(rows):  # same directory names: label by path instead
         for row, run in zip(rows, runs):
             row["run"] = str(run.resolve().relative_to(parent))
-    out.mkdir(parents=True, exist_ok=True)
     seeds, pairs = seed_summary(rows), pairwise(rows, runs, split)
     text = markdown(rows, seeds, pairs, split)
-    written = plots(rows, runs, out, split)
-    atomic_write_text(out / "compare.md", text + "\n" + "".join(f"![{p.stem}]({p.name})\n" for p in written))
-    report = {"split": split, "rows": rows, "seeds": seeds, "pairs": pairs, "plots": [str(p) for p in written]}
-    atomic_write_json(out / "compare.json", report)
-    print(text)
-    print(f"wrote {out / 'compare.md'}, {out / 'compare.json'}")
-    for p in written:
-        print(f"plot: {p}")
-    page = write_html(report, runs, out, max_articles)
+    with DirLock(out, "comparison directory"):
+        written = plots(rows, runs, out, split)
+        atomic_write_text(out / "compare.md", text + "\n" + "".join(f"![{p.stem}]({p.name})\n" for p in written))
+        report = {"split": split, "rows": rows, "seeds": seeds, "pairs": pairs, "plots": [str(p) for p in written]}
+        atomic_write_json(out / "compare.json", report)
+        print(text)
+        print(f"wrote {out / 'compare.md'}, {out / 'compare.json'}")
+        for p in written:
+            print(f"plot: {p}")
+        page = write_html(report, runs, out, max_articles)
     print("report (one file, open it in any browser):")
     print(page)
     return report

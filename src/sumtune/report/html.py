@@ -25,8 +25,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from sumtune.io import atomic_write_text
 from sumtune.errors import UserError
+from sumtune.io import atomic_write_text
 from sumtune.report.tables import ROUGE_NAMES, cost_body, facts, pair_body, score_body, seed_body
 
 log = logging.getLogger(__name__)

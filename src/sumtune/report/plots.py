@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
 from sumtune.errors import UserError
+from sumtune.io import atomic_write_bytes
 from sumtune.metrics import ROUGE_KEYS
 
 PLOTS = {"loss": "loss_curves.png", "rouge": "rouge_bars.png", "params": "params_vs_rougeL.png"}
@@ -107,12 +107,14 @@ def plots(rows: Sequence[dict], runs: Sequence[Path], out: Path, split: str = "t
 
 
 def _save(fig, path: Path) -> Path:
-    """Save a figure atomically (temporary name in the same directory, then rename)."""
+    """Save a figure atomically (as io's writers: temporary name, then rename)."""
+    import io as stdio
+
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(f".{path.name}.tmp")
+    buffer = stdio.BytesIO()
     fig.tight_layout()
-    fig.savefig(tmp, dpi=120, format="png")
+    fig.savefig(buffer, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buffer.getvalue())
     return path
