@@ -5,7 +5,7 @@ Sources (``DataConfig.source``):
 - one ``.csv`` / ``.jsonl`` / ``.json`` file, split by ratio with the seed;
 - ``hf:NAME[:CONFIG]`` through ``datasets`` (e.g. ``hf:abisee/cnn_dailymail:3.0.0``).
 
-Files are read by ``datasets`` into memory-mapped Arrow tables (cached on disk), so
+Files are read (``readers``) into memory-mapped Arrow tables (cached on disk), so
 a 1.3 GB CSV is not held in RAM; splitting, subsetting and cleaning carry explicit
 fingerprints (``cache_key``), so a re-run reuses the cache instead of cleaning again.
 """
