@@ -17,7 +17,7 @@ from conftest import write_kaggle_dir
 
 from sumtune import data
 from sumtune.config import DataConfig
-from sumtune.data import sources, tokenize
+from sumtune.data import readers, sources, tokenize
 from sumtune.errors import UserError
 from sumtune.modeling import load_tokenizer
 from sumtune.tiny import synthetic_news, train_tokenizer
@@ -243,9 +243,9 @@ def test_find_bad_utf8_across_chunk_boundary(tmp_path):
     # a multi-byte character cut by the read chunk is fine; a bad byte is found with its line
     good = ("é" * 10).encode()
     (tmp_path / "ok").write_bytes(b"a\n" + good)
-    assert sources._find_bad_utf8(tmp_path / "ok") is None
+    assert readers._find_bad_utf8(tmp_path / "ok") is None
     (tmp_path / "bad").write_bytes(b"a\nb\n" + good + b"\xff")
-    assert sources._find_bad_utf8(tmp_path / "bad") == 3
+    assert readers._find_bad_utf8(tmp_path / "bad") == 3
 
 
 # --- tokenisation -----------------------------------------------------------

@@ -2,6 +2,7 @@
 
 - ``sources``: read a Kaggle CSV directory, a CSV/JSONL file or ``hf:NAME``; check it,
   split it, take seeded subsets, clean the rows (``load_splits``);
+- ``readers``: one CSV / JSON Lines file; each fault named by file and 1-based line;
 - ``clean``: the text cleaning (``clean_article``, ``clean_summary``);
 - ``tokenize``: prompt + target token examples with labels (``tokenize_splits``,
   ``encode_prompt`` for generation);

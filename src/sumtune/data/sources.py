@@ -5,18 +5,14 @@ Sources (``DataConfig.source``):
 - one ``.csv`` / ``.jsonl`` / ``.json`` file, split by ratio with the seed;
 - ``hf:NAME[:CONFIG]`` through ``datasets`` (e.g. ``hf:abisee/cnn_dailymail:3.0.0``).
 
-Files are read by ``datasets`` into memory-mapped Arrow tables (cached on disk), so
+Files are read (``readers``) into memory-mapped Arrow tables (cached on disk), so
 a 1.3 GB CSV is not held in RAM; splitting, subsetting and cleaning carry explicit
 fingerprints (``cache_key``), so a re-run reuses the cache instead of cleaning again.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import hashlib
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +20,17 @@ import numpy as np
 
 from sumtune.config import DataConfig
 from sumtune.data.clean import clean_article, clean_summary
+from sumtune.data.readers import (
+    BOM,
+    cache_key,
+    csv_diagnose,
+    csv_header,
+    datasets_quiet,
+    first_line,
+    has_content,
+    load_jsonl,
+    utf8_error,
+)
 from sumtune.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -39,111 +46,41 @@ def num_workers(cfg: DataConfig, n: int) -> int | None:
     return cfg.num_proc if cfg.num_proc > 1 and n >= MIN_PARALLEL_ROWS else None
 
 
-def cache_key(*parts: Any) -> str:
-    """A ``datasets`` fingerprint for a step computed from its inputs."""
-    return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0] if s else type(e).__name__
-
-
-@contextlib.contextmanager
-def _datasets_quiet() -> Iterator[None]:
-    """datasets logs read failures at ERROR on stderr; we report them as one UserError instead."""
-    logger = logging.getLogger("datasets")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def _find_bad_utf8(path: Path) -> int | None:
-    """1-based line number of the first non-UTF-8 byte sequence, or None."""
-    line = 1
-    with open(path, "rb") as f:
-        tail = b""
-        while chunk := f.read(1 << 24):
-            buf = tail + chunk
-            try:
-                buf.decode("utf-8")
-                tail = b""
-            except UnicodeDecodeError as e:
-                if e.end < len(buf) or e.reason != "unexpected end of data":
-                    return line + buf[: e.start].count(b"\n")
-                tail = buf[e.start :]
-                buf = buf[: e.start]
-            line += buf.count(b"\n")
-    return line if tail else None
-
-
-def _utf8_error(path: Path) -> UserError | None:
-    bad = _find_bad_utf8(path)
-    if bad is None:
-        return None
-    return UserError(
-        f"{path}, line {bad}: not valid UTF-8; re-encode the file as UTF-8 "
-        f"(e.g. iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix})"
-    )
-
-
-def _csv_header(path: Path) -> list[str]:
-    """The CSV's column names; fails on an empty, header-only or undecodable file."""
-    with open(path, "rb") as f:
-        first = f.readline()
-        has_row = any(line.strip() for line in f)
-    if not first.strip():
-        raise UserError(f"{path}: file is empty; it needs a header row and examples")
-    try:
-        header = next(csv.reader([first.decode("utf-8-sig")]))
-    except UnicodeDecodeError:
-        raise _utf8_error(path) or UserError(f"{path}, line 1: not valid UTF-8") from None
-    if not has_row:
-        raise UserError(f"{path}: header only ({', '.join(header)}), no examples")
-    return [c or f"column{i}" for i, c in enumerate(header)]
-
-
-def _load_file(path: Path, kind: str):
+def _load_file(path: Path, kind: str, cfg: DataConfig):
     """One CSV/JSON(L) file as a memory-mapped Dataset; every failure is one line naming the file."""
     import datasets
 
-    kwargs: dict[str, Any] = {}
-    if kind == "csv":
+    if kind == "json":
+        if not has_content(path):
+            raise UserError(f"{path}: file is empty; it needs one JSON object per line")
+        with open(path, "rb") as f:
+            is_array = f.read(64).lstrip(BOM + b" \t\r\n").startswith(b"[")
+        if not is_array:  # JSON Lines: our reader, which knows the line of a fault
+            return load_jsonl(path, cfg.article_column, cfg.summary_column, cfg.id_column)
+        # a JSON array (.json): pyarrow's reader does not check UTF-8; bad bytes would only fail later
+        if (err := utf8_error(path)) is not None:
+            raise err
+        kwargs: dict[str, Any] = {}
+    else:
         # Every column as text: ids keep leading zeros, a chunk of empty cells cannot change a column's type.
-        cols = _csv_header(path)
+        cols = csv_header(path)
         kwargs = {"column_names": cols, "header": 0,
                   "features": datasets.Features({c: datasets.Value("string") for c in cols})}
-    else:
-        if not _has_content(path):
-            raise UserError(f"{path}: file is empty; it needs one JSON object per line")
-        # pyarrow's JSON reader does not check UTF-8; bad bytes would only fail later, mid-training.
-        err = _utf8_error(path)
-        if err is not None:
-            raise err
     try:
-        with _datasets_quiet():
+        with datasets_quiet():
             return datasets.load_dataset(kind, data_files={"train": str(path)}, split="train", **kwargs)
     except Exception as e:  # noqa: BLE001 - turned into one line naming the file
         chain = f"{e!r} {e.__cause__!r} {e.__context__!r}".lower()
         if "utf-8" in chain or "unicode" in chain:
-            err = _utf8_error(path)
+            err = utf8_error(path)
             if err is not None:
                 raise err from None
         if "corresponds to no data" in chain or "no columns" in chain:
             raise UserError(f"{path}: no examples in the file") from None
         cause = e.__cause__ or e
-        raise UserError(f"cannot read {path} as {kind}: {_first_line(cause)}") from None
-
-
-def _has_content(path: Path) -> bool:
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 16):
-            if chunk.strip():
-                return True
-    return False
+        if kind == "csv" and (err := csv_diagnose(path, len(cols), str(cause))) is not None:
+            raise err from None
+        raise UserError(f"cannot read {path} as {kind}: {first_line(cause)}") from None
 
 
 def _check_columns(ds, where: str, cfg: DataConfig) -> None:
@@ -187,14 +124,14 @@ def _read_source(cfg: DataConfig, seed: int) -> dict[str, Any]:
             raise UserError(f"{src}: missing {', '.join(missing)}; a Kaggle CNN/DM directory has train.csv, validation.csv, test.csv")
         raw = {}
         for split, name in KAGGLE_FILES.items():
-            ds = _load_file(path / name, "csv")
+            ds = _load_file(path / name, "csv", cfg)
             _check_columns(ds, str(path / name), cfg)
             raw[split] = _with_ids(ds, cfg)
         return raw
     kind = {".csv": "csv", ".jsonl": "json", ".json": "json"}.get(path.suffix.lower())
     if kind is None:
         raise UserError(f"{src} is not a dataset: use a .csv or .jsonl file, a Kaggle CNN/DM directory or hf:NAME")
-    ds = _load_file(path, kind)
+    ds = _load_file(path, kind, cfg)
     _check_columns(ds, src, cfg)
     return _split_missing({"train": _with_ids(ds, cfg)}, cfg, seed)
 
@@ -213,10 +150,10 @@ def _load_hub(src: str):
     name, _, conf = src[3:].partition(":")
     cache_only = use_cache_only()  # unreachable: the process is offline from here on
     try:
-        with _datasets_quiet():
+        with datasets_quiet():
             raw = datasets.load_dataset(name, conf or None)
     except Exception as e:  # noqa: BLE001
-        why = "the Hub is unreachable and it is not in the local cache" if cache_only else _first_line(e)[:160]
+        why = "the Hub is unreachable and it is not in the local cache" if cache_only else first_line(e)[:160]
         raise UserError(
             f"cannot load dataset '{name}' from the Hugging Face Hub ({why}); offline, run "
             "`sumtune download data` where you have internet and pass the directory with --data DIR"
