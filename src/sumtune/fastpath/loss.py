@@ -3,8 +3,8 @@
 The reference path runs the LM head over every position ([B, T, vocab] logits; for
 a 600-token article and a 64-token summary, 90% of it is thrown away by the -100
 labels) and pads every row of a micro-batch to the longest one. Here:
-- the method model runs with `logits_to_keep=1` (its head sees one position) while a forward
-  hook on the causal LM's body takes the final hidden states; a method's virtual tokens come
+- the method model runs with `logits_to_keep` empty (its head projects no position) while a
+  forward hook on the causal LM's body takes the final hidden states; a method's virtual tokens come
   first (the method contract), so the last T positions are aligned with `input_ids`. The model's
   modules stay as they are (no head swapped out and back on every forward);
 - the head is applied only at positions whose next token carries a label;
@@ -56,21 +56,41 @@ def find_head(model: nn.Module) -> nn.Module:
     return find_lm(model).get_output_embeddings()
 
 
+_NO_POSITION = torch.empty(0, dtype=torch.long)  # `logits_to_keep`: the head projects no position
+
+
 @contextmanager
 def _captured(model: nn.Module, before: nn.Module | None) -> Iterator[list[torch.Tensor]]:
     """Within the block, each forward of `model` appends to the yielded list the causal LM body's
-    output (the final hidden states), or the input of `before` (a final norm that trains)."""
+    output (the final hidden states), or the input of `before` (a final norm that trains). The LM
+    head, which then sees no position, runs with autocast off: autocast would cast its whole
+    [vocab, hidden] weight even for an empty product (a tied head is fp32)."""
     out: list[torch.Tensor] = []
+    lm = find_lm(model)
+    states: list[tuple[str, bool]] = []
+
+    def head_off(m, args):
+        device = args[0].device.type
+        states.append((device, torch.is_autocast_enabled(device)))
+        torch.set_autocast_enabled(device, False)
+
+    def head_on(m, args, output):
+        torch.set_autocast_enabled(*states.pop())
+
     if before is not None:
-        handle = before.register_forward_pre_hook(lambda m, args: out.append(args[0]))
+        handles = [before.register_forward_pre_hook(lambda m, args: out.append(args[0]))]
     else:
-        lm = find_lm(model)
         body = getattr(lm, lm.base_model_prefix)
-        handle = body.register_forward_hook(lambda m, args, output: out.append(output[0]))
+        handles = [body.register_forward_hook(lambda m, args, output: out.append(output[0]))]
+    head = lm.get_output_embeddings()
+    handles += [head.register_forward_pre_hook(head_off), head.register_forward_hook(head_on)]
     try:
         yield out
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
+        while states:  # the head raised: put autocast back as it was
+            torch.set_autocast_enabled(*states.pop())
 
 
 def final_hidden(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor,
@@ -78,7 +98,7 @@ def final_hidden(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor,
     """The final hidden states [B, T, H] aligned with `ids` [B, T] (see the module doc); with
     `before`, that module's input instead (the head-only feature cache with a trained norm)."""
     with _captured(model, before) as out:
-        model(input_ids=ids, attention_mask=mask, logits_to_keep=1)
+        model(input_ids=ids, attention_mask=mask, logits_to_keep=_NO_POSITION.to(ids.device))
     return out[-1][:, out[-1].shape[1] - ids.shape[1]:]
 
 
