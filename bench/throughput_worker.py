@@ -2,8 +2,8 @@
 """One sumtune side of bench/throughput.py (run in its own process for a clean peak RSS).
 
 Trains on pre-tokenised rows with the trainer's own pieces, set up as `train.train`
-sets them up: the method's `prepare`, `fastpath.speed_up` and `select_loss` (switched
-by train.fast), the AdamW parameter groups and schedule, the data order, collation and
+sets them up: the method's `prepare`, `fastpath.apply_fast_paths` and `select_loss` (switched
+by train.fast and train.fast_paths), the AdamW parameter groups and schedule, the data order, collation and
 `train.optimizer_step` (exact accumulation, clipping). What `train.train` adds around
 them - reading text data, validation, checkpoints - is left out, as the peer has none.
 Prints one JSON line: seconds and tokens/s of the first epoch, and all epochs' time.
@@ -41,7 +41,7 @@ def main() -> None:
     from sumtune import train as trainer
     from sumtune.config import build_config
     from sumtune.data import Collator, epoch_order
-    from sumtune.fastpath import fused_adamw, select_loss, speed_up
+    from sumtune.fastpath import FastPathContext, apply_fast_paths, from_config, fused_adamw, select_loss
     from sumtune.methods import get_method
     from sumtune.modeling import autocast_dtype, load_model, load_tokenizer
 
@@ -58,8 +58,9 @@ def main() -> None:
     accelerator, precision = trainer._accelerator(cfg, Path(a.out))
     tokenizer = load_tokenizer(a.model)
     model = get_method(a.method).prepare(load_model(a.model), tokenizer, cfg.method)
-    speed_up(model, tc.fast, cfg.model.attention, autocast_dtype(precision))
-    loss_fn = select_loss(model, trainer.token_loss_sum, tc.fast)
+    applied = apply_fast_paths(model, FastPathContext(autocast=autocast_dtype(precision), attention=cfg.model.attention),
+                               from_config(tc))
+    loss_fn = select_loss(model, trainer.token_loss_sum, applied)
     ds = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
     collate = Collator(tokenizer.pad_token_id)
     per_step = tc.batch_size * tc.grad_accum
@@ -67,7 +68,7 @@ def main() -> None:
 
     t0 = time.perf_counter()  # from here on, what the peer's Trainer.train() times
     optimizer = torch.optim.AdamW(trainer.param_groups(model, tc.weight_decay), lr=tc.lr,
-                                  fused=fused_adamw(tc.fast))
+                                  fused=fused_adamw(applied))
     scheduler = trainer._scheduler(optimizer, tc.scheduler, 0, steps_per_epoch * a.epochs)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()

@@ -94,7 +94,7 @@ def test_gpt_neo_sdpa_generate_with_cache_matches_eager(tiny_neo):
               output_logits=True, return_dict_in_generate=True)
     set_attention(model, "eager")
     ref = model.generate(ids, **kw)
-    speed_up(model)  # SDPA and the few-rows head
+    speed_up(model, inference=True)  # SDPA and the few-rows head (decoding only)
     out = model.generate(ids, **kw)
     assert torch.equal(out.sequences, ref.sequences)  # 42 tokens: past the window of 16
     torch.testing.assert_close(torch.stack(out.logits), torch.stack(ref.logits), rtol=TOL, atol=TOL)
@@ -411,7 +411,7 @@ def test_feature_cache_only_when_exact(tiny_neo, tiny_gpt2):
 @pytest.mark.parametrize("trainable", [False, True])
 def test_head_cast_once_is_autocast_bit_for_bit(trainable):
     """The head's bf16 copy is made once per weight version and gives autocast's loss and gradients."""
-    from sumtune.fastpath.loss import head_loss_sum
+    from sumtune.fastpath.loss import cached_low_weight, head_loss_sum
 
     torch.manual_seed(0)
     head = nn.Linear(16, 50, bias=False).requires_grad_(trainable)
@@ -437,14 +437,14 @@ def test_head_cast_once_is_autocast_bit_for_bit(trainable):
             ref = run(lambda h: F.cross_entropy(F.linear(h, head.weight).float(), targets, reduction="sum"))
             assert torch.equal(fast[0], ref[0])
         return
-    low = head._sumtune_low_weight[1]
+    low = cached_low_weight(head)
     run(lambda h: head_loss_sum(head, h, targets))
-    assert head._sumtune_low_weight[1] is low  # not cast again
+    assert cached_low_weight(head) is low  # not cast again
     with torch.no_grad():
         head.weight.add_(1.0)  # changed in place (load_state_dict, resume)
     fast = run(lambda h: head_loss_sum(head, h, targets))
     ref = run(lambda h: F.cross_entropy(F.linear(h, head.weight).float(), targets, reduction="sum"))
-    assert head._sumtune_low_weight[1] is not low and torch.equal(fast[0], ref[0])
+    assert cached_low_weight(head) is not low and torch.equal(fast[0], ref[0])
 
 
 @pytest.mark.parametrize("arch", ["tiny_neo", "tiny_gpt2"])
@@ -505,3 +505,140 @@ def test_cast_once_does_not_serve_a_graph_less_copy_to_autograd():
     with torch.no_grad():
         cast_once(x, torch.bfloat16)
     assert cast_once(x, torch.bfloat16).requires_grad
+
+
+# ---------------------------------------------------------------- registry: apply, log, revert
+
+from sumtune.config import FAST_PATH_NAMES, build_config  # noqa: E402
+from sumtune.errors import UserError  # noqa: E402
+from sumtune.fastpath import (  # noqa: E402
+    FAST_PATHS,
+    FastPathContext,
+    apply_fast_paths,
+    from_config,
+    revert_fast_paths,
+)
+from sumtune.fastpath.loss import cached_low_weight, find_head  # noqa: E402
+from sumtune.fastpath.precision import ACTIVATIONS  # noqa: E402
+
+METHODS = [("prompt_tuning", {"n_tokens": 5}), ("lora", {}), ("last_layers", {"last_k_blocks": 1}), ("full", {})]
+CONTEXTS = {"train": FastPathContext(training=True, autocast=torch.bfloat16),
+            "infer": FastPathContext(training=False, autocast=torch.bfloat16)}
+
+
+def _snapshot(model) -> dict:
+    """What apply + revert must leave as it was: module classes and modes, the state_dict (keys,
+    dtypes, values), which entries share storage (a tied head), requires_grad, the attention choice."""
+    sd = model.state_dict()
+    groups: dict[int, list[str]] = {}
+    for k, t in sd.items():
+        groups.setdefault(t.untyped_storage().data_ptr(), []).append(k)
+    return {
+        "modules": [(n, type(m), m.training) for n, m in model.named_modules()],
+        "state": {k: (t.dtype, t.detach().clone()) for k, t in sd.items()},
+        "shared": sorted(sorted(g) for g in groups.values()),
+        "grad": [(n, p.requires_grad) for n, p in model.named_parameters()],
+        "attention": sorted({m.config._attn_implementation_internal for m in model.modules()
+                             if hasattr(m, "config") and hasattr(m.config, "_attn_implementation_internal")}),
+    }
+
+
+def _assert_same(got: dict, want: dict) -> None:
+    assert got["modules"] == want["modules"]
+    assert got["state"].keys() == want["state"].keys()
+    for k, (dtype, value) in want["state"].items():
+        assert got["state"][k][0] == dtype and torch.equal(got["state"][k][1], value), k
+    assert got["shared"] == want["shared"] and got["grad"] == want["grad"] and got["attention"] == want["attention"]
+
+
+def _use(model, ctx, applied, batch) -> None:
+    """Run the patched model as the trainer or the decoder would, filling the paths' caches."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        if ctx.training:
+            model.train()
+            loss, _ = select_loss(model, _hf_loss_sum, applied)(model, batch)
+            loss.backward()
+        else:
+            model.eval()
+            with torch.inference_mode():
+                model(input_ids=batch["input_ids"][:, :7])
+
+
+@pytest.mark.parametrize("ctx_name", list(CONTEXTS))
+@pytest.mark.parametrize("method,cfg", METHODS)
+@pytest.mark.parametrize("arch", ["tiny_neo", "tiny_gpt2"])
+def test_apply_then_revert_gives_the_unpatched_model(request, arch, method, cfg, ctx_name):
+    """Each fast path alone, then all together: after apply + revert the model equals a copy that
+    was never patched, bit for bit (logits, state_dict, storage sharing, classes, flags)."""
+    import copy
+
+    ctx = CONTEXTS[ctx_name]
+    model, _ = _method_model(request.getfixturevalue(arch), method, **cfg)
+    pristine = copy.deepcopy(model)
+    batch = _batch(model.config.vocab_size)
+    pristine.eval()
+    with torch.no_grad():
+        want_logits = pristine(**batch).logits
+    want = _snapshot(pristine)
+    applied_somewhere = set()
+    for enabled in [{p.name} for p in FAST_PATHS] + [True]:
+        applied = apply_fast_paths(model, ctx, enabled)
+        assert set(applied) <= (set(enabled) if enabled is not True else set(FAST_PATH_NAMES))
+        applied_somewhere |= set(applied)
+        _use(model, ctx, applied, batch)
+        model.zero_grad(set_to_none=True)
+        revert_fast_paths(model)
+        assert len(ACTIVATIONS) == 0 and cached_low_weight(find_head(model)) is None
+        model.train(pristine.training)
+        _assert_same(_snapshot(model), want)
+        with torch.no_grad():
+            assert torch.equal(model(**batch).logits, want_logits), enabled
+    expected = {"sdpa_attention", "fused_gelu"}
+    expected |= set() if method == "full" and ctx.training else {"cast_frozen_weights"}  # nothing frozen
+    expected |= {"fast_lora"} if method == "lora" else set()
+    expected |= {"label_loss", "fused_adamw"} if ctx.training else {"few_rows_head"}
+    assert expected <= applied_somewhere
+
+
+def test_head_patch_only_at_inference_and_loss_keeps_the_head_in_place(tiny_neo):
+    model, _ = _method_model(tiny_neo, "lora", dropout=0.0)
+    assert "few_rows_head" not in apply_fast_paths(model, FastPathContext(training=True), True)
+    head = find_head(model)
+    assert type(head) is nn.Linear
+    seen = []
+    head.register_forward_pre_hook(lambda m, args: seen.append((model.get_output_embeddings() is m, args[0].shape[1])))
+    fast_token_loss_sum(model, _batch(model.config.vocab_size))
+    assert seen and all(in_place and rows == 0 for in_place, rows in seen)  # never swapped; no position
+    assert "few_rows_head" in apply_fast_paths(model, FastPathContext(training=False), True)
+
+
+def test_fast_paths_config_selects_and_logs(tiny_gpt2, caplog):
+    import logging
+
+    model, _ = _method_model(tiny_gpt2, "lora")
+    head_only, _ = _method_model(tiny_gpt2, "last_layers")  # where the feature cache applies
+    ctx = FastPathContext(training=True, autocast=torch.bfloat16)
+    for name in FAST_PATH_NAMES:
+        cfg = build_config(flags={"train.fast_paths": name})
+        on = head_only if name == "feature_cache" else model
+        applied = apply_fast_paths(on, CONTEXTS["infer" if name == "few_rows_head" else "train"], from_config(cfg.train))
+        assert applied == [name]
+    with caplog.at_level(logging.INFO, logger="sumtune.fastpath"):
+        applied = apply_fast_paths(model, ctx, from_config(build_config(flags={}).train))
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [f"fast path: {n}" for n in applied]
+    assert apply_fast_paths(model, ctx, from_config(build_config(flags={"train.fast": False}).train)) == []
+    assert select_loss(model, _hf_loss_sum, []) is _hf_loss_sum
+    revert_fast_paths(model)
+
+
+def test_unknown_fast_path_is_refused_in_one_line():
+    with pytest.raises(UserError) as e:
+        build_config(flags={"train.fast_paths": "sdpa_attention,warp_drive"})
+    msg = str(e.value)
+    assert "\n" not in msg and "train.fast_paths" in msg and "warp_drive" in msg
+    assert all(name in msg for name in FAST_PATH_NAMES)
+
+
+def test_registry_and_config_name_the_same_paths_in_order():
+    assert tuple(p.name for p in FAST_PATHS) == FAST_PATH_NAMES
+    assert all(p.why for p in FAST_PATHS)

@@ -21,6 +21,10 @@ from sumtune.errors import UserError
 
 METHODS = ("zero_shot", "prompt_tuning", "lora", "last_layers", "full")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# The fast paths by name, in the order they are applied (sumtune.fastpath.FAST_PATHS, which says why
+# that order; kept here so validating a config does not import torch).
+FAST_PATH_NAMES = ("sdpa_attention", "cast_frozen_weights", "fused_gelu", "fast_lora", "few_rows_head",
+                   "label_loss", "feature_cache", "fused_adamw")
 
 
 @dataclass
@@ -86,6 +90,7 @@ class TrainConfig:
     seed: int = 42
     tensorboard: bool = False
     fast: bool = True  # our measured fast paths; false = plain reference path
+    fast_paths: list[str] = field(default_factory=list)  # with fast: only these (FAST_PATH_NAMES); empty = all
 
 
 # Decoding presets: setting `eval.preset` writes these values into the eval section at that moment,
@@ -177,6 +182,8 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.patience": (lambda v: v >= 1, "an integer >= 1"),
     "train.eval_steps": (lambda v: v >= 0, "an integer >= 0"),
     "train.save_steps": (lambda v: v >= 0, "an integer >= 0"),
+    "train.fast_paths": (lambda v: set(v) <= set(FAST_PATH_NAMES),
+                         "fast path names from: " + ", ".join(FAST_PATH_NAMES) + " (empty = all)"),
     "eval.batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "eval.num_beams": (lambda v: v >= 1, "an integer >= 1"),
     "eval.max_new_tokens": (lambda v: v >= 1, "an integer >= 1"),

@@ -58,7 +58,7 @@ def _config(run: Path, overrides: dict[str, Any] | None, data: str | None = None
 def _model(run: Path, cfg: Config, base_model: str | None = None):
     """(model on the device, tokenizer, autocast dtype or None); `base_model` loads the run onto
     another copy of its base model (the fingerprint check refuses a different one)."""
-    from sumtune.fastpath import speed_up
+    from sumtune.fastpath import FastPathContext, apply_fast_paths, from_config
     from sumtune.modeling import autocast_dtype, resolve_precision
     from sumtune.runs import load_run
 
@@ -66,7 +66,8 @@ def _model(run: Path, cfg: Config, base_model: str | None = None):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     autocast = autocast_dtype(resolve_precision(cfg.train.precision, device))
-    speed_up(model, cfg.train.fast, cfg.model.attention, autocast, inference=True)  # fastpath/
+    apply_fast_paths(model, FastPathContext(training=False, autocast=autocast, attention=cfg.model.attention),
+                     from_config(cfg.train))  # fastpath/: each logged
     return model, tokenizer, autocast
 
 

@@ -57,7 +57,7 @@ from sumtune.checkpoint import (
 from sumtune.config import Config, config_differences, load_run_config, save_config
 from sumtune.data import Collator, epoch_order, load_splits, tokenize_splits
 from sumtune.errors import UserError
-from sumtune.fastpath import fused_adamw, select_loss, speed_up
+from sumtune.fastpath import FastPathContext, apply_fast_paths, from_config, fused_adamw, select_loss
 from sumtune.fingerprints import data_fingerprint
 from sumtune.io import atomic_write_json
 from sumtune.memory import PeakMemory
@@ -153,11 +153,12 @@ def _train(cfg: Config, run: Path, resume: bool, accelerator, precision: str, me
                                      "fingerprint": data_fingerprint(cfg.data)})
     method = get_method(cfg.method.name)
     model = method.prepare(base, tokenizer, cfg.method)
-    speed_up(model, tc.fast, cfg.model.attention, autocast_dtype(precision))  # fastpath/: each measured
+    fast_paths = apply_fast_paths(model, FastPathContext(autocast=autocast_dtype(precision), attention=cfg.model.attention,
+                                                         distributed=world > 1), from_config(tc))  # names, for results.json
     trainable, total = count_params(model)
     if main and not resume:  # a resumed run's config is rewritten once its checkpoint is accepted
         save_config(cfg, run / "config.yaml")
-    loss_fn = select_loss(model, token_loss_sum, tc.fast, distributed=world > 1)
+    loss_fn = select_loss(model, token_loss_sum, fast_paths, distributed=world > 1)
 
     if not method.trains:  # zero_shot: the base model's validation loss and its metadata, no training
         model.to(accelerator.device)  # nothing trains: no DDP wrapper
@@ -178,7 +179,7 @@ def _train(cfg: Config, run: Path, resume: bool, accelerator, precision: str, me
     total_steps = tc.max_steps or tc.epochs * steps_per_epoch
     n_epochs = math.ceil(total_steps / steps_per_epoch)
     lengths = [len(x) for x in train_ds["input_ids"]] if cfg.data.group_by_length else None
-    optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, fused=fused_adamw(tc.fast))
+    optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, fused=fused_adamw(fast_paths))
     # warmup's first step has rate 0: leave at least one step after it (--max-steps 1 must train)
     warmup = min(math.ceil(tc.warmup_ratio * total_steps), total_steps - 1)
     scheduler = _scheduler(optimizer, tc.scheduler, warmup, total_steps)

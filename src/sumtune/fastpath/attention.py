@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import nn
+from transformers import PreTrainedModel
 from transformers.models.gpt_neo.modeling_gpt_neo import GPTNeoSelfAttention
+
+from sumtune.fastpath.base import FastPath, FastPathContext
 
 IMPLEMENTATIONS = ("auto", "sdpa", "eager")
 
@@ -57,26 +60,79 @@ def _attention_modules(model: nn.Module):
     return [m for m in model.modules() if isinstance(m, GPTNeoSelfAttention)]
 
 
+def _configs(model: nn.Module) -> list:
+    """The distinct Transformers configs inside `model` (a causal LM and its body share one)."""
+    return list({id(m.config): m.config for m in model.modules() if isinstance(m, PreTrainedModel)}.values())
+
+
+def _switchable(model: nn.Module) -> bool:
+    """GPT-Neo (our SDPA class) or a model Transformers runs with SDPA itself (GPT-2)."""
+    return bool(_attention_modules(model)) or any(getattr(m, "_supports_sdpa", False)
+                                                   for m in model.modules() if isinstance(m, PreTrainedModel))
+
+
+def _switch(model: nn.Module, want: str, set_attr=setattr) -> str:
+    """Set every GPT-Neo attention class and every config's attention choice to `want` through
+    `set_attr(obj, name, value)`. Transformers builds the attention mask from the config: a
+    boolean one (or None) for "sdpa", an additive float one for "eager"."""
+    cls = GPTNeoSdpaAttention if want == "sdpa" else GPTNeoSelfAttention
+    for m in _attention_modules(model):
+        if type(m) is not cls:
+            set_attr(m, "__class__", cls)  # same parameters and buffers; only `_attn` differs
+    for cfg in _configs(model):
+        if cfg._attn_implementation_internal != want:
+            set_attr(cfg, "_attn_implementation_internal", want)
+    return want
+
+
 def set_attention(model: nn.Module, implementation: str = "auto") -> str:
     """Switch the attention of a loaded GPT-Neo or GPT-2 (possibly inside a method wrapper)
-    to "sdpa" or "eager"; "auto" means sdpa. Returns the implementation now in use."""
+    to "sdpa" or "eager"; "auto" means sdpa. Returns the implementation now in use. Not undone
+    by `revert_fast_paths` (tests and benchmarks use it to pick the reference)."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"attention implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
-    want = "eager" if implementation == "eager" else "sdpa"
-    neo = _attention_modules(model)
-    if neo:
-        cls = GPTNeoSdpaAttention if want == "sdpa" else GPTNeoSelfAttention
-        for m in neo:
-            m.__class__ = cls  # same parameters and buffers; only `_attn` differs
-        # the mask Transformers builds follows the config: bool/None for sdpa, additive float for eager
-        for m in model.modules():
-            cfg = getattr(m, "config", None)
-            if cfg is not None and getattr(cfg, "model_type", None) == "gpt_neo":
-                cfg._attn_implementation = want
-        return want
-    base = next((m for m in model.modules() if hasattr(m, "set_attn_implementation")), None)
-    if base is None:
+    if not _switchable(model):
         return "unchanged"
-    if base.config._attn_implementation != want:
-        base.set_attn_implementation(want)
-    return base.config._attn_implementation
+    return _switch(model, "eager" if implementation == "eager" else "sdpa")
+
+
+def attention_in_use(model: nn.Module) -> str:
+    configs = _configs(model)
+    return configs[0]._attn_implementation if configs else "unchanged"
+
+
+class _EagerReference(FastPath):
+    """The reference attention (eager), set where SDPA is not applied; recorded so revert undoes it."""
+
+    name = "eager_attention"
+
+    def apply(self, model: nn.Module, ctx: FastPathContext | None = None) -> None:
+        if _switchable(model):
+            _switch(model, "eager", lambda obj, attr, value: self.set_attr(model, obj, attr, value))
+
+
+class SdpaAttention(FastPath):
+    """SDPA attention (GPT-Neo: our class above; GPT-2: Transformers' own). Where it does not apply
+    (`train.fast` off, or not listed, or `model.attention: eager`), `use_reference` sets eager,
+    the attention Transformers gives GPT-Neo; `revert` undoes either."""
+
+    name = "sdpa_attention"
+    why = "model.attention is {attention}: one fused attention kernel instead of an fp32 [T, T] score matrix"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reference = _EagerReference()
+
+    def applies_to(self, model: nn.Module, ctx: FastPathContext) -> bool:
+        return ctx.attention != "eager" and _switchable(model)
+
+    def apply(self, model: nn.Module, ctx: FastPathContext) -> None:
+        _switch(model, "sdpa", lambda obj, attr, value: self.set_attr(model, obj, attr, value))
+        self.note(model)
+
+    def use_reference(self, model: nn.Module) -> None:
+        self.reference.apply(model)
+
+    def revert(self, model: nn.Module) -> None:
+        super().revert(model)
+        self.reference.revert(model)

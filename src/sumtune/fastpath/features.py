@@ -29,7 +29,8 @@ import tempfile
 import torch
 from torch import nn
 
-from sumtune.fastpath.loss import find_head, head_loss_sum, identity_in_place_of, label_positions
+from sumtune.fastpath.base import FastPathContext, StepPath
+from sumtune.fastpath.loss import final_hidden, find_head, head_loss_sum, label_positions
 
 
 class FeatureCache:
@@ -117,8 +118,9 @@ class CachedHeadLoss:
     def __init__(self, head: nn.Module, norm: nn.Module | None, cache: FeatureCache):
         self.head, self.norm, self.cache = head, norm, cache
 
-    @classmethod
-    def for_model(cls, model: nn.Module, cache: FeatureCache | None = None) -> CachedHeadLoss | None:
+    @staticmethod
+    def parts(model: nn.Module) -> tuple[nn.Module, nn.Module | None] | None:
+        """(head, trained final norm or None) when the cache is exact for `model` (see the class doc), else None."""
         head = find_head(model)
         norm = _final_norm(model)
         if norm is not None and not any(p.requires_grad for p in norm.parameters()):
@@ -129,15 +131,21 @@ class CachedHeadLoss:
             return None
         if any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
             return None
-        return cls(head, norm, cache if cache is not None else FeatureCache())
+        return head, norm
+
+    @classmethod
+    def for_model(cls, model: nn.Module, cache: FeatureCache | None = None) -> CachedHeadLoss | None:
+        parts = cls.parts(model)
+        if parts is None:
+            return None
+        return cls(*parts, cache if cache is not None else FeatureCache())
 
     def _features(self, model, ids, mask, end, pos) -> torch.Tensor:
         key = _row_key(ids[:end], mask[:end], pos)
         f = self.cache.get(key)
         if f is None:
-            cut = [self.head] + ([self.norm] if self.norm is not None else [])
-            with torch.no_grad(), identity_in_place_of(model, *cut):
-                f = model(input_ids=ids[None, :end], attention_mask=mask[None, :end]).logits[0, pos]
+            with torch.no_grad():
+                f = final_hidden(model, ids[None, :end], mask[None, :end], before=self.norm)[0, pos]
             self.cache.put(key, f)
         return f.to(ids.device)
 
@@ -166,3 +174,14 @@ class CachedHeadLoss:
         if self.norm is not None:
             x = self.norm(x)
         return head_loss_sum(self.head, x, torch.cat(targets)), x.shape[0]
+
+
+class FeatureCachePath(StepPath):
+    """The cached head loss (`select_loss` picks it): single process only, as each process would
+    fill its own cache with its own rows."""
+
+    name = "feature_cache"
+    why = "only the head (and final norm) trains: the body's features are computed once per sample"
+
+    def applies_to(self, model: nn.Module, ctx: FastPathContext) -> bool:
+        return ctx.training and not ctx.distributed and CachedHeadLoss.parts(model) is not None

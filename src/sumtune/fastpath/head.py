@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sumtune.fastpath.base import FastPath, FastPathContext
+
 MAX_ROWS = 16
 
 
@@ -32,13 +34,35 @@ class FewRowsLinear(nn.Linear):
         return y.t().reshape(*x.shape[:-1], self.out_features)
 
 
-def set_fast_head(model: nn.Module, enabled: bool = True) -> bool:
-    """Switch the LM head (a plain nn.Linear) to `FewRowsLinear` or back; whether it is switched."""
+def _plain_head(model: nn.Module) -> nn.Module | None:
     from sumtune.fastpath.loss import find_head
     from sumtune.fastpath.precision import CastOnceLinear
 
     head = find_head(model)
-    if type(head) not in (nn.Linear, FewRowsLinear, CastOnceLinear):
+    return head if type(head) in (nn.Linear, FewRowsLinear, CastOnceLinear) else None
+
+
+def set_fast_head(model: nn.Module, enabled: bool = True) -> bool:
+    """Switch the LM head (a plain nn.Linear) to `FewRowsLinear` or back; whether it is switched."""
+    head = _plain_head(model)
+    if head is None:
         return False
     head.__class__ = FewRowsLinear if enabled else nn.Linear
     return enabled
+
+
+class FewRowsHead(FastPath):
+    """`FewRowsLinear` for the LM head, at inference only: training runs the head over many rows
+    (or, with the label-positions loss, not through this module at all)."""
+
+    name = "few_rows_head"
+    why = "decoding: the LM head reads its weight in place for the few rows of a step"
+
+    def applies_to(self, model: nn.Module, ctx: FastPathContext) -> bool:
+        return not ctx.training and _plain_head(model) is not None
+
+    def apply(self, model: nn.Module, ctx: FastPathContext) -> None:
+        head = _plain_head(model)
+        if head is not None and type(head) is not FewRowsLinear:
+            self.set_class(model, head, FewRowsLinear)
+        self.note(model)

@@ -3,9 +3,10 @@
 The reference path runs the LM head over every position ([B, T, vocab] logits; for
 a 600-token article and a 64-token summary, 90% of it is thrown away by the -100
 labels) and pads every row of a micro-batch to the longest one. Here:
-- the method model runs with its LM head swapped for the identity, so its `.logits`
-  are the final hidden states, aligned with `input_ids` (the method contract strips
-  virtual-token positions for us);
+- the method model runs with `logits_to_keep` empty (its head projects no position) while a
+  forward hook on the causal LM's body takes the final hidden states; a method's virtual tokens come
+  first (the method contract), so the last T positions are aligned with `input_ids`. The model's
+  modules stay as they are (no head swapped out and back on every forward);
 - the head is applied only at positions whose next token carries a label;
 - under autocast a frozen head's weight is cast to the autocast dtype once (autocast would
   cast the [vocab, hidden] matrix again in every micro-batch: a [50257, 768] `aten::copy_`
@@ -19,12 +20,15 @@ labels) and pads every row of a micro-batch to the longest one. Here:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from sumtune.fastpath.base import FastPathContext, StepPath
 
 
 def _peft_types() -> tuple[type, ...]:
@@ -37,38 +41,65 @@ def _peft_types() -> tuple[type, ...]:
     return (PeftModel, BaseTuner)
 
 
-def find_head(model: nn.Module) -> nn.Module:
-    """The LM head (output embeddings) of the causal LM inside a method model."""
+def find_lm(model: nn.Module) -> nn.Module:
+    """The causal LM (the module holding the LM head) inside a method model."""
     skip = _peft_types()
     for m in model.modules():
         get = None if isinstance(m, skip) else getattr(m, "get_output_embeddings", None)
-        head = get() if get is not None else None
-        if head is not None:
-            return head
+        if get is not None and get() is not None:
+            return m
     raise ValueError("model has no output embeddings (LM head)")
 
 
+def find_head(model: nn.Module) -> nn.Module:
+    """The LM head (output embeddings) of the causal LM inside a method model."""
+    return find_lm(model).get_output_embeddings()
+
+
+_NO_POSITION = torch.empty(0, dtype=torch.long)  # `logits_to_keep`: the head projects no position
+
+
 @contextmanager
-def identity_in_place_of(model: nn.Module, *modules: nn.Module) -> Iterator[None]:
-    """Within the block, each of `modules` is replaced by the identity inside `model`."""
-    swapped = []
+def _captured(model: nn.Module, before: nn.Module | None) -> Iterator[list[torch.Tensor]]:
+    """Within the block, each forward of `model` appends to the yielded list the causal LM body's
+    output (the final hidden states), or the input of `before` (a final norm that trains). The LM
+    head, which then sees no position, runs with autocast off: autocast would cast its whole
+    [vocab, hidden] weight even for an empty product (a tied head is fp32)."""
+    out: list[torch.Tensor] = []
+    lm = find_lm(model)
+    states: list[tuple[str, bool]] = []
+
+    def head_off(m, args):
+        device = args[0].device.type
+        states.append((device, torch.is_autocast_enabled(device)))
+        torch.set_autocast_enabled(device, False)
+
+    def head_on(m, args, output):
+        torch.set_autocast_enabled(*states.pop())
+
+    if before is not None:
+        handles = [before.register_forward_pre_hook(lambda m, args: out.append(args[0]))]
+    else:
+        body = getattr(lm, lm.base_model_prefix)
+        handles = [body.register_forward_hook(lambda m, args, output: out.append(output[0]))]
+    head = lm.get_output_embeddings()
+    handles += [head.register_forward_pre_hook(head_off), head.register_forward_hook(head_on)]
     try:
-        for m in modules:
-            parent, name = _parent_of(model, m)
-            setattr(parent, name, nn.Identity())
-            swapped.append((parent, name, m))
-        yield
+        yield out
     finally:
-        for parent, name, m in reversed(swapped):
-            setattr(parent, name, m)
+        for h in handles:
+            h.remove()
+        while states:  # the head raised: put autocast back as it was
+            torch.set_autocast_enabled(*states.pop())
 
 
-def _parent_of(model: nn.Module, child: nn.Module) -> tuple[nn.Module, str]:
-    for parent in model.modules():
-        for name, m in parent.named_children():
-            if m is child:
-                return parent, name
-    raise ValueError("module is not a submodule of the model")
+def final_hidden(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor,
+                 before: nn.Module | None = None) -> torch.Tensor:
+    """The final hidden states [B, T, H] aligned with `ids` [B, T] (see the module doc); with
+    `before`, that module's input instead (the head-only feature cache with a trained norm)."""
+    with _captured(model, before) as out:
+        model(input_ids=ids, attention_mask=mask, logits_to_keep=_NO_POSITION.to(ids.device))
+    return out[-1][:, out[-1].shape[1] - ids.shape[1]:]
 
 
 def label_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,6 +155,10 @@ class _LowPrecisionLinear(torch.autograd.Function):
         return grad_x, grad_w, None
 
 
+# Low-precision copies of frozen head weights, by module (weakly: a copy goes with its head).
+_LOW_WEIGHTS: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
+
+
 def low_precision_weight(module: nn.Module, dtype: torch.dtype) -> torch.Tensor:
     """`module.weight` cast to `dtype`. A frozen weight is cast once and the copy kept (cast again
     if the weight is replaced or changed in place: load_state_dict bumps its version); a trained
@@ -134,11 +169,16 @@ def low_precision_weight(module: nn.Module, dtype: torch.dtype) -> torch.Tensor:
     if w.requires_grad or torch.is_inference_mode_enabled():
         return w.detach().to(dtype)
     key = (w._version, w.data_ptr(), dtype)
-    cached = getattr(module, "_sumtune_low_weight", None)
+    cached = _LOW_WEIGHTS.get(module)
     if cached is None or cached[0] != key:
-        cached = (key, w.detach().to(dtype))
-        module._sumtune_low_weight = cached
+        cached = _LOW_WEIGHTS[module] = (key, w.detach().to(dtype))
     return cached[1]
+
+
+def cached_low_weight(module: nn.Module) -> torch.Tensor | None:
+    """The kept low-precision copy of `module.weight`, if any."""
+    cached = _LOW_WEIGHTS.get(module)
+    return None if cached is None else cached[1]
 
 
 def head_logits(head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -178,16 +218,28 @@ def fast_token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tup
     if n == 0:
         return torch.zeros((), device=ids.device, requires_grad=True), 0
     head = find_head(model)
-    with identity_in_place_of(model, head):  # `.logits` are now the final hidden states
-        if one_pass_per_row(model, ids.device):
-            parts = []
-            for r in range(ids.shape[0]):
-                pos, _ = label_positions(labels[r])
-                if pos.numel():
-                    end = int(pos[-1]) + 1
-                    parts.append(model(input_ids=ids[r : r + 1, :end], attention_mask=mask[r : r + 1, :end]).logits[0, pos])
-            hidden = torch.cat(parts)
-        else:
-            end = int(keep.any(0).nonzero().max()) + 1
-            hidden = model(input_ids=ids[:, :end], attention_mask=mask[:, :end]).logits[keep[:, :end]]
+    if one_pass_per_row(model, ids.device):
+        parts = []
+        for r in range(ids.shape[0]):
+            pos, _ = label_positions(labels[r])
+            if pos.numel():
+                end = int(pos[-1]) + 1
+                parts.append(final_hidden(model, ids[r : r + 1, :end], mask[r : r + 1, :end])[0, pos])
+        hidden = torch.cat(parts)
+    else:
+        end = int(keep.any(0).nonzero().max()) + 1
+        hidden = final_hidden(model, ids[:, :end], mask[:, :end])[keep[:, :end]]
     return head_loss_sum(head, hidden, labels[:, 1:][keep]), n
+
+
+class LabelLoss(StepPath):
+    """The training loss above (`select_loss` picks it) instead of the full-logits loss."""
+
+    name = "label_loss"
+    why = "training: the LM head only where a label is, rows without padding"
+
+    def applies_to(self, model: nn.Module, ctx: FastPathContext) -> bool:
+        return ctx.training
+
+    def drop_state(self, model: nn.Module) -> None:
+        _LOW_WEIGHTS.pop(find_head(model), None)

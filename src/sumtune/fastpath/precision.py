@@ -23,17 +23,38 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 from transformers.pytorch_utils import Conv1D
 
+from sumtune.fastpath.base import FastPath, FastPathContext
 
-def memo_on(x: torch.Tensor, name: str, key: tuple, make: Callable[[], Any]) -> Any:
-    """`make()`, computed once per `key` for the tensor x and kept on x as attribute `name`: layers
-    reading the same tensor share one result (a new tensor or a changed key computes it again)."""
-    shared = getattr(x, name, None)
-    if shared is None or shared[0] != key:
-        shared = (key, make())
-        setattr(x, name, shared)
-    return shared[1]
+
+class TensorMemo:
+    """Results computed once per activation tensor and shared by the layers that read it, held
+    here (keyed weakly by the tensor's identity: an entry goes with its tensor) rather than as
+    attributes on the tensor, so the fast paths that use it can drop it when reverted."""
+
+    def __init__(self) -> None:
+        self._by_tensor = WeakIdKeyDictionary()
+
+    def get(self, x: torch.Tensor, name: str, key: tuple, make: Callable[[], Any]) -> Any:
+        """`make()`, computed once per (`name`, `key`) for the tensor x (a changed key computes it again)."""
+        slots = self._by_tensor.get(x)
+        if slots is None:
+            slots = self._by_tensor[x] = {}
+        shared = slots.get(name)
+        if shared is None or shared[0] != key:
+            shared = slots[name] = (key, make())
+        return shared[1]
+
+    def clear(self) -> None:
+        self._by_tensor.clear()
+
+    def __len__(self) -> int:
+        return len(self._by_tensor)
+
+
+ACTIVATIONS = TensorMemo()  # shared by CastOnceLinear and the fast LoRA forward (q, k, v read one tensor)
 
 
 def cast_once(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -43,7 +64,7 @@ def cast_once(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     # inference tensors have no version counter; nothing between q, k and v changes x in place.
     # Grad mode is in the key: a copy made without autograd must not serve a read that needs it.
     key = (None if x.is_inference() else x._version, dtype, torch.is_grad_enabled())
-    return memo_on(x, "_sumtune_cast", key, lambda: x.to(dtype))
+    return ACTIVATIONS.get(x, "cast", key, lambda: x.to(dtype))
 
 
 class CastOnceLinear(nn.Linear):
@@ -57,33 +78,76 @@ class CastOnceLinear(nn.Linear):
         return super().forward(x)
 
 
-def cast_frozen_linears(model: nn.Module, dtype: torch.dtype) -> int:
-    """Cast the weight and bias of every frozen Linear/Conv1D (GPT-2) in place; returns how many.
-    An LM head tied to the input embeddings is left alone (the embedding needs fp32)."""
+def _low_copy(p: nn.Parameter, dtype: torch.dtype) -> nn.Parameter:
+    return nn.Parameter(p.detach().to(dtype), requires_grad=False)
+
+
+def cast_frozen_linears(model: nn.Module, dtype: torch.dtype, set_attr=setattr) -> int:
+    """Give every frozen Linear/Conv1D (GPT-2) a weight and bias in `dtype` (new Parameters, set
+    through `set_attr(obj, name, value)`); returns how many. An LM head tied to the input
+    embeddings is left alone (the embedding needs fp32)."""
     tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    copies: dict[int, nn.Parameter] = {}  # a weight shared by two layers stays shared
     n = 0
     for m in model.modules():
         if not isinstance(m, (nn.Linear, Conv1D)) or m.weight.requires_grad or id(m.weight) in tied:
             continue
         if m.bias is not None and m.bias.requires_grad:
             continue
-        for p in (m.weight, m.bias):
+        for attr in ("weight", "bias"):
+            p = getattr(m, attr)
             if p is not None and p.dtype != dtype:
-                p.data = p.data.to(dtype)
+                set_attr(m, attr, copies.setdefault(id(p), _low_copy(p, dtype)))
         if type(m) is nn.Linear:
-            m.__class__ = CastOnceLinear
+            set_attr(m, "__class__", CastOnceLinear)
         n += 1
     return n
 
 
-def cast_for_inference(model: nn.Module, dtype: torch.dtype) -> int:
+def cast_for_inference(model: nn.Module, dtype: torch.dtype, set_attr=setattr,
+                       freeze: Callable[[nn.Parameter], None] = lambda p: p.requires_grad_(False)) -> int:
     """Freeze `model` and cast every linear weight to `dtype` once (see the module doc); an LM head
     tied to the input embeddings is untied into a `dtype` copy. Returns how many linears are cast."""
     from sumtune.fastpath.loss import find_head
 
-    model.requires_grad_(False)
+    for p in model.parameters():
+        if p.requires_grad:
+            freeze(p)
     head = find_head(model)
     tied = any(head.weight is m.weight for m in model.modules() if isinstance(m, nn.Embedding))
     if tied and isinstance(head, nn.Linear):  # (a LoRA-wrapped head keeps its own layout)
-        head.weight = nn.Parameter(head.weight.detach().to(dtype), requires_grad=False)
-    return cast_frozen_linears(model, dtype)
+        set_attr(head, "weight", _low_copy(head.weight, dtype))
+    return cast_frozen_linears(model, dtype, set_attr)
+
+
+class CastFrozenWeights(FastPath):
+    """Frozen linear weights in the autocast dtype once (training), or every linear weight with the
+    head untied (inference). The fp32 Parameters they replace are kept for `revert` (in host memory
+    when the model is moved to a GPU after applying, as the trainer does)."""
+
+    name = "cast_frozen_weights"
+    why = "autocast to {autocast}: frozen weights cast once instead of at every use"
+
+    def applies_to(self, model: nn.Module, ctx: FastPathContext) -> bool:
+        """Under autocast, when something is frozen: at inference everything is, in training a linear."""
+        if ctx.autocast is None:
+            return False
+        return not ctx.training or any(isinstance(m, (nn.Linear, Conv1D)) and not m.weight.requires_grad
+                                       for m in model.modules())
+
+    def apply(self, model: nn.Module, ctx: FastPathContext) -> None:
+        def set_attr(obj, attr, value):
+            self.set_attr(model, obj, attr, value)
+
+        if ctx.training:
+            cast_frozen_linears(model, ctx.autocast, set_attr)
+        else:
+            cast_for_inference(model, ctx.autocast, set_attr, lambda p: self.set_requires_grad(model, p, False))
+        self.note(model)
+
+    def cast_count(self, model: nn.Module) -> int:
+        return sum(type(m) is CastOnceLinear or (isinstance(m, Conv1D) and m.weight.dtype != torch.float32)
+                   for m in model.modules()) if self.is_applied(model) else 0
+
+    def drop_state(self, model: nn.Module) -> None:
+        ACTIVATIONS.clear()
