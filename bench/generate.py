@@ -23,13 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import build_model, load_rows, precision_for  # noqa: E402
 
 from sumtune.config import EvalConfig  # noqa: E402

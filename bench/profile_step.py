@@ -18,28 +18,23 @@ side-by-side scripts.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from torch.profiler import ProfilerActivity, profile
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RANDOM_125M, build_model, load_rows, precision_for, write_model_dir  # noqa: E402
+from torch.profiler import ProfilerActivity, profile
 
 
 def _train_step(a, precision: str):
     """(a function running one optimizer step for epoch e, the step count done)."""
     from datasets import Dataset
 
-    from sumtune import train as trainer
     from sumtune.config import build_config
     from sumtune.data import Collator, epoch_order
-    from sumtune.fastpath import fused_adamw, select_loss, speed_up
-    from sumtune.methods import get_method
-    from sumtune.modeling import autocast_dtype, load_model, load_tokenizer
+    from sumtune.modeling import load_model, load_tokenizer
+    from sumtune.training import accelerator_for, make_optimizer, method_model, micro_batches, optimizer_step
 
     work = Path(tempfile.mkdtemp(prefix="sumtune-profile-"))
     model_dir = str(write_model_dir(a.model, work / "model"))
@@ -50,22 +45,19 @@ def _train_step(a, precision: str):
         "train.batch_size": 2, "train.grad_accum": 4, "train.lr": 5e-4, "train.weight_decay": 0.0,
         "train.warmup_ratio": 0.0, "train.precision": precision, "train.fast": a.fast == "true", "train.seed": 0,
     })
-    accelerator, precision = trainer._accelerator(cfg, work / "run")
+    accelerator, precision = accelerator_for(cfg, work / "run")
     tokenizer = load_tokenizer(model_dir)
-    model = get_method(a.method).prepare(load_model(model_dir), tokenizer, cfg.method)
-    speed_up(model, cfg.train.fast, cfg.model.attention, autocast_dtype(precision))
-    loss_fn = select_loss(model, trainer.token_loss_sum, cfg.train.fast)
+    method, model, applied, loss_fn = method_model(cfg, tokenizer, load_model(model_dir), precision)
     ds = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
     collate = Collator(tokenizer.pad_token_id)
     trained = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainer.param_groups(model, 0.0), lr=5e-4, fused=fused_adamw(cfg.train.fast))
-    scheduler = trainer._scheduler(optimizer, "linear", 0, 1000)
+    optimizer, scheduler = make_optimizer(model, method, cfg.train, applied, 1000)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
 
     def step(epoch: int) -> None:
-        batches = trainer.micro_batches(ds, epoch_order(len(ds), 0, epoch), 2, 1, 0, collate)
-        trainer.optimizer_step(accelerator, model, optimizer, scheduler, loss_fn, batches, trained, 1.0)
+        batches = micro_batches(ds, epoch_order(len(ds), 0, epoch), 2, 1, 0, collate)
+        optimizer_step(accelerator, model, optimizer, scheduler, loss_fn, batches, trained, 1.0)
 
     return step
 

@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 from common import RANDOM_125M, load_rows, precision_for, write_model_dir  # noqa: E402
 
 PEER = HERE.parent.parent / "shared" / "bench" / "peer_hf_trainer.py"

@@ -38,12 +38,10 @@ def main() -> None:
 
     from datasets import Dataset
 
-    from sumtune import train as trainer
     from sumtune.config import build_config
     from sumtune.data import Collator, epoch_order
-    from sumtune.fastpath import FastPathContext, apply_fast_paths, from_config, fused_adamw, select_loss
-    from sumtune.methods import get_method
-    from sumtune.modeling import autocast_dtype, load_model, load_tokenizer
+    from sumtune.modeling import load_model, load_tokenizer
+    from sumtune.training import accelerator_for, make_optimizer, method_model, micro_batches, optimizer_step
 
     rows = [json.loads(line) for line in open(a.data) if line.strip()]
     cfg = build_config(flags={
@@ -55,21 +53,16 @@ def main() -> None:
         "train.epochs": a.epochs, "train.seed": 0,
     })
     tc = cfg.train
-    accelerator, precision = trainer._accelerator(cfg, Path(a.out))
+    accelerator, precision = accelerator_for(cfg, Path(a.out))
     tokenizer = load_tokenizer(a.model)
-    model = get_method(a.method).prepare(load_model(a.model), tokenizer, cfg.method)
-    applied = apply_fast_paths(model, FastPathContext(autocast=autocast_dtype(precision), attention=cfg.model.attention),
-                               from_config(tc))
-    loss_fn = select_loss(model, trainer.token_loss_sum, applied)
+    method, model, applied, loss_fn = method_model(cfg, tokenizer, load_model(a.model), precision)
     ds = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
     collate = Collator(tokenizer.pad_token_id)
     per_step = tc.batch_size * tc.grad_accum
     steps_per_epoch = -(-len(ds) // per_step)
 
     t0 = time.perf_counter()  # from here on, what the peer's Trainer.train() times
-    optimizer = torch.optim.AdamW(trainer.param_groups(model, tc.weight_decay), lr=tc.lr,
-                                  fused=fused_adamw(applied))
-    scheduler = trainer._scheduler(optimizer, tc.scheduler, 0, steps_per_epoch * a.epochs)
+    optimizer, scheduler = make_optimizer(model, method, tc, applied, steps_per_epoch * a.epochs)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     trained = [p for p in model.parameters() if p.requires_grad]
@@ -77,9 +70,9 @@ def main() -> None:
     for epoch in range(a.epochs):
         order = epoch_order(len(ds), tc.seed, epoch)
         for k in range(steps_per_epoch):
-            batches = trainer.micro_batches(ds, order[k * per_step:(k + 1) * per_step], tc.batch_size, 1, 0, collate)
-            losses.append(trainer.optimizer_step(accelerator, model, optimizer, scheduler, loss_fn, batches,
-                                                 trained, tc.max_grad_norm)[0])
+            batches = micro_batches(ds, order[k * per_step:(k + 1) * per_step], tc.batch_size, 1, 0, collate)
+            losses.append(optimizer_step(accelerator, model, optimizer, scheduler, loss_fn, batches,
+                                         trained, tc.max_grad_norm).loss)
         epoch_ends.append(time.perf_counter() - t0)
     first = epoch_ends[0]
     tokens = len(rows) * statistics.mean(len(r["input_ids"]) for r in rows)  # as the peer counts

@@ -72,7 +72,7 @@ def test_bad_flags(capsys, argv, expected):
 
 @pytest.fixture
 def train_argv(tiny_gpt2, tmp_path):
-    pytest.importorskip("sumtune.train")
+    pytest.importorskip("sumtune.recipes.train")
     out = tmp_path / "run"
 
     def argv(data: str | Path, model: str | Path = tiny_gpt2, *extra: str) -> list[str]:

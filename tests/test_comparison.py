@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from sumtune import experiment
 from sumtune.config import build_config
-from sumtune.experiment import Plan
 from sumtune.metrics import ROUGE_KEYS
+from sumtune.recipes import experiment
+from sumtune.recipes.experiment import Plan
 
 
 def _flags(out, model_dir, data, **extra):
@@ -52,7 +52,7 @@ def test_each_rows_peak_memory_is_its_own(tiny_neo, kaggle_dir, tmp_path):
 
 
 def test_results_separate_step_validation_and_checkpoint_time(tiny_neo, kaggle_dir, tmp_path):
-    from sumtune.train import train
+    from sumtune.recipes.train import train
 
     run = train(build_config(flags=_flags(tmp_path / "run", tiny_neo, kaggle_dir, **{"method.name": "lora",
                                                                                       "train.save_steps": 1})))

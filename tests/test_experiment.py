@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from sumtune import experiment
 from sumtune.config import build_config, load_run_config
-from sumtune.experiment import Plan
+from sumtune.recipes import experiment
+from sumtune.recipes.experiment import Plan
 
 
 def _cfg(out, model_dir, data_dir, **sets):
@@ -49,7 +49,7 @@ def test_experiment_runs_every_method_and_resumes(tiny_neo, kaggle_dir, tmp_path
     def no_training(*a, **k):
         raise AssertionError("finished runs must not be trained again")
 
-    monkeypatch.setattr("sumtune.train.train", no_training)
+    monkeypatch.setattr("sumtune.recipes.train.train", no_training)
     monkeypatch.setattr("sumtune.evaluate.evaluate_run", no_training)
     experiment.run_experiment(_cfg(out, tiny_neo, kaggle_dir), Plan(eval_limit=4))
     assert stamps == {m: (out / m / "eval/test/metrics.json").stat().st_mtime_ns for m in methods}

@@ -310,14 +310,14 @@ def test_feature_cache_matches_uncached(tiny_neo, norm, memory_mb):
 def test_whole_step_cached_loss_equals_micro_batch_steps(tiny_neo, tmp_path, monkeypatch, rows):
     """The trainer hands the cached head loss a whole step at once: the update equals the
     reference loss's, micro-batch by micro-batch, over the same samples (fp32)."""
-    from sumtune import train as trainer
     from sumtune.config import build_config
+    from sumtune.training import state, step
 
-    monkeypatch.setattr(trainer, "WHOLE_STEP_ROWS", rows)
+    monkeypatch.setattr(step, "WHOLE_STEP_ROWS", rows)
     cfg = build_config(flags={"model.name": str(tiny_neo), "train.precision": "fp32"})
-    accelerator, _ = trainer._accelerator(cfg, tmp_path)
+    accelerator, _ = state.accelerator_for(cfg, tmp_path)
     batches = [(_batch(50, seed=s, lengths=(40, 29)), True) for s in range(3)]
-    groups = trainer._groups_by_targets([b for b, _ in batches], [trainer.count_targets(b) for b, _ in batches], rows)
+    groups = step.groups_by_targets([b for b, _ in batches], [step.count_targets(b) for b, _ in batches], rows)
     assert [len(g) for g in groups] == ([3] if rows == 1024 else [1, 1, 1])
     results = []
     for fn in ("reference", "cached"):
@@ -328,7 +328,7 @@ def test_whole_step_cached_loss_equals_micro_batch_steps(tiny_neo, tmp_path, mon
         opt = torch.optim.SGD(trained, lr=0.5)  # the update is the gradient (Adam would magnify rounding)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
         for _ in range(2):
-            loss, n, *_ = trainer.optimizer_step(accelerator, model, opt, sched, loss_fn, batches, trained, 1.0)
+            loss, n, *_ = step.optimizer_step(accelerator, model, opt, sched, loss_fn, batches, trained, 1.0)
         results.append((loss, n, [p.detach().clone() for p in trained]))
     (ref_loss, ref_n, ref_w), (loss, n, w) = results
     assert n == ref_n and loss == pytest.approx(ref_loss, rel=1e-5)
@@ -341,11 +341,11 @@ def test_last_blocks_with_tied_frozen_head_fast_equals_reference(request, tmp_pa
     """train_head=false with a block: the body trains, so no feature cache; two optimizer steps with
     the fast paths (train.fast=true) and without (false) give the same losses and weights, and the
     tied head / input embeddings stay bit-identical either way."""
-    from sumtune import train as trainer
     from sumtune.config import build_config
+    from sumtune.training import state, step
 
     cfg = build_config(flags={"model.name": str(request.getfixturevalue(arch)), "train.precision": "fp32"})
-    accelerator, _ = trainer._accelerator(cfg, tmp_path)
+    accelerator, _ = state.accelerator_for(cfg, tmp_path)
     batches = [(_batch(50, seed=s, lengths=(40, 29)), True) for s in range(3)]
     results = {}
     for fast in (True, False):
@@ -354,13 +354,13 @@ def test_last_blocks_with_tied_frozen_head_fast_equals_reference(request, tmp_pa
         emb = model.get_input_embeddings().weight
         emb0 = emb.detach().clone()
         speed_up(model, fast)
-        loss_fn = select_loss(model, trainer.token_loss_sum, fast)
-        assert loss_fn is (fast_token_loss_sum if fast else trainer.token_loss_sum)
+        loss_fn = select_loss(model, step.token_loss_sum, fast)
+        assert loss_fn is (fast_token_loss_sum if fast else step.token_loss_sum)
         trained = [p for p in model.parameters() if p.requires_grad]
         start = [p.detach().clone() for p in trained]
         opt = torch.optim.SGD(trained, lr=0.5)  # the update is the gradient (Adam would magnify rounding)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-        losses = [trainer.optimizer_step(accelerator, model, opt, sched, loss_fn, batches, trained, 1.0)[:2]
+        losses = [step.optimizer_step(accelerator, model, opt, sched, loss_fn, batches, trained, 1.0)[:2]
                   for _ in range(2)]
         assert model.get_output_embeddings().weight is emb and torch.equal(emb, emb0)
         assert all(not torch.equal(p, p0) for p, p0 in zip(trained, start))

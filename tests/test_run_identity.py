@@ -11,11 +11,11 @@ import os
 
 import pytest
 
-from sumtune import experiment
 from sumtune.cli import main
 from sumtune.config import build_config, load_run_config
 from sumtune.errors import UserError
-from sumtune.experiment import Plan
+from sumtune.recipes import experiment
+from sumtune.recipes.experiment import Plan
 
 
 def _flags(out, model_dir, data, **extra):
@@ -81,7 +81,7 @@ def test_experiment_refuses_data_whose_content_changed(tiny_neo, kaggle_dir, tmp
 
 
 def test_resume_refuses_cut_data(tiny_neo, tmp_path, monkeypatch, capsys):
-    from sumtune import train as trainer
+    from sumtune.recipes import train as trainer
     from sumtune.tiny import synthetic_news
 
     data = tmp_path / "news.jsonl"
@@ -156,7 +156,7 @@ def test_max_length_beyond_positions_is_refused_and_leaves_nothing(tiny_gpt2, ka
 
 
 def test_a_failed_start_removes_what_it_wrote(tiny_neo, kaggle_dir, tmp_path, monkeypatch, capsys):
-    from sumtune import train as trainer
+    from sumtune.recipes import train as trainer
 
     def boom(*a, **k):
         raise UserError("simulated failure in the first step")

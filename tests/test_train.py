@@ -9,7 +9,6 @@ import math
 import pytest
 import torch
 
-from sumtune import train as trainer
 from sumtune.cli import main
 from sumtune.config import build_config
 from sumtune.data import Collator, load_splits, tokenize_splits
@@ -17,7 +16,9 @@ from sumtune.errors import UserError
 from sumtune.evaluate import summary_loss
 from sumtune.methods import get_method
 from sumtune.modeling import load_model, load_tokenizer
+from sumtune.recipes import train as recipe
 from sumtune.runs import load_run
+from sumtune.training import state, step
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -58,8 +59,8 @@ def test_token_loss_sum_matches_transformers_loss(tiny_neo, kaggle_dir):
     n_target = [sum(label != -100 for label in ds[i]["labels"]) for i in range(5)]
     assert len(set(n_target)) > 1 and (batch["attention_mask"] == 0).any()  # uneven, padded
     model = load_model(str(tiny_neo))
-    total, n = trainer.token_loss_sum(model, batch)
-    assert n == trainer.count_targets(batch) == sum(n_target)
+    total, n = step.token_loss_sum(model, batch)
+    assert n == step.count_targets(batch) == sum(n_target)
     torch.testing.assert_close(total / n, model(**batch).loss, rtol=1e-6, atol=0)
 
 
@@ -71,7 +72,7 @@ def test_accumulation_equals_one_large_batch(tiny_neo, kaggle_dir, tmp_path, met
         cfg = _cfg(tiny_neo, kaggle_dir, tmp_path / f"b{b}a{a}", **{
             "method.name": method, "method.n_tokens": 4, "train.batch_size": b, "train.grad_accum": a,
             "train.max_steps": 3, "train.lr": 1e-2, "train.warmup_ratio": 0.0})
-        runs[(b, a)] = _adapter(trainer.train(cfg), method)
+        runs[(b, a)] = _adapter(recipe.train(cfg), method)
     small, large = runs[(1, 4)], runs[(4, 1)]
     assert small.keys() == large.keys()
     for k in small:  # relative to the tensor's norm: Adam's g/sqrt(v) magnifies rounding where g ~ 0
@@ -94,7 +95,7 @@ def test_per_micro_batch_mean_would_differ(tiny_neo, kaggle_dir):
     ds = tokenize_splits(load_splits(cfg.data, 0), tok, cfg.data)["train"]
     model = load_model(str(tiny_neo))
     collate = Collator(tok.pad_token_id)
-    parts = [trainer.token_loss_sum(model, collate([ds[i]])) for i in range(4)]
+    parts = [step.token_loss_sum(model, collate([ds[i]])) for i in range(4)]
     token_mean = sum(float(s.detach()) for s, _ in parts) / sum(n for _, n in parts)
     batch_mean = sum(float(s.detach()) / n for s, n in parts) / 4
     assert abs(token_mean - batch_mean) > 1e-4
@@ -105,7 +106,7 @@ def test_param_groups_decay_matrices_only(tiny_neo, kaggle_dir):
     for method in ("prompt_tuning", "full"):
         cfg = _cfg(tiny_neo, kaggle_dir, "x", **{"method.name": method, "method.n_tokens": 4})
         model = get_method(method).prepare(load_model(str(tiny_neo)), tok, cfg.method)
-        decay, no_decay = trainer.param_groups(model, 0.1)
+        decay, no_decay = state.param_groups(model, 0.1, get_method(method))
         names = {id(p): n for n, p in model.named_parameters()}
         assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
         assert all(p.ndim >= 2 for p in decay["params"])
@@ -156,7 +157,7 @@ def test_early_stopping_keeps_the_best_weights(tiny_neo, kaggle_dir, tmp_path):
     cfg = _cfg(tiny_neo, kaggle_dir, tmp_path / "run", **{
         "method.name": "last_layers", "data.max_train_samples": 4, "train.batch_size": 4,
         "train.lr": 3e-2, "train.epochs": 30, "train.patience": 2, "train.warmup_ratio": 0.0})
-    run = trainer.train(cfg)
+    run = recipe.train(cfg)
     res = json.loads((run / "results.json").read_text())
     val = [e["loss"] for e in _events(run, "validation")]
     assert res["early_stopped"] is True and res["epochs_run"] < 30
@@ -171,7 +172,7 @@ def test_early_stopping_keeps_the_best_weights(tiny_neo, kaggle_dir, tmp_path):
 
 def test_zero_shot_records_the_base_model(tiny_neo, kaggle_dir, tmp_path):
     cfg = _cfg(tiny_neo, kaggle_dir, tmp_path / "zs", **{"method.name": "zero_shot"})
-    run = trainer.train(cfg)
+    run = recipe.train(cfg)
     res = json.loads((run / "results.json").read_text())
     assert res["trainable_params"] == 0 and res["epochs_run"] == 0 and res["finished"] is True
     meta = json.loads((run / "adapter" / "sumtune.json").read_text())
@@ -184,20 +185,20 @@ def test_zero_shot_records_the_base_model(tiny_neo, kaggle_dir, tmp_path):
 
 def test_never_clobbers_a_run(tiny_neo, kaggle_dir, tmp_path, capsys):
     cfg = _cfg(tiny_neo, kaggle_dir, tmp_path / "run", **{"train.max_steps": 1})
-    run = trainer.train(cfg)
+    run = recipe.train(cfg)
     before = (run / "results.json").read_bytes()
     with pytest.raises(UserError, match="already holds a run.*--resume.*--output-dir"):
-        trainer.train(cfg)
+        recipe.train(cfg)
     assert (run / "results.json").read_bytes() == before
-    trainer.train(cfg, resume=True)  # finished: nothing to do
+    recipe.train(cfg, resume=True)  # finished: nothing to do
     assert "nothing to resume" in capsys.readouterr().out
     with pytest.raises(UserError, match="nothing to resume"):
-        trainer.train(_cfg(tiny_neo, kaggle_dir, tmp_path / "new"), resume=True)
+        recipe.train(_cfg(tiny_neo, kaggle_dir, tmp_path / "new"), resume=True)
 
 
 def test_nan_loss_stops_naming_the_step(tiny_neo, kaggle_dir, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = trainer.token_loss_sum
+    real = step.token_loss_sum
 
     def nan_on_third_step(model, batch):
         total, n = real(model, batch)
@@ -205,10 +206,10 @@ def test_nan_loss_stops_naming_the_step(tiny_neo, kaggle_dir, tmp_path, monkeypa
             calls["n"] += 1
         return (total * float("nan") if calls["n"] == 3 else total), n
 
-    monkeypatch.setattr(trainer, "token_loss_sum", nan_on_third_step)
+    monkeypatch.setattr(state, "token_loss_sum", nan_on_third_step)
     cfg = _cfg(tiny_neo, kaggle_dir, tmp_path / "run", **{"train.max_steps": 5, "train.eval_steps": 1, "train.fast": False})
     with pytest.raises(UserError) as e:
-        trainer.train(cfg)
+        recipe.train(cfg)
     msg = str(e.value)
     assert "nan at step 3" in msg and "adapter" in msg and "\n" not in msg
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()  # best of steps 1-2 kept
@@ -219,7 +220,7 @@ def test_out_of_memory_says_how_to_continue(tiny_neo, kaggle_dir, tmp_path, monk
     def oom(*a, **k):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(trainer, "optimizer_step", oom)
+    monkeypatch.setattr(recipe, "optimizer_step", oom)
     cfg = _cfg(tiny_neo, kaggle_dir, tmp_path / "run", **{"train.batch_size": 8, "train.grad_accum": 2})
     with pytest.raises(UserError, match=r"out of memory at step 1 .*--batch-size 4 --grad-accum 4.*--resume"):
-        trainer.train(cfg)
+        recipe.train(cfg)

@@ -173,7 +173,7 @@ def _run(a: argparse.Namespace) -> int:
 
         cfg = build_config(a.config, _flags(a), a.sets)
         apply_offline_env(cfg.model.name, cfg.data.source)
-        from sumtune.train import train
+        from sumtune.recipes.train import train
 
         train(cfg, resume=a.resume)
     elif a.command == "evaluate":
@@ -192,7 +192,7 @@ def _run(a: argparse.Namespace) -> int:
     elif a.command == "experiment":
         _experiment(a)
     elif a.command == "demo":
-        from sumtune.experiment import run_demo
+        from sumtune.recipes.experiment import run_demo
 
         run_demo(a.output_dir)
     elif a.command == "export":
@@ -246,7 +246,7 @@ def _summarize(a: argparse.Namespace) -> None:
 
 def _experiment(a: argparse.Namespace) -> None:
     from sumtune.config import build_config
-    from sumtune.experiment import Plan, run_experiment
+    from sumtune.recipes.experiment import Plan, run_experiment
 
     sets = list(a.sets)
     named: set[str] = set()

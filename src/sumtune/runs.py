@@ -27,27 +27,58 @@ from sumtune.methods.base import read_meta, weights_path
 from sumtune.modeling import load_model, load_tokenizer
 
 
-def is_finished(run: Path) -> bool:
-    """Whether `run` holds a finished run (results.json says so)."""
-    try:
-        return json.loads((Path(run) / "results.json").read_text(encoding="utf-8")).get("finished") is True
-    except (OSError, ValueError):
-        return False
+class RunDir:
+    """A run directory: the only code that knows RUN/'s layout (DESIGN.md's run contract) and
+    whether a run is finished."""
+
+    FILES = ("config.yaml", "metrics.jsonl", "results.json", "checkpoints", "adapter")
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    config = property(lambda self: self.path / "config.yaml")
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+    results = property(lambda self: self.path / "results.json")
+    adapter = property(lambda self: self.path / "adapter")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+
+    def eval_dir(self, split: str) -> Path:
+        return self.path / "eval" / split
+
+    def present(self) -> list[str]:
+        """The run files already there (a new run must find none)."""
+        return [f for f in self.FILES if (self.path / f).exists()]
+
+    def is_finished(self) -> bool:
+        """Whether results.json says the run finished."""
+        try:
+            return json.loads(self.results.read_text(encoding="utf-8")).get("finished") is True
+        except (OSError, ValueError):
+            return False
+
+    def check_finished(self) -> RunDir:
+        """This run, if it is finished and has weights; else a one-line error saying what it is."""
+        if not self.config.is_file():
+            raise UserError(f"{self.path} is not a sumtune run directory (no config.yaml); pass the --output-dir "
+                            "of a train run")
+        if not self.is_finished():
+            raise UserError(f"{self.path} is an unfinished run (its results.json does not say finished); finish it "
+                            f"with `sumtune train --config {self.config} --resume`")
+        if not self.adapter.is_dir():
+            raise UserError(f"{self.path} has no weights (no adapter/ directory); retrain it with `sumtune train`")
+        return self
+
+
+def is_finished(run: str | Path) -> bool:
+    return RunDir(run).is_finished()
 
 
 def check_finished_run(run_dir: str | Path) -> Path:
-    """The run directory, if it is a finished run with weights; else a one-line error saying what it is."""
-    run = Path(run_dir)
-    if not (run / "config.yaml").is_file():
-        raise UserError(f"{run} is not a sumtune run directory (no config.yaml); pass the --output-dir of a train run")
-    if not is_finished(run):
-        raise UserError(
-            f"{run} is an unfinished run (its results.json does not say finished); finish it with "
-            f"`sumtune train --config {run / 'config.yaml'} --resume`"
-        )
-    if not (run / "adapter").is_dir():
-        raise UserError(f"{run} has no weights (no adapter/ directory); retrain it with `sumtune train`")
-    return run
+    """The run directory, if it is a finished run with weights (RunDir.check_finished)."""
+    return RunDir(run_dir).check_finished().path
 
 
 def run_meta(cfg: Config, model: torch.nn.Module, **extra) -> dict:

@@ -65,6 +65,11 @@ class Method(ABC):
         """A plain Hugging Face model equivalent to the method model (for export)."""
         raise UserError(f"a {self.name} run cannot be exported as a plain model: {self.not_exportable}")
 
+    def decays(self, name: str) -> bool:
+        """Whether AdamW's weight decay applies to the trained matrix `name` (biases and norms
+        never decay; a method excludes what is not a layer weight)."""
+        return True
+
     def trainable_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """The trainable tensors by name (used by checkpoints)."""
         return {n: p for n, p in model.named_parameters() if p.requires_grad}

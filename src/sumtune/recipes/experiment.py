@@ -143,7 +143,7 @@ def _check_same(run: Path, cfg: Config, overwrite: bool, memo: dict) -> None:
 def _train(cfg: Config, overwrite: bool, memo: dict) -> tuple[Path, bool]:
     """Train cfg into cfg.output_dir unless it is finished (continuing a started run);
     (the run, whether it trained now)."""
-    from sumtune.train import train
+    from sumtune.recipes.train import train
 
     run = Path(cfg.output_dir)
     _check_same(run, cfg, overwrite, memo)

@@ -1,0 +1,228 @@
+"""`sumtune train`: one loop for every method, on Hugging Face Accelerate.
+
+Read top to bottom: lock and check the run directory -> `training.setup` (data, model,
+method, fast paths; every input checked before anything is written) -> AdamW + schedule ->
+(resume from the newest good checkpoint) -> optimizer steps with exact accumulation
+(`training.step`), validation and early stopping (`training.validation`), checkpoints
+(`training.resume`) -> results.json (`training.records`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from sumtune.config import Config, save_config
+from sumtune.errors import UserError
+from sumtune.io import WriteError
+from sumtune.lock import DirLock
+from sumtune.memory import PeakMemory
+from sumtune.runs import RunDir
+from sumtune.training.records import (
+    Records,
+    StopOnSignal,
+    any_process,
+    epoch_bar,
+    epoch_summary,
+    write_results,
+)
+from sumtune.training.resume import (
+    check_run_dir,
+    remove_failed_start,
+    restore,
+    save_state,
+    warn_if_short_of_space,
+)
+from sumtune.training.state import (
+    Progress,
+    StepPlan,
+    TrainSetup,
+    accelerator_for,
+    make_optimizer,
+    plan_steps,
+    setup,
+)
+from sumtune.training.step import micro_batches, oom_error, optimizer_step
+from sumtune.training.validation import validate, validation_loss
+
+
+def train(cfg: Config, resume: bool = False) -> Path:
+    """Train `cfg.method` on `cfg.data` into the run directory `cfg.output_dir`; returns it.
+    With `resume`, continue the run there from its newest good checkpoint."""
+    run = RunDir(cfg.output_dir)
+    if resume and run.is_finished():
+        print(f"{run}: the run finished earlier; nothing to resume")
+        return run.path
+    check_run_dir(run, cfg, resume)
+    accelerator, precision = accelerator_for(cfg, run.path)
+    main = accelerator.is_main_process
+    created = not run.path.exists()
+    with DirLock(run.path) if main else contextlib.nullcontext():  # one writer per run directory
+        memory = PeakMemory(accelerator.device).start()  # this run's own peak, not the process's
+        try:
+            s = setup(cfg, accelerator, precision)
+            if main and not resume:  # a resumed run's config is rewritten once its checkpoint is accepted
+                save_config(cfg, run.config)
+            return _zero_shot(s, run, memory) if not s.method.trains else _train(s, run, resume, memory)
+        except BaseException:
+            if not resume and main:
+                remove_failed_start(run, created)
+            raise
+        finally:
+            memory.stop()
+
+
+def _zero_shot(s: TrainSetup, run: RunDir, memory: PeakMemory) -> Path:
+    """Nothing trains: the base model's validation loss and its metadata."""
+    s.model.to(s.accelerator.device)  # no DDP wrapper
+    t0 = time.perf_counter()
+    val = validation_loss(s.accelerator, s.model, s.loss_fn, s.val_ds, s.collate, s.cfg.train.batch_size)
+    done = Progress(best_val_loss=val, peak_memory_mb=memory.peak_mb(), validation_seconds=time.perf_counter() - t0)
+    if s.accelerator.is_main_process:
+        s.method.save(s.model, run.adapter, s.meta)
+        write_results(s, run.results, done, 0, memory.kind)
+    s.accelerator.print(f"{run}: zero_shot, validation loss {val:.4f} (no training)")
+    return run.path
+
+
+def _train(s: TrainSetup, run: RunDir, resume: bool, memory: PeakMemory) -> Path:
+    accelerator, cfg = s.accelerator, s.cfg
+    plan = plan_steps(cfg, len(s.train_ds), accelerator.num_processes)
+    optimizer, scheduler = make_optimizer(s.model, s.method, cfg.train, s.fast_paths, plan.total)
+    s.model.train()  # from_pretrained returns eval mode; dropout (e.g. LoRA's) belongs to training
+    model, optimizer = accelerator.prepare(s.model, optimizer)
+    progress = Progress(samples_per_step=plan.per_step, micro_samples=plan.micro)
+    if resume:
+        progress = restore(s, run, plan, model, optimizer, scheduler) or progress
+        if accelerator.is_main_process:
+            save_config(cfg, run.config)  # differs at most in keys that leave the optimisation as it was
+    records = Records(run.metrics, progress.metrics_offset, accelerator.is_main_process)
+    accelerator.print(f"{run}: training {s.method.name}, {s.trainable:,} of {s.total:,} parameters, "
+                      f"{len(s.train_ds)} samples, {plan.steps_per_epoch} steps/epoch of {plan.per_step} samples, "
+                      f"{plan.total} steps, {s.precision}" + (f", from step {progress.step}" if progress.step else ""))
+    if accelerator.is_main_process:
+        warn_if_short_of_space(run, s.trainable)
+    loop = _Loop(s, run, plan, model, optimizer, scheduler, progress, records, memory)
+    if cfg.train.tensorboard:
+        accelerator.init_trackers("tensorboard")
+    try:
+        with StopOnSignal() as stop:
+            while progress.step < plan.total and not progress.early_stopped:
+                loop.epoch(stop)
+        progress.train_seconds += time.perf_counter() - loop.clock
+        progress.peak_memory_mb = max(progress.peak_memory_mb, memory.peak_mb())
+        if accelerator.is_main_process:
+            records.offset()
+            write_results(s, run.results, progress, progress.step / plan.steps_per_epoch, memory.kind)
+    except WriteError as e:
+        raise _write_failed(e, run) from None
+    finally:
+        if cfg.train.tensorboard:
+            accelerator.end_training()
+    if accelerator.is_main_process:
+        shutil.rmtree(run.checkpoints, ignore_errors=True)  # the run is complete: nothing to resume
+        accelerator.print(f"{run}: best validation loss {progress.best_val_loss:.4f} at step {progress.best_step}"
+                          + (" (early stopped)" if progress.early_stopped else "") + f"; weights in {run.adapter}")
+    accelerator.wait_for_everyone()
+    return run.path
+
+
+class _Loop:
+    """The steps of one run, an epoch at a time: step, record, validate, checkpoint."""
+
+    def __init__(self, s: TrainSetup, run: RunDir, plan: StepPlan, model, optimizer, scheduler,
+                 progress: Progress, records: Records, memory: PeakMemory):
+        self.s, self.run, self.plan, self.model = s, run, plan, model
+        self.optimizer, self.scheduler, self.progress, self.records, self.memory = optimizer, scheduler, progress, records, memory
+        self.trained = [p for p in model.parameters() if p.requires_grad]
+        self.lengths = [len(x) for x in s.train_ds["input_ids"]] if s.cfg.data.group_by_length else None
+        self.train_ds = s.train_ds
+        self.clock = time.perf_counter()
+
+    def epoch(self, stop: StopOnSignal) -> None:
+        """The rest of the current epoch (or until early stopping or a stop request)."""
+        p, plan, main = self.progress, self.plan, self.s.accelerator.is_main_process
+        epoch, first, last = plan.epoch_bounds(p.step)
+        order = plan.order(len(self.train_ds), epoch, self.lengths)
+        val = None
+        with epoch_bar(f"epoch {epoch + 1}/{plan.epochs}", last - first, p.step - first, main) as bar:
+            while p.step < last and not p.early_stopped:
+                k = p.step - first
+                event = self.step(order[k * plan.per_step:(k + 1) * plan.per_step], epoch)
+                bar.update(1)
+                bar.set_postfix(loss=f"{event['loss']:.4f}", lr=f"{event['lr']:.2e}",
+                                tok_s=f"{event['tokens_per_s']:.0f}", refresh=False)
+                if p.step == last or (self.s.cfg.train.eval_steps and p.step % self.s.cfg.train.eval_steps == 0):
+                    val = self.validate()
+                self.maybe_checkpoint(at_end=p.step == last, stopping=any_process(self.s.accelerator, stop.requested))
+            if main:
+                epoch_summary(epoch + 1, plan.epochs, p, val, bar)
+        p.epoch_loss, p.epoch_targets = 0.0, 0
+
+    def step(self, chunk: list[int], epoch: int) -> dict:
+        """One optimizer step over `chunk` (the step's sample indices); records and returns its event."""
+        s, p, tc = self.s, self.progress, self.s.cfg.train
+        batches = micro_batches(self.train_ds, chunk, tc.batch_size, self.plan.world, s.accelerator.process_index,
+                                s.collate)
+        t0 = time.perf_counter()
+        try:
+            r = optimizer_step(s.accelerator, self.model, self.optimizer, self.scheduler, s.loss_fn, batches,
+                               self.trained, tc.max_grad_norm)
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
+            raise oom_error(e, s.cfg, p.step + 1) from None
+        seconds = time.perf_counter() - t0
+        p.step += 1
+        if not math.isfinite(r.loss) or not math.isfinite(r.grad_norm) and s.precision != "fp16":
+            what = f"training loss is {r.loss}" if not math.isfinite(r.loss) else f"gradient norm is {r.grad_norm}"
+            raise UserError(f"{what} at step {p.step} (epoch {epoch + 1}); stopped. The best weights so far are in "
+                            f"{self.run.adapter}; lower --lr or use --precision fp32")
+        p.step_seconds += seconds
+        p.tokens += r.tokens
+        p.epoch_loss += r.loss * r.targets
+        p.epoch_targets += r.targets
+        event = {"step": p.step, "epoch": round(p.step / self.plan.steps_per_epoch, 4), "split": "train",
+                 "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm, "tokens_per_s": r.tokens / seconds}
+        self.records.write(event)
+        if tc.tensorboard:
+            s.accelerator.log({f"train/{k}": event[k] for k in ("loss", "lr", "grad_norm", "tokens_per_s")}, step=p.step)
+        return event
+
+    def validate(self) -> float:
+        t0 = time.perf_counter()
+        val = validate(self.s, self.model, self.run.adapter, self.progress, self.records, self.plan.steps_per_epoch)
+        self.progress.validation_seconds += time.perf_counter() - t0
+        return val
+
+    def maybe_checkpoint(self, at_end: bool, stopping: bool) -> None:
+        """A checkpoint at an epoch end, every train.save_steps, and on a stop request (then stop)."""
+        p, save_steps = self.progress, self.s.cfg.train.save_steps
+        done = p.step == self.plan.total or p.early_stopped
+        if done or not (at_end or stopping or (save_steps and p.step % save_steps == 0)):
+            return
+        now = time.perf_counter()
+        p.train_seconds += now - self.clock
+        self.clock = now
+        p.metrics_offset = self.records.offset()
+        p.peak_memory_mb = max(p.peak_memory_mb, self.memory.peak_mb())
+        path = save_state(self.s, self.run, self.model, self.optimizer, self.scheduler, p)
+        p.checkpoint_seconds += time.perf_counter() - now
+        if stopping:
+            self.s.accelerator.print(f"interrupted after step {p.step}: resumable checkpoint {path}; continue with "
+                                     f"`sumtune train --config {self.run.config} --resume`")
+            raise KeyboardInterrupt
+
+
+def _write_failed(e: WriteError, run: RunDir) -> UserError:
+    """A failed write during training (checkpoint, best weights, records, results), said with
+    what is safe and how to continue."""
+    from sumtune.checkpoint import list_checkpoints
+
+    kept = list_checkpoints(run.checkpoints)
+    resume = (f"the last good checkpoint is {kept[-1]}: free space and resume with "
+              f"`sumtune train --config {run.config} --resume`") if kept else "no checkpoint was written yet"
+    return UserError(f"{e}; nothing finished was lost (the best weights in {run.adapter} are intact); {resume}")
