@@ -30,9 +30,11 @@ EOS (as ``generate`` does) and, with the blank-line rule, the tokens that would 
 
 from __future__ import annotations
 
+import copy
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -60,6 +62,24 @@ def decoding_parts(model: nn.Module) -> tuple[nn.Module, torch.Tensor | None]:
             return model.base_model, model.get_prompt(batch_size=1)[0].detach()
         return model.get_base_model(), None
     return model, None
+
+
+BASE_ADAPTER = "__base__"  # PEFT's name for "no LoRA adapter" in a mixed-adapter batch
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What one row decodes with beyond the shared LM (``sumtune serve`` batches rows of several
+    runs): its soft prompt's keys/values (``Generator.prompt_kv``) and its LoRA adapter's name."""
+
+    soft_kv: KV | None = None
+    adapter: str = BASE_ADAPTER
+
+    @property
+    def n_soft(self) -> int:
+        return 0 if self.soft_kv is None else self.soft_kv[0][0].shape[-2]
 
 
 class _SlotLayer(DynamicLayer):
@@ -110,7 +130,10 @@ class Generator:
     """Decode summaries for token prompts with a method model (see the module docstring)."""
 
     def __init__(self, model: nn.Module, tokenizer, cfg: EvalConfig, autocast: torch.dtype | None = None,
-                 stop_at_blank_line: bool = True):
+                 stop_at_blank_line: bool = True, router: Callable[[list[str]], None] | None = None):
+        """`router`: called with each row's adapter name before every forward (rows of a batch may
+        use different LoRA adapters: see `Variant`); None for a single method model."""
+        self.router = router
         self.lm, soft = decoding_parts(model)
         self.lm.eval()
         self.cfg = cfg
@@ -122,8 +145,13 @@ class Generator:
         self.stop_at_blank_line = stop_at_blank_line
         vocab = self.lm.get_output_embeddings().weight.shape[0]
         self.tables = _stop_tables(tokenizer, vocab, self.device)
-        self.n_soft = 0 if soft is None else soft.shape[0]
-        self.soft_kv = None if soft is None else self._soft_prompt_kv(soft)
+        self.own = Variant(None if soft is None else self.prompt_kv(soft))
+
+    def with_config(self, cfg: EvalConfig) -> Generator:
+        """This generator with other decoding settings (the stop tables and soft prompt are shared)."""
+        other = copy.copy(self)
+        other.cfg = cfg
+        return other
 
     # --- model calls ---------------------------------------------------------
 
@@ -132,26 +160,35 @@ class Generator:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast)
 
-    def _soft_prompt_kv(self, soft: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Keys/values of the virtual tokens (positions 0..n-1), computed once at batch 1."""
+    def _route(self, names: list[str]) -> None:
+        if self.router is not None:
+            self.router(names)
+
+    def prompt_kv(self, soft: torch.Tensor) -> KV:
+        """Keys/values of a soft prompt's virtual tokens (positions 0..n-1) on the base weights,
+        computed once at batch 1."""
         cache = DynamicCache()
         emb = soft.to(self.device, self.lm.get_input_embeddings().weight.dtype)[None]
-        pos = torch.arange(self.n_soft, device=self.device)[None]
+        pos = torch.arange(soft.shape[0], device=self.device)[None]
+        self._route([BASE_ADAPTER])
         with torch.inference_mode(), self._ctx():
             self.lm(inputs_embeds=emb, position_ids=pos, use_cache=True, **{self.cache_kw: cache})
         return [(layer.keys, layer.values) for layer in cache.layers]
 
-    def _prefill(self, prompt: Sequence[int]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
-        """One prompt alone, after the soft prompt: its keys/values and last-position logits."""
-        cache = DynamicCache(ddp_cache_data=self.soft_kv) if self.soft_kv is not None else DynamicCache()
+    def _prefill(self, prompt: Sequence[int], v: Variant) -> tuple[KV, torch.Tensor]:
+        """One prompt alone, after its soft prompt: its keys/values and last-position logits."""
+        cache = DynamicCache(ddp_cache_data=v.soft_kv) if v.soft_kv is not None else DynamicCache()
         ids = torch.tensor([list(prompt)], device=self.device)
-        pos = torch.arange(self.n_soft, self.n_soft + ids.shape[1], device=self.device)[None]
+        pos = torch.arange(v.n_soft, v.n_soft + ids.shape[1], device=self.device)[None]
+        self._route([v.adapter])
         with self._ctx():
             out = self.lm(input_ids=ids, position_ids=pos, use_cache=True, logits_to_keep=1,
                           **{self.cache_kw: cache})
         return [(layer.keys, layer.values) for layer in cache.layers], out.logits[0, -1].float()
 
-    def _step(self, tokens: torch.Tensor, cache: Cache, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def _step(self, tokens: torch.Tensor, cache: Cache, mask: torch.Tensor, pos: torch.Tensor,
+              adapters: list[str]) -> torch.Tensor:
+        self._route(adapters)
         with self._ctx():
             out = self.lm(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos[:, None],
                           use_cache=True, **{self.cache_kw: cache})
@@ -160,8 +197,11 @@ class Generator:
     # --- public --------------------------------------------------------------
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[Sequence[int]], progress: bool = False) -> list[list[int]]:
-        """New tokens for each prompt, in input order; a finished summary ends with its stop token."""
+    def generate(self, prompts: Sequence[Sequence[int]], progress: bool = False,
+                 variants: Sequence[Variant] | None = None) -> list[list[int]]:
+        """New tokens for each prompt, in input order; a finished summary ends with its stop token.
+        `variants`: each prompt's own soft prompt/adapter (default: the model's own)."""
+        variants = list(variants) if variants is not None else [self.own] * len(prompts)
         k = self.cfg.num_beams
         per_batch = max(1, self.cfg.batch_size // k)
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -169,8 +209,8 @@ class Generator:
         with bar_of("generating", len(prompts), "summary", enabled=progress) as bar:
             for start in range(0, len(order), per_batch):
                 idx = order[start : start + per_batch]
-                batch = [prompts[i] for i in idx]
-                results = self._greedy(batch) if k == 1 else self._beam(batch, k)
+                batch, vs = [prompts[i] for i in idx], [variants[i] for i in idx]
+                results = self._greedy(batch, vs) if k == 1 else self._beam(batch, vs, k)
                 for i, r in zip(idx, results):
                     out[i] = r
                 bar.update(len(idx))
@@ -178,12 +218,13 @@ class Generator:
 
     # --- batch set-up --------------------------------------------------------
 
-    def _start(self, prompts: Sequence[Sequence[int]]):
-        """Prefill every prompt and lay the caches out left-padded: (cache, mask, pos, logits, P, limit)."""
+    def _start(self, prompts: Sequence[Sequence[int]], variants: Sequence[Variant]):
+        """Prefill every prompt and lay the caches out left-padded: (cache, mask, pos, logits, P, limit).
+        Rows with soft prompts of other lengths (or none) line up as rows of other lengths do."""
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt")
-        rows = [self._prefill(p) for p in prompts]
-        lengths = [self.n_soft + len(p) for p in prompts]
+        rows = [self._prefill(p, v) for p, v in zip(prompts, variants)]
+        lengths = [v.n_soft + len(p) for p, v in zip(prompts, variants)]
         width = max(lengths)
         limit = min(self.cfg.max_new_tokens, self.max_pos - width)
         if limit < 1:
@@ -254,8 +295,8 @@ class Generator:
 
     # --- greedy --------------------------------------------------------------
 
-    def _greedy(self, prompts: Sequence[Sequence[int]]) -> list[list[int]]:
-        cache, mask, pos, logits, width, limit = self._start(prompts)
+    def _greedy(self, prompts: Sequence[Sequence[int]], variants: Sequence[Variant]) -> list[list[int]]:
+        cache, mask, pos, logits, width, limit = self._start(prompts, variants)
         n = len(prompts)
         rows = torch.arange(n, device=self.device)  # original row of each active row
         seqs = torch.zeros(n, limit, dtype=torch.long, device=self.device)  # by active row
@@ -285,20 +326,22 @@ class Generator:
                     self._select(cache, keep)
             started |= self.tables["has_text"][tok]
             prev = tok
-            logits = self._step(tok, cache, mask[:, : width + step + 1], pos)
+            names = [variants[i].adapter for i in rows.tolist()] if self.router else []
+            logits = self._step(tok, cache, mask[:, : width + step + 1], pos, names)
             pos = pos + 1
         out[rows] = seqs
         return [out[i, : lengths[i]].tolist() for i in range(n)]
 
     # --- beam search ---------------------------------------------------------
 
-    def _beam(self, prompts: Sequence[Sequence[int]], k: int) -> list[list[int]]:
+    def _beam(self, prompts: Sequence[Sequence[int]], variants: Sequence[Variant], k: int) -> list[list[int]]:
         """Beam search as `generate` does it: per step the top 2k continuations; those that stop and rank
         within the first k become finished hypotheses scored sum_logprob / generated_len ** length_penalty;
         the best k that do not stop continue; an entry is done once k hypotheses are finished and the best
         running beam, normalised by the current length, cannot beat the worst of them."""
-        cache, mask, pos, logits, width, limit = self._start(prompts)
+        cache, mask, pos, logits, width, limit = self._start(prompts, variants)
         b, dev, lp = len(prompts), self.device, self.cfg.length_penalty
+        names = [v.adapter for v in variants for _ in range(k)]  # beams stay in their entry's rows
         rep = torch.arange(b, device=dev).repeat_interleave(k)
         self._select(cache, rep)
         mask, pos, logits = mask[rep], pos[rep], logits[rep]
@@ -346,7 +389,7 @@ class Generator:
             open_ &= ~full | (scores[:, 0] / float(step + 1) ** lp > worst)
             if not bool(open_.any()):
                 break
-            logits = self._step(new_tok, cache, mask[:, : width + step + 1], pos)
+            logits = self._step(new_tok, cache, mask[:, : width + step + 1], pos, names)
             pos = pos + 1
         return [h[0][1] for h in best]
 
