@@ -228,12 +228,16 @@ class RunSet:
         ev = replace(row.cfg.eval, preset="greedy", batch_size=0, max_sentences=0)
         return (row.run.name if row.run.swap is not None else None, astuple(ev), row.run.autocast)
 
-    def decode(self, rows: list[Row], max_batch: int = 8, together: bool = True) -> list[tuple[list[int], float]]:
-        """(generated tokens, seconds of the batch it was decoded in) per row, in order;
-        `together=False` decodes each row alone (the measurement baseline)."""
+    def decode(self, rows: list[Row], max_batch: int = 8, mode: str = "mixed") -> list[tuple[list[int], float]]:
+        """(generated tokens, seconds of the batch it was decoded in) per row, in order. `mode`:
+        "mixed" batches rows of different runs (`group_key`); "per_run" only rows of one run;
+        "alone" decodes each row by itself (the baselines of bench/serve_throughput.py)."""
+        if mode not in ("mixed", "per_run", "alone"):
+            raise ValueError(f"unknown decoding mode {mode!r}")
         groups: dict[tuple, list[int]] = {}
         for i, row in enumerate(rows):
-            groups.setdefault(self.group_key(row) if together else (i,), []).append(i)
+            key = (i,) if mode == "alone" else self.group_key(row)
+            groups.setdefault((row.run.name, key) if mode == "per_run" else key, []).append(i)
         out: list[tuple[list[int], float]] = [([], 0.0)] * len(rows)
         for idx in groups.values():
             first = rows[idx[0]]

@@ -88,8 +88,8 @@ class Job:
 class Worker:
     """The one thread that decodes; a bounded queue in front of it (`submit` raises queue.Full)."""
 
-    def __init__(self, runset, limits: Limits, together: bool = True):
-        self.runset, self.limits, self.together = runset, limits, together
+    def __init__(self, runset, limits: Limits, mode: str = "mixed"):
+        self.runset, self.limits, self.mode = runset, limits, mode
         self.jobs: queue.Queue[Job] = queue.Queue(maxsize=limits.max_queue)
         self.thread = threading.Thread(target=self._loop, name="sumtune-serve-worker", daemon=True)
         self.thread.start()
@@ -117,10 +117,10 @@ class Worker:
 
     def _loop(self) -> None:
         while True:
-            jobs = self._take() if self.together else self._take_one()
+            jobs = self._take()
             rows = [r for j in jobs for r in j.rows]
             try:
-                results = self.runset.decode(rows, self.limits.max_rows, together=self.together)
+                results = self.runset.decode(rows, self.limits.max_rows, mode=self.mode)
             except Exception as e:  # answer every waiting request; the worker stays up
                 log.exception("decoding failed")
                 for j in jobs:
@@ -130,10 +130,6 @@ class Worker:
             for j in jobs:
                 j.future.set_result(results[start : start + len(j.rows)])
                 start += len(j.rows)
-
-    def _take_one(self) -> list[Job]:
-        job = self.jobs.get()
-        return [job] if job.future.set_running_or_notify_cancel() else []
 
 
 def find_reports(runs: list[Path]) -> list[Path]:
@@ -149,9 +145,9 @@ def find_reports(runs: list[Path]) -> list[Path]:
 class Service:
     """The request handling, independent of the web framework (so the checks are plain code)."""
 
-    def __init__(self, runset, limits: Limits | None = None, together: bool = True):
+    def __init__(self, runset, limits: Limits | None = None, mode: str = "mixed"):
         self.runset, self.limits = runset, limits or Limits()
-        self.worker = Worker(runset, self.limits, together)
+        self.worker = Worker(runset, self.limits, mode)
         self.reports = find_reports([r.path for r in runset.runs.values()])
 
     def runs(self) -> list[dict]:
