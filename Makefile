@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 $(BIN)/sumtune: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch first: this pin takes the CPU build from local disk; the package keeps a range
+	# torch first, pinned to the version the tests run with; the package accepts a range (pyproject.toml)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(BIN)/sumtune

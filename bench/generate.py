@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import build_model, load_rows, precision_for  # noqa: E402
 
 from sumtune.config import EvalConfig  # noqa: E402
+from sumtune.decoding import Generator  # noqa: E402
 from sumtune.fastpath import speed_up  # noqa: E402
 from sumtune.fastpath.attention import set_attention  # noqa: E402
-from sumtune.generate import Generator  # noqa: E402
 
 
 def hf_generate(model, prompts, eos: int, max_new: int, autocast) -> list[list[int]]:

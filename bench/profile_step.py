@@ -72,8 +72,8 @@ def _train_step(a, precision: str):
 
 def _generate(a, precision: str):
     from sumtune.config import EvalConfig
+    from sumtune.decoding import Generator
     from sumtune.fastpath import speed_up
-    from sumtune.generate import Generator
 
     rows = load_rows(a.data)[: a.n]
     prompts = [[t for t, y in zip(r["input_ids"], r["labels"]) if y == -100] for r in rows]

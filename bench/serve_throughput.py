@@ -33,8 +33,8 @@ METHODS = ("zero_shot", "prompt_tuning", "lora", "last_layers")
 def make_runs(root: Path, hidden: int, layers: int, precision: str) -> list[Path]:
     """A tiny GPT-Neo and one run per method, its trained parameters randomly moved (no training:
     throughput does not depend on the values)."""
-    from sumtune.checkpoint import atomic_write_json
     from sumtune.config import build_config, save_config
+    from sumtune.io import atomic_write_json
     from sumtune.methods import get_method
     from sumtune.modeling import load_model, load_tokenizer
     from sumtune.runs import run_meta

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from sumtune.checkpoint import atomic_write_json
 from sumtune.config import build_config, save_config
+from sumtune.io import atomic_write_json
 from sumtune.methods import get_method
 from sumtune.modeling import load_model, load_tokenizer
 from sumtune.runs import run_meta

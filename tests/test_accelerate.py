@@ -16,8 +16,8 @@ import sys
 import pytest
 import torch
 
-from sumtune.checkpoint import load_tensors
 from sumtune.cli import main
+from sumtune.io import load_tensors
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU multi-process test")
 

@@ -17,6 +17,7 @@ from conftest import write_kaggle_dir
 
 from sumtune import data
 from sumtune.config import DataConfig
+from sumtune.data import sources, tokenize
 from sumtune.errors import UserError
 from sumtune.modeling import load_tokenizer
 from sumtune.tiny import synthetic_news, train_tokenizer
@@ -242,9 +243,9 @@ def test_find_bad_utf8_across_chunk_boundary(tmp_path):
     # a multi-byte character cut by the read chunk is fine; a bad byte is found with its line
     good = ("é" * 10).encode()
     (tmp_path / "ok").write_bytes(b"a\n" + good)
-    assert data._find_bad_utf8(tmp_path / "ok") is None
+    assert sources._find_bad_utf8(tmp_path / "ok") is None
     (tmp_path / "bad").write_bytes(b"a\nb\n" + good + b"\xff")
-    assert data._find_bad_utf8(tmp_path / "bad") == 3
+    assert sources._find_bad_utf8(tmp_path / "bad") == 3
 
 
 # --- tokenisation -----------------------------------------------------------
@@ -254,11 +255,17 @@ def _enc(tok, text: str) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
+def encode_example(tok, article: str, summary: str, cfg: DataConfig) -> dict:
+    """One token example (see `data.encode_batch`), with n_target: the number of target tokens."""
+    ex = {k: v[0] for k, v in data.encode_batch(tok, [article], [summary], cfg).items()}
+    return {**ex, "n_target": sum(label != -100 for label in ex["labels"])}
+
+
 def test_article_is_cut_not_summary(tok):
     cfg = DataConfig(max_length=64, max_summary_length=32)
     article = " ".join(r["article"] for r in synthetic_news(20, seed=2))
     summary = "The mayor announced a plan .\nResidents welcomed it."
-    ex = data.encode_example(tok, article, summary, cfg)
+    ex = encode_example(tok, article, summary, cfg)
     sep, target = _enc(tok, cfg.separator), _enc(tok, summary) + [tok.eos_token_id]
     n_art = 64 - len(sep) - len(target)
     assert len(_enc(tok, article)) > 200 and len(ex["input_ids"]) == 64
@@ -273,17 +280,17 @@ def test_article_is_cut_not_summary(tok):
 def test_summary_cut_only_beyond_its_budget(tok):
     cfg = DataConfig(max_length=256, max_summary_length=16)
     article, summary = "A short article.", " ".join(["The council approved the budget ."] * 10)
-    ex = data.encode_example(tok, article, summary, cfg)
+    ex = encode_example(tok, article, summary, cfg)
     assert ex["input_ids"][: len(_enc(tok, article))] == _enc(tok, article)  # article whole
     assert ex["n_target"] == 17 and ex["input_ids"][-17:] == _enc(tok, summary)[:16] + [tok.eos_token_id]
-    short = data.encode_example(tok, article, "Budget approved.", cfg)
+    short = encode_example(tok, article, "Budget approved.", cfg)
     assert short["input_ids"][-short["n_target"]:] == _enc(tok, "Budget approved.") + [tok.eos_token_id]
 
 
 def test_separator_too_long_for_max_length(tok):
     cfg = DataConfig(max_length=24, max_summary_length=16, separator=" and then the summary follows here:")
     with pytest.raises(UserError, match="data.max_length"):
-        data.encode_example(tok, "a", "b", cfg)
+        encode_example(tok, "a", "b", cfg)
 
 
 def test_tokenize_splits_columns(kaggle_dir, tok):
@@ -291,28 +298,29 @@ def test_tokenize_splits_columns(kaggle_dir, tok):
     splits = data.load_splits(cfg, seed=0)
     toks = data.tokenize_splits(splits, tok, cfg)
     row, raw = toks["train"][3], splits["train"][3]
-    assert row["input_ids"] == data.encode_example(tok, raw["article"], raw["summary"], cfg)["input_ids"]
+    assert row["input_ids"] == encode_example(tok, raw["article"], raw["summary"], cfg)["input_ids"]
     assert all(len(r) <= 96 for r in toks["validation"]["input_ids"])
-    assert toks["test"].column_names == ["id", "article", "summary", "input_ids", "labels", "n_target"]
+    assert toks["test"].column_names == ["id", "article", "summary", "input_ids", "labels"]
 
 
-def _count_calls(monkeypatch, name: str, rows_arg: int | None = None) -> list[int]:
-    """Count the calls of data.<name> (or the rows it is given, from positional argument rows_arg)."""
+def _count_calls(monkeypatch, module, name: str, rows_arg: int | None = None) -> list[int]:
+    """Count the calls of module.<name> (or the rows it is given, from positional argument rows_arg)."""
     calls = [0]
-    real = getattr(data, name)
+    real = getattr(module, name)
 
     def counting(*a, **k):
         calls[0] += 1 if rows_arg is None else len(a[rows_arg])
         return real(*a, **k)
 
-    monkeypatch.setattr(data, name, counting)
+    monkeypatch.setattr(module, name, counting)
     return calls
 
 
 def test_rerun_reads_the_cache(kaggle_dir, tiny_gpt2, monkeypatch):
     cfg = DataConfig(source=str(kaggle_dir), max_length=96, max_summary_length=32)
     first = data.tokenize_splits(data.load_splits(cfg, seed=0), load_tokenizer(str(tiny_gpt2)), cfg)
-    cleaned, encoded = _count_calls(monkeypatch, "clean_article"), _count_calls(monkeypatch, "encode_batch", 1)
+    cleaned, encoded = (_count_calls(monkeypatch, sources, "clean_article"),
+                        _count_calls(monkeypatch, tokenize, "encode_batch", 1))
     # a fresh tokenizer object from disk, as in a new run
     again = data.tokenize_splits(data.load_splits(cfg, seed=0), load_tokenizer(str(tiny_gpt2)), cfg)
     assert cleaned[0] == 0 and encoded[0] == 0
@@ -349,7 +357,7 @@ def test_tokenizer_id_tells_tokenizers_apart(tok, tiny_gpt2):
 def test_several_processes_give_the_same_examples(kaggle_dir, tok, monkeypatch, tmp_path):
     import datasets
 
-    monkeypatch.setattr(data, "MIN_PARALLEL_ROWS", 1)
+    monkeypatch.setattr(sources, "MIN_PARALLEL_ROWS", 1)
     one = DataConfig(source=str(kaggle_dir), max_length=96, max_summary_length=32, num_proc=1)
     two = DataConfig(source=str(kaggle_dir), max_length=96, max_summary_length=32, num_proc=2)
     a = data.tokenize_splits(data.load_splits(one, seed=0), tok, one)
@@ -368,7 +376,7 @@ def test_several_processes_give_the_same_examples(kaggle_dir, tok, monkeypatch, 
 
 def test_collator_pads_to_the_longest_in_the_batch(tok):
     cfg = DataConfig(max_length=512, max_summary_length=32)
-    rows = [data.encode_example(tok, r["article"], r["highlights"], cfg) for r in synthetic_news(3, seed=1)]
+    rows = [encode_example(tok, r["article"], r["highlights"], cfg) for r in synthetic_news(3, seed=1)]
     batch = data.Collator(tok.pad_token_id)(rows)
     n = max(len(r["input_ids"]) for r in rows)
     assert batch["input_ids"].shape == (3, n) and n < 512
@@ -386,7 +394,7 @@ def test_padded_batch_loss_equals_unpadded_examples(tok, tiny_gpt2):
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_gpt2)).eval()
     cfg = DataConfig(max_length=256, max_summary_length=32)
-    rows = [data.encode_example(tok, r["article"], r["highlights"], cfg) for r in synthetic_news(4, seed=7)]
+    rows = [encode_example(tok, r["article"], r["highlights"], cfg) for r in synthetic_news(4, seed=7)]
     assert len({len(r["input_ids"]) for r in rows}) > 1
     batch = data.Collator(tok.pad_token_id)(rows)
     with torch.no_grad():

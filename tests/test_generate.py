@@ -12,7 +12,7 @@ from peft import PeftModel
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from sumtune.config import EvalConfig, apply_preset
-from sumtune.generate import Generator, decode_summary
+from sumtune.decoding import Generator, decode_summary
 from sumtune.modeling import load_model, load_tokenizer
 from sumtune.tiny import synthetic_news
 
@@ -250,16 +250,16 @@ def test_beam_cnndm_preset_real_lengths_equals_hf_generate(tiny_neo):
 
 
 def test_stop_mask_is_the_stop_rule_for_every_token(tiny_gpt2):
-    """The min_new_tokens ban forbids exactly the tokens `_stops` would stop at, blank lines included."""
+    """The min_new_tokens ban forbids exactly the tokens `stops` would stop at, blank lines included."""
     tokenizer = load_tokenizer(str(tiny_gpt2))
-    gen = Generator(load_model(str(tiny_gpt2)), tokenizer, EvalConfig())
-    vocab = gen.tables["blank"].shape[0]
+    rule = Generator(load_model(str(tiny_gpt2)), tokenizer, EvalConfig()).stop_rule
+    vocab = rule.tables["blank"].shape[0]
     prev = torch.arange(-1, vocab).repeat(2)
     started = torch.arange(len(prev)) >= vocab + 1
-    mask = gen._stop_mask(prev, started)
+    mask = rule.mask(prev, started)
     for tok in range(vocab):
         t = torch.full_like(prev, tok)
-        assert torch.equal(mask[:, tok], gen._stops(t, prev, started)), tok
+        assert torch.equal(mask[:, tok], rule.stops(t, prev, started)), tok
     nl = tokenizer("\n")["input_ids"][0]
     assert mask[:, tokenizer.eos_token_id].all()
     assert mask[started & (prev == nl), nl].all() and not mask[~started, nl].any()  # "\n" + "\n", after text only

@@ -7,7 +7,7 @@ import json
 import pytest
 from method_utils import make_run
 
-from sumtune.checkpoint import atomic_write_json
+from sumtune.io import atomic_write_json
 from sumtune.report import compare_runs, loss_curves
 
 PNG = b"\x89PNG\r\n\x1a\n"

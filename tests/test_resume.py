@@ -22,6 +22,8 @@ from conftest import write_kaggle_dir
 
 from sumtune import checkpoint as ck
 from sumtune.cli import main
+from sumtune.errors import UserError
+from sumtune.io import atomic_save_tensors, load_tensors
 
 STEPS = 8  # 16 samples / (2 x 2) = 4 steps per epoch, 2 epochs
 
@@ -29,7 +31,7 @@ STEPS = 8  # 16 samples / (2 x 2) = 4 steps per epoch, 2 epochs
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """One torch thread here and in the subprocesses: the same arithmetic in both (bit-identity),
-    and on a shared 2-core machine far faster than two threads competing."""
+    and, the models being tiny, no threads competing for the cores."""
     threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -60,7 +62,7 @@ def _events(run: Path) -> list[dict]:
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
-    return ck.load_tensors(run / "adapter" / "adapter_model.safetensors")
+    return load_tensors(run / "adapter" / "adapter_model.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -184,13 +186,13 @@ def test_optimizer_state_round_trips_without_pickle(tmp_path):
         net(x).pow(2).sum().backward()
         opt.step()
     tensors, meta = ck.optimizer_to_files(opt.state_dict())
-    ck.atomic_save_tensors(tmp_path / "o.safetensors", tensors)
+    atomic_save_tensors(tmp_path / "o.safetensors", tensors)
     (tmp_path / "o.json").write_text(json.dumps(meta))
     twin = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
     twin.load_state_dict(net.state_dict())
     opt2 = torch.optim.AdamW([{"params": [twin[0].weight], "weight_decay": 0.1},
                               {"params": [twin[0].bias, *twin[1].parameters()], "weight_decay": 0.0}], lr=1e-2)
-    opt2.load_state_dict(ck.optimizer_from_files(ck.load_tensors(tmp_path / "o.safetensors"),
+    opt2.load_state_dict(ck.optimizer_from_files(load_tensors(tmp_path / "o.safetensors"),
                                                  json.loads((tmp_path / "o.json").read_text())))
     for o, n in ((opt, net), (opt2, twin)):  # one more step each: identical
         o.zero_grad()
@@ -220,6 +222,6 @@ def test_checkpoints_keep_the_last_two_and_verify_their_manifest(tmp_path, caplo
     path, files = ck.latest_checkpoint(root, warn=logging.getLogger("t").warning)
     assert path.name == "step-0000002" and files["s.json"] == {"step": 2}
     (root / "step-0000002" / ck.MANIFEST).unlink()
-    with pytest.raises(ck.UserError, match=r"no usable checkpoint .*\(all 2 are corrupt\)"):
+    with pytest.raises(UserError, match=r"no usable checkpoint .*\(all 2 are corrupt\)"):
         ck.latest_checkpoint(root)
     assert ck.latest_checkpoint(tmp_path / "none") is None

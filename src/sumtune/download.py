@@ -11,8 +11,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from sumtune.checkpoint import atomic_dir
 from sumtune.errors import UserError
+from sumtune.io import atomic_dir
 
 log = logging.getLogger(__name__)
 

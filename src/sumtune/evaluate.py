@@ -1,5 +1,5 @@
 """`sumtune evaluate` and `sumtune summarize`: the loss over summary tokens, then summaries
-generated for every article (generate.py) and their ROUGE against the references.
+generated for every article (decoding/) and their ROUGE against the references.
 
 Writes RUN/eval/<split>/predictions.jsonl ({"id", "reference", "prediction", per-example
 ROUGE F1 and token lengths} per line) and then RUN/eval/<split>/metrics.json (means, 95%
@@ -24,7 +24,6 @@ from typing import Any
 import torch
 
 from sumtune.bootstrap import bootstrap_ci
-from sumtune.checkpoint import atomic_write_json, atomic_write_text
 from sumtune.config import (
     Config,
     absolute_source,
@@ -34,8 +33,9 @@ from sumtune.config import (
     set_keys,
     validate,
 )
+from sumtune.decoding import Generator, decode_summary
 from sumtune.errors import UserError
-from sumtune.generate import Generator, decode_summary
+from sumtune.io import atomic_write_json, atomic_write_text
 from sumtune.metrics import ROUGE_KEYS, TokenLoss, rouge_per_example, summed_token_loss
 from sumtune.runs import check_finished_run
 from sumtune.sentences import SPLITTER, split_sentences

@@ -21,18 +21,16 @@ refused in one line naming the keys, unless `overwrite`, which starts those runs
 from __future__ import annotations
 
 import copy
-import functools
-import json
 import logging
 import math
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sumtune.checkpoint import atomic_dir, atomic_write_json, read_json
 from sumtune.config import Config, build_config, config_differences, load_run_config
 from sumtune.errors import UserError
+from sumtune.io import atomic_dir, atomic_write_json, read_json
 from sumtune.runs import is_finished
 
 log = logging.getLogger(__name__)
@@ -96,18 +94,18 @@ def grid_key(cfg: Config) -> str:
 # --- one run ------------------------------------------------------------------
 
 
-@functools.cache
-def _current_sources(model: str, data_cfg: str) -> dict:
-    """The base model's and the data's content fingerprints now (once per experiment)."""
-    from sumtune.config import DataConfig
+def _current_sources(cfg: Config, memo: dict) -> dict:
+    """The base model's and the data's content fingerprints now (once per experiment: `memo`)."""
     from sumtune.fingerprints import data_fingerprint, fingerprint
     from sumtune.modeling import load_model
 
-    data = data_fingerprint(DataConfig(**json.loads(data_cfg)))
-    return {"weights_sha": fingerprint(model, load_model(model))["weights_sha"], "data_sha": data.get("sha256")}
+    if not memo:
+        memo["data_sha"] = data_fingerprint(cfg.data).get("sha256")
+        memo["weights_sha"] = fingerprint(cfg.model.name, load_model(cfg.model.name))["weights_sha"]
+    return memo
 
 
-def _source_differences(run: Path, cfg: Config) -> list[tuple[str, Any, Any]]:
+def _source_differences(run: Path, cfg: Config, memo: dict) -> list[tuple[str, Any, Any]]:
     """A finished run's recorded base weights and data content against what they are now."""
     res = read_json(run / "results.json") if is_finished(run) else {}
     saved_data = ((res.get("data") or {}).get("fingerprint") or {}).get("sha256")
@@ -115,7 +113,7 @@ def _source_differences(run: Path, cfg: Config) -> list[tuple[str, Any, Any]]:
     saved_weights = base.get("weights_sha") if base.get("fingerprint") else None  # old scheme: load_run refuses
     if not saved_data and not saved_weights:
         return []
-    now = _current_sources(cfg.model.name, json.dumps(asdict(cfg.data), sort_keys=True))
+    now = _current_sources(cfg, memo)
     diffs = []
     if saved_data and saved_data != now["data_sha"]:
         diffs.append(("data content (sha256)", saved_data[:12], str(now["data_sha"])[:12]))
@@ -124,12 +122,12 @@ def _source_differences(run: Path, cfg: Config) -> list[tuple[str, Any, Any]]:
     return diffs
 
 
-def _check_same(run: Path, cfg: Config, overwrite: bool) -> None:
+def _check_same(run: Path, cfg: Config, overwrite: bool, memo: dict) -> None:
     """Refuse (or with `overwrite`, clear) a run directory made with other settings, or whose
     recorded base weights or data content differ from today's."""
     if not (run / "config.yaml").is_file():
         return
-    diffs = config_differences(load_run_config(run), cfg) or _source_differences(run, cfg)
+    diffs = config_differences(load_run_config(run), cfg) or _source_differences(run, cfg, memo)
     if not diffs:
         return
     if overwrite:
@@ -141,13 +139,13 @@ def _check_same(run: Path, cfg: Config, overwrite: bool) -> None:
                     "or use another --output-dir")
 
 
-def _train(cfg: Config, overwrite: bool) -> tuple[Path, bool]:
+def _train(cfg: Config, overwrite: bool, memo: dict) -> tuple[Path, bool]:
     """Train cfg into cfg.output_dir unless it is finished (continuing a started run);
     (the run, whether it trained now)."""
     from sumtune.train import train
 
     run = Path(cfg.output_dir)
-    _check_same(run, cfg, overwrite)
+    _check_same(run, cfg, overwrite, memo)
     if is_finished(run):
         print(f"{run}: finished earlier with the same settings, skipped")
         return run, False
@@ -196,7 +194,7 @@ def _sweep_steps(cfg: Config) -> int | None:
     return steps
 
 
-def _sweep_run(cfg: Config, method: str, out: Path, lr: float, overwrite: bool) -> tuple[float, float]:
+def _sweep_run(cfg: Config, method: str, out: Path, lr: float, overwrite: bool, memo: dict) -> tuple[float, float]:
     """One short run at `lr`: (best validation loss, its wall seconds)."""
     c = _method_cfg(cfg, method, out / "sweep" / method / f"lr{lr:g}", lr)
     steps = _sweep_steps(cfg)
@@ -204,7 +202,7 @@ def _sweep_run(cfg: Config, method: str, out: Path, lr: float, overwrite: bool) 
         c.train.max_steps = steps
     else:
         c.train.epochs = 1
-    run, _ = _train(c, overwrite)
+    run, _ = _train(c, overwrite, memo)
     res = read_json(run / "results.json")
     trained = res["steps"] - math.ceil(c.train.warmup_ratio * res["steps"])
     if trained < MIN_SWEEP_STEPS:
@@ -227,13 +225,13 @@ def _edge(lr: float, grid: list[float]) -> str | None:
     return "low" if lr == min(grid) else "high" if lr == max(grid) else None
 
 
-def _sweep(cfg: Config, method: str, out: Path, grid: tuple[float, ...], overwrite: bool) -> dict:
+def _sweep(cfg: Config, method: str, out: Path, grid: tuple[float, ...], overwrite: bool, memo: dict) -> dict:
     """Short runs over the grid, extended one step past an edge that wins; the record of it."""
     rates = sorted(grid)
     losses: dict[float, float] = {}
     seconds = 0.0
     for lr in rates:
-        losses[lr], s = _sweep_run(cfg, method, out, lr, overwrite)
+        losses[lr], s = _sweep_run(cfg, method, out, lr, overwrite, memo)
         seconds += s
     best, tied = _best(losses, grid)
     edge = _edge(best, rates)
@@ -241,7 +239,7 @@ def _sweep(cfg: Config, method: str, out: Path, grid: tuple[float, ...], overwri
         ratio = rates[1] / rates[0] if edge == "low" else rates[-1] / rates[-2]
         extra = float(f"{(best / ratio if edge == 'low' else best * ratio):.3g}")
         if 0 < extra < 10:
-            losses[extra], s = _sweep_run(cfg, method, out, extra, overwrite)
+            losses[extra], s = _sweep_run(cfg, method, out, extra, overwrite, memo)
             seconds += s
             rates = sorted(losses)
             best, tied = _best(losses, grid)
@@ -273,17 +271,20 @@ def run_experiment(cfg: Config, plan: Plan | None = None) -> dict:
         raise UserError("--lr fixes one rate for every method and --sweep-lr searches per method; pass one of them")
     if isinstance(plan.lr, dict) and (unknown := sorted(set(plan.lr) - set(plan.methods()))):
         raise UserError(f"--lr names {', '.join(unknown)}, not trained here (methods: {', '.join(plan.methods())})")
+    if plan.sweep_lr:
+        _sweep_steps(cfg)  # refuse a budget the sweep cannot train with, before anything runs
     out = Path(cfg.output_dir)
     seeds = [cfg.train.seed + i for i in range(plan.seeds)]
     record: dict = {"methods": list(plan.methods()), "seeds": seeds, "lr": {}, "sweep": {}, "runs": {}}
     runs = []
+    memo: dict = {}  # today's content fingerprints, computed once if a finished run needs them
     for method in plan.methods():
         c0 = _method_cfg(cfg, method, out / method, None)
         lr, key = _fixed_lr(plan, method), grid_key(c0)
         if method != "zero_shot" and lr is None:
             grid = plan.lr_grid[key]
             if plan.sweep_lr:
-                record["sweep"][method] = _sweep(cfg, method, out, grid, plan.overwrite)
+                record["sweep"][method] = _sweep(cfg, method, out, grid, plan.overwrite, memo)
                 lr = record["sweep"][method]["best"]
             else:
                 lr = grid[len(grid) // 2]
@@ -293,7 +294,7 @@ def run_experiment(cfg: Config, plan: Plan | None = None) -> dict:
             run_dir = out / (method if i == 0 else f"{method}-seed{seed}")
             c = _method_cfg(cfg, method, run_dir, lr, seed)
             print(f"== {method}" + (f" (lr {lr:g})" if lr is not None else "") + f", seed {seed} -> {c.output_dir}")
-            run, trained = _train(c, plan.overwrite)
+            run, trained = _train(c, plan.overwrite, memo)
             _evaluate(run, plan, c, retrained=trained)
             runs.append(run)
             record["runs"][method].append(str(run))
@@ -324,5 +325,5 @@ def run_demo(output_dir: str | Path = "demo_runs") -> dict:
         "train.epochs": 10, "train.batch_size": 4, "train.grad_accum": 1, "train.precision": "fp32",
         "data.max_length": 384, "data.max_summary_length": 64, "eval.preset": "cnndm",
     })
-    plan = Plan(with_full=True, sweep_lr=True, lr_grid=dict(DEMO_LR_GRID), seeds=2)
+    plan = Plan(with_full=True, sweep_lr=True, lr_grid=dict(DEMO_LR_GRID))
     return run_experiment(cfg, plan)  # ends with the table, plots

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sumtune.checkpoint import atomic_dir, atomic_write_json
 from sumtune.config import load_run_config
 from sumtune.errors import UserError
+from sumtune.io import atomic_dir, atomic_write_json
 from sumtune.methods import get_method
 from sumtune.runs import check_finished_run, load_run
 

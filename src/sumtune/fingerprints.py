@@ -126,10 +126,10 @@ def data_fingerprint(cfg, hub: Any = None) -> dict:
         return _hub_fingerprint(src, hub)
     path = Path(src).expanduser()
     if path.is_dir():
-        from sumtune.data import _KAGGLE_FILES
+        from sumtune.data import KAGGLE_FILES
 
         files = {n: {"sha256": file_sha256(path / n), "bytes": (path / n).stat().st_size}
-                 for n in sorted(_KAGGLE_FILES.values())}
+                 for n in sorted(KAGGLE_FILES.values())}
         kind = "kaggle_dir"
     elif path.is_file():
         files = {path.name: {"sha256": file_sha256(path), "bytes": path.stat().st_size}}
@@ -144,13 +144,9 @@ def data_fingerprint(cfg, hub: Any = None) -> dict:
 def _hub_fingerprint(src: str, hub: Any) -> dict:
     name, _, conf = src[3:].partition(":")
     if hub is None:
-        from sumtune import data
+        from sumtune.data import hub_dataset
 
-        hub = data._HUB_LOADED.get(src)
-    if hub is None:
-        from sumtune.data import _load_hub
-
-        hub = _load_hub(src)
+        hub = hub_dataset(src)
     splits = {s: {"fingerprint": ds._fingerprint, "rows": len(ds)} for s, ds in sorted(hub.items())}
     digest = hashlib.sha256(json.dumps(splits, sort_keys=True).encode()).hexdigest()
     return {"kind": "hf", "dataset": name, "config": conf or None, "splits": splits, "sha256": digest}
@@ -164,8 +160,8 @@ def upgrade_run(run_dir: str | Path, base_model: str | None = None) -> dict:
     what scheme 1 can check (model type, config, weight file sizes and tensor shapes).
     The caller asserts the base model is the one the run was trained on: scheme 1 never
     recorded the weight values, so nothing can prove it. Returns the new fingerprint."""
-    from sumtune.checkpoint import atomic_write_json
     from sumtune.config import load_run_config
+    from sumtune.io import atomic_write_json
     from sumtune.methods.base import META_FILE, read_meta
     from sumtune.modeling import load_model
 

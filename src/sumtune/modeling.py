@@ -93,7 +93,8 @@ def count_params(model) -> tuple[int, int]:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto -> bf16 where the hardware runs it (CUDA with bf16, or a CPU with AMX/AVX512-BF16), else fp32."""
+    """auto -> bf16 where the hardware runs it (CUDA with bf16, or a CPU with AMX/AVX512-BF16); else fp16 on
+    CUDA, fp32 on a CPU."""
     if precision != "auto":
         if precision == "fp16" and device.type != "cuda":
             raise UserError("precision fp16 needs a CUDA GPU (it uses a grad scaler); use bf16 or fp32 on CPU")

@@ -4,7 +4,7 @@ model is loaded once and each run's trained parameters beside it.
 How each method is held:
 - zero_shot: the base itself;
 - prompt_tuning: the soft prompt's keys/values, computed once on the base weights; a row lays
-  them in front of its prompt in the KV cache (`generate.Variant`), as `Generator` does for one run;
+  them in front of its prompt in the KV cache (`decoding.Variant`), as `Generator` does for one run;
 - lora: one named PEFT adapter per run in LoRA layers injected once into the base; every forward
   names each row's adapter (PEFT's mixed-adapter batches, "__base__" for rows without one);
 - last_layers / full: they replace base weights. Their trained tensors are kept beside the base
@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from sumtune.config import Config, load_run_config
+from sumtune.decoding import BASE_ADAPTER, Generator, Variant
 from sumtune.errors import UserError
-from sumtune.generate import BASE_ADAPTER, Generator, Variant
 
 log = logging.getLogger(__name__)
 

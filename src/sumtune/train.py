@@ -47,7 +47,6 @@ import torch.nn.functional as F
 
 from sumtune import progress
 from sumtune.checkpoint import (
-    atomic_write_json,
     latest_checkpoint,
     optimizer_from_files,
     optimizer_to_files,
@@ -60,6 +59,7 @@ from sumtune.data import Collator, epoch_order, load_splits, tokenize_splits
 from sumtune.errors import UserError
 from sumtune.fastpath import fused_adamw, select_loss, speed_up
 from sumtune.fingerprints import data_fingerprint
+from sumtune.io import atomic_write_json
 from sumtune.memory import PeakMemory
 from sumtune.methods import get_method
 from sumtune.modeling import (
@@ -179,7 +179,9 @@ def _train(cfg: Config, run: Path, resume: bool, accelerator, precision: str, me
     n_epochs = math.ceil(total_steps / steps_per_epoch)
     lengths = [len(x) for x in train_ds["input_ids"]] if cfg.data.group_by_length else None
     optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, fused=fused_adamw(tc.fast))
-    scheduler = _scheduler(optimizer, tc.scheduler, math.ceil(tc.warmup_ratio * total_steps), total_steps)
+    # warmup's first step has rate 0: leave at least one step after it (--max-steps 1 must train)
+    warmup = min(math.ceil(tc.warmup_ratio * total_steps), total_steps - 1)
+    scheduler = _scheduler(optimizer, tc.scheduler, warmup, total_steps)
     model.train()  # from_pretrained returns eval mode; dropout (e.g. LoRA's) belongs to training
     model, optimizer = accelerator.prepare(model, optimizer)
     trained = [p for p in model.parameters() if p.requires_grad]

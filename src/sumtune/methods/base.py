@@ -24,7 +24,9 @@ from pathlib import Path
 
 import torch
 
-from sumtune.checkpoint import (
+from sumtune.config import MethodConfig
+from sumtune.errors import UserError
+from sumtune.io import (
     PICKLE_SUFFIXES,
     atomic_dir,
     atomic_save_tensors,
@@ -32,8 +34,6 @@ from sumtune.checkpoint import (
     load_tensors,
     read_json,
 )
-from sumtune.config import MethodConfig
-from sumtune.errors import UserError
 
 META_FILE = "sumtune.json"
 

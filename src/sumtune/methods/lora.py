@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from sumtune.checkpoint import atomic_dir, load_tensors, read_json
 from sumtune.config import MethodConfig
 from sumtune.errors import UserError
+from sumtune.io import atomic_dir, load_tensors, read_json
 from sumtune.methods.base import Method, freeze, weights_path, write_meta
 
 # attention projections + MLP linears, per model_type

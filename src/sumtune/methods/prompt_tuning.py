@@ -23,9 +23,9 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from sumtune.checkpoint import atomic_dir, atomic_save_tensors, load_tensors, read_json
 from sumtune.config import MethodConfig
 from sumtune.errors import UserError
+from sumtune.io import atomic_dir, atomic_save_tensors, load_tensors, read_json
 from sumtune.methods.base import Method, freeze, weights_path, write_meta
 
 PEFT_KEY = "prompt_embeddings"  # the tensor name PEFT writes for prompt tuning

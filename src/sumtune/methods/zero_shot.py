@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sumtune.checkpoint import atomic_dir
 from sumtune.config import MethodConfig
+from sumtune.io import atomic_dir
 from sumtune.methods.base import Method, freeze, write_meta
 
 

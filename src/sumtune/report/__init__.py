@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sumtune.checkpoint import atomic_write_json, atomic_write_text, read_json
 from sumtune.errors import UserError
+from sumtune.io import atomic_write_json, atomic_write_text, read_json
 from sumtune.report.plots import loss_curves, plots
 from sumtune.report.rows import run_row
 from sumtune.report.stats import pairwise, seed_summary

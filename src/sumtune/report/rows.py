@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sumtune.checkpoint import read_json
 from sumtune.config import load_run_config
 from sumtune.errors import UserError
+from sumtune.io import read_json
 from sumtune.metrics import ROUGE_KEYS
 from sumtune.runs import check_finished_run
 

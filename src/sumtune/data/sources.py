@@ -1,4 +1,4 @@
-"""Data: sources -> cleaned rows (id, article, summary) -> token examples -> batches.
+"""Reading data sources into cleaned train/validation/test rows (id, article, summary).
 
 Sources (``DataConfig.source``):
 - a Kaggle CNN/DailyMail directory with ``train.csv``, ``validation.csv``, ``test.csv``;
@@ -6,8 +6,8 @@ Sources (``DataConfig.source``):
 - ``hf:NAME[:CONFIG]`` through ``datasets`` (e.g. ``hf:abisee/cnn_dailymail:3.0.0``).
 
 Files are read by ``datasets`` into memory-mapped Arrow tables (cached on disk), so
-a 1.3 GB CSV is not held in RAM; cleaning and tokenisation are ``map`` calls with
-explicit fingerprints, so a re-run reuses the cache instead of re-tokenising.
+a 1.3 GB CSV is not held in RAM; splitting, subsetting and cleaning carry explicit
+fingerprints (``cache_key``), so a re-run reuses the cache instead of cleaning again.
 """
 
 from __future__ import annotations
@@ -15,70 +15,38 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
-import json
 import logging
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from sumtune.config import DataConfig
+from sumtune.data.clean import clean_article, clean_summary
 from sumtune.errors import UserError
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
-_KAGGLE_FILES = {s: f"{s}.csv" for s in SPLITS}
+KAGGLE_FILES = {s: f"{s}.csv" for s in SPLITS}
 # Below this many rows, starting worker processes costs more than it saves.
 MIN_PARALLEL_ROWS = 2000
 
-# --- cleaning ---------------------------------------------------------------
 
-# Daily Mail articles open with a byline and time stamps, e.g.
-#   "By . Associated Press . PUBLISHED: . 14:03 EST, 3 May 2013 . | . UPDATED: . 14:04 EST, 3 May 2013 . "
-#   "By . Sarah Griffiths . Last updated at 5:03 PM on 15th October 2011 . "
-# The author segment holds no full stop, so a body sentence is never taken for it.
-_DM_BYLINE = re.compile(r"^By \. [A-Z][^.]{0,79}? \. (?:and \. [A-Z][^.]{0,79}? \. )?")
-_DM_STAMPS = re.compile(
-    r"^(?:(?:(?:PUBLISHED|UPDATED): \. \d{1,2}:\d{2} [A-Z]{3}, \d{1,2} [A-Z][a-z]+ \d{4} \. (?:\| \. )?)+"
-    r"|Last updated at \d{1,2}:\d{2} [AP]M on \d{1,2}(?:st|nd|rd|th)? [A-Z][a-z]+ \d{4} \. )"
-)
-_DM_VIDEO = re.compile(r"\bScroll down for (?:the )?videos? \.\s*")
-# "WASHINGTON (CNN) -- ", "LONDON, England (CNN) -- ", "(CNN)": capitalised dateline words only.
-_CNN_TAG = re.compile(r"^((?:[A-Z][\w.'-]*)(?:,? [A-Z][\w.'-]*){0,5} )?\(CNN\)\s*(?:--\s*)?")
-_SPACES = re.compile(r"[ \t\r\f\v\u00a0]+")
+def num_workers(cfg: DataConfig, n: int) -> int | None:
+    """Worker processes for a ``map`` over n rows (None: this process)."""
+    return cfg.num_proc if cfg.num_proc > 1 and n >= MIN_PARALLEL_ROWS else None
 
 
-def clean_article(text: str) -> str:
-    """Collapse whitespace and strip CNN/DM boilerplate that is safe to remove (Daily Mail
-    bylines, PUBLISHED/UPDATED stamps, "Scroll down for video", the "(CNN) --" tag);
-    case and punctuation are kept."""
-    text = _SPACES.sub(" ", text.replace("\n", " ")).strip()
-    text = _DM_STAMPS.sub("", _DM_BYLINE.sub("", text, count=1), count=1)
-    text = _DM_VIDEO.sub("", text)
-    text = _CNN_TAG.sub(lambda m: f"{m.group(1).strip()} -- " if m.group(1) else "", text, count=1)
-    return text.strip()
-
-
-def clean_summary(text: str) -> str:
-    """One highlight sentence per line (ROUGE-Lsum splits on newlines), whitespace collapsed."""
-    lines = (_SPACES.sub(" ", line).strip() for line in text.split("\n"))
-    return "\n".join(line for line in lines if line)
-
-
-# --- reading sources --------------------------------------------------------
+def cache_key(*parts: Any) -> str:
+    """A ``datasets`` fingerprint for a step computed from its inputs."""
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
 
 
 def _first_line(e: BaseException) -> str:
     s = str(e).strip()
     return s.splitlines()[0] if s else type(e).__name__
-
-
-def _hash(*parts: Any) -> str:
-    return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
 
 
 @contextlib.contextmanager
@@ -195,7 +163,7 @@ def _with_ids(ds, cfg: DataConfig):
     if cfg.id_column in ds.column_names:
         return ds
     ids = [str(i) for i in range(len(ds))]
-    return ds.add_column(cfg.id_column, ids, new_fingerprint=_hash(ds._fingerprint, "row-ids", cfg.id_column))
+    return ds.add_column(cfg.id_column, ids, new_fingerprint=cache_key(ds._fingerprint, "row-ids", cfg.id_column))
 
 
 def _read_source(cfg: DataConfig, seed: int) -> dict[str, Any]:
@@ -209,8 +177,8 @@ def _read_source(cfg: DataConfig, seed: int) -> dict[str, Any]:
     if not path.exists():
         raise UserError(f"data path does not exist: {src}; pass a Kaggle CNN/DM directory, a .csv/.jsonl file or hf:NAME")
     if path.is_dir():
-        missing = [f for f in _KAGGLE_FILES.values() if not (path / f).is_file()]
-        if len(missing) == len(_KAGGLE_FILES):
+        missing = [f for f in KAGGLE_FILES.values() if not (path / f).is_file()]
+        if len(missing) == len(KAGGLE_FILES):
             raise UserError(
                 f"{src} is not a dataset directory: expected train.csv, validation.csv and test.csv "
                 "(Kaggle CNN/DM layout), or pass one .csv/.jsonl file"
@@ -218,7 +186,7 @@ def _read_source(cfg: DataConfig, seed: int) -> dict[str, Any]:
         if missing:
             raise UserError(f"{src}: missing {', '.join(missing)}; a Kaggle CNN/DM directory has train.csv, validation.csv, test.csv")
         raw = {}
-        for split, name in _KAGGLE_FILES.items():
+        for split, name in KAGGLE_FILES.items():
             ds = _load_file(path / name, "csv")
             _check_columns(ds, str(path / name), cfg)
             raw[split] = _with_ids(ds, cfg)
@@ -231,7 +199,7 @@ def _read_source(cfg: DataConfig, seed: int) -> dict[str, Any]:
     return _split_missing({"train": _with_ids(ds, cfg)}, cfg, seed)
 
 
-# hf:NAME[:CONFIG] -> the DatasetDict loaded in this process (fingerprints.data_fingerprint reads it)
+# hf:NAME[:CONFIG] -> the DatasetDict loaded in this process (`hub_dataset` returns it)
 _HUB_LOADED: dict[str, Any] = {}
 
 
@@ -255,6 +223,13 @@ def _load_hub(src: str):
         ) from None
     _HUB_LOADED[src] = raw
     return raw
+
+
+def hub_dataset(src: str):
+    """The DatasetDict of hf:NAME[:CONFIG] as this process loaded it, else loaded now (cache only
+    when the Hub is unreachable)."""
+    loaded = _HUB_LOADED.get(src)
+    return loaded if loaded is not None else _load_hub(src)
 
 
 def _read_hub(src: str, cfg: DataConfig, seed: int) -> dict[str, Any]:
@@ -287,7 +262,7 @@ def _split_missing(raw: dict[str, Any], cfg: DataConfig, seed: int) -> dict[str,
     parts["train"] = perm[start:]
     out = dict(raw)
     for s, idx in parts.items():
-        key = _hash(full._fingerprint, "split", seed, cfg.val_ratio, cfg.test_ratio, tuple(missing), s)
+        key = cache_key(full._fingerprint, "split", seed, cfg.val_ratio, cfg.test_ratio, tuple(missing), s)
         out[s] = full.select(np.sort(idx), new_fingerprint=key)
     return out
 
@@ -297,7 +272,7 @@ def _subset(ds, n: int, seed: int, split: str):
     if not 0 < n < len(ds):
         return ds
     idx = np.sort(np.random.default_rng([seed, SPLITS.index(split) + 2]).permutation(len(ds))[:n])
-    return ds.select(idx, new_fingerprint=_hash(ds._fingerprint, "subset", seed, n))
+    return ds.select(idx, new_fingerprint=cache_key(ds._fingerprint, "subset", seed, n))
 
 
 def _standardise(ds, split: str, cfg: DataConfig):
@@ -316,9 +291,9 @@ def _standardise(ds, split: str, cfg: DataConfig):
                 out["summary"].append(s)
         return out
 
-    fp = _hash(ds._fingerprint, "standardise-v2", art_c, sum_c, id_c, do_clean)
+    fp = cache_key(ds._fingerprint, "standardise-v2", art_c, sum_c, id_c, do_clean)
     return ds.map(fn, batched=True, remove_columns=ds.column_names, new_fingerprint=fp,
-                  num_proc=_procs(cfg, len(ds)), desc=f"cleaning {split}")
+                  num_proc=num_workers(cfg, len(ds)), desc=f"cleaning {split}")
 
 
 def load_splits(cfg: DataConfig, seed: int):
@@ -348,129 +323,3 @@ def load_splits(cfg: DataConfig, seed: int):
     return datasets.DatasetDict(out)
 
 
-# --- tokenisation -----------------------------------------------------------
-
-
-def _procs(cfg: DataConfig, n: int) -> int | None:
-    return cfg.num_proc if cfg.num_proc > 1 and n >= MIN_PARALLEL_ROWS else None
-
-
-def tokenizer_id(tokenizer) -> str:
-    """A stable identity for cache fingerprints: the whole tokenizer definition
-    (vocabulary, merges, normalisation), not its transient padding/truncation state."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        spec = json.loads(backend.to_str())
-        spec.pop("padding", None)
-        spec.pop("truncation", None)
-        body = json.dumps(spec, sort_keys=True)
-    else:
-        body = repr(sorted(tokenizer.get_vocab().items()))
-    return _hash(type(tokenizer).__name__, body, tokenizer.eos_token_id)
-
-
-def _budget(tokenizer, cfg: DataConfig) -> tuple[list[int], int]:
-    """(separator ids, tokens left for article + target)."""
-    sep = tokenizer(cfg.separator, add_special_tokens=False)["input_ids"]
-    room = cfg.max_length - len(sep)
-    if room < cfg.max_summary_length + 2:
-        raise UserError(
-            f"config key 'data.max_length' ({cfg.max_length}) leaves no room for an article next to the "
-            f"separator ({len(sep)} tokens) and 'data.max_summary_length' ({cfg.max_summary_length}) + EOS"
-        )
-    return sep, room
-
-
-def encode_batch(tokenizer, articles: list[str], summaries: list[str], cfg: DataConfig) -> dict[str, list]:
-    """Token examples: prompt = article (cut to fit) + separator; target = summary (cut only
-    beyond ``max_summary_length``) + EOS; labels are -100 on the prompt. One tokenizer call
-    per column, so the fast tokenizer encodes the batch in Rust."""
-    sep, room = _budget(tokenizer, cfg)
-    eos = tokenizer.eos_token_id
-    arts = tokenizer(list(articles), add_special_tokens=False)["input_ids"]
-    sums = tokenizer(list(summaries), add_special_tokens=False)["input_ids"]
-    out: dict[str, list] = {"input_ids": [], "labels": [], "n_target": []}
-    for art, summ in zip(arts, sums):
-        target = summ[: cfg.max_summary_length] + [eos]
-        prompt = art[: room - len(target)] + sep
-        out["input_ids"].append(prompt + target)
-        out["labels"].append([-100] * len(prompt) + target)
-        out["n_target"].append(len(target))
-    return out
-
-
-def encode_example(tokenizer, article: str, summary: str, cfg: DataConfig) -> dict[str, Any]:
-    """One token example (see `encode_batch`)."""
-    return {k: v[0] for k, v in encode_batch(tokenizer, [article], [summary], cfg).items()}
-
-
-def encode_prompt(tokenizer, article: str, cfg: DataConfig) -> list[int]:
-    """The generation input: the article cut to leave room for the longest summary, + separator."""
-    sep, room = _budget(tokenizer, cfg)
-    art = tokenizer(article, add_special_tokens=False)["input_ids"][: room - cfg.max_summary_length - 1]
-    return art + sep
-
-
-def tokenize_splits(splits, tokenizer, cfg: DataConfig):
-    """Add input_ids, labels (-100 on the prompt) and n_target to every split.
-
-    Each ``map`` carries a fingerprint of (rows, tokenizer, lengths, separator), so a
-    re-run with the same inputs loads the cached Arrow file instead of tokenising again.
-    """
-    import datasets
-
-    _budget(tokenizer, cfg)  # fail here, not inside a worker process
-    sig = _hash(tokenizer_id(tokenizer), cfg.max_length, cfg.max_summary_length, cfg.separator, "tok-v2")
-
-    def fn(batch: dict[str, list]) -> dict[str, list]:
-        return encode_batch(tokenizer, batch["article"], batch["summary"], cfg)
-
-    return datasets.DatasetDict({
-        split: ds.map(fn, batched=True, new_fingerprint=_hash(ds._fingerprint, sig),
-                      num_proc=_procs(cfg, len(ds)), desc=f"tokenising {split}")
-        for split, ds in splits.items()
-    })
-
-
-# --- batching ---------------------------------------------------------------
-
-
-class Collator:
-    """Right-pads a list of token examples to the longest in the batch (never to max_length)."""
-
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
-
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        n = max(len(r["input_ids"]) for r in rows)
-        ids = torch.full((len(rows), n), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), n), -100, dtype=torch.long)
-        mask = torch.zeros((len(rows), n), dtype=torch.long)
-        for i, r in enumerate(rows):
-            k = len(r["input_ids"])
-            ids[i, :k] = torch.as_tensor(r["input_ids"])
-            labels[i, :k] = torch.as_tensor(r["labels"])
-            mask[i, :k] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def epoch_order(
-    n: int, seed: int, epoch: int, lengths: list[int] | None = None, group_by_length: bool = False,
-    batch_size: int = 1,
-) -> list[int]:
-    """The sample order of one epoch: a permutation that depends only on (seed, epoch).
-
-    With ``group_by_length``, the permutation is cut into mega-batches of 50 batches,
-    each sorted by length (longest first), so batches pad less; the order then also
-    depends on the batch size.
-    """
-    order = np.random.default_rng([seed, epoch]).permutation(n).tolist()
-    if not group_by_length:
-        return order
-    if lengths is None:
-        raise ValueError("group_by_length needs lengths")
-    mega = max(batch_size * 50, 1)
-    out: list[int] = []
-    for i in range(0, n, mega):
-        out.extend(sorted(order[i : i + mega], key=lambda j: -lengths[j]))
-    return out

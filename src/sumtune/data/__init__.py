@@ -1,0 +1,19 @@
+"""Data: sources -> cleaned rows (id, article, summary) -> token examples -> batches.
+
+- ``sources``: read a Kaggle CSV directory, a CSV/JSONL file or ``hf:NAME``; check it,
+  split it, take seeded subsets, clean the rows (``load_splits``);
+- ``clean``: the text cleaning (``clean_article``, ``clean_summary``);
+- ``tokenize``: prompt + target token examples with labels (``tokenize_splits``,
+  ``encode_prompt`` for generation);
+- ``batching``: dynamic padding (``Collator``) and the epoch order (``epoch_order``).
+"""
+
+from sumtune.data.batching import Collator, epoch_order
+from sumtune.data.clean import clean_article, clean_summary
+from sumtune.data.sources import KAGGLE_FILES, SPLITS, hub_dataset, load_splits
+from sumtune.data.tokenize import encode_batch, encode_prompt, tokenize_splits, tokenizer_id
+
+__all__ = [
+    "KAGGLE_FILES", "SPLITS", "Collator", "clean_article", "clean_summary", "encode_batch", "encode_prompt",
+    "epoch_order", "hub_dataset", "load_splits", "tokenize_splits", "tokenizer_id",
+]

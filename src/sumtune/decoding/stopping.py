@@ -1,0 +1,102 @@
+"""When a summary ends, and its text.
+
+Stop rule: a summary ends at EOS, or as soon as its text (leading whitespace ignored)
+contains a blank line "\\n\\n" - whether inside one token or across two. References hold
+one highlight per line, so a blank line means the model has left the summary (a new
+paragraph, another article). ``decode_summary`` cuts the text there too, and at the
+separator's marker (e.g. "TL;DR:") should the model start another summary.
+
+``min_new_tokens`` forbids, before that many new tokens, every token that would stop the row:
+EOS (as ``generate`` does) and, with the blank-line rule, the tokens that would make the blank line.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+
+
+def stop_tables(tokenizer, vocab: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Per-token facts for the blank-line stop rule, from each token's decoded text."""
+    texts = tokenizer.batch_decode([[i] for i in range(min(vocab, len(tokenizer)))])
+    texts += [""] * (vocab - len(texts))
+
+    def table(pred) -> torch.Tensor:
+        return torch.tensor([pred(t) for t in texts], dtype=torch.bool, device=device)
+
+    return {
+        "blank": table(lambda t: "\n\n" in t),
+        "blank_lstrip": table(lambda t: "\n\n" in t.lstrip()),
+        "starts_nl": table(lambda t: t.startswith("\n")),
+        "ends_nl": table(lambda t: t.endswith("\n")),
+        "has_text": table(lambda t: bool(t.strip())),
+    }
+
+
+class StopRule:
+    """The stop rule for rows described by their previous token (-1: none) and whether
+    their text has begun (a token with more than whitespace)."""
+
+    def __init__(self, tokenizer, vocab: int, device: torch.device, blank_line: bool = True,
+                 min_new_tokens: int = 0):
+        self.eos = tokenizer.eos_token_id
+        self.blank_line = blank_line
+        self.min_new_tokens = min_new_tokens
+        self.tables = stop_tables(tokenizer, vocab, device)
+
+    def with_min_new_tokens(self, n: int) -> StopRule:
+        """This rule with another minimum (the token tables are shared)."""
+        other = copy.copy(self)
+        other.min_new_tokens = n
+        return other
+
+    def _after_newline(self, prev: torch.Tensor) -> torch.Tensor:
+        return self.tables["ends_nl"][prev.clamp(min=0)] & (prev >= 0)
+
+    def update_started(self, started: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
+        """Whether the text has begun once `tok` is appended."""
+        return started | self.tables["has_text"][tok]
+
+    def stops(self, tok: torch.Tensor, prev: torch.Tensor, started: torch.Tensor) -> torch.Tensor:
+        """Whether `tok` ends the summary."""
+        stop = tok == self.eos
+        if self.blank_line:
+            t = self.tables
+            after_nl = self._after_newline(prev)
+            blank = torch.where(started, t["blank"][tok] | (after_nl & t["starts_nl"][tok]), t["blank_lstrip"][tok])
+            stop = stop | blank
+        return stop
+
+    def mask(self, prev: torch.Tensor, started: torch.Tensor) -> torch.Tensor:
+        """[rows, vocab]: the tokens that would end each row now (`stops` for every token at once)."""
+        t = self.tables
+        mask = torch.zeros(len(prev), t["blank"].shape[0], dtype=torch.bool, device=prev.device)
+        mask[:, self.eos] = True
+        if self.blank_line:
+            after_nl = self._after_newline(prev)[:, None]
+            mask |= torch.where(started[:, None], t["blank"] | (after_nl & t["starts_nl"]), t["blank_lstrip"])
+        return mask
+
+    def ban(self, scores: torch.Tensor, prev: torch.Tensor, started: torch.Tensor, step: int) -> torch.Tensor:
+        """Before `min_new_tokens` tokens, forbid every token that would stop a row: EOS as `generate`'s
+        min_new_tokens does, and, with the blank-line rule, the tokens making a blank line. Steps stop at the
+        room left (max_new_tokens, the model's positions), so a minimum beyond it ends rows there."""
+        if step >= self.min_new_tokens:
+            return scores
+        return scores.masked_fill(self.mask(prev, started), float("-inf"))
+
+
+def decode_summary(tokenizer, ids: Sequence[int], separator: str) -> str:
+    """The summary text of generated tokens: up to EOS, the first blank line or a new separator;
+    one sentence per line, whitespace trimmed."""
+    ids = list(ids)
+    if tokenizer.eos_token_id in ids:
+        ids = ids[: ids.index(tokenizer.eos_token_id)]
+    text = tokenizer.decode(ids, skip_special_tokens=True).lstrip()
+    text = text.split("\n\n")[0]
+    marker = separator.strip()
+    if marker:
+        text = text.split(marker)[0]
+    return "\n".join(line.strip() for line in text.split("\n") if line.strip())
