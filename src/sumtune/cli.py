@@ -131,6 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="the runs' base model at another path (must be the same model)")
     _add_eval_flags(p)
 
+    p = sub.add_parser("serve", help="a web page + JSON API with every run's summary of an article")
+    p.add_argument("paths", nargs="+", metavar="RUN", help="run directories on one base model (others are skipped)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_positive_int, default=8000)
+    p.add_argument("--model", help="the runs' base model at another path (must be the same model)")
+    p.add_argument("--timeout", type=_float, default=120.0, help="seconds per request, queue included (504 after)")
+    p.add_argument("--max-queue", type=_positive_int, default=32, help="requests waiting at most (503 beyond)")
+
     p = sub.add_parser("compare", help="table + plots comparing runs")
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--output", help="directory for compare.md/json and plots (default: common parent)")
@@ -185,6 +193,12 @@ def _run(a: argparse.Namespace) -> int:
                      base_model=a.model)
     elif a.command == "summarize":
         _summarize(a)
+    elif a.command == "serve":
+        from sumtune.serve import Limits, run_paths, serve
+
+        runs = [str(p) for p in run_paths(a.paths)]
+        _offline_for_runs(runs, a.model, None)
+        serve(runs, a.host, a.port, a.model, Limits(max_queue=max(1, a.max_queue), timeout=a.timeout))
     elif a.command == "compare":
         from sumtune.report import compare_runs
 

@@ -48,7 +48,12 @@ BOOTSTRAP_RESAMPLES = 1000
 def _config(run: Path, overrides: dict[str, Any] | None, data: str | None = None) -> Config:
     """The run's configuration with the decoding overrides (eval.*) applied; `data` replaces
     the data source (evaluating on other data is allowed and recorded)."""
-    cfg = load_run_config(run)
+    return with_overrides(load_run_config(run), overrides, data)
+
+
+def with_overrides(cfg: Config, overrides: dict[str, Any] | None, data: str | None = None) -> Config:
+    """`cfg` (changed in place) with decoding overrides and `data` applied, validated: shared by
+    `_config` and `sumtune serve`, which keeps each run's configuration in memory."""
     set_keys(cfg, [(f"eval.{key}", value) for key, value in (overrides or {}).items()])  # preset first
     if data is not None:
         set_key(cfg, "data.source", absolute_source(data))
@@ -119,10 +124,21 @@ def _summaries(model, tokenizer, cfg: Config, autocast: torch.dtype | None, arti
     t0 = time.perf_counter()
     generated = Generator(model, tokenizer, cfg.eval, autocast=autocast).generate(prompts, progress)
     seconds = time.perf_counter() - t0
-    texts = [decode_summary(tokenizer, g, cfg.data.separator) for g in generated]
-    if cfg.eval.max_sentences:
-        texts = [first_sentences(t, cfg.eval.max_sentences) for t in texts]
-    return texts, seconds
+    return [summary_text(tokenizer, g, cfg) for g in generated], seconds
+
+
+def summary_text(tokenizer, generated: list[int], cfg: Config) -> str:
+    """The summary of generated tokens: cut at the stop rule, the first eval.max_sentences kept
+    (shared with `sumtune serve`, whose summaries must equal `summarize`'s)."""
+    text = decode_summary(tokenizer, generated, cfg.data.separator)
+    return first_sentences(text, cfg.eval.max_sentences) if cfg.eval.max_sentences else text
+
+
+def article_text(text: str, cfg: Config) -> str:
+    """The article as the run saw articles in training: cleaned when data.clean, else stripped."""
+    from sumtune.data import clean_article
+
+    return clean_article(text) if cfg.data.clean else text.strip()
 
 
 def _scores(predictions: list[str], references: list[str], tokenizer, seed: int) -> tuple[dict, dict]:
@@ -178,6 +194,22 @@ def evaluate_run(run_dir: str | Path, split: str = "test", limit: int | None = N
     return metrics
 
 
+class NotUTF8Error(UserError):
+    """Input bytes that do not decode as UTF-8 (`sumtune serve` answers 400, an empty text 422)."""
+
+
+def check_text(raw: bytes, where: str) -> str:
+    """`raw` as text: strictly UTF-8 and not blank, else a one-line error naming `where`. The one
+    check for `summarize` (files, stdin) and `serve` (request bodies), so both refuse the same input."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise NotUTF8Error(f"{where} is not UTF-8 text (byte {e.start}); re-encode it as UTF-8") from None
+    if not text.strip():
+        raise UserError(f"empty input text ({where}); pass an article to summarise")
+    return text
+
+
 def read_text(file_or_dash: str) -> str:
     """An article from a file or standard input ("-"), strictly UTF-8, not empty."""
     where = "standard input" if file_or_dash == "-" else file_or_dash
@@ -188,25 +220,16 @@ def read_text(file_or_dash: str) -> str:
         if not path.is_file():
             raise UserError(f"input file not found: {path}; pass a text file or - for standard input")
         raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{where} is not UTF-8 text (byte {e.start}); re-encode it as UTF-8") from None
-    if not text.strip():
-        raise UserError(f"empty input text ({where}); pass an article to summarise")
-    return text
+    return check_text(raw, where)
 
 
 def summarize_text(run_dir: str | Path, text: str, overrides: dict[str, Any] | None = None,
                    base_model: str | None = None) -> str:
     """The summary of one article by a finished run, cleaned and truncated as in training."""
-    from sumtune.data import clean_article
-
     run = check_finished_run(run_dir)
     cfg = _config(run, overrides)
     model, tokenizer, autocast = _model(run, cfg, base_model)
-    article = clean_article(text) if cfg.data.clean else text.strip()
-    return _summaries(model, tokenizer, cfg, autocast, [article], progress=False)[0][0]
+    return _summaries(model, tokenizer, cfg, autocast, [article_text(text, cfg)], progress=False)[0][0]
 
 
 def summarize_file(run_dir: str | Path, file_or_dash: str = "-", overrides: dict[str, Any] | None = None,

@@ -9,9 +9,13 @@ How a batch is decoded:
 4. the rows decode together (``search``: greedy or beam); finished rows leave the batch
    (the cache is compacted when a quarter of the rows have finished); a row finishes at
    EOS or a blank line (``stopping``).
+
+Rows may decode with their own soft prompt and LoRA adapter (``variants``: ``sumtune serve``
+batches rows of several runs of one base model).
 """
 
 from sumtune.decoding.search import Generator, decoding_parts
 from sumtune.decoding.stopping import decode_summary
+from sumtune.decoding.variants import BASE_ADAPTER, KV, Variant
 
-__all__ = ["Generator", "decode_summary", "decoding_parts"]
+__all__ = ["BASE_ADAPTER", "KV", "Generator", "Variant", "decode_summary", "decoding_parts"]

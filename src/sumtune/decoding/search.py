@@ -5,11 +5,16 @@ every method); beam search follows ``generate``'s algorithm (scores normalised b
 generated length ** length_penalty, the same early-stop heuristic). ``no_repeat_ngram_size``
 bans repeats within the summary only - unlike ``generate``, which would also ban every
 n-gram of the article in a decoder-only prompt and so forbid copying phrases.
+
+Rows may carry their own soft prompt and LoRA adapter (``variants``: ``sumtune serve`` decodes
+rows of several runs together); a `router` callback gets each row's adapter name before every
+forward. A row's tokens do not depend on which rows share its batch (exactly in fp32).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 
 import torch
@@ -19,6 +24,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from sumtune.config import EvalConfig
 from sumtune.decoding.cache import LayerKV, cache_keyword, left_padded, max_positions, select_rows
 from sumtune.decoding.stopping import StopRule
+from sumtune.decoding.variants import BASE_ADAPTER, KV, Variant
 from sumtune.errors import UserError
 from sumtune.progress import bar as bar_of
 
@@ -82,7 +88,10 @@ class Generator:
     """Decode summaries for token prompts with a method model (see `sumtune.decoding`)."""
 
     def __init__(self, model: nn.Module, tokenizer, cfg: EvalConfig, autocast: torch.dtype | None = None,
-                 stop_at_blank_line: bool = True):
+                 stop_at_blank_line: bool = True, router: Callable[[list[str]], None] | None = None):
+        """`router`: called with each row's adapter name before every forward (rows of a batch may
+        use different LoRA adapters: see `Variant`); None for a single method model."""
+        self.router = router
         self.lm, soft = decoding_parts(model)
         self.lm.eval()
         self.cfg = cfg
@@ -92,8 +101,14 @@ class Generator:
         self.max_pos = max_positions(self.lm)
         vocab = self.lm.get_output_embeddings().weight.shape[0]
         self.stop_rule = StopRule(tokenizer, vocab, self.device, stop_at_blank_line, cfg.min_new_tokens)
-        self.n_soft = 0 if soft is None else soft.shape[0]
-        self.soft_kv = None if soft is None else self._soft_prompt_kv(soft)
+        self.own = Variant(None if soft is None else self.prompt_kv(soft))
+
+    def with_config(self, cfg: EvalConfig) -> Generator:
+        """This generator with other decoding settings (the stop tables and soft prompt are shared)."""
+        other = copy.copy(self)
+        other.cfg = cfg
+        other.stop_rule = self.stop_rule.with_min_new_tokens(cfg.min_new_tokens)
+        return other
 
     # --- model calls ---------------------------------------------------------
 
@@ -102,26 +117,35 @@ class Generator:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast)
 
-    def _soft_prompt_kv(self, soft: torch.Tensor) -> list[LayerKV]:
-        """Keys/values of the virtual tokens (positions 0..n-1), computed once at batch 1."""
+    def _route(self, names: list[str]) -> None:
+        if self.router is not None:
+            self.router(names)
+
+    def prompt_kv(self, soft: torch.Tensor) -> KV:
+        """Keys/values of a soft prompt's virtual tokens (positions 0..n-1) on the base weights,
+        computed once at batch 1."""
         cache = DynamicCache()
         emb = soft.to(self.device, self.lm.get_input_embeddings().weight.dtype)[None]
-        pos = torch.arange(self.n_soft, device=self.device)[None]
+        pos = torch.arange(soft.shape[0], device=self.device)[None]
+        self._route([BASE_ADAPTER])
         with torch.inference_mode(), self._ctx():
             self.lm(inputs_embeds=emb, position_ids=pos, use_cache=True, **{self.cache_kw: cache})
         return [(layer.keys, layer.values) for layer in cache.layers]
 
-    def _prefill(self, prompt: Sequence[int]) -> tuple[list[LayerKV], torch.Tensor]:
-        """One prompt alone, after the soft prompt: its keys/values and last-position logits."""
-        cache = DynamicCache(ddp_cache_data=self.soft_kv) if self.soft_kv is not None else DynamicCache()
+    def _prefill(self, prompt: Sequence[int], v: Variant) -> tuple[list[LayerKV], torch.Tensor]:
+        """One prompt alone, after its soft prompt: its keys/values and last-position logits."""
+        cache = DynamicCache(ddp_cache_data=v.soft_kv) if v.soft_kv is not None else DynamicCache()
         ids = torch.tensor([list(prompt)], device=self.device)
-        pos = torch.arange(self.n_soft, self.n_soft + ids.shape[1], device=self.device)[None]
+        pos = torch.arange(v.n_soft, v.n_soft + ids.shape[1], device=self.device)[None]
+        self._route([v.adapter])
         with self._ctx():
             out = self.lm(input_ids=ids, position_ids=pos, use_cache=True, logits_to_keep=1,
                           **{self.cache_kw: cache})
         return [(layer.keys, layer.values) for layer in cache.layers], out.logits[0, -1].float()
 
-    def _step(self, tokens: torch.Tensor, cache: Cache, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def _step(self, tokens: torch.Tensor, cache: Cache, mask: torch.Tensor, pos: torch.Tensor,
+              adapters: list[str]) -> torch.Tensor:
+        self._route(adapters)
         with self._ctx():
             out = self.lm(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos[:, None],
                           use_cache=True, **{self.cache_kw: cache})
@@ -130,8 +154,11 @@ class Generator:
     # --- public --------------------------------------------------------------
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[Sequence[int]], progress: bool = False) -> list[list[int]]:
-        """New tokens for each prompt, in input order; a finished summary ends with its stop token."""
+    def generate(self, prompts: Sequence[Sequence[int]], progress: bool = False,
+                 variants: Sequence[Variant] | None = None) -> list[list[int]]:
+        """New tokens for each prompt, in input order; a finished summary ends with its stop token.
+        `variants`: each prompt's own soft prompt/adapter (default: the model's own)."""
+        variants = list(variants) if variants is not None else [self.own] * len(prompts)
         k = self.cfg.num_beams
         per_batch = max(1, self.cfg.batch_size // k)
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -139,8 +166,8 @@ class Generator:
         with bar_of("generating", len(prompts), "summary", enabled=progress) as bar:
             for start in range(0, len(order), per_batch):
                 idx = order[start : start + per_batch]
-                batch = [prompts[i] for i in idx]
-                results = self._greedy(batch) if k == 1 else self._beam(batch, k)
+                batch, vs = [prompts[i] for i in idx], [variants[i] for i in idx]
+                results = self._greedy(batch, vs) if k == 1 else self._beam(batch, vs, k)
                 for i, r in zip(idx, results):
                     out[i] = r
                 bar.update(len(idx))
@@ -148,12 +175,13 @@ class Generator:
 
     # --- batch set-up --------------------------------------------------------
 
-    def _start(self, prompts: Sequence[Sequence[int]]):
-        """Prefill every prompt and lay the caches out left-padded: (cache, mask, pos, logits, P, limit)."""
+    def _start(self, prompts: Sequence[Sequence[int]], variants: Sequence[Variant]):
+        """Prefill every prompt and lay the caches out left-padded: (cache, mask, pos, logits, P, limit).
+        Rows with soft prompts of other lengths (or none) line up as rows of other lengths do."""
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt")
-        rows = [self._prefill(p) for p in prompts]
-        lengths = [self.n_soft + len(p) for p in prompts]
+        rows = [self._prefill(p, v) for p, v in zip(prompts, variants)]
+        lengths = [v.n_soft + len(p) for p, v in zip(prompts, variants)]
         width = max(lengths)
         limit = min(self.cfg.max_new_tokens, self.max_pos - width)
         if limit < 1:
@@ -166,8 +194,8 @@ class Generator:
 
     # --- greedy --------------------------------------------------------------
 
-    def _greedy(self, prompts: Sequence[Sequence[int]]) -> list[list[int]]:
-        cache, mask, pos, logits, width, limit = self._start(prompts)
+    def _greedy(self, prompts: Sequence[Sequence[int]], variants: Sequence[Variant]) -> list[list[int]]:
+        cache, mask, pos, logits, width, limit = self._start(prompts, variants)
         rule, n = self.stop_rule, len(prompts)
         rows = torch.arange(n, device=self.device)  # original row of each active row
         seqs = torch.zeros(n, limit, dtype=torch.long, device=self.device)  # by active row
@@ -197,20 +225,22 @@ class Generator:
                     select_rows(cache, keep)
             started = rule.update_started(started, tok)
             prev = tok
-            logits = self._step(tok, cache, mask[:, : width + step + 1], pos)
+            names = [variants[i].adapter for i in rows.tolist()] if self.router else []
+            logits = self._step(tok, cache, mask[:, : width + step + 1], pos, names)
             pos = pos + 1
         out[rows] = seqs
         return [out[i, : lengths[i]].tolist() for i in range(n)]
 
     # --- beam search ---------------------------------------------------------
 
-    def _beam(self, prompts: Sequence[Sequence[int]], k: int) -> list[list[int]]:
+    def _beam(self, prompts: Sequence[Sequence[int]], variants: Sequence[Variant], k: int) -> list[list[int]]:
         """Beam search as `generate` does it: per step the top 2k continuations; those that stop and rank
         within the first k become finished hypotheses scored sum_logprob / generated_len ** length_penalty;
         the best k that do not stop continue; an entry is done once k hypotheses are finished and the best
         running beam, normalised by the current length, cannot beat the worst of them."""
-        cache, mask, pos, logits, width, limit = self._start(prompts)
+        cache, mask, pos, logits, width, limit = self._start(prompts, variants)
         b, dev = len(prompts), self.device
+        names = [v.adapter for v in variants for _ in range(k)]  # beams stay in their entry's rows
         rep = torch.arange(b, device=dev).repeat_interleave(k)
         select_rows(cache, rep)
         mask, pos, logits = mask[rep], pos[rep], logits[rep]
@@ -237,7 +267,7 @@ class Generator:
             done.close(scores[:, 0], step)
             if not bool(done.open.any()):
                 break
-            logits = self._step(prev, cache, mask[:, : width + step + 1], pos)
+            logits = self._step(prev, cache, mask[:, : width + step + 1], pos, names)
             pos = pos + 1
         return done.results()
 

@@ -12,6 +12,7 @@ EOS (as ``generate`` does) and, with the blank-line rule, the tokens that would 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -44,6 +45,12 @@ class StopRule:
         self.blank_line = blank_line
         self.min_new_tokens = min_new_tokens
         self.tables = stop_tables(tokenizer, vocab, device)
+
+    def with_min_new_tokens(self, n: int) -> StopRule:
+        """This rule with another minimum (the token tables are shared)."""
+        other = copy.copy(self)
+        other.min_new_tokens = n
+        return other
 
     def _after_newline(self, prev: torch.Tensor) -> torch.Tensor:
         return self.tables["ends_nl"][prev.clamp(min=0)] & (prev >= 0)

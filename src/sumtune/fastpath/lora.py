@@ -22,9 +22,11 @@ it feeds. Here:
   `addmm`, which also adds the low-rank update to the base output in one pass
   (no [T, d_out] temporaries for `* scaling` and `+`);
 - on CUDA the mask is a plain `bernoulli_` (cheap there).
-Layers in a state the fast forward does not cover (merged, adapters disabled, several
-active adapters, DoRA and other variants, mixed-batch `adapter_names`) fall back to
-PEFT's own forward.
+Mixed-adapter batches (PEFT's `adapter_names`, one name per row, "__base__" for none;
+`sumtune serve` decodes rows of several runs together) take the same arithmetic per
+adapter's rows, so a row's output does not depend on which path served it. Layers in a
+state the fast forward does not cover (merged, adapters disabled, several active adapters,
+DoRA and other variants) fall back to PEFT's own forward.
 """
 
 from __future__ import annotations
@@ -71,21 +73,33 @@ def _lora_linear_class():
     class FastLoraLinear(Linear):
         """PEFT LoRA Linear with the forward described in the module docstring."""
 
+        def _fast(self, name: str) -> bool:
+            return name not in self.lora_variant and self.lora_B[name].bias is None
+
         def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-            adapters = self.active_adapters
-            if (args or kwargs or self.disable_adapters or self.merged or len(adapters) != 1
-                    or adapters[0] not in self.lora_A or adapters[0] in self.lora_variant
-                    or self.lora_B[adapters[0]].bias is not None):
+            names = kwargs.get("adapter_names") if set(kwargs) == {"adapter_names"} else None
+            adapters = self.active_adapters if names is None else [
+                a for a in dict.fromkeys(names) if a in self.lora_A]  # "__base__" and absent adapters: none
+            if (args or (kwargs and names is None) or self.disable_adapters or self.merged
+                    or (names is None and (len(adapters) != 1 or adapters[0] not in self.lora_A))
+                    or not all(self._fast(a) for a in adapters)):
                 return super().forward(x, *args, **kwargs)
-            name = adapters[0]
+            autocast = torch.is_autocast_enabled(x.device.type)
+            if autocast:
+                x = cast_once(x, torch.get_autocast_dtype(x.device.type))
+            result = self.base_layer(x)
+            if names is None or (len(adapters) == 1 and all(n == adapters[0] for n in names)):
+                return self._update(x, result, adapters[0], autocast) if adapters else result
+            for a in adapters:  # mixed batch (`sumtune serve`): each adapter's rows, same arithmetic
+                rows = [i for i, n in enumerate(names) if n == a]
+                result[rows] = self._update(x[rows], result[rows], a, autocast)
+            return result
+
+        def _update(self, x: torch.Tensor, result: torch.Tensor, name: str, autocast: bool) -> torch.Tensor:
+            """result + the adapter's low-rank update of x (dropout folded into the scale)."""
             lora_a, lora_b = self.lora_A[name], self.lora_B[name]
             scale = self.scaling[name]
-            device = x.device.type
-            if torch.is_autocast_enabled(device):
-                x = cast_once(x, torch.get_autocast_dtype(device))
-                result = self.base_layer(x)
-            else:
-                result = self.base_layer(x)
+            if not autocast:
                 x = self._cast_input_dtype(x, lora_a.weight.dtype)
             dropout = self.lora_dropout[name]
             p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0

@@ -122,9 +122,10 @@ def save_params(model: torch.nn.Module, directory: Path, meta: dict, filename: s
         write_meta(tmp, meta)
 
 
-def load_params(model: torch.nn.Module, directory: Path, filename: str, names: list[str]) -> None:
-    """Copy the saved tensors into the parameters `names` of `model`; the file must hold exactly
-    those names with the same shapes (else a one-line error naming the first difference)."""
+def read_params(model: torch.nn.Module, directory: Path, filename: str, names: list[str]) -> dict[str, torch.Tensor]:
+    """The saved tensors for the parameters `names` of `model` (which may live on the meta device:
+    only names and shapes are read); the file must hold exactly those names with the same shapes
+    (else a one-line error naming the first difference)."""
     path = weights_path(directory, filename)
     tensors = load_tensors(path)
     params = dict(model.named_parameters())
@@ -136,11 +137,19 @@ def load_params(model: torch.nn.Module, directory: Path, filename: str, names: l
             f"{path}: {what} ({len(missing)} missing, {len(unexpected)} unexpected tensors); "
             "the weights were saved with other method settings or another base model"
         )
+    for n in names:
+        if tensors[n].shape != params[n].shape:
+            raise UserError(
+                f"{path}: tensor {n!r} has shape {tuple(tensors[n].shape)}, the model expects "
+                f"{tuple(params[n].shape)}; the weights belong to another base model"
+            )
+    return tensors
+
+
+def load_params(model: torch.nn.Module, directory: Path, filename: str, names: list[str]) -> None:
+    """Copy the saved tensors into the parameters `names` of `model` (checked by `read_params`)."""
+    tensors = read_params(model, directory, filename, names)
+    params = dict(model.named_parameters())
     with torch.no_grad():
         for n in names:
-            if tensors[n].shape != params[n].shape:
-                raise UserError(
-                    f"{path}: tensor {n!r} has shape {tuple(tensors[n].shape)}, the model expects "
-                    f"{tuple(params[n].shape)}; the weights belong to another base model"
-                )
             params[n].copy_(tensors[n])

@@ -58,13 +58,17 @@ class Lora(Method):
             model.save_pretrained(tmp)
             write_meta(tmp, meta)
 
-    def load(self, model, tokenizer, directory: Path, cfg: MethodConfig):
-        from peft import PeftModel
-
-        load_tensors(weights_path(directory, self.weights_file))  # one-line error if truncated or corrupt
+    def check_adapter(self, directory: Path) -> None:
+        """One-line errors for a truncated or corrupt adapter or another PEFT type (before PEFT reads it)."""
+        load_tensors(weights_path(directory, self.weights_file))
         peft_type = read_json(Path(directory) / "adapter_config.json").get("peft_type")
         if peft_type != "LORA":
             raise UserError(f"{directory} holds a {peft_type} adapter, not LoRA; load it as its own method")
+
+    def load(self, model, tokenizer, directory: Path, cfg: MethodConfig):
+        from peft import PeftModel
+
+        self.check_adapter(directory)
         freeze(model)
         return PeftModel.from_pretrained(model, str(directory), is_trainable=False)
 

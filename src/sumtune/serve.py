@@ -1,0 +1,312 @@
+"""`sumtune serve RUN [RUN ...]`: a small web page and JSON API showing every run's summary of
+an article side by side (Starlette + uvicorn).
+
+Endpoints: `GET /` the page; `POST /summarize {"text", "runs"?, "decoding"?}` -> `{"summaries":
+[{"run", "summary", "seconds"}]}`; `GET /runs`; `GET /health`; `GET /reports/{id}` the
+report.html files found beside the runs at startup (nothing else is read from disk, nothing
+named by a client).
+
+One worker thread owns the model (multirun.RunSet): it takes every request waiting (up to
+`max_rows` summaries), decodes rows of different runs in shared batches where the methods allow
+(see multirun) and answers each request. `seconds` is the wall time of the batch a summary was
+decoded in. Limits, each a clear HTTP error: body size (413), non-UTF-8 body or bad JSON (400),
+bad fields or empty text (422), unknown run (404), a full queue (503), a slow answer (504).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+import math
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from sumtune.config import DECODING_PRESETS
+from sumtune.errors import UserError
+from sumtune.evaluate import NotUTF8Error, article_text, check_text, summary_text, with_overrides
+
+log = logging.getLogger(__name__)
+
+# the decoding keys a client may set, with their bounds (a public demo must bound the work per request)
+DECODING_LIMITS: dict[str, tuple[type, float, float]] = {
+    "num_beams": (int, 1, 8), "max_new_tokens": (int, 1, 256), "min_new_tokens": (int, 0, 256),
+    "no_repeat_ngram_size": (int, 0, 8), "length_penalty": (float, 0.0, 4.0), "max_sentences": (int, 0, 20),
+}
+
+
+@dataclass
+class Limits:
+    max_body: int = 256 * 1024  # bytes of a request body
+    max_queue: int = 32  # requests waiting for the worker
+    timeout: float = 120.0  # seconds for one request, queue included
+    max_rows: int = 16  # summaries decoded together at most
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def check_decoding(decoding: Any) -> dict[str, Any]:
+    """The client's decoding overrides: whitelisted keys, right types, within bounds (else 422)."""
+    if decoding is None:
+        return {}
+    if not isinstance(decoding, dict):
+        raise HTTPError(422, "'decoding' must be an object")
+    out: dict[str, Any] = {}
+    for key, value in decoding.items():
+        if key == "preset":
+            if value not in DECODING_PRESETS:
+                raise HTTPError(422, f"decoding.preset: expected one of {', '.join(DECODING_PRESETS)}")
+            out[key] = value
+            continue
+        if key not in DECODING_LIMITS:
+            raise HTTPError(422, f"decoding.{key}: not allowed (allowed: preset, {', '.join(DECODING_LIMITS)})")
+        kind, low, high = DECODING_LIMITS[key]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or (kind is int and not isinstance(value, int)) or not math.isfinite(value) \
+                or not low <= value <= high:
+            raise HTTPError(422, f"decoding.{key}: expected {kind.__name__} in [{low}, {high}], got {value!r}")
+        out[key] = kind(value)
+    return out
+
+
+@dataclass
+class Job:
+    rows: list  # multirun.Row
+    future: Future = field(default_factory=Future)
+
+
+class Worker:
+    """The one thread that decodes; a bounded queue in front of it (`submit` raises queue.Full)."""
+
+    def __init__(self, runset, limits: Limits, mode: str = "mixed"):
+        self.runset, self.limits, self.mode = runset, limits, mode
+        self.jobs: queue.Queue[Job] = queue.Queue(maxsize=limits.max_queue)
+        self.thread = threading.Thread(target=self._loop, name="sumtune-serve-worker", daemon=True)
+        self.thread.start()
+
+    def submit(self, rows: list) -> Future:
+        job = Job(rows)
+        self.jobs.put_nowait(job)
+        return job.future
+
+    def _take(self) -> list[Job]:
+        """The next job and those waiting behind it, up to max_rows rows; cancelled ones (timed out
+        while queued) are dropped."""
+        jobs, rows = [], 0
+        job = self.jobs.get()
+        while True:
+            if job.future.set_running_or_notify_cancel():
+                jobs.append(job)
+                rows += len(job.rows)
+            if rows >= self.limits.max_rows:
+                return jobs
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                return jobs
+
+    def _loop(self) -> None:
+        while True:
+            jobs = self._take()
+            rows = [r for j in jobs for r in j.rows]
+            try:
+                results = self.runset.decode(rows, self.limits.max_rows, mode=self.mode)
+            except Exception as e:  # answer every waiting request; the worker stays up
+                log.exception("decoding failed")
+                for j in jobs:
+                    j.future.set_exception(e)
+                continue
+            start = 0
+            for j in jobs:
+                j.future.set_result(results[start : start + len(j.rows)])
+                start += len(j.rows)
+
+
+def find_reports(runs: list[Path]) -> list[Path]:
+    """report.html files inside the runs or beside them (their parent directory), found once."""
+    seen: list[Path] = []
+    for run in runs:
+        for path in (run / "report.html", run.parent / "report.html"):
+            if path.is_file() and path.resolve() not in seen:
+                seen.append(path.resolve())
+    return seen
+
+
+class Service:
+    """The request handling, independent of the web framework (so the checks are plain code)."""
+
+    def __init__(self, runset, limits: Limits | None = None, mode: str = "mixed"):
+        self.runset, self.limits = runset, limits or Limits()
+        self.worker = Worker(runset, self.limits, mode)
+        self.reports = find_reports([r.path for r in runset.runs.values()])
+
+    def runs(self) -> list[dict]:
+        out = []
+        for info, run in zip(self.runset.describe(), self.runset.runs.values()):
+            report = next((i for i, p in enumerate(self.reports) if p.parent in (run.path.resolve(),
+                                                                              run.path.resolve().parent)), None)
+            out.append({**info, "report": None if report is None else f"/reports/{report}"})
+        return out
+
+    def parse(self, body: bytes) -> tuple[str, list[str], dict]:
+        """(text, run names, decoding) of a request body, or HTTPError."""
+        if len(body) > self.limits.max_body:
+            raise HTTPError(413, f"request body over {self.limits.max_body} bytes")
+        try:
+            payload = json.loads(check_text(body, "request body"))
+        except NotUTF8Error as e:
+            raise HTTPError(400, str(e)) from None
+        except (UserError, ValueError):
+            raise HTTPError(400, 'expected a JSON object {"text": ..., "runs": [...], "decoding": {...}}') from None
+        if not isinstance(payload, dict):
+            raise HTTPError(400, "expected a JSON object")
+        unknown = set(payload) - {"text", "runs", "decoding"}
+        if unknown:
+            raise HTTPError(422, f"unknown field {sorted(unknown)[0]!r} (fields: text, runs, decoding)")
+        return self._text(payload.get("text")), self._runs(payload.get("runs")), check_decoding(payload.get("decoding"))
+
+    @staticmethod
+    def _text(text: Any) -> str:
+        if not isinstance(text, str):
+            raise HTTPError(422, "'text' must be a string: the article")
+        try:
+            raw = text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise HTTPError(400, "'text' is not valid Unicode (lone surrogate escapes)") from None
+        try:
+            return check_text(raw, "field 'text'")
+        except UserError as e:
+            raise HTTPError(422, str(e)) from None
+
+    def _runs(self, runs: Any) -> list[str]:
+        if runs is None:
+            return list(self.runset.runs)
+        if not isinstance(runs, list) or not runs or not all(isinstance(r, str) for r in runs):
+            raise HTTPError(422, "'runs' must be a non-empty list of run names (see GET /runs)")
+        for r in runs:
+            if r not in self.runset.runs:
+                raise HTTPError(404, f"unknown run {r[:80]!r}; loaded: {', '.join(self.runset.runs)}")
+        return list(dict.fromkeys(runs))
+
+    def rows(self, text: str, names: list[str], decoding: dict) -> list:
+        """One row per run: the run's configuration with the request's decoding, its prompt."""
+        from sumtune.data import encode_prompt
+        from sumtune.multirun import Row
+
+        rows = []
+        for name in names:
+            run = self.runset.runs[name]
+            try:
+                cfg = with_overrides(copy.deepcopy(run.cfg), decoding)
+            except UserError as e:
+                raise HTTPError(422, str(e)) from None
+            prompt = encode_prompt(self.runset.tokenizer, article_text(text, cfg), cfg.data)
+            rows.append(Row(run, cfg, prompt))
+        return rows
+
+    async def summarize(self, body: bytes) -> dict:
+        text, names, decoding = self.parse(body)
+        rows = self.rows(text, names, decoding)
+        try:
+            future = self.worker.submit(rows)
+        except queue.Full:
+            raise HTTPError(503, "server busy: too many requests waiting; retry later") from None
+        try:
+            results = await asyncio.wait_for(asyncio.wrap_future(future), self.limits.timeout)
+        except asyncio.TimeoutError:
+            future.cancel()  # dropped if still queued
+            raise HTTPError(504, f"no summary within {self.limits.timeout:g} s; retry later") from None
+        tok = self.runset.tokenizer
+        return {"summaries": [{"run": row.run.name, "summary": summary_text(tok, tokens, row.cfg),
+                               "seconds": round(seconds, 4)} for row, (tokens, seconds) in zip(rows, results)]}
+
+
+def create_app(service: Service):
+    """The Starlette application around a Service."""
+    from starlette.applications import Starlette
+    from starlette.requests import ClientDisconnect, Request
+    from starlette.responses import FileResponse, HTMLResponse, JSONResponse
+    from starlette.routing import Route
+
+    page = resources.files("sumtune").joinpath("serve_page.html").read_text(encoding="utf-8")
+
+    async def index(request: Request):
+        return HTMLResponse(page, headers={"Content-Security-Policy": "default-src 'self' 'unsafe-inline'"})
+
+    async def runs(request: Request):
+        return JSONResponse({"runs": service.runs()})
+
+    async def health(request: Request):
+        return JSONResponse({"status": "ok", "runs": len(service.runset.runs),
+                             "queued": service.worker.jobs.qsize(), "worker_alive": service.worker.thread.is_alive()})
+
+    async def report(request: Request):
+        i = request.path_params["i"]
+        if not 0 <= i < len(service.reports):
+            return JSONResponse({"error": "no such report"}, status_code=404)
+        return FileResponse(service.reports[i], media_type="text/html")
+
+    async def summarize(request: Request):
+        try:
+            body = await _read_body(request, service.limits.max_body)
+            return JSONResponse(await service.summarize(body))
+        except HTTPError as e:
+            return JSONResponse({"error": str(e)}, status_code=e.status)
+        except ClientDisconnect:
+            return JSONResponse({"error": "client disconnected"}, status_code=400)
+
+    return Starlette(routes=[
+        Route("/", index), Route("/runs", runs), Route("/health", health),
+        Route("/reports/{i:int}", report), Route("/summarize", summarize, methods=["POST"]),
+    ])
+
+
+async def _read_body(request, limit: int) -> bytes:
+    """The body, read no further than `limit` bytes (a declared or streamed excess: 413)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPError(413, f"request body over {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPError(413, f"request body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def run_paths(paths: list[str]) -> list[Path]:
+    """The run directories among `paths` (so `sumtune serve demo_runs/*` works): a path without
+    config.yaml (compare.md, the tiny model, plots) is skipped with a note."""
+    runs = []
+    for p in map(Path, paths):
+        if p.is_dir() and (p / "config.yaml").is_file():
+            runs.append(p)
+        else:
+            print(f"note: skipping {p} (not a run directory)")
+    if not runs:
+        raise UserError("no run directories among the paths given; pass the --output-dir of train runs")
+    return runs
+
+
+def serve(paths: list[str], host: str = "127.0.0.1", port: int = 8000, base_model: str | None = None,
+          limits: Limits | None = None) -> None:
+    """Load the runs (directories: see `run_paths`) onto one base model and serve until interrupted."""
+    import uvicorn
+
+    from sumtune.multirun import RunSet
+
+    runset = RunSet(paths, base_model=base_model)
+    app = create_app(Service(runset, limits))
+    print(f"serving {len(runset.runs)} runs ({', '.join(runset.runs)}) on http://{host}:{port}/")
+    uvicorn.run(app, host=host, port=port, log_level="warning", limit_concurrency=256)
