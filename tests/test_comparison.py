@@ -66,7 +66,7 @@ def test_results_separate_step_validation_and_checkpoint_time(tiny_neo, kaggle_d
 def test_evaluate_limit_ignores_the_runs_cap_and_records_intervals(tiny_neo, kaggle_dir, tmp_path):
     from method_utils import make_run
 
-    from sumtune.evaluate import evaluate_run
+    from sumtune.recipes.evaluate import evaluate_run
 
     run, *_ = make_run(tmp_path / "run", tiny_neo, "lora",
                        sets=(f"data.source={kaggle_dir}", "method.r=4", "data.max_eval_samples=4"))
@@ -85,7 +85,7 @@ def test_evaluate_limit_ignores_the_runs_cap_and_records_intervals(tiny_neo, kag
 
 
 def test_max_sentences_keeps_the_first_sentences():
-    from sumtune.evaluate import first_sentences
+    from sumtune.recipes.evaluate import first_sentences
 
     assert first_sentences("Mr. Smith went to Washington. He met the U.S. president. Then he left.", 2) == \
         "Mr. Smith went to Washington.\nHe met the U.S. president."

@@ -20,7 +20,7 @@ from sumtune.config import (
     save_config,
 )
 from sumtune.errors import UserError
-from sumtune.evaluate import _config as eval_config
+from sumtune.recipes.evaluate import _config as eval_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

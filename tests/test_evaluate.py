@@ -17,8 +17,8 @@ from rouge_score import rouge_scorer
 from sumtune.cli import main
 from sumtune.config import load_run_config
 from sumtune.data import load_splits, tokenize_splits
-from sumtune.evaluate import evaluate_run, summarize_file
 from sumtune.io import atomic_write_json
+from sumtune.recipes.evaluate import evaluate_run, summarize_file
 from sumtune.sentences import split_sentences
 
 FAST = {"max_new_tokens": 12, "batch_size": 4}

@@ -50,7 +50,7 @@ def test_experiment_runs_every_method_and_resumes(tiny_neo, kaggle_dir, tmp_path
         raise AssertionError("finished runs must not be trained again")
 
     monkeypatch.setattr("sumtune.recipes.train.train", no_training)
-    monkeypatch.setattr("sumtune.evaluate.evaluate_run", no_training)
+    monkeypatch.setattr("sumtune.recipes.evaluate.evaluate_run", no_training)
     experiment.run_experiment(_cfg(out, tiny_neo, kaggle_dir), Plan(eval_limit=4))
     assert stamps == {m: (out / m / "eval/test/metrics.json").stat().st_mtime_ns for m in methods}
     assert "finished earlier with the same settings, skipped" in capsys.readouterr().out

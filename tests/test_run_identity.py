@@ -234,7 +234,7 @@ def _error_parse(argv, capsys) -> str:
 def test_summarize_several_runs_and_compare_split(tiny_neo, kaggle_dir, tmp_path, monkeypatch, capsys):
     from method_utils import make_run
 
-    from sumtune.evaluate import evaluate_run
+    from sumtune.recipes.evaluate import evaluate_run
 
     runs = [make_run(tmp_path / m, tiny_neo, m, sets=(f"data.source={kaggle_dir}", "method.r=4",
                                                      "method.n_tokens=4"))[0] for m in ("lora", "prompt_tuning")]

@@ -22,8 +22,8 @@ from starlette.testclient import TestClient
 
 from sumtune.cli import main
 from sumtune.errors import UserError
-from sumtune.evaluate import check_text, summarize_text
 from sumtune.multirun import RunSet
+from sumtune.recipes.evaluate import check_text, summarize_text
 from sumtune.serve import Limits, Service, create_app, run_paths
 from sumtune.tiny import synthetic_news
 

@@ -13,10 +13,10 @@ from sumtune.cli import main
 from sumtune.config import build_config
 from sumtune.data import Collator, load_splits, tokenize_splits
 from sumtune.errors import UserError
-from sumtune.evaluate import summary_loss
 from sumtune.methods import get_method
 from sumtune.modeling import load_model, load_tokenizer
 from sumtune.recipes import train as recipe
+from sumtune.recipes.evaluate import summary_loss
 from sumtune.runs import load_run
 from sumtune.training import state, step
 

@@ -185,7 +185,7 @@ def _run(a: argparse.Namespace) -> int:
 
         train(cfg, resume=a.resume)
     elif a.command == "evaluate":
-        from sumtune.evaluate import evaluate_run
+        from sumtune.recipes.evaluate import evaluate_run
 
         _offline_for_runs([a.run_dir], a.model, a.data, need_data=True)
 
@@ -243,7 +243,7 @@ def _summarize(a: argparse.Namespace) -> None:
     """One summary per run; the last path is the input when it is not a directory."""
     from pathlib import Path
 
-    from sumtune.evaluate import read_text, summarize_text
+    from sumtune.recipes.evaluate import read_text, summarize_text
     from sumtune.runs import check_finished_run
 
     runs, source = a.paths, "-"

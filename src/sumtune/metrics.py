@@ -58,21 +58,3 @@ def summed_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     keep = targets != -100
     picked = logits[:, :-1][keep].float()  # only the scored positions, not the article
     return F.cross_entropy(picked, targets[keep], reduction="sum"), int(keep.sum())
-
-
-class TokenLoss:
-    """Token-weighted mean loss: sum over batches of summed losses / total number of summary tokens
-    (a batch of long summaries weighs more than one of short ones, unlike a mean of batch means)."""
-
-    def __init__(self) -> None:
-        self.total, self.tokens = 0.0, 0
-
-    def add(self, summed: float | torch.Tensor, tokens: int) -> None:
-        self.total += float(summed)
-        self.tokens += tokens
-
-    @property
-    def mean(self) -> float:
-        if self.tokens == 0:
-            raise ValueError("no summary tokens were scored")
-        return self.total / self.tokens

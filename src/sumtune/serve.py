@@ -30,7 +30,7 @@ from typing import Any
 
 from sumtune.config import DECODING_PRESETS
 from sumtune.errors import UserError
-from sumtune.evaluate import NotUTF8Error, article_text, check_text, summary_text, with_overrides
+from sumtune.recipes.evaluate import NotUTF8Error, article_text, check_text, summary_text, with_overrides
 
 log = logging.getLogger(__name__)
 

@@ -166,7 +166,7 @@ def _method_cfg(cfg: Config, method: str, output_dir: Path, lr: float | None, se
 
 def _evaluate(run: Path, plan: Plan, cfg: Config, retrained: bool) -> None:
     from sumtune.config import decoding_summary
-    from sumtune.evaluate import evaluate_run
+    from sumtune.recipes.evaluate import evaluate_run
 
     done = run / "eval" / "test" / "metrics.json"
     if done.is_file() and not retrained:

@@ -11,20 +11,30 @@ from sumtune.training.step import rows_of
 
 
 @torch.no_grad()
+def summed_loss(model, ds, collate, batch_size: int, loss_fn, autocast, device: torch.device,
+                shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    """[summed token loss, target tokens] (float64) over shard (rank, processes) of a tokenised
+    split: every P-th row, longest first to pad little. The one dataset-loss loop, for
+    validation and for `evaluate`."""
+    lengths = [len(x) for x in ds["input_ids"]]
+    order = sorted(range(len(ds)), key=lambda i: -lengths[i])[shard[0]::shard[1]]
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    for start in range(0, len(order), batch_size):
+        batch = {k: v.to(device) for k, v in collate(rows_of(ds, order[start:start + batch_size])).items()}
+        with autocast():
+            loss, n = loss_fn(model, batch)
+        total += torch.tensor([float(loss), n], dtype=torch.float64, device=device)
+    return total
+
+
 def validation_loss(accelerator, model, loss_fn, ds, collate, batch_size: int) -> float:
-    """Token-weighted loss over the split: each process scores every P-th sample (longest
-    first, to pad little) with the unwrapped model, so no collective runs per batch."""
+    """Token-weighted loss over the split: each process scores its shard with the unwrapped
+    model, so no collective runs per batch, then one sum over processes."""
     net = accelerator.unwrap_model(model)
     was_training = net.training
     net.eval()
-    lengths = [len(x) for x in ds["input_ids"]]
-    order = sorted(range(len(ds)), key=lambda i: -lengths[i])[accelerator.process_index::accelerator.num_processes]
-    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
-    for start in range(0, len(order), batch_size):
-        batch = {k: v.to(accelerator.device) for k, v in collate(rows_of(ds, order[start:start + batch_size])).items()}
-        with accelerator.autocast():
-            loss, n = loss_fn(net, batch)
-        total += torch.tensor([float(loss), n], dtype=torch.float64, device=accelerator.device)
+    total = summed_loss(net, ds, collate, batch_size, loss_fn, accelerator.autocast, accelerator.device,
+                        (accelerator.process_index, accelerator.num_processes))
     net.train(was_training)
     loss_sum, n = accelerator.reduce(total, "sum").tolist()
     return loss_sum / n

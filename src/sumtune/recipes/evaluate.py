@@ -36,7 +36,7 @@ from sumtune.config import (
 from sumtune.decoding import Generator, decode_summary
 from sumtune.errors import UserError
 from sumtune.io import atomic_write_json, atomic_write_text
-from sumtune.metrics import ROUGE_KEYS, TokenLoss, rouge_per_example, summed_token_loss
+from sumtune.metrics import ROUGE_KEYS, rouge_per_example
 from sumtune.runs import check_finished_run
 from sumtune.sentences import SPLITTER, split_sentences
 
@@ -78,21 +78,21 @@ def _model(run: Path, cfg: Config, base_model: str | None = None):
 
 @torch.inference_mode()
 def summary_loss(model, rows, pad_id: int, batch_size: int, autocast: torch.dtype | None) -> float:
-    """Token-weighted mean cross-entropy over the summary tokens of tokenised rows (input_ids, labels)."""
+    """Token-weighted mean cross-entropy over the summary tokens of tokenised rows (input_ids,
+    labels), through the same loop as validation (`training.validation.summed_loss`)."""
     from sumtune.data import Collator
+    from sumtune.training.step import token_loss_sum
+    from sumtune.training.validation import summed_loss
 
     device = next(model.parameters()).device
-    collate = Collator(pad_id)
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]["input_ids"]))
-    meter = TokenLoss()
-    for start in range(0, len(order), batch_size):
-        batch = collate([rows[i] for i in order[start : start + batch_size]])
-        batch = {k: v.to(device) for k, v in batch.items()}
-        ctx = torch.autocast(device.type, dtype=autocast) if autocast else torch.autocast(device.type, enabled=False)
-        with ctx:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        meter.add(*summed_token_loss(logits, batch["labels"]))
-    return meter.mean
+
+    def ctx():
+        return torch.autocast(device.type, dtype=autocast, enabled=autocast is not None)
+
+    loss_sum, n = summed_loss(model, rows, Collator(pad_id), batch_size, token_loss_sum, ctx, device).tolist()
+    if not n:
+        raise UserError("no summary tokens were scored: every row's summary was cut away; raise data.max_length")
+    return loss_sum / n
 
 
 def _split_rows(cfg: Config, split: str, limit: int | None):
