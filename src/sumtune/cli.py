@@ -273,6 +273,18 @@ def _experiment(a: argparse.Namespace) -> None:
     run_experiment(cfg, plan)
 
 
+def _quiet_tokenizer_length_warning() -> None:
+    """Transformers warns when a text is longer than the model's positions; sumtune cuts the
+    article itself (data/tokenize.py), so the warning tells a user nothing to act on."""
+    import transformers
+
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "Token indices sequence length is longer" not in record.getMessage()
+
+    transformers.utils.logging.get_logger("transformers.tokenization_utils_base").addFilter(_Drop())
+
+
 def _quiet_progress(verbose: bool) -> None:
     """datasets' per-map and transformers' weight-loading bars only with --verbose."""
     import transformers
@@ -307,6 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # PEFT 0.21 calls a deprecated transformers 5 helper on every LoRA model: not the user's concern
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     _quiet_progress(args.verbose)
+    if not args.verbose:
+        _quiet_tokenizer_length_warning()
     try:
         return _run(args)
     except UserError as e:

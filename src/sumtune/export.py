@@ -10,7 +10,7 @@ from sumtune.config import load_run_config
 from sumtune.errors import UserError
 from sumtune.io import atomic_dir, atomic_write_json
 from sumtune.methods import get_method
-from sumtune.runs import check_finished_run, load_run
+from sumtune.runs import RunDir, check_finished_run, load_run
 
 MARKER = "sumtune_export.json"  # lets a later export replace this directory
 
@@ -21,7 +21,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
         raise UserError(f"{out} already exists and is not a sumtune export; choose a new OUT_DIR or remove it")
     check_finished_run(run_dir)  # an interrupted run's adapter/ holds its best weights so far, not its result
-    adapter = Path(run_dir) / "adapter"
+    adapter = RunDir(run_dir).adapter
     method = get_method(load_run_config(run_dir).method.name)
     if method.not_exportable:
         raise UserError(
@@ -35,4 +35,6 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / MARKER, {"run": str(Path(run_dir).resolve()), "method": method.name,
                                          "base_model": cfg.model.name})
+    print(f"wrote {out}: a plain {model.config.model_type} model with the tokenizer "
+          f"(AutoModelForCausalLM.from_pretrained('{out}'))")
     return out

@@ -52,15 +52,22 @@ def _errno_of(e: BaseException) -> int | None:
 
 
 @contextlib.contextmanager
-def writing(path: Path, needed: int | None = None) -> Iterator[None]:
-    """Turn an OS-level failure of the block into a WriteError naming `path`."""
+def writing(path: Path, needed: int | None = None, only: tuple[int, ...] | None = None) -> Iterator[None]:
+    """Turn an OS-level failure of the block into a WriteError naming `path`; with `only`,
+    just those error numbers (a block that also reads lets its other errors through)."""
     try:
         yield
     except WriteError:
         raise
     except (OSError, SafetensorError) as e:
+        code = _errno_of(e)
+        if only is not None and code not in only:
+            raise
         detail = getattr(e, "strerror", None) or str(e).splitlines()[0]
-        raise WriteError(path, _errno_of(e), detail, needed) from None
+        raise WriteError(path, code, detail, needed) from None
+
+
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # what only a write can hit
 
 
 def _atomic(path: Path, write, needed: int | None = None) -> None:

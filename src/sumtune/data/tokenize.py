@@ -5,6 +5,7 @@ fingerprints, so a re-run loads the cached Arrow files instead of tokenising aga
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from sumtune.config import DataConfig
 from sumtune.data.sources import cache_key, num_workers
@@ -59,6 +60,13 @@ def encode_prompt(tokenizer, article: str, cfg: DataConfig) -> list[int]:
     sep, room = _budget(tokenizer, cfg)
     art = tokenizer(article, add_special_tokens=False)["input_ids"][: room - cfg.max_summary_length - 1]
     return art + sep
+
+
+def datasets_cache() -> Path:
+    """Where `datasets` writes its Arrow cache (HF_DATASETS_CACHE), named when it fills a disk."""
+    import datasets
+
+    return Path(datasets.config.HF_DATASETS_CACHE)
 
 
 def tokenize_splits(splits, tokenizer, cfg: DataConfig):

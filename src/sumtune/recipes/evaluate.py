@@ -35,9 +35,10 @@ from sumtune.config import (
 )
 from sumtune.decoding import Generator, decode_summary
 from sumtune.errors import UserError
-from sumtune.io import atomic_write_json, atomic_write_text
+from sumtune.io import FULL_DISK, atomic_write_json, atomic_write_text, writing
+from sumtune.lock import DirLock
 from sumtune.metrics import ROUGE_KEYS, rouge_per_example
-from sumtune.runs import check_finished_run
+from sumtune.runs import RunDir, check_finished_run
 from sumtune.sentences import SPLITTER, split_sentences
 
 log = logging.getLogger(__name__)
@@ -161,16 +162,24 @@ def evaluate_run(run_dir: str | Path, split: str = "test", limit: int | None = N
                  overrides: dict[str, Any] | None = None, data: str | None = None,
                  base_model: str | None = None) -> dict[str, Any]:
     """Loss, generated summaries and ROUGE (with intervals) of a finished run on `split`; returns
-    the metrics written. `data`/`base_model` override the run's data source and model path."""
+    the metrics written. `data`/`base_model` override the run's data source and model path.
+    One writer per RUN/eval/<split>/: a second evaluation of it is refused at once."""
+    run = check_finished_run(run_dir)
+    with DirLock(RunDir(run).eval_dir(split), "evaluation directory"):
+        return _evaluate(run, split, limit, overrides, data, base_model)
+
+
+def _evaluate(run: Path, split: str, limit: int | None, overrides: dict[str, Any] | None, data: str | None,
+              base_model: str | None) -> dict[str, Any]:
     from datasets import DatasetDict
 
-    from sumtune.data import tokenize_splits
+    from sumtune.data import datasets_cache, tokenize_splits
 
-    run = check_finished_run(run_dir)
     cfg = _config(run, overrides, data)
     ds = _split_rows(cfg, split, limit)  # data problems show before the model loads
     model, tokenizer, autocast = _model(run, cfg, base_model)
-    tokenised = tokenize_splits(DatasetDict({split: ds}), tokenizer, cfg.data)[split]
+    with writing(datasets_cache(), only=FULL_DISK):
+        tokenised = tokenize_splits(DatasetDict({split: ds}), tokenizer, cfg.data)[split]
     loss = summary_loss(model, tokenised, tokenizer.pad_token_id, cfg.eval.batch_size, autocast)
     predictions, seconds = _summaries(model, tokenizer, cfg, autocast, list(ds["article"]), progress=True)
     references = list(ds["summary"])
@@ -181,7 +190,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", limit: int | None = N
         "decoding": decoding_summary(cfg.eval), "data": cfg.data.source,
         "data_is_training_data": cfg.data.source == load_run_config(run).data.source,
     }
-    out = run / "eval" / split
+    out = RunDir(run).eval_dir(split)
     rows = ({"id": i, "article": a, "reference": r, "prediction": p, **{k: v[j] for k, v in columns.items()}}
             for j, (i, a, r, p) in enumerate(zip(ds["id"], ds["article"], references, predictions)))
     atomic_write_text(out / "predictions.jsonl", "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows))

@@ -58,11 +58,16 @@ def train(cfg: Config, resume: bool = False) -> Path:
     if resume and run.is_finished():
         print(f"{run}: the run finished earlier; nothing to resume")
         return run.path
-    check_run_dir(run, cfg, resume)
     accelerator, precision = accelerator_for(cfg, run.path)
     main = accelerator.is_main_process
     created = not run.path.exists()
     with DirLock(run.path) if main else contextlib.nullcontext():  # one writer per run directory
+        try:
+            check_run_dir(run, cfg, resume)
+        except UserError:
+            if created and main:
+                remove_failed_start(run, created)  # only the lock file is ours
+            raise
         memory = PeakMemory(accelerator.device).start()  # this run's own peak, not the process's
         try:
             s = setup(cfg, accelerator, precision)

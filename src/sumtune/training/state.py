@@ -14,10 +14,11 @@ from typing import Any
 import torch
 
 from sumtune.config import Config
-from sumtune.data import Collator, epoch_order, load_splits, tokenize_splits
+from sumtune.data import Collator, datasets_cache, epoch_order, load_splits, tokenize_splits
 from sumtune.errors import UserError
 from sumtune.fastpath import FastPathContext, apply_fast_paths, from_config, fused_adamw, select_loss
 from sumtune.fingerprints import data_fingerprint
+from sumtune.io import FULL_DISK, writing
 from sumtune.methods import Method, get_method
 from sumtune.modeling import (
     autocast_dtype,
@@ -172,8 +173,8 @@ def setup(cfg: Config, accelerator, precision: str) -> TrainSetup:
     set_seed(cfg.train.seed)  # the same initialisation (LoRA, soft prompt) in every process
     world = accelerator.num_processes
     tokenizer = load_tokenizer(cfg.model.name)
-    with accelerator.main_process_first():  # the main process fills the datasets cache, the others read it
-        data = tokenize_splits(load_splits(cfg.data, cfg.data.seed), tokenizer, cfg.data)
+    with accelerator.main_process_first(), writing(datasets_cache(), only=FULL_DISK):
+        data = tokenize_splits(load_splits(cfg.data, cfg.data.seed), tokenizer, cfg.data)  # main fills the cache
     base = load_model(cfg.model.name)
     check_max_length(cfg, base.config)
     meta = run_meta(cfg, base, data={"source": cfg.data.source, "sizes": {s: len(data[s]) for s in data},
