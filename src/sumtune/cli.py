@@ -111,7 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="sumtune", description="Fine-tune GPT-style models for news summarization and compare methods.")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_run_commands(sub)
+    _add_study_commands(sub)
+    _add_file_commands(sub)
+    return ap
 
+
+def _add_run_commands(sub) -> None:
+    """train, evaluate, summarize, serve: one run at a time, or runs side by side."""
     p = sub.add_parser("train", help="train one method; writes a run directory")
     _add_train_flags(p, with_method=True)
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last checkpoint")
@@ -139,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_float, default=120.0, help="seconds per request, queue included (504 after)")
     p.add_argument("--max-queue", type=_positive_int, default=32, help="requests waiting at most (503 beyond)")
 
+
+def _add_study_commands(sub) -> None:
+    """compare, experiment, demo: the methods side by side."""
     p = sub.add_parser("compare", help="table + plots comparing runs")
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--output", help="directory for compare.md/json and plots (default: common parent)")
@@ -158,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the experiment on a tiny offline model and bundled data (minutes, no internet)")
     p.add_argument("--output-dir", default="demo_runs")
 
+
+def _add_file_commands(sub) -> None:
+    """export and download: files in and out."""
     p = sub.add_parser("export", help="write a plain Hugging Face model directory from a run")
     p.add_argument("run_dir")
     p.add_argument("out_dir")
@@ -172,7 +185,6 @@ def build_parser() -> argparse.ArgumentParser:
     m = dsub.add_parser("model", help="a model from the Hugging Face Hub into a local directory")
     m.add_argument("name")
     m.add_argument("--out", help="directory (default: ./models/<name>)")
-    return ap
 
 
 def _run(a: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from sumtune.config_values import coerce, flatten, from_text, load_yaml, parse_set
 from sumtune.errors import UserError
 
 METHODS = ("zero_shot", "prompt_tuning", "lora", "last_layers", "full")
@@ -201,68 +202,6 @@ def _type_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _describe(hint: Any) -> str:
-    if typing.get_origin(hint) is Literal:
-        return "one of " + ", ".join(map(str, typing.get_args(hint)))
-    if typing.get_origin(hint) in (list, typing.List):  # noqa: UP006
-        return "a comma-separated list"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
-        hint, str(hint)
-    )
-
-
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Convert a YAML or command-line value to the field's type, or fail naming the key."""
-    bad = UserError(f"config key '{key}': got {value!r}, expected {_describe(hint)}")
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        if value not in choices:
-            raise bad
-        return value
-    if origin in (list, typing.List):  # noqa: UP006
-        if isinstance(value, str):
-            return [v.strip() for v in value.split(",") if v.strip()]
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return list(value)
-        raise bad
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-            return value.lower() in ("true", "1", "yes", "on")
-        raise bad
-    if hint is int:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                raise bad from None
-        raise bad
-    if hint is float:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise bad from None
-        raise bad
-    if hint is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise bad
-    raise bad
-
-
 def set_key(cfg: Config, key: str, value: Any, text: bool = False) -> None:
     """Set a dotted key (`train.lr`) on the config, coercing and checking its type.
 
@@ -283,7 +222,7 @@ def set_key(cfg: Config, key: str, value: Any, text: bool = False) -> None:
                 if value is None:  # an empty section in a YAML file
                     return
                 raise UserError(f"config key '{key}' is a section; set one of its keys, e.g. '{key}.<name>'")
-            setattr(obj, part, _coerce(key, _from_text(key, value, hint) if text else value, hint))
+            setattr(obj, part, coerce(key, from_text(key, value, hint) if text else value, hint))
             if key == PRESET_KEY:
                 apply_preset(cfg.eval, cfg.eval.preset)
         else:
@@ -297,48 +236,6 @@ def set_keys(cfg: Config, items: typing.Iterable[tuple[str, Any]], text: bool = 
     order, so a preset never overrides a key given beside it, whatever the order they are written in."""
     for key, value in sorted(items, key=lambda kv: kv[0] != PRESET_KEY):  # stable: the rest keep their order
         set_key(cfg, key, value, text=text)
-
-
-def _from_text(key: str, text: str, hint: Any) -> Any:
-    t = text.strip()
-    quoted = hint is str and len(t) >= 2 and t[0] == t[-1] and t[0] in "\"'"
-    if quoted or (typing.get_origin(hint) in (list, typing.List) and t.startswith("[")):  # noqa: UP006
-        try:
-            return yaml.safe_load(t)
-        except yaml.YAMLError:
-            raise UserError(f"config key '{key}': cannot parse {text!r}; expected {_describe(hint)}") from None
-    return text if hint is str else t
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise UserError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"config file {p} must hold a mapping of sections (model, data, method, train, eval)")
-    return data
-
-
-def parse_set(item: str) -> tuple[str, str]:
-    if "=" not in item:
-        raise UserError(f"--set expects key=value (e.g. train.lr=1e-4), got {item!r}")
-    key, value = item.split("=", 1)
-    return key.strip(), value
 
 
 def validate(cfg: Config) -> Config:
@@ -394,7 +291,7 @@ def build_config(
     cfg = Config()
     named: set[str] = set()
     if config_file:
-        layer = list(_flatten(load_yaml(config_file)).items())
+        layer = list(flatten(load_yaml(config_file)).items())
         set_keys(cfg, layer)
         named.update(k for k, _ in layer)
     layer = [(k, v) for k, v in (flags or {}).items() if v is not None]
@@ -413,7 +310,7 @@ def build_config(
 def config_from_dict(d: dict[str, Any]) -> Config:
     """Rebuild a Config from a run's config.yaml."""
     cfg = Config()
-    set_keys(cfg, _flatten(d).items())
+    set_keys(cfg, flatten(d).items())
     return cfg
 
 
@@ -425,7 +322,7 @@ def config_differences(old: Config, new: Config, ignore: tuple[str, ...] = ()) -
     """(key, old value, new value) for every training-relevant key that differs; decoding
     (eval.*), RESUME_FREE and `ignore` keys aside. Local paths compare absolute."""
     def flat(cfg: Config) -> dict[str, Any]:
-        d = _flatten(cfg.to_dict())
+        d = flatten(cfg.to_dict())
         d["model.name"] = absolute_source(d["model.name"])
         d["data.source"] = absolute_source(d["data.source"])
         return d

@@ -47,11 +47,15 @@ def plots(rows: Sequence[dict], runs: Sequence[Path], out: Path, split: str = "t
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = []
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-
     color = {row["run"]: colors[i % len(colors)] for i, row in enumerate(rows)}
+    evaluated = [r for r in rows if r["evaluated"]]
+    return [_save(_loss_plot(plt, rows, runs, color), out / PLOTS["loss"]),
+            _save(_rouge_plot(plt, evaluated, split), out / PLOTS["rouge"]),
+            _save(_params_plot(plt, evaluated, color), out / PLOTS["params"])]
 
+
+def _loss_plot(plt, rows: Sequence[dict], runs: Sequence[Path], color: dict[str, str]):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for row, run in zip(rows, runs):
         train, val = loss_curves(run)
@@ -66,10 +70,12 @@ def plots(rows: Sequence[dict], runs: Sequence[Path], out: Path, split: str = "t
     ax.xaxis.get_major_locator().set_params(integer=True)
     if ax.lines:
         ax.legend(fontsize=7, ncol=2)
-    written.append(_save(fig, out / PLOTS["loss"]))
+    return fig
 
-    evaluated = [r for r in rows if r["evaluated"]]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+
+def _rouge_plot(plt, evaluated: Sequence[dict], split: str):
+    """Grouped bars per run, each ROUGE with its 95% bootstrap interval."""
+    fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(evaluated)), 4.5))
     width = 0.8 / len(ROUGE_KEYS)
     for j, key in enumerate(ROUGE_KEYS):
         xs = [i + (j - 1.5) * width for i in range(len(evaluated))]
@@ -79,7 +85,9 @@ def plots(rows: Sequence[dict], runs: Sequence[Path], out: Path, split: str = "t
                [100 * c[1] - v if c else 0 for v, c in zip(values, cis)]]
         bars = ax.bar(xs, values, width, label=key, yerr=err, capsize=2, error_kw={"elinewidth": 0.8})
         ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=1)
-    ax.set_xticks(range(len(evaluated)), [r["run"] for r in evaluated])
+    many = len(evaluated) > 4  # long run names would overlap side by side
+    ax.set_xticks(range(len(evaluated)), [r["run"] for r in evaluated], rotation=30 if many else 0,
+                  ha="right" if many else "center")
     ax.set(ylabel="F1 (%), 95% bootstrap interval", title=f"ROUGE on the {split} split")
     if not evaluated:
         ax.text(0.5, 0.5, "no run evaluated yet (sumtune evaluate RUN)", ha="center", transform=ax.transAxes)
@@ -87,8 +95,10 @@ def plots(rows: Sequence[dict], runs: Sequence[Path], out: Path, split: str = "t
         tops = [100 * ((r.get("ci95") or {}).get(k) or (0, r[k]))[1] for r in evaluated for k in ROUGE_KEYS]
         ax.set_ylim(0, 1.25 * max(tops) + 1e-9)
         ax.legend(fontsize=8, ncol=len(ROUGE_KEYS), loc="upper center")
-    written.append(_save(fig, out / PLOTS["rouge"]))
+    return fig
 
+
+def _params_plot(plt, evaluated: Sequence[dict], color: dict[str, str]):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in evaluated:
         if r["trainable_params"]:
@@ -102,8 +112,7 @@ def plots(rows: Sequence[dict], runs: Sequence[Path], out: Path, split: str = "t
            title="What each method trains vs what it gains")
     if any(line.get_label() and not line.get_label().startswith("_") for line in ax.lines):
         ax.legend(fontsize=8)
-    written.append(_save(fig, out / PLOTS["params"]))
-    return written
+    return fig
 
 
 def _save(fig, path: Path) -> Path:
