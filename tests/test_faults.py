@@ -107,7 +107,7 @@ def test_a_failed_write_is_one_line_keeps_what_was_written_and_resumes_exactly(s
     _inject(monkeypatch, fault)
     line = _one_line_error(_argv(model, data, run), capsys)
     assert fault.before is not None, f"the {site} write was never attempted"
-    assert REASONS[code] in line and "nothing finished was lost" in line and "--resume" in line, line
+    assert REASONS[code] in line and "written before is intact" in line and "--resume" in line, line
     assert _snapshot(run) == fault.before  # the previous checkpoint and best weights, byte for byte
     assert _leftovers(run) == []
     monkeypatch.undo()
@@ -135,6 +135,19 @@ def test_full_disk_on_metrics_records(setup, tmp_path, monkeypatch, capsys):
     monkeypatch.undo()
     assert main(_argv(model, data, run, "--resume")) == 0
     _same_as_reference(run, ref)
+
+
+def test_full_disk_in_the_datasets_cache(setup, tmp_path, monkeypatch, capsys):
+    from sumtune.training import state
+
+    model, data, _ = setup
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(state, "tokenize_splits", full)
+    line = _one_line_error(_argv(model, data, tmp_path / "run"), capsys)
+    assert "cannot write" in line and "no space left" in line and not (tmp_path / "run").exists()
 
 
 def test_space_check_warns_before_training(setup, tmp_path, monkeypatch, caplog):
@@ -172,7 +185,7 @@ def test_eval_compare_and_export_writes_fail_in_one_line(setup, tmp_path, monkey
     fault = _Fault(run, errno.ENOSPC, lambda p: p.endswith(target[1]))
     _inject(monkeypatch, fault)
     line = _one_line_error(target[0], capsys)
-    assert "no space left" in line and target[1] in line
+    assert "no space left" in line and target[1] in line and "written before is intact" in line
     assert _leftovers(tmp_path) == []
     if what == "export":
         assert not (tmp_path / "out").exists()

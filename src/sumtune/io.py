@@ -40,7 +40,7 @@ class WriteError(UserError):
         self.path, self.errno = Path(path), code
         reason = _REASONS.get(code, detail) if code is not None else detail
         size = f" (it needed about {needed / 2**20:.1f} MB)" if needed and code in (errno.ENOSPC, errno.EDQUOT) else ""
-        super().__init__(f"cannot write {path}: {reason}{size}")
+        super().__init__(f"cannot write {path}: {reason}{size}; what was written before is intact (writes are atomic)")
 
 
 def _errno_of(e: BaseException) -> int | None:

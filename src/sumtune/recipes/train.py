@@ -230,4 +230,4 @@ def _write_failed(e: WriteError, run: RunDir) -> UserError:
     kept = list_checkpoints(run.checkpoints)
     resume = (f"the last good checkpoint is {kept[-1]}: free space and resume with "
               f"`sumtune train --config {run.config} --resume`") if kept else "no checkpoint was written yet"
-    return UserError(f"{e}; nothing finished was lost (the best weights in {run.adapter} are intact); {resume}")
+    return UserError(f"{e}; the best weights so far are in {run.adapter}; {resume}")
