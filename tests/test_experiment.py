@@ -88,6 +88,10 @@ def test_a_started_run_is_continued_not_refused(tiny_neo, kaggle_dir, tmp_path, 
     assert (out / "lora/eval/test/metrics.json").stat().st_mtime_ns > old_eval  # retrained, so evaluated again
 
 
+def test_demo_data_is_packaged():
+    assert experiment.DEMO_DATA.is_file() and experiment.DEMO_DATA.stat().st_size > 10_000
+
+
 @pytest.mark.slow
 def test_demo_runs_offline(tmp_path, capsys):
     report = experiment.run_demo(tmp_path / "demo")

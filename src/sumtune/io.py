@@ -161,8 +161,9 @@ class atomic_dir:
 
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
-            if issubclass(exc_type, (OSError, SafetensorError)) and not issubclass(exc_type, WriteError):
-                raise WriteError(self.path, _errno_of(exc), getattr(exc, "strerror", None) or str(exc)) from None
+            code = _errno_of(exc) if issubclass(exc_type, (OSError, SafetensorError)) else None
+            if code in _REASONS:  # a failed write in the block (a failed read stays what it is)
+                raise WriteError(self.path, code, getattr(exc, "strerror", None) or str(exc)) from None
             return
         try:
             self._swap_in()

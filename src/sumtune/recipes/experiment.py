@@ -64,7 +64,7 @@ DEMO_LR_GRID = {
 # rate is 0, and a run of one or two steps leaves every rate at the zero-shot loss, so the sweep
 # would "choose" the first rate of a tie.
 MIN_SWEEP_STEPS = 5
-DEMO_DATA = Path(__file__).parent / "demo" / "news.jsonl"
+DEMO_DATA = Path(__file__).parent.parent / "demo" / "news.jsonl"
 REAL_COMMAND = "sumtune experiment --model EleutherAI/gpt-neo-125m --data hf:abisee/cnn_dailymail:3.0.0"
 
 
