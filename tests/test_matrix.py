@@ -24,7 +24,7 @@ from sumtune.modeling import load_model, load_tokenizer
 from sumtune.recipes.evaluate import evaluate_run
 from sumtune.recipes.train import train
 from sumtune.runs import load_run
-from sumtune.tiny import ARCHS, build_tiny_model, synthetic_news
+from sumtune.tiny import ARCHS, synthetic_news
 
 NEW = 10
 # method cases: (method, extra --set items); lora's options are cases of their own
@@ -45,20 +45,6 @@ DEFAULT = [("gpt_neo", "prefix_tuning"), ("gpt2", "p_tuning"), ("gpt_neox", "ia3
            ("llama", "lora"), ("qwen2", "dora"), ("phi3", "prefix_tuning"), ("gemma", "p_tuning"),
            ("llama", "ia3"), ("qwen2", "last_layers")]
 FULL = [c for c in itertools.product(ARCHS, CASES) if c not in DEFAULT]
-
-
-@pytest.fixture(scope="session")
-def tiny_family(tmp_path_factory):
-    """A builder of tiny models by family, each built once per session."""
-    built: dict[str, object] = {}
-    texts = [r["article"] + "\n" + r["highlights"] + "\nTL;DR:\n" for r in synthetic_news(200, seed=1)]
-
-    def get(arch: str):
-        if arch not in built:
-            built[arch] = build_tiny_model(tmp_path_factory.mktemp(f"tiny_{arch}"), texts, arch=arch)
-        return built[arch]
-
-    return get
 
 
 def _train(model_dir, data_dir, out, case):
