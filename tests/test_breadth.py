@@ -129,3 +129,13 @@ def test_new_methods_describe_count_and_refuse_export(tiny_family):
     for name in ("prefix_tuning", "p_tuning"):
         with pytest.raises(UserError, match="cannot be exported as a plain model: its"):
             get_method(name).merged(None)
+
+
+def test_serve_refuses_methods_it_cannot_batch(tiny_gpt2, tmp_path):
+    from method_utils import make_run
+
+    from sumtune.multirun import RunSet
+
+    run, *_ = make_run(tmp_path / "run", tiny_gpt2, "ia3")
+    with pytest.raises(UserError, match="sumtune serve batches .* for a ia3 run"):
+        RunSet([run])
