@@ -139,3 +139,45 @@ def test_serve_refuses_methods_it_cannot_batch(tiny_gpt2, tmp_path):
     run, *_ = make_run(tmp_path / "run", tiny_gpt2, "ia3")
     with pytest.raises(UserError, match="sumtune serve batches .* for a ia3 run"):
         RunSet([run])
+
+
+@pytest.mark.parametrize("preset,name", [("pythia_160m", "EleutherAI/pythia-160m"),
+                                         ("smollm2_135m", "HuggingFaceTB/SmolLM2-135M"),
+                                         ("qwen2.5_0.5b", "Qwen/Qwen2.5-0.5B")])
+def test_model_presets_name_only_the_model(preset, name):
+    from pathlib import Path
+
+    from sumtune.config import Config, load_yaml
+
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{preset}.yaml"
+    assert load_yaml(path) == {"model": {"name": name}}
+    cfg = build_config(str(path))
+    default = Config()
+    default.model.name = name
+    assert cfg.to_dict() == default.to_dict()
+
+
+@pytest.mark.parametrize("arch,name", [("llama", "lora"), ("gpt2", "p_tuning"), ("qwen2", "prefix_tuning"),
+                                       ("gemma", "ia3")])
+def test_bf16_training_loss_and_decoding_with_every_fast_path(arch, name, tiny_family):
+    """Under bf16 autocast with every fast path: an untied frozen head is cast once (the label loss
+    feeds it matching inputs), and a prompt encoder cast for inference runs under autocast."""
+    from sumtune.config import EvalConfig
+    from sumtune.decoding import Generator
+    from sumtune.fastpath import FastPathContext, apply_fast_paths, select_loss
+
+    model_dir = tiny_family(arch)
+    tok = load_tokenizer(str(model_dir))
+    model = get_method(name).prepare(load_model(str(model_dir)), tok, MethodConfig(name=name, n_tokens=4))
+    loss_fn = select_loss(model, token_loss_sum, apply_fast_paths(model, FastPathContext(autocast=torch.bfloat16)))
+    batch = padded_batch(tok)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast, n = loss_fn(model, batch)
+        ref, _ = token_loss_sum(model, batch)
+    fast.backward()
+    torch.testing.assert_close(fast / n, ref / n, rtol=1e-2, atol=0)
+    model.eval()
+    apply_fast_paths(model, FastPathContext(training=False, autocast=torch.bfloat16))
+    out = Generator(model, tok, EvalConfig(batch_size=2, max_new_tokens=4), autocast=torch.bfloat16).generate(
+        [[5, 6, 7, 8], [9, 10]])
+    assert [len(o) for o in out] == [4, 4] or all(o for o in out)

@@ -103,11 +103,13 @@ class Generator:
         """`router`: called with each row's adapter name before every forward (rows of a batch may
         use different LoRA adapters: see `Variant`); None for a single method model."""
         self.router = router
-        self.lm, soft, prefix = decoding_parts(model)
+        self.autocast = autocast
+        device = next(model.parameters()).device
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):  # a prompt encoder's weights
+            self.lm, soft, prefix = decoding_parts(model)  # may be cast for inference
         self.lm.eval()
         self.cfg = cfg
         self.device = next(self.lm.parameters()).device
-        self.autocast = autocast
         self.cache_kw = cache_keyword(self.lm)
         self.max_pos = max_positions(self.lm)
         vocab = self.lm.get_output_embeddings().weight.shape[0]

@@ -75,6 +75,10 @@ def _captured(model: nn.Module, before: nn.Module | None) -> Iterator[list[torch
         device = args[0].device.type
         states.append((device, torch.is_autocast_enabled(device)))
         torch.set_autocast_enabled(device, False)
+        weight = getattr(m, "weight", None)
+        if weight is not None and weight.dtype != args[0].dtype:  # an untied head cast once (no position: free)
+            return (args[0].to(weight.dtype), *args[1:])
+        return None
 
     def head_on(m, args, output):
         torch.set_autocast_enabled(*states.pop())
