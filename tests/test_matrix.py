@@ -3,7 +3,7 @@ GPT-NeoX, OPT, Llama, Qwen2, Phi-3, Gemma), through the real trainer: 2 steps, s
 evaluated; batched greedy decoding equals Hugging Face `generate` at batch 1; PEFT adapters load in
 plain PEFT with the same logits; exports load with `AutoModelForCausalLM` with the same logits.
 
-The default run covers every method once and every family at least once (`DEFAULT`); the whole
+The default run covers every method case once and every family at least twice (`DEFAULT`); the whole
 matrix is marked slow (`pytest -m slow tests/test_matrix.py`)."""
 
 from __future__ import annotations
@@ -40,10 +40,11 @@ CASES = {
     "last_layers": ("last_layers", ("method.last_k_blocks=1", "method.train_final_norm=true")),
     "full": ("full", ()),
 }
-# one family per method case, every family at least once
+# every method case on at least one family, every family at least twice (~15 s on 2 cores)
 DEFAULT = [("gpt_neo", "prefix_tuning"), ("gpt2", "p_tuning"), ("gpt_neox", "ia3"), ("opt", "last_layers"),
            ("llama", "lora"), ("qwen2", "dora"), ("phi3", "prefix_tuning"), ("gemma", "p_tuning"),
-           ("llama", "ia3"), ("qwen2", "last_layers")]
+           ("llama", "ia3"), ("qwen2", "last_layers"), ("gemma", "full"), ("phi3", "prompt_tuning"),
+           ("gpt_neox", "zero_shot"), ("opt", "rslora"), ("gpt_neo", "ia3"), ("gpt2", "last_layers")]
 FULL = [c for c in itertools.product(ARCHS, CASES) if c not in DEFAULT]
 
 
@@ -163,7 +164,7 @@ def test_method_on_family_full_matrix(arch, case, tiny_family, kaggle_dir, tmp_p
 def test_every_method_and_family_is_in_the_default_run():
     from sumtune.config import METHODS
 
-    assert {CASES[c][0] for _, c in DEFAULT} == set(METHODS) - {"zero_shot", "prompt_tuning", "full"}
-    assert {a for a, _ in DEFAULT} == set(ARCHS)
+    assert {c for _, c in DEFAULT} == set(CASES)
+    assert all(sum(a == arch for a, _ in DEFAULT) >= 2 for arch in ARCHS)
     assert {CASES[c][0] for c in CASES} == set(METHODS)
     assert get_method("ia3").name == "ia3"

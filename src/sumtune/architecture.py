@@ -123,8 +123,3 @@ def linear_dims(m: nn.Module) -> tuple[int, int]:
         return m.in_features, m.out_features
     return m.weight.shape[0], m.weight.shape[1]
 
-
-def is_tied(model: nn.Module) -> bool:
-    """Whether the LM head is the input embeddings' tensor."""
-    lm = causal_lm(model)
-    return lm.get_output_embeddings().weight is lm.get_input_embeddings().weight
