@@ -27,6 +27,36 @@ def _data(out: Path) -> Path:
     return path
 
 
+def _check_decoding(model, tok, device) -> None:
+    """Our greedy decoding at batch 1 equals `generate` at batch 1 on the quantised PEFT model (bf16
+    autocast); batched rows are reported (exact only in fp32)."""
+    import torch
+
+    from sumtune.config import EvalConfig
+    from sumtune.decoding import Generator
+    from sumtune.tiny import synthetic_news
+
+    prompts = [tok(r["article"] + "\nTL;DR:\n")["input_ids"][: 20 + 15 * i] for i, r in enumerate(synthetic_news(3, seed=4))]
+    expected = []
+    for p in prompts:
+        ids = torch.tensor([p], device=device)
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
+                                 do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
+        expected.append(gen[0, len(p):].tolist())
+
+    def decode(batch_size: int) -> list[list[int]]:
+        return Generator(model, tok, EvalConfig(batch_size=batch_size, max_new_tokens=12), autocast=torch.bfloat16,
+                         stop_at_blank_line=False).generate(prompts)
+
+    got = decode(1)
+    assert got == expected, (got, expected)
+    print("ok: our decoding at batch 1 equals generate at batch 1 (bf16 autocast)")
+    same = sum(a == b for a, b in zip(decode(3), expected))
+    print(f"info: batched (3 rows, left-padded) equals generate for {same}/{len(prompts)} rows "
+          "(exact only in fp32; bf16 rounding may differ with padding)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="a local model directory (default: a tiny random Llama built here)")
@@ -37,8 +67,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("qlora_check: no CUDA device here; run it on a GPU machine")
         return 2
-    from sumtune.config import EvalConfig, build_config
-    from sumtune.decoding import Generator, decoding_parts
+    from sumtune.config import build_config
     from sumtune.recipes.evaluate import evaluate_run
     from sumtune.recipes.train import train
     from sumtune.runs import load_run
@@ -65,25 +94,7 @@ def main() -> int:
     q = next(m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
     assert q.weight.quant_type == "nf4" and q.compute_dtype == torch.bfloat16, (q.weight.quant_type, q.compute_dtype)
     print(f"ok: {n4} Linear4bit layers (nf4, bf16 compute)")
-    prompts = [tok(r["article"] + "\nTL;DR:\n")["input_ids"][: 20 + 15 * i] for i, r in enumerate(synthetic_news(3, seed=4))]
-    lm, _, _ = decoding_parts(model)
-    expected = []
-    for p in prompts:
-        ids = torch.tensor([p], device=q.weight.device)
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
-                                 do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
-        expected.append(gen[0, len(p):].tolist())
-    def decode(batch_size: int) -> list[list[int]]:
-        return Generator(model, tok, EvalConfig(batch_size=batch_size, max_new_tokens=12), autocast=torch.bfloat16,
-                         stop_at_blank_line=False).generate(prompts)
-
-    got = decode(1)
-    assert got == expected, (got, expected)
-    print("ok: our decoding at batch 1 equals generate at batch 1 (bf16 autocast)")
-    same = sum(a == b for a, b in zip(decode(3), expected))
-    print(f"info: batched (3 rows, left-padded) equals generate for {same}/{len(prompts)} rows "
-          "(exact only in fp32; bf16 rounding may differ with padding)")
+    _check_decoding(model, tok, q.weight.device)
     from peft import PeftModel
 
     from sumtune.modeling import load_model
