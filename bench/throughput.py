@@ -4,7 +4,7 @@ Trainer + PEFT, ../shared/bench/peer_hf_trainer.py), on the same pre-tokenised r
 model, hyper-parameters and precision.
 
     python bench/throughput.py --method {lora,prompt_tuning,last_layers} --data TOKENS.jsonl
-        [--model gpt-neo-125m-random|gpt-neo-small-random|DIR] [--steps 1] [--reps 3]
+        [--model gpt-neo-125m-random|gpt-neo-small-random|DIR (any causal LM)] [--steps 1] [--reps 3]
         [--precision auto] [--epochs-last-layers 10] [--json]
 
 Both sides: LoRA r 8, alpha 16, dropout 0.05 on every attention and MLP linear layer;
@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", required=True, choices=["lora", "prompt_tuning", "last_layers"])
     ap.add_argument("--data", required=True, help="JSONL of {input_ids, labels} (make_token_data.py)")
-    ap.add_argument("--model", default=RANDOM_125M, help=f"{RANDOM_125M}, gpt-neo-small-random, or a model dir")
+    ap.add_argument("--model", default=RANDOM_125M, help=f"{RANDOM_125M}, gpt-neo-small-random, or any local model directory "
+                    "(any AutoModelForCausalLM family)")
     ap.add_argument("--steps", type=int, default=1, help="optimizer steps per run (8 rows each)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])

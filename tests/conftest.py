@@ -40,6 +40,19 @@ def tiny_gpt2(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny_gpt2"), _texts(), arch="gpt2")
 
 
+@pytest.fixture(scope="session")
+def tiny_family(tmp_path_factory):
+    """A builder of tiny random models by family (`sumtune.tiny.ARCHS`), each built once per session."""
+    built: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in built:
+            built[arch] = build_tiny_model(tmp_path_factory.mktemp(f"tiny_{arch}"), _texts(), arch=arch)
+        return built[arch]
+
+    return get
+
+
 def write_kaggle_dir(root: Path, sizes=(24, 8, 8), seed: int = 0) -> Path:
     """train/validation/test.csv with columns id, article, highlights."""
     root.mkdir(parents=True, exist_ok=True)

@@ -56,7 +56,7 @@ def test_help(capsys, argv):
         ([], ["required"]),
         (["train", "--method", "lora", "--set", "train.lr=abc"], ["config key 'train.lr'", "a number"]),
         (["train", "--method", "lora", "--set", "nope.x=1"], ["unknown config key 'nope.x'", "valid keys here"]),
-        (["train", "--method", "lora", "--set", "method.name=adapter"], ["'method.name'", "zero_shot, prompt_tuning, lora"]),
+        (["train", "--method", "lora", "--set", "method.name=adapter"], ["'method.name'", "zero_shot, prompt_tuning, prefix_tuning, p_tuning, lora"]),
         (["train", "--method", "lora", "--set", "lr"], ["--set expects key=value"]),
         (["train", "--method", "lora", "--epochs", "0"], ["'train.epochs'", ">= 1"]),
         (["train", "--method", "lora", "--config", "/nonexistent/preset.yaml"], ["config file not found"]),

@@ -102,7 +102,7 @@ def test_set_top_level_key():
         (["train.lr=abc"], ["'train.lr'", "'abc'", "a number"]),
         (["train.epochs=2.5"], ["'train.epochs'", "an integer"]),
         (["train.epochs=0"], ["'train.epochs'", "an integer >= 1"]),
-        (["method.name=adapter"], ["'method.name'", "one of zero_shot, prompt_tuning, lora, last_layers, full"]),
+        (["method.name=adapter"], ["'method.name'", "one of zero_shot, prompt_tuning, prefix_tuning, p_tuning, lora, ia3, last_layers, full"]),
         (["train.precision=fp8"], ["'train.precision'", "auto, bf16, fp16, fp32"]),
         (["data.clean=maybe"], ["'data.clean'", "true or false"]),
         (["method.dropout=1.5"], ["'method.dropout'", "[0, 1)"]),

@@ -362,5 +362,5 @@ def test_zero_shot_is_the_base_model(tiny_neo, tmp_path):
 
 
 def test_unknown_method_is_one_line_error():
-    with pytest.raises(UserError, match="choose one of: zero_shot, prompt_tuning, lora, last_layers, full"):
+    with pytest.raises(UserError, match="choose one of: zero_shot, prompt_tuning, prefix_tuning, p_tuning, lora, ia3, last_layers, full"):
         get_method("adapters")

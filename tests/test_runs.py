@@ -44,7 +44,8 @@ def test_run_meta_records_method_base_and_hyper_parameters(tiny_neo, tmp_path):
     run, cfg, _, _ = make_run(tmp_path / "run", tiny_neo, "lora", ("method.r=2", "method.alpha=4"))
     meta = json.loads((run / "adapter" / "sumtune.json").read_text())
     assert meta["method"] == "lora"
-    assert meta["method_config"] == {"r": 2, "alpha": 4, "dropout": 0.05, "target_modules": []}
+    assert meta["method_config"] == {"r": 2, "alpha": 4, "dropout": 0.05, "target_modules": [],
+                                   "use_dora": False, "use_rslora": False, "quantize": "none"}
     assert meta["base_model"] == fingerprint(str(tiny_neo), load_model(str(tiny_neo)))
 
 

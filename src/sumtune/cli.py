@@ -50,6 +50,16 @@ def _lr_choice(text: str) -> float | dict[str, float]:
     return rates
 
 
+def _methods_choice(text: str) -> tuple[str, ...]:
+    """experiment --methods: a comma-separated list of method names."""
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in METHODS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown method {unknown[0]!r} in {text!r} (methods: {', '.join(METHODS)})"
+                                         if unknown else "expected method names, e.g. lora,ia3")
+    return names
+
+
 def _add_train_flags(p: argparse.ArgumentParser, with_method: bool) -> None:
     if with_method:
         p.add_argument("--method", choices=METHODS, required=True, help="fine-tuning method")
@@ -156,6 +166,8 @@ def _add_study_commands(sub) -> None:
 
     p = sub.add_parser("experiment", help="train, evaluate and compare every method on the same data")
     _add_train_flags(p, with_method=False)
+    p.add_argument("--methods", type=_methods_choice,
+                   help="comma-separated methods to run (default: zero_shot,prompt_tuning,lora,last_layers)")
     p.add_argument("--with-full", action="store_true", help="include full fine-tuning")
     p.add_argument("--sweep-lr", action="store_true", help="short runs over a small lr grid per method first")
     p.add_argument("--eval-limit", type=_positive_int,
@@ -281,7 +293,7 @@ def _experiment(a: argparse.Namespace) -> None:
         cfg = build_config(a.config, _flags(a), [f"eval.preset={a.decoding or 'cnndm'}", *sets])
     apply_offline_env(cfg.model.name, cfg.data.source)
     plan = Plan(with_full=a.with_full, sweep_lr=a.sweep_lr, eval_limit=a.eval_limit, seeds=max(1, a.seeds),
-                overwrite=a.overwrite, lr=a.lr)
+                overwrite=a.overwrite, lr=a.lr, chosen=a.methods)
     run_experiment(cfg, plan)
 
 

@@ -20,7 +20,8 @@ import yaml
 from sumtune.config_values import coerce, flatten, from_text, load_yaml, parse_set
 from sumtune.errors import UserError
 
-METHODS = ("zero_shot", "prompt_tuning", "lora", "last_layers", "full")
+METHODS = ("zero_shot", "prompt_tuning", "prefix_tuning", "p_tuning", "lora", "ia3", "last_layers", "full")
+QUANTIZE = ("none", "4bit")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 # The fast paths by name, in the order they are applied (sumtune.fastpath.FAST_PATHS, which says why
 # that order; kept here so validating a config does not import torch).
@@ -57,16 +58,24 @@ class DataConfig:
 
 @dataclass
 class MethodConfig:
-    name: Literal["zero_shot", "prompt_tuning", "lora", "last_layers", "full"] = "lora"
-    # prompt_tuning
+    name: Literal["zero_shot", "prompt_tuning", "prefix_tuning", "p_tuning", "lora", "ia3", "last_layers",
+                  "full"] = "lora"
+    # prompt_tuning, prefix_tuning, p_tuning: virtual tokens
     n_tokens: int = 20
     init_text: str = "SUMMARIZE the following news article in a few sentences:"
     init_random: bool = False  # init from random vocabulary embeddings instead
-    # lora
+    # p_tuning: the prompt encoder; prefix_tuning: the reparameterisation MLP (prefix_projection)
+    encoder: Literal["mlp", "lstm"] = "mlp"
+    encoder_hidden: int = 0  # 0 = the model's hidden size
+    prefix_projection: bool = False
+    # lora (target_modules: ia3 too)
     r: int = 8
     alpha: int = 16
     dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=list)  # empty = all attention + MLP linears
+    target_modules: list[str] = field(default_factory=list)  # empty = all attention + MLP linears (ia3: k, v, down)
+    use_dora: bool = False
+    use_rslora: bool = False
+    quantize: Literal["none", "4bit"] = "none"  # 4bit: QLoRA (CUDA + bitsandbytes)
     # last_layers
     last_k_blocks: int = 0
     train_final_norm: bool = False
@@ -168,6 +177,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.max_summary_length": (lambda v: v >= 1, "an integer >= 1"),
     "data.num_proc": (lambda v: v >= 1, "an integer >= 1"),
     "method.n_tokens": (lambda v: v >= 1, "an integer >= 1"),
+    "method.encoder_hidden": (lambda v: v >= 0, "an integer >= 0 (0 = the model's hidden size)"),
     "method.r": (lambda v: v >= 1, "an integer >= 1"),
     "method.alpha": (lambda v: v >= 1, "an integer >= 1"),
     "method.dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
@@ -246,6 +256,9 @@ def validate(cfg: Config) -> Config:
             raise UserError(f"config key '{key}': got {value!r}, expected {desc}")
     if cfg.method.name == "last_layers":
         check_last_layers(cfg.method)
+    if cfg.method.quantize != "none" and cfg.method.name != "lora":
+        raise UserError(f"config key 'method.quantize' is {cfg.method.quantize!r}: quantised training is QLoRA, "
+                        f"for method lora only (method is {cfg.method.name}); set method.quantize=none")
     if cfg.data.val_ratio + cfg.data.test_ratio >= 1:
         raise UserError("config keys 'data.val_ratio' + 'data.test_ratio' must be < 1")
     if cfg.eval.min_new_tokens > cfg.eval.max_new_tokens:
@@ -348,6 +361,6 @@ def load_run_config(run_dir: str | Path) -> Config:
 
 __all__ = [
     "Config", "ModelConfig", "DataConfig", "MethodConfig", "TrainConfig", "EvalConfig",
-    "METHODS", "PRECISIONS", "build_config", "config_from_dict", "save_config", "load_run_config",
+    "METHODS", "QUANTIZE", "PRECISIONS", "build_config", "config_from_dict", "save_config", "load_run_config",
     "set_key", "set_keys", "validate", "check_last_layers", "DECODING_PRESETS", "apply_preset", "decoding_summary",
 ]

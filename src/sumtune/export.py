@@ -1,5 +1,5 @@
-"""`sumtune export RUN OUT`: a plain Hugging Face model directory from a run (LoRA
-merged into the weights; last_layers/full weights applied; the tokenizer beside it),
+"""`sumtune export RUN OUT`: a plain Hugging Face model directory from a run (LoRA, DoRA and
+IA³ merged into the weights; last_layers/full weights applied; the tokenizer beside it),
 loadable with `AutoModelForCausalLM.from_pretrained(OUT)` and `pipeline("text-generation")`."""
 
 from __future__ import annotations

@@ -53,14 +53,19 @@ def load_tokenizer(name: str):
     return tok
 
 
-def load_model(name: str, dtype: torch.dtype = torch.float32):
-    """The base causal LM in `dtype` (fp32 by default: master weights for training)."""
+def load_model(name: str, dtype: torch.dtype = torch.float32, quantize: str = "none"):
+    """The base causal LM in `dtype` (fp32 by default: master weights for training); `quantize`
+    4bit: its linear weights in NF4 on the GPU (QLoRA, `sumtune.quantize`; refused without CUDA)."""
     from transformers import AutoModelForCausalLM
 
+    from sumtune.quantize import quantization_kwargs
+
     _check_name(name)
+    quantized = quantization_kwargs(quantize)  # refuses before loading anything
     try:
         # safetensors only: a pickled .bin is never loaded (it can run code)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, use_safetensors=True, **_hub_kwargs(name))
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, use_safetensors=True, **_hub_kwargs(name),
+                                                     **quantized)
     except Exception as e:  # noqa: BLE001
         raise _load_error(name, "model", e) from None
     return model

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 BASE_KEYS = ("model_type", "config_sha", "weights_sha")
 SWAPS = ("last_layers", "full")
+SERVABLE = ("zero_shot", "prompt_tuning", "lora", *SWAPS)  # prefix_tuning, p_tuning, ia3: not yet
 
 
 @dataclass
@@ -102,6 +103,11 @@ class RunSet:
         metas = [read_meta(r / "adapter") for r in runs]
         check_same_base(runs, metas)
         cfgs = [load_run_config(r) for r in runs]
+        for run, cfg in zip(runs, cfgs):
+            if cfg.method.name not in SERVABLE or cfg.method.quantize != "none" or cfg.method.use_dora:
+                what = "DoRA" if cfg.method.use_dora else "QLoRA" if cfg.method.quantize != "none" else cfg.method.name
+                raise UserError(f"{run}: sumtune serve batches {', '.join(SERVABLE)} runs (no DoRA, unquantised); "
+                                f"use `sumtune evaluate` or `summarize` for a {what} run")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._load_base(base_model or cfgs[0].model.name, runs, metas)
         self.runs: dict[str, ServedRun] = {}

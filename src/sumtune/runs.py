@@ -153,7 +153,7 @@ def load_run(run_dir: str | Path, dtype: torch.dtype = torch.float32,
         weights_path(adapter, method.weights_file)  # fail before loading the base model
     name = base_model or cfg.model.name
     tokenizer = load_tokenizer(name)
-    model = load_model(name)  # fp32: the weights the run recorded, before any cast
+    model = load_model(name, quantize=cfg.method.quantize)  # fp32 (or QLoRA's 4-bit): as the run trained
     check_base(meta, fingerprint(name, model), adapter)
     if dtype != torch.float32:
         model = model.to(dtype)

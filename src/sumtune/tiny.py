@@ -1,6 +1,6 @@
 """Tiny offline models for the demo and the tests: a byte-level BPE tokenizer
-trained on local text with `tokenizers`, and a GPT-Neo or GPT-2 with random
-weights built from a small config. Nothing here touches the network.
+trained on local text with `tokenizers`, and a causal LM of one of the supported
+families (`ARCHS`) with random weights built from a small config. Nothing here touches the network.
 
 A tiny random model produces meaningless summaries; it exists so every code
 path (training, generation, export, compare) runs anywhere in seconds.
@@ -34,6 +34,44 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512):
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=EOS)
 
 
+# The decoder-only families the support matrix covers (README "Supported models and methods").
+ARCHS = ("gpt_neo", "gpt2", "gpt_neox", "opt", "llama", "qwen2", "phi3", "gemma")
+
+
+def tiny_config(arch: str, vocab: int, eos: int, hidden: int = 64, layers: int = 2, heads: int = 4):
+    """A small config of family `arch` (Transformers' own config class), dropout off so that
+    training is deterministic. The families other than GPT-Neo/GPT-2 take the standard keys;
+    Llama, Qwen2 and Gemma use grouped-query attention (2 key/value heads), as the real ones do."""
+    from transformers import AutoConfig, GPT2Config, GPTNeoConfig
+
+    if arch == "gpt_neo":
+        return GPTNeoConfig(
+            vocab_size=vocab, max_position_embeddings=1024, hidden_size=hidden, num_layers=layers,
+            num_heads=heads, attention_types=[[["global", "local"], max(1, layers // 2)]],
+            window_size=16, intermediate_size=4 * hidden, bos_token_id=eos, eos_token_id=eos,
+            embed_dropout=0.0, attention_dropout=0.0, resid_dropout=0.0,
+        )
+    if arch == "gpt2":
+        return GPT2Config(
+            vocab_size=vocab, n_positions=1024, n_embd=hidden, n_layer=layers, n_head=heads,
+            bos_token_id=eos, eos_token_id=eos, embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0,
+        )
+    if arch not in ARCHS:
+        raise ValueError(f"unknown tiny architecture {arch!r}; use one of {', '.join(ARCHS)}")
+    common = dict(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                  max_position_embeddings=1024, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+    extra = {
+        "gpt_neox": dict(intermediate_size=4 * hidden, hidden_dropout=0.0, attention_dropout=0.0),
+        "opt": dict(ffn_dim=4 * hidden, word_embed_proj_dim=hidden, dropout=0.0, attention_dropout=0.0,
+                    layerdrop=0.0),
+        "llama": dict(intermediate_size=3 * hidden, num_key_value_heads=2),
+        "qwen2": dict(intermediate_size=3 * hidden, num_key_value_heads=2),
+        "phi3": dict(intermediate_size=3 * hidden, resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0),
+        "gemma": dict(intermediate_size=3 * hidden, num_key_value_heads=2, head_dim=hidden // heads),
+    }[arch]
+    return AutoConfig.for_model(arch, **common, **extra)
+
+
 def build_tiny_model(
     out_dir: str | Path,
     texts: Iterable[str],
@@ -44,30 +82,15 @@ def build_tiny_model(
     heads: int = 4,
     seed: int = 0,
 ) -> Path:
-    """Write a random-weight tiny causal LM plus its tokenizer to `out_dir` (HF layout)."""
-    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoConfig, GPTNeoForCausalLM
+    """Write a random-weight tiny causal LM of family `arch` (ARCHS) plus its tokenizer to `out_dir`
+    (HF layout)."""
+    from transformers import AutoModelForCausalLM
 
     out = Path(out_dir)
     tokenizer = train_tokenizer(texts, vocab_size)
-    v = len(tokenizer)
-    eos = tokenizer.eos_token_id
+    cfg = tiny_config(arch, len(tokenizer), tokenizer.eos_token_id, hidden, layers, heads)
     torch.manual_seed(seed)
-    if arch == "gpt_neo":
-        cfg = GPTNeoConfig(
-            vocab_size=v, max_position_embeddings=1024, hidden_size=hidden, num_layers=layers,
-            num_heads=heads, attention_types=[[["global", "local"], max(1, layers // 2)]],
-            window_size=16, intermediate_size=4 * hidden, bos_token_id=eos, eos_token_id=eos,
-            embed_dropout=0.0, attention_dropout=0.0, resid_dropout=0.0,
-        )
-        model = GPTNeoForCausalLM(cfg)
-    elif arch == "gpt2":
-        cfg = GPT2Config(
-            vocab_size=v, n_positions=1024, n_embd=hidden, n_layer=layers, n_head=heads,
-            bos_token_id=eos, eos_token_id=eos, embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0,
-        )
-        model = GPT2LMHeadModel(cfg)
-    else:
-        raise ValueError(f"unknown tiny architecture {arch!r}; use gpt_neo or gpt2")
+    model = AutoModelForCausalLM.from_config(cfg)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

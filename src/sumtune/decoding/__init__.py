@@ -3,8 +3,9 @@
 How a batch is decoded:
 1. prompts are sorted by length and cut into batches, so rows of a batch are alike;
 2. each prompt is prefilled alone (no padding in the expensive pass; only the last
-   position's logits are computed). A soft prompt's keys/values are computed once, at
-   batch 1, and copied in front of every prompt;
+   position's logits are computed). A soft prompt's keys/values (prompt tuning, P-tuning) are
+   computed once, at batch 1, and copied in front of every prompt; prefix tuning's keys/values
+   go there as they are;
 3. the rows' caches go, left-padded, into one preallocated buffer per layer (``cache``);
 4. the rows decode together (``search``: greedy or beam); finished rows leave the batch
    (the cache is compacted when a quarter of the rows have finished); a row finishes at

@@ -29,23 +29,34 @@ from sumtune.errors import UserError
 from sumtune.progress import bar as bar_of
 
 
-def decoding_parts(model: nn.Module) -> tuple[nn.Module, torch.Tensor | None]:
-    """The plain causal LM to decode with and the soft prompt to put in front ([n, hidden]) or None.
+def decoding_parts(model: nn.Module) -> tuple[nn.Module, torch.Tensor | None, KV | None]:
+    """The plain causal LM to decode with, the soft prompt to put in front ([n, hidden]) or None, and
+    the prefix keys/values to put in the cache (prefix tuning, per layer) or None.
 
-    Our soft-prompt model exposes ``.base`` and ``.soft_prompt`` (PEFT's prompt-tuning model: its
-    base model and prompt); a PEFT LoRA model decodes through its base model (LoRA layers
-    injected, nothing merged); a plain model is itself.
+    Our soft-prompt models expose ``.base`` with ``.soft_prompt`` (prompt tuning, P-tuning) or
+    ``.prefix_kv()`` (prefix tuning); PEFT's own prompt-learning models give the same through
+    ``get_prompt``; a PEFT LoRA/IA³ model decodes through its base model (layers injected, nothing
+    merged); a plain model is itself.
     """
-    soft = getattr(model, "soft_prompt", None)
-    if soft is not None:
-        return model.base, soft.detach()
     from peft import PeftModel
 
+    from sumtune.methods.virtual_tokens import cache_layers
+
+    prefix = getattr(model, "prefix_kv", None)
+    kv = prefix() if callable(prefix) else None
+    if kv is not None:
+        return model.base, None, kv
+    soft = getattr(model, "soft_prompt", None)
+    if soft is not None:
+        return model.base, soft.detach(), None
     if isinstance(model, PeftModel):
-        if model.active_peft_config.is_prompt_learning:  # PEFT's own prompt tuning
-            return model.base_model, model.get_prompt(batch_size=1)[0].detach()
-        return model.get_base_model(), None
-    return model, None
+        config = model.active_peft_config
+        if config.peft_type == "PREFIX_TUNING":
+            return model.get_base_model(), None, cache_layers(model.get_prompt(batch_size=1))
+        if config.is_prompt_learning:  # PEFT's own prompt tuning / P-tuning
+            return model.get_base_model(), model.get_prompt(batch_size=1)[0].detach(), None
+        return model.get_base_model(), None, None
+    return model, None, None
 
 
 def ban_repeats(logits: torch.Tensor, seqs: torch.Tensor, n_done: int, n: int) -> torch.Tensor:
@@ -92,16 +103,19 @@ class Generator:
         """`router`: called with each row's adapter name before every forward (rows of a batch may
         use different LoRA adapters: see `Variant`); None for a single method model."""
         self.router = router
-        self.lm, soft = decoding_parts(model)
+        self.autocast = autocast
+        device = next(model.parameters()).device
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):  # a prompt encoder's weights
+            self.lm, soft, prefix = decoding_parts(model)  # may be cast for inference
         self.lm.eval()
         self.cfg = cfg
         self.device = next(self.lm.parameters()).device
-        self.autocast = autocast
         self.cache_kw = cache_keyword(self.lm)
         self.max_pos = max_positions(self.lm)
         vocab = self.lm.get_output_embeddings().weight.shape[0]
         self.stop_rule = StopRule(tokenizer, vocab, self.device, stop_at_blank_line, cfg.min_new_tokens)
-        self.own = Variant(None if soft is None else self.prompt_kv(soft))
+        kv = self.prompt_kv(soft) if soft is not None else self.cache_dtype(prefix)
+        self.own = Variant(kv)
 
     def with_config(self, cfg: EvalConfig) -> Generator:
         """This generator with other decoding settings (the stop tables and soft prompt are shared)."""
@@ -131,6 +145,14 @@ class Generator:
         with torch.inference_mode(), self._ctx():
             self.lm(inputs_embeds=emb, position_ids=pos, use_cache=True, **{self.cache_kw: cache})
         return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def cache_dtype(self, kv: KV | None) -> KV | None:
+        """Prefix keys/values on the device, in the dtype the model's own keys have (autocast's, else the
+        weights'), as the prefill appends to them."""
+        if kv is None:
+            return None
+        dtype = self.autocast or self.lm.get_input_embeddings().weight.dtype
+        return [(k.to(self.device, dtype), v.to(self.device, dtype)) for k, v in kv]
 
     def _prefill(self, prompt: Sequence[int], v: Variant) -> tuple[list[LayerKV], torch.Tensor]:
         """One prompt alone, after its soft prompt: its keys/values and last-position logits."""

@@ -101,11 +101,14 @@ def _row_key(*tensors: torch.Tensor) -> bytes:
 
 
 def _final_norm(model: nn.Module) -> nn.Module | None:
-    for m in model.modules():
-        body = getattr(m, "transformer", None)
-        if body is not None and hasattr(body, "ln_f"):
-            return body.ln_f
-    return None
+    """The final norm of any decoder-only model (`sumtune.architecture`), None where there is none."""
+    from sumtune.architecture import decoder_parts
+    from sumtune.errors import UserError
+
+    try:
+        return decoder_parts(model).final_norm
+    except UserError:
+        return None
 
 
 class CachedHeadLoss:

@@ -31,24 +31,11 @@ from torch import nn
 from sumtune.fastpath.base import FastPathContext, StepPath
 
 
-def _peft_types() -> tuple[type, ...]:
-    """PEFT wrappers forward `get_output_embeddings` to the model inside; skip them to find its parent."""
-    try:
-        from peft import PeftModel
-        from peft.tuners.tuners_utils import BaseTuner
-    except ImportError:  # pragma: no cover - peft is a dependency
-        return ()
-    return (PeftModel, BaseTuner)
-
-
 def find_lm(model: nn.Module) -> nn.Module:
-    """The causal LM (the module holding the LM head) inside a method model."""
-    skip = _peft_types()
-    for m in model.modules():
-        get = None if isinstance(m, skip) else getattr(m, "get_output_embeddings", None)
-        if get is not None and get() is not None:
-            return m
-    raise ValueError("model has no output embeddings (LM head)")
+    """The causal LM (the module holding the LM head) inside a method model (`architecture.causal_lm`)."""
+    from sumtune.architecture import causal_lm
+
+    return causal_lm(model)
 
 
 def find_head(model: nn.Module) -> nn.Module:
@@ -57,6 +44,21 @@ def find_head(model: nn.Module) -> nn.Module:
 
 
 _NO_POSITION = torch.empty(0, dtype=torch.long)  # `logits_to_keep`: the head projects no position
+
+
+def _body_hooks(lm: nn.Module, out: list[torch.Tensor]) -> list[tuple[nn.Module, object]]:
+    """Forward hooks that take the final hidden states: the body's output, and the output of a child of
+    the body that returns a model output (OPT's causal LM calls `model.decoder` directly, never `model`)."""
+    body = getattr(lm, lm.base_model_prefix)
+
+    def from_body(m, args, output):
+        out.append(getattr(output, "last_hidden_state", None) if not isinstance(output, tuple) else output[0])
+
+    def from_child(m, args, output):
+        if getattr(output, "last_hidden_state", None) is not None:
+            out.append(output.last_hidden_state)
+
+    return [(body, from_body)] + [(child, from_child) for child in body.children()]
 
 
 @contextmanager
@@ -73,6 +75,10 @@ def _captured(model: nn.Module, before: nn.Module | None) -> Iterator[list[torch
         device = args[0].device.type
         states.append((device, torch.is_autocast_enabled(device)))
         torch.set_autocast_enabled(device, False)
+        weight = getattr(m, "weight", None)
+        if weight is not None and weight.dtype != args[0].dtype:  # an untied head cast once (no position: free)
+            return (args[0].to(weight.dtype), *args[1:])
+        return None
 
     def head_on(m, args, output):
         torch.set_autocast_enabled(*states.pop())
@@ -80,8 +86,7 @@ def _captured(model: nn.Module, before: nn.Module | None) -> Iterator[list[torch
     if before is not None:
         handles = [before.register_forward_pre_hook(lambda m, args: out.append(args[0]))]
     else:
-        body = getattr(lm, lm.base_model_prefix)
-        handles = [body.register_forward_hook(lambda m, args, output: out.append(output[0]))]
+        handles = [m.register_forward_hook(hook) for m, hook in _body_hooks(lm, out)]
     head = lm.get_output_embeddings()
     handles += [head.register_forward_pre_hook(head_off), head.register_forward_hook(head_on)]
     try:

@@ -92,6 +92,8 @@ def cast_frozen_linears(model: nn.Module, dtype: torch.dtype, set_attr=setattr) 
     for m in model.modules():
         if not isinstance(m, (nn.Linear, Conv1D)) or m.weight.requires_grad or id(m.weight) in tied:
             continue
+        if not m.weight.is_floating_point():  # QLoRA's 4-bit weights (bitsandbytes Linear4bit): left as they are
+            continue
         if m.bias is not None and m.bias.requires_grad:
             continue
         for attr in ("weight", "bias"):

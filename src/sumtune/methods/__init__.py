@@ -7,11 +7,22 @@ from sumtune.methods.base import Method
 
 
 def get_method(name: str) -> Method:
-    """The method named `name` (zero_shot, prompt_tuning, lora, last_layers, full)."""
-    from sumtune.methods import full, last_layers, lora, prompt_tuning, zero_shot
+    """The method named `name` (config.METHODS: zero_shot, prompt_tuning, prefix_tuning, p_tuning, lora,
+    ia3, last_layers, full)."""
+    from sumtune.methods import (
+        full,
+        ia3,
+        last_layers,
+        lora,
+        p_tuning,
+        prefix_tuning,
+        prompt_tuning,
+        zero_shot,
+    )
 
-    registry = {m.name: m for m in (zero_shot.ZeroShot(), prompt_tuning.PromptTuning(), lora.Lora(),
-                                     last_layers.LastLayers(), full.Full())}
+    registry = {m.name: m for m in (zero_shot.ZeroShot(), prompt_tuning.PromptTuning(), prefix_tuning.PrefixTuning(),
+                                     p_tuning.PTuning(), lora.Lora(), ia3.IA3(), last_layers.LastLayers(),
+                                     full.Full())}
     if name not in registry:
         raise UserError(f"unknown method '{name}'; choose one of: {', '.join(registry)}")
     return registry[name]

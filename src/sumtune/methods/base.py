@@ -65,6 +65,11 @@ class Method(ABC):
         """A plain Hugging Face model equivalent to the method model (for export)."""
         raise UserError(f"a {self.name} run cannot be exported as a plain model: {self.not_exportable}")
 
+    def virtual_tokens(self, cfg: MethodConfig) -> int:
+        """Positions the method puts before every prompt (soft prompts, prefixes): they count against
+        the model's position limit."""
+        return 0
+
     def decays(self, name: str) -> bool:
         """Whether AdamW's weight decay applies to the trained matrix `name` (biases and norms
         never decay; a method excludes what is not a layer weight)."""

@@ -9,14 +9,17 @@
   final layer norm train (at least one of them: else nothing would), the head stays as
   the base model has it - tied to the input embeddings - and frozen.
 
-GPT-Neo and GPT-2 tie the LM head to the input embeddings (one tensor). Training
+Many models (GPT-Neo, GPT-2, OPT, Gemma) tie the LM head to the input embeddings (one tensor). Training
 that tensor would also change every input embedding, so the "frozen" body would
 move. When the head trains we therefore untie it: it becomes a trainable copy of the
 embedding matrix (`config.tie_word_embeddings = False`), and the input embeddings stay
 frozen and bit-identical. The cost: one extra vocab x hidden matrix in memory and in
 the exported model. When the head does not train there is nothing to protect the
 embeddings from, so the head is left tied (no copy, `config.tie_word_embeddings` as it
-was), and the saved weights hold only the trained blocks/norm.
+was), and the saved weights hold only the trained blocks/norm. Models with an untied head
+(Llama, Qwen2, Phi-3, GPT-NeoX) train their own head matrix: nothing is copied.
+
+Blocks and final norm are found for any decoder-only model (`sumtune.architecture`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 
 from torch import nn
 
+from sumtune.architecture import decoder_parts
 from sumtune.config import MethodConfig, check_last_layers
 from sumtune.errors import UserError
 from sumtune.methods.base import Method, freeze, load_params, save_params
@@ -39,12 +43,11 @@ def untie_head(model: nn.Module) -> nn.Module:
     return head
 
 
-def blocks_and_norm(model: nn.Module) -> tuple[nn.ModuleList, nn.Module]:
-    """The transformer blocks and the final layer norm (GPT-Neo, GPT-2: transformer.h, transformer.ln_f)."""
-    body = getattr(model, "transformer", None)
-    if body is None or not hasattr(body, "h") or not hasattr(body, "ln_f"):
-        raise UserError(f"method last_layers supports GPT-Neo and GPT-2 models, not model_type '{model.config.model_type}'")
-    return body.h, body.ln_f
+def blocks_and_norm(model: nn.Module, need_norm: bool = False) -> tuple[nn.ModuleList, nn.Module | None]:
+    """The decoder blocks and the final layer norm of any decoder-only model (`architecture`), the norm
+    required only when it trains."""
+    parts = decoder_parts(model)
+    return parts.blocks, parts.require_norm() if need_norm else parts.final_norm
 
 
 class LastLayers(Method):
@@ -61,7 +64,7 @@ class LastLayers(Method):
 
     def prepare(self, model, tokenizer, cfg: MethodConfig):
         freeze(model)
-        blocks, norm = blocks_and_norm(model)
+        blocks, norm = blocks_and_norm(model, need_norm=cfg.train_final_norm)
         if cfg.last_k_blocks > len(blocks):
             raise UserError(
                 f"config key 'method.last_k_blocks': got {cfg.last_k_blocks}, the model has {len(blocks)} blocks"

@@ -1,6 +1,10 @@
-"""LoRA through PEFT: low-rank adapters on every attention projection and MLP linear
-layer (names resolved per architecture), saved in PEFT's own format and mergeable
-into a plain model for export."""
+"""LoRA through PEFT: low-rank adapters on every attention projection and MLP linear layer of
+any decoder-only model, saved in PEFT's own format and mergeable into a plain model for export.
+
+Options (PEFT's own): `method.use_dora` (DoRA, Liu et al. 2024: magnitude and direction trained
+apart; merges too) and `method.use_rslora` (rank-stabilised scaling alpha/sqrt(r), Kalajdzievski 2023).
+`method.quantize: 4bit` is QLoRA (Dettmers et al. 2023): the frozen base in NF4 with double
+quantisation and bf16 compute (bitsandbytes, CUDA only: `sumtune.quantize`)."""
 
 from __future__ import annotations
 
@@ -8,46 +12,61 @@ from pathlib import Path
 
 import torch
 
+from sumtune.architecture import block_linears
 from sumtune.config import MethodConfig
 from sumtune.errors import UserError
 from sumtune.io import atomic_dir, load_tensors, read_json
 from sumtune.methods.base import Method, freeze, weights_path, write_meta
 
-# attention projections + MLP linears, per model_type
-TARGETS = {
-    "gpt_neo": ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"],
-    "gpt2": ["c_attn", "c_proj", "c_fc"],  # Conv1D layers: PEFT handles fan_in_fan_out
-}
+
+def default_targets(model: torch.nn.Module) -> list[str]:
+    """The names of every Linear/Conv1D inside the decoder blocks (attention and MLP) of any
+    architecture: a rule, not a table (PEFT's own per-architecture defaults stop at q and v)."""
+    return sorted({name.rsplit(".", 1)[-1] for name, _ in block_linears(model)})
 
 
-def target_modules(model: torch.nn.Module, cfg: MethodConfig) -> list[str] | str:
-    if cfg.target_modules:
-        return list(cfg.target_modules)
-    return TARGETS.get(model.config.model_type, "all-linear")
+def target_modules(model: torch.nn.Module, cfg: MethodConfig) -> list[str]:
+    return list(cfg.target_modules) if cfg.target_modules else default_targets(model)
+
+
+def uses_conv1d(model: torch.nn.Module, targets: list[str]) -> bool:
+    """Whether the targets are GPT-2-style Conv1D layers (weights stored [in, out]: fan_in_fan_out)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return any(isinstance(m, Conv1D) and any(n == t or n.endswith("." + t) for t in targets)
+               for n, m in block_linears(model))
 
 
 class Lora(Method):
     name = "lora"
     weights_file = "adapter_model.safetensors"
-    config_keys = ("r", "alpha", "dropout", "target_modules")
+    config_keys = ("r", "alpha", "dropout", "target_modules", "use_dora", "use_rslora", "quantize")
 
     def describe(self, cfg: MethodConfig) -> str:
         where = ", ".join(cfg.target_modules) if cfg.target_modules else "attention+MLP"
-        return f"LoRA r={cfg.r} α={cfg.alpha} on {where}"
+        kind = ("Q" if cfg.quantize == "4bit" else "") + ("DoRA" if cfg.use_dora else "LoRA")
+        return f"{kind} r={cfg.r} α={cfg.alpha}{' rs' if cfg.use_rslora else ''} on {where}"
 
     def _config(self, model, cfg: MethodConfig):
         from peft import LoraConfig
 
+        targets = target_modules(model, cfg)
         return LoraConfig(
             task_type="CAUSAL_LM", r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-            target_modules=target_modules(model, cfg),
-            fan_in_fan_out=model.config.model_type == "gpt2",
+            target_modules=targets, fan_in_fan_out=uses_conv1d(model, targets),
+            use_dora=cfg.use_dora, use_rslora=cfg.use_rslora,
         )
 
     def prepare(self, model, tokenizer, cfg: MethodConfig):
         from peft import get_peft_model
 
         freeze(model)
+        if cfg.quantize == "4bit":
+            from peft import prepare_model_for_kbit_training
+
+            # norms and head to fp32 for stable training; no gradient checkpointing (a speed choice
+            # left to the trainer); the frozen 4-bit weights stay as they are
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         try:
             return get_peft_model(model, self._config(model, cfg))
         except ValueError as e:

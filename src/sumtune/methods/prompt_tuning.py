@@ -106,6 +106,9 @@ class PromptTuning(Method):
     def describe(self, cfg: MethodConfig) -> str:
         return f"soft prompt, {cfg.n_tokens} token{'' if cfg.n_tokens == 1 else 's'}"
 
+    def virtual_tokens(self, cfg: MethodConfig) -> int:
+        return cfg.n_tokens
+
     def decays(self, name: str) -> bool:
         # the soft prompt is an input, not a layer weight: decay would pull the virtual tokens
         # towards zero, away from the scale of real token embeddings

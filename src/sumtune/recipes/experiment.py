@@ -45,8 +45,21 @@ METHODS = ("zero_shot", "prompt_tuning", "lora", "last_layers")
 #   al. 2022 "LP-FT"): 1e-4 .. 1e-3. With blocks and a frozen head (`last_layers_blocks`):
 #   the partial fine-tuning range, as full fine-tuning but one step higher.
 # - full: GPT-2/GPT-Neo fine-tuning at 1e-5 .. 1e-4 (Radford et al. 2019; HF run_clm's 5e-5).
+# - prefix tuning: Li & Liang 2021 train reparameterised prefixes at 5e-5 .. 8e-5 (GPT-2 table-to-text,
+#   BART summarization at the same order); directly trained prefixes take far larger rates (PEFT's
+#   prefix-tuning examples: 1e-2): 1e-4 .. 1e-2 covers both (`method.prefix_projection` picks).
+# - P-tuning: Liu et al. 2021 ("GPT Understands, Too") give no rate for a frozen model that transfers
+#   (their SuperGLUE runs tune the whole model); PEFT's P-tuning examples use 1e-3 and P-tuning v2
+#   (Liu et al. 2022) 5e-3 .. 1e-2: 1e-4 .. 1e-2.
+# - IA³: Liu et al. 2022 (T-Few) train the scaling vectors at 3e-3 (Adafactor); with AdamW the same
+#   order (PEFT's IA³ examples 3e-3 .. 1e-2): 1e-3 .. 1e-2.
+# - DoRA and rsLoRA are LoRA options and use LoRA's grid: Liu et al. 2024 (DoRA) keep LoRA's rates
+#   (1e-4 .. 2e-4 on LLaMA); Kalajdzievski 2023's scaling is meant to keep one rate across ranks.
 LR_GRID = {
     "prompt_tuning": (3e-3, 1e-2, 3e-2, 1e-1, 3e-1),
+    "prefix_tuning": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+    "p_tuning": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+    "ia3": (1e-3, 3e-3, 1e-2),
     "lora": (1e-4, 3e-4, 1e-3),
     "last_layers": (1e-4, 3e-4, 1e-3),
     "last_layers_blocks": (3e-5, 1e-4, 3e-4),
@@ -55,6 +68,9 @@ LR_GRID = {
 # a tiny random model learns only at far larger rates than a pretrained one
 DEMO_LR_GRID = {
     "prompt_tuning": (1e-1, 3e-1, 1.0),
+    "prefix_tuning": (1e-2, 3e-2, 1e-1),
+    "p_tuning": (1e-2, 3e-2, 1e-1),
+    "ia3": (1e-2, 3e-2, 1e-1),
     "lora": (3e-3, 1e-2, 3e-2),
     "last_layers": (1e-3, 3e-3, 1e-2),
     "last_layers_blocks": (1e-3, 3e-3, 1e-2),
@@ -79,9 +95,11 @@ class Plan:
     overwrite: bool = False
     lr: float | dict[str, float] | None = None  # fixed rate(s); None: grids
     lr_grid: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(LR_GRID))
+    chosen: tuple[str, ...] | None = None  # --methods; None: METHODS
 
     def methods(self) -> tuple[str, ...]:
-        return METHODS + (("full",) if self.with_full else ())
+        base = tuple(self.chosen) if self.chosen else METHODS
+        return base + (("full",) if self.with_full and "full" not in base else ())
 
 
 def grid_key(cfg: Config) -> str:

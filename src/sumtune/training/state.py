@@ -28,6 +28,7 @@ from sumtune.modeling import (
     max_positions,
     resolve_precision,
 )
+from sumtune.quantize import check_quantize
 from sumtune.runs import run_meta
 from sumtune.training.step import token_loss_sum
 
@@ -132,7 +133,7 @@ def check_max_length(cfg: Config, model_config) -> None:
     """One-line error when a training row cannot fit the model's positions (a soft prompt's
     virtual tokens count too), before anything is written."""
     limit = max_positions(model_config)
-    extra = cfg.method.n_tokens if cfg.method.name == "prompt_tuning" else 0
+    extra = get_method(cfg.method.name).virtual_tokens(cfg.method)
     if limit is not None and cfg.data.max_length + extra > limit:
         what = f"data.max_length {cfg.data.max_length}" + (f" + {extra} soft-prompt tokens" if extra else "")
         raise UserError(f"{what} exceeds the {limit} positions of model {cfg.model.name} "
@@ -170,12 +171,13 @@ def setup(cfg: Config, accelerator, precision: str) -> TrainSetup:
     """Data, base model, method and fast paths for `cfg`; nothing written."""
     from accelerate.utils import set_seed
 
+    check_quantize(cfg.method.quantize)  # QLoRA without CUDA: refused before anything loads
     set_seed(cfg.train.seed)  # the same initialisation (LoRA, soft prompt) in every process
     world = accelerator.num_processes
     tokenizer = load_tokenizer(cfg.model.name)
     with accelerator.main_process_first(), writing(datasets_cache(), only=FULL_DISK):
         data = tokenize_splits(load_splits(cfg.data, cfg.data.seed), tokenizer, cfg.data)  # main fills the cache
-    base = load_model(cfg.model.name)
+    base = load_model(cfg.model.name, quantize=cfg.method.quantize)
     check_max_length(cfg, base.config)
     meta = run_meta(cfg, base, data={"source": cfg.data.source, "sizes": {s: len(data[s]) for s in data},
                                      "fingerprint": data_fingerprint(cfg.data)})
