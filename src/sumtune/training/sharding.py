@@ -61,9 +61,17 @@ def fsdp_plan(cfg, accelerator) -> dict:
     if cfg.method.name not in FSDP_METHODS:
         raise UserError(f"FSDP shards the methods {' and '.join(FSDP_METHODS)}; {cfg.method.name} trains too few "
                         "parameters to shard: launch it with DDP (accelerate launch --multi_gpu, no --use_fsdp)")
-    if accelerator.num_processes == 1:
+    if offload and accelerator.device.type == "cpu":
+        raise UserError("train.cpu_offload moves FSDP shards from an accelerator into CPU memory; this run is on "
+                        "the CPU already: drop it (FSDP_OFFLOAD_PARAMS / --fsdp_offload_params too)")
+    if accelerator.num_processes == 1 and not offload:
         accelerator.print("FSDP asked for with one process: nothing to shard, training unsharded")
         return {"fsdp": False, "version": None, "offload": False}
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):  # one process with offload: a mesh of one
+        raise UserError("train.cpu_offload needs a process group: launch with "
+                        "accelerate launch --use_fsdp --fsdp_version 2 --num_processes N")
     return {"fsdp": True, "version": 2, "offload": offload}
 
 
