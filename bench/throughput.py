@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
         "peer_peak_rss_mb": int(med("peer", "peak_rss_mb")),
         "busy_runs": sum(r["others_cpu_share"] > BUSY for side in runs.values() for r in side),
         "runs_in_medians": {side: len(clean(side)) for side in runs},
+        "sumtune_peak_cuda_mb": runs["sumtune"][0].get("peak_cuda_mb"),  # the peer script reports none
     }
     result["ratio"] = round(result["sumtune_tokens_per_s"] / result["peer_tokens_per_s"], 3)
     result["rss_ratio"] = round(result["sumtune_peak_rss_mb"] / result["peer_peak_rss_mb"], 3)

@@ -67,12 +67,24 @@ def fsdp_plan(cfg, accelerator) -> dict:
     if accelerator.num_processes == 1 and not offload:
         accelerator.print("FSDP asked for with one process: nothing to shard, training unsharded")
         return {"fsdp": False, "version": None, "offload": False}
+    one_process_group(accelerator)  # one process with offload: a mesh of one
+    return {"fsdp": True, "version": 2, "offload": offload}
+
+
+def one_process_group(accelerator) -> None:
+    """A process group of one where none was launched (FSDP with CPU offload on one GPU, run
+    as plain `sumtune train`): fully_shard needs a mesh."""
+    import socket
+
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()):  # one process with offload: a mesh of one
-        raise UserError("train.cpu_offload needs a process group: launch with "
-                        "accelerate launch --use_fsdp --fsdp_version 2 --num_processes N")
-    return {"fsdp": True, "version": 2, "offload": offload}
+    if dist.is_initialized():
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dist.init_process_group("nccl" if accelerator.device.type == "cuda" else "gloo",
+                            init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
 
 
 def shard(model: torch.nn.Module, accelerator, offload: bool = False) -> torch.nn.Module:
