@@ -60,6 +60,19 @@ def divergence_gaps(model, prompts, ref: list[list[int]], got: list[list[int]]) 
     return gaps
 
 
+def timed(fn, device: torch.device):
+    """(fn(), seconds, peak CUDA MB allocated during it, 0 off CUDA)."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    out = fn()
+    if cuda:
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - t0, torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="JSONL of {input_ids, labels} (make_token_data.py)")
@@ -96,20 +109,15 @@ def main(argv: list[str] | None = None) -> dict:
     peak_mb: dict[str, float] = {}  # CUDA only: each side's peak allocated memory, weights included
     for rep in range(a.reps):
         for side in (("hf", "sumtune") if rep % 2 == 0 else ("sumtune", "hf")):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            t0 = time.perf_counter()
-            if side == "hf":
-                set_attention(model, "eager")  # what Transformers gives GPT-Neo
-                outputs[side] = hf_generate(model, prompts, eos, a.max_new_tokens, autocast)
-            else:
-                gen = Generator(ours, tokenizer, cfg, autocast=dtype, stop_at_blank_line=False)
-                outputs[side] = gen.generate(prompts)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-                peak_mb[side] = max(peak_mb.get(side, 0.0), torch.cuda.max_memory_allocated() / 2**20)
-            times[side].append(time.perf_counter() - t0)
+            def run(side=side):
+                if side == "hf":
+                    set_attention(model, "eager")  # what Transformers gives GPT-Neo
+                    return hf_generate(model, prompts, eos, a.max_new_tokens, autocast)
+                return Generator(ours, tokenizer, cfg, autocast=dtype, stop_at_blank_line=False).generate(prompts)
+
+            outputs[side], seconds, mb = timed(run, device)
+            times[side].append(seconds)
+            peak_mb[side] = max(peak_mb.get(side, 0.0), mb)
             print(f"rep {rep} {side:8s} {len(prompts) / times[side][-1]:.3f} summaries/s", flush=True)
     identical = outputs["hf"] == outputs["sumtune"]
     gaps = divergence_gaps(model, prompts, outputs["hf"], outputs["sumtune"])
@@ -125,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
         "identical_output": identical, "identical_prompts": same,
         "common_prefix_tokens_median": statistics.median(prefix), "max_logit_gap_at_divergence": max(gaps, default=0.0),
         "threads": torch.get_num_threads(), "device": device.type,
-        "peak_cuda_mb": {k: round(v, 1) for k, v in peak_mb.items()} or None,
+        "peak_cuda_mb": {k: round(v, 1) for k, v in peak_mb.items()} if device.type == "cuda" else None,
     }
     result["ratio"] = round(result["sumtune_summaries_per_s"] / result["hf_summaries_per_s"], 3)
     print(f"sumtune {result['sumtune_summaries_per_s']:.3f} summaries/s | HF generate batch 1 "

@@ -59,3 +59,17 @@ def bf16_peak(seconds: float = 2.0, size: int = 1024) -> dict:
 
 def mfu(tokens_per_s: float, per_token: float, peak_flops: float) -> float:
     return tokens_per_s * per_token / peak_flops
+
+
+def mfu_fields(result: dict, model_dir, method: str, trainable: int, before: dict, after: dict) -> dict:
+    """throughput.py's MFU keys: model FLOPs per token, the better of the peaks measured before
+    and after the runs (GFLOP/s), and each side's MFU over its bf16 figure."""
+    from transformers import AutoConfig
+
+    peak = after if after["bf16_flops"] > before["bf16_flops"] else before
+    per_token = flops_per_token(AutoConfig.from_pretrained(model_dir), method, trainable)
+    out = {"model_flops_per_token": per_token,
+           "peak": {k: (round(v / 1e9, 1) if k.endswith("flops") else v) for k, v in peak.items()}}
+    for side in ("sumtune", "peer"):
+        out[f"{side}_mfu"] = round(mfu(result[f"{side}_tokens_per_s"], per_token, peak["bf16_flops"]), 4)
+    return out

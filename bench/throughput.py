@@ -43,7 +43,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 from common import RANDOM_125M, load_rows, precision_for, write_model_dir  # noqa: E402
-from mfu import bf16_peak, flops_per_token, mfu  # noqa: E402
+from mfu import bf16_peak, mfu_fields  # noqa: E402
 
 PEER = HERE.parent.parent / "shared" / "bench" / "peer_hf_trainer.py"
 PEER_METHOD = {"lora": "lora", "prompt_tuning": "prompt_tuning", "last_layers": "last_layer"}
@@ -129,12 +129,6 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"rep {rep} {side:8s} {r['tokens_per_s']:8.1f} tokens/s  {r['seconds']:7.1f} s  "
                   f"peak RSS {r['peak_rss_mb']} MB{extra}{busy}", flush=True)
 
-    after = bf16_peak(a.peak_seconds)
-    peak = after if after["bf16_flops"] > peak["bf16_flops"] else peak
-    from transformers import AutoConfig
-
-    per_token = flops_per_token(AutoConfig.from_pretrained(model_dir), a.method, runs["sumtune"][0]["trainable_params"])
-
     def clean(side: str) -> list[dict]:
         """The runs no other process disturbed, when each side has one; else all runs."""
         quiet = [r for r in runs[side] if r["others_cpu_share"] <= BUSY]
@@ -157,10 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     result["ratio"] = round(result["sumtune_tokens_per_s"] / result["peer_tokens_per_s"], 3)
     result["rss_ratio"] = round(result["sumtune_peak_rss_mb"] / result["peer_peak_rss_mb"], 3)
-    result["model_flops_per_token"] = per_token
-    result["peak"] = {k: (round(v / 1e9, 1) if k.endswith("flops") else v) for k, v in peak.items()}  # GFLOP/s
-    for side in ("sumtune", "peer"):
-        result[f"{side}_mfu"] = round(mfu(result[f"{side}_tokens_per_s"], per_token, peak["bf16_flops"]), 4)
+    result.update(mfu_fields(result, model_dir, a.method, runs["sumtune"][0]["trainable_params"],
+                             peak, bf16_peak(a.peak_seconds)))
     if epochs > 1:
         result["epochs"] = epochs
         result["epochs_over_first"] = round(med("sumtune", "epochs_over_first"), 3)
