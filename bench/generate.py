@@ -37,7 +37,7 @@ from sumtune.fastpath.attention import set_attention  # noqa: E402
 def hf_generate(model, prompts, eos: int, max_new: int, autocast) -> list[list[int]]:
     out = []
     for p in prompts:
-        ids = torch.tensor([p])
+        ids = torch.tensor([p], device=model.device)
         with torch.inference_mode(), autocast():
             seq = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new,
                                  do_sample=False, eos_token_id=eos, pad_token_id=eos)
@@ -55,9 +55,22 @@ def divergence_gaps(model, prompts, ref: list[list[int]], got: list[list[int]]) 
         k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
         if k is None:
             continue
-        logits = model(torch.tensor([p + a[:k]])).logits[0, -1].float()
+        logits = model(torch.tensor([p + a[:k]], device=model.device)).logits[0, -1].float()
         gaps.append(abs(float(logits[a[k]] - logits[b[k]])))
     return gaps
+
+
+def timed(fn, device: torch.device):
+    """(fn(), seconds, peak CUDA MB allocated during it, 0 off CUDA)."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    out = fn()
+    if cuda:
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - t0, torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -77,31 +90,34 @@ def main(argv: list[str] | None = None) -> dict:
     precision = precision_for(a.precision)
     rows = load_rows(a.data)[: a.n]
     prompts = [[t for t, y in zip(r["input_ids"], r["labels"]) if y == -100] for r in rows]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = build_model(a.model)  # HF's side: as users run it (autocast over fp32 weights)
-    model.eval()
+    model.eval().to(device)
     ours, _ = build_model(a.model)  # sumtune's side: prepared as `sumtune evaluate` prepares a run
     ours.load_state_dict(model.state_dict())
-    ours.eval()
+    ours.eval().to(device)
     eos = tokenizer.eos_token_id
     dtype = torch.bfloat16 if precision == "bf16" else None
 
     def autocast():
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None)
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype is not None)
 
     speed_up(ours, autocast=dtype, inference=True)
     cfg = EvalConfig(batch_size=a.batch_size, num_beams=1, max_new_tokens=a.max_new_tokens)
     times: dict[str, list[float]] = {"sumtune": [], "hf": []}
     outputs: dict[str, list[list[int]]] = {}
+    peak_mb: dict[str, float] = {}  # CUDA only: each side's peak allocated memory, weights included
     for rep in range(a.reps):
         for side in (("hf", "sumtune") if rep % 2 == 0 else ("sumtune", "hf")):
-            t0 = time.perf_counter()
-            if side == "hf":
-                set_attention(model, "eager")  # what Transformers gives GPT-Neo
-                outputs[side] = hf_generate(model, prompts, eos, a.max_new_tokens, autocast)
-            else:
-                gen = Generator(ours, tokenizer, cfg, autocast=dtype, stop_at_blank_line=False)
-                outputs[side] = gen.generate(prompts)
-            times[side].append(time.perf_counter() - t0)
+            def run(side=side):
+                if side == "hf":
+                    set_attention(model, "eager")  # what Transformers gives GPT-Neo
+                    return hf_generate(model, prompts, eos, a.max_new_tokens, autocast)
+                return Generator(ours, tokenizer, cfg, autocast=dtype, stop_at_blank_line=False).generate(prompts)
+
+            outputs[side], seconds, mb = timed(run, device)
+            times[side].append(seconds)
+            peak_mb[side] = max(peak_mb.get(side, 0.0), mb)
             print(f"rep {rep} {side:8s} {len(prompts) / times[side][-1]:.3f} summaries/s", flush=True)
     identical = outputs["hf"] == outputs["sumtune"]
     gaps = divergence_gaps(model, prompts, outputs["hf"], outputs["sumtune"])
@@ -116,7 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
         "hf_summaries_per_s": round(len(prompts) / statistics.median(times["hf"]), 4),
         "identical_output": identical, "identical_prompts": same,
         "common_prefix_tokens_median": statistics.median(prefix), "max_logit_gap_at_divergence": max(gaps, default=0.0),
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "device": device.type,
+        "peak_cuda_mb": {k: round(v, 1) for k, v in peak_mb.items()} if device.type == "cuda" else None,
     }
     result["ratio"] = round(result["sumtune_summaries_per_s"] / result["hf_summaries_per_s"], 3)
     print(f"sumtune {result['sumtune_summaries_per_s']:.3f} summaries/s | HF generate batch 1 "

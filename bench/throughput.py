@@ -18,7 +18,10 @@ is the process's maximum resident set (wait4), model building included, for both
 For last_layers sumtune also trains `--epochs-last-layers` epochs over the same rows
 (feature cache after the first) and reports that time over its first epoch.
 
-Printed: each run, then medians and ratios; with --json the last line is one JSON object.
+Printed: each run, then medians and ratios, and each side's model FLOP utilisation (MFU:
+achieved model FLOP/s over the bf16 matmul peak measured here, before and after the runs,
+the better of the two; bench/mfu.py says what counts as model FLOPs); with --json the last
+line is one JSON object.
 A run during which other processes used more than 10% of the CPUs is marked "busy" and
 left out of the medians when each side has a run that is not (on 2 shared cores a busy
 neighbour slows 2-thread matmuls several-fold, which swamps any comparison).
@@ -36,8 +39,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 HERE = Path(__file__).resolve().parent
 from common import RANDOM_125M, load_rows, precision_for, write_model_dir  # noqa: E402
+from mfu import bf16_peak, mfu_fields  # noqa: E402
 
 PEER = HERE.parent.parent / "shared" / "bench" / "peer_hf_trainer.py"
 PEER_METHOD = {"lora": "lora", "prompt_tuning": "prompt_tuning", "last_layers": "last_layer"}
@@ -87,7 +93,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--peer", default=str(PEER))
     ap.add_argument("--workdir", default=None, help="where the model copy and logs go (default: a temp dir)")
     ap.add_argument("--json", action="store_true", help="end with one JSON line")
+    ap.add_argument("--peak-seconds", type=float, default=2.0, help="matmul timing for the bf16 peak (each time)")
     a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    peak = bf16_peak(a.peak_seconds)
 
     precision = precision_for(a.precision)
     work = Path(a.workdir or tempfile.mkdtemp(prefix="sumtune-bench-"))
@@ -138,16 +148,20 @@ def main(argv: list[str] | None = None) -> dict:
         "peer_peak_rss_mb": int(med("peer", "peak_rss_mb")),
         "busy_runs": sum(r["others_cpu_share"] > BUSY for side in runs.values() for r in side),
         "runs_in_medians": {side: len(clean(side)) for side in runs},
+        "sumtune_peak_cuda_mb": runs["sumtune"][0].get("peak_cuda_mb"),  # the peer script reports none
     }
     result["ratio"] = round(result["sumtune_tokens_per_s"] / result["peer_tokens_per_s"], 3)
     result["rss_ratio"] = round(result["sumtune_peak_rss_mb"] / result["peer_peak_rss_mb"], 3)
+    result.update(mfu_fields(result, model_dir, a.method, runs["sumtune"][0]["trainable_params"],
+                             peak, bf16_peak(a.peak_seconds)))
     if epochs > 1:
         result["epochs"] = epochs
         result["epochs_over_first"] = round(med("sumtune", "epochs_over_first"), 3)
     print(f"{a.method} ({precision}, {n_rows} rows x {result['mean_row_tokens']} tokens, {a.reps} reps, medians): "
           f"sumtune {result['sumtune_tokens_per_s']} tokens/s, peer {result['peer_tokens_per_s']} tokens/s, "
           f"ratio {result['ratio']:.2f}x; peak RSS {result['sumtune_peak_rss_mb']} vs {result['peer_peak_rss_mb']} MB "
-          f"({result['rss_ratio']:.2f}x)"
+          f"({result['rss_ratio']:.2f}x); MFU sumtune {100 * result['sumtune_mfu']:.1f}%, peer "
+          f"{100 * result['peer_mfu']:.1f}% of a {result['peak']['bf16_flops']} GFLOP/s bf16 matmul peak"
           + (f"; {epochs} epochs = {result['epochs_over_first']:.2f} x the first" if epochs > 1 else ""))
     if a.json:
         print(json.dumps(result))

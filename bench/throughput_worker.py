@@ -81,7 +81,8 @@ def main() -> None:
         "seconds": round(first, 2), "tokens_per_s": round(tokens / first, 1), "epochs": a.epochs,
         "seconds_all_epochs": round(epoch_ends[-1], 2), "epochs_over_first": round(epoch_ends[-1] / first, 3),
         "epoch_seconds": [round(b - e, 2) for b, e in zip(epoch_ends, [0.0] + epoch_ends[:-1])],
-        "final_loss": losses[-1], "loss_function": getattr(loss_fn, "__name__", type(loss_fn).__name__),
+        "final_loss": losses[-1], "trainable_params": sum(p.numel() for p in trained),
+        "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None, "loss_function": getattr(loss_fn, "__name__", type(loss_fn).__name__),
     }))
 
 

@@ -25,6 +25,16 @@ torch.set_num_threads(1)
 from sumtune.tiny import build_tiny_model, synthetic_news  # noqa: E402
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` are skipped where there is no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 def _texts() -> list[str]:
     rows = synthetic_news(200, seed=1)
     return [r["article"] + "\n" + r["highlights"] + "\nTL;DR:\n" for r in rows]

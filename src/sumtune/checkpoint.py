@@ -46,14 +46,22 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
-def save_checkpoint(root: Path, step: int, files: dict[str, Any], keep: int = KEEP_CHECKPOINTS) -> Path:
+def save_checkpoint(root: Path, step: int, files: dict[str, Any], keep: int = KEEP_CHECKPOINTS,
+                    staged: Path | None = None) -> Path:
     """Write `files` ({name.safetensors: {name: tensor}, name.json: JSON value}) as
-    root/step-XXXXXXX atomically, then delete all but the `keep` newest checkpoints."""
+    root/step-XXXXXXX atomically, then delete all but the `keep` newest checkpoints. Files
+    already written in `staged` (each process's shards under FSDP) move in too, under the
+    same manifest."""
     import shutil
 
     path = Path(root) / f"{CHECKPOINT_PREFIX}{step:07d}"
     with atomic_dir(path) as tmp:
+        for f in sorted(staged.iterdir()) if staged is not None else ():
+            f.replace(tmp / f.name)
+            files = {**files, f.name: None}
         for name, content in files.items():
+            if content is None:
+                continue  # moved in from `staged`
             if name.endswith(".safetensors"):
                 atomic_save_tensors(tmp / name, content, metadata={"format": "pt"})
             elif name.endswith(".json"):
@@ -61,6 +69,8 @@ def save_checkpoint(root: Path, step: int, files: dict[str, Any], keep: int = KE
             else:
                 raise ValueError(f"checkpoint file {name!r}: use .safetensors or .json")
         atomic_write_json(tmp / MANIFEST, {name: _sha256(tmp / name) for name in files})
+    if staged is not None:
+        shutil.rmtree(staged, ignore_errors=True)
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return path

@@ -101,6 +101,10 @@ class TrainConfig:
     tensorboard: bool = False
     fast: bool = True  # our measured fast paths; false = plain reference path
     fast_paths: list[str] = field(default_factory=list)  # with fast: only these (FAST_PATH_NAMES); empty = all
+    fsdp: bool = False  # shard with FSDP2 across processes (also on when launched with accelerate --use_fsdp)
+    cpu_offload: bool = False  # FSDP only: parameters, gradients and optimizer state in CPU memory
+    gradient_checkpointing: bool = False  # recompute block activations in backward: less memory, same result
+    max_tokens_per_batch: int = 0  # >0: cut each process's rows of a step into forward passes of <= this many padded tokens
 
 
 # Decoding presets: setting `eval.preset` writes these values into the eval section at that moment,
@@ -193,6 +197,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.patience": (lambda v: v >= 1, "an integer >= 1"),
     "train.eval_steps": (lambda v: v >= 0, "an integer >= 0"),
     "train.save_steps": (lambda v: v >= 0, "an integer >= 0"),
+    "train.max_tokens_per_batch": (lambda v: v >= 0, "an integer >= 0 (0 = batch_size rows per forward pass)"),
     "train.fast_paths": (lambda v: set(v) <= set(FAST_PATH_NAMES),
                          "fast path names from: " + ", ".join(FAST_PATH_NAMES) + " (empty = all)"),
     "eval.batch_size": (lambda v: v >= 1, "an integer >= 1"),

@@ -17,6 +17,7 @@ import json
 import logging
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -61,15 +62,16 @@ def with_overrides(cfg: Config, overrides: dict[str, Any] | None, data: str | No
     return validate(cfg)
 
 
-def _model(run: Path, cfg: Config, base_model: str | None = None):
+def _model(run: Path, cfg: Config, base_model: str | None = None, device: torch.device | None = None):
     """(model on the device, tokenizer, autocast dtype or None); `base_model` loads the run onto
-    another copy of its base model (the fingerprint check refuses a different one)."""
+    another copy of its base model (the fingerprint check refuses a different one); `device`:
+    this process's under `accelerate launch`."""
     from sumtune.fastpath import FastPathContext, apply_fast_paths, from_config
     from sumtune.modeling import autocast_dtype, resolve_precision
     from sumtune.runs import load_run
 
     _cfg, _method, model, tokenizer = load_run(run, base_model=base_model)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     autocast = autocast_dtype(resolve_precision(cfg.train.precision, device))
     apply_fast_paths(model, FastPathContext(training=False, autocast=autocast, attention=cfg.model.attention),
@@ -78,10 +80,12 @@ def _model(run: Path, cfg: Config, base_model: str | None = None):
 
 
 @torch.inference_mode()
-def summary_loss(model, rows, pad_id: int, batch_size: int, autocast: torch.dtype | None) -> float:
+def summary_loss(model, rows, pad_id: int, batch_size: int, autocast: torch.dtype | None, state=None) -> float:
     """Token-weighted mean cross-entropy over the summary tokens of tokenised rows (input_ids,
-    labels), through the same loop as validation (`training.validation.summed_loss`)."""
+    labels), through the same loop as validation (`training.validation.summed_loss`); with
+    `state` (several processes) each scores its batches and the sums are added."""
     from sumtune.data import Collator
+    from sumtune.distributed import sum_over_processes
     from sumtune.training.step import token_loss_sum
     from sumtune.training.validation import summed_loss
 
@@ -90,7 +94,9 @@ def summary_loss(model, rows, pad_id: int, batch_size: int, autocast: torch.dtyp
     def ctx():
         return torch.autocast(device.type, dtype=autocast, enabled=autocast is not None)
 
-    loss_sum, n = summed_loss(model, rows, Collator(pad_id), batch_size, token_loss_sum, ctx, device).tolist()
+    shard = (state.process_index, state.num_processes) if state is not None else (0, 1)
+    total = summed_loss(model, rows, Collator(pad_id), batch_size, token_loss_sum, ctx, device, shard).tolist()
+    loss_sum, n = sum_over_processes(total, state) if state is not None else total
     if not n:
         raise UserError("no summary tokens were scored: every row's summary was cut away; raise data.max_length")
     return loss_sum / n
@@ -117,13 +123,22 @@ def first_sentences(text: str, n: int) -> str:
 
 
 def _summaries(model, tokenizer, cfg: Config, autocast: torch.dtype | None, articles: list[str],
-               progress: bool) -> tuple[list[str], float]:
-    """(summary texts, generation seconds): decode, cut at the stop rule, keep eval.max_sentences."""
+               progress: bool, state=None) -> tuple[list[str], float]:
+    """(summary texts, generation seconds): decode, cut at the stop rule, keep eval.max_sentences.
+    With `state` (several processes): each generates whole batches (`distributed.batch_shard`),
+    gathered back in article order."""
     from sumtune.data import encode_prompt
+    from sumtune.distributed import batch_shard, gather_in_order
 
     prompts = [encode_prompt(tokenizer, a, cfg.data) for a in articles]
+    rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
+    per_batch = max(1, cfg.eval.batch_size // cfg.eval.num_beams)  # as Generator.generate batches
+    mine = batch_shard([len(p) for p in prompts], per_batch, rank, world) if world > 1 else list(range(len(prompts)))
     t0 = time.perf_counter()
-    generated = Generator(model, tokenizer, cfg.eval, autocast=autocast).generate(prompts, progress)
+    generated = Generator(model, tokenizer, cfg.eval, autocast=autocast).generate([prompts[i] for i in mine],
+                                                                                  progress and rank == 0)
+    if world > 1:
+        generated = gather_in_order(generated, mine, len(prompts), state)
     seconds = time.perf_counter() - t0
     return [summary_text(tokenizer, g, cfg) for g in generated], seconds
 
@@ -163,25 +178,31 @@ def evaluate_run(run_dir: str | Path, split: str = "test", limit: int | None = N
                  base_model: str | None = None) -> dict[str, Any]:
     """Loss, generated summaries and ROUGE (with intervals) of a finished run on `split`; returns
     the metrics written. `data`/`base_model` override the run's data source and model path.
-    One writer per RUN/eval/<split>/: a second evaluation of it is refused at once."""
+    One writer per RUN/eval/<split>/: a second evaluation of it is refused at once. Under
+    `accelerate launch` the articles are shared out over the processes (`sumtune.distributed`)
+    and the main process writes what one process would."""
+    from sumtune.distributed import process_state
+
     run = check_finished_run(run_dir)
-    with DirLock(RunDir(run).eval_dir(split), "evaluation directory"):
-        return _evaluate(run, split, limit, overrides, data, base_model)
+    state = process_state()
+    with DirLock(RunDir(run).eval_dir(split), "evaluation directory") if state.is_main_process else nullcontext():
+        return _evaluate(run, split, limit, overrides, data, base_model, state)
 
 
 def _evaluate(run: Path, split: str, limit: int | None, overrides: dict[str, Any] | None, data: str | None,
-              base_model: str | None) -> dict[str, Any]:
+              base_model: str | None, state) -> dict[str, Any]:
     from datasets import DatasetDict
 
     from sumtune.data import datasets_cache, tokenize_splits
 
     cfg = _config(run, overrides, data)
-    ds = _split_rows(cfg, split, limit)  # data problems show before the model loads
-    model, tokenizer, autocast = _model(run, cfg, base_model)
-    with writing(datasets_cache(), only=FULL_DISK):
+    with state.main_process_first():  # the main process fills the datasets cache, the others read it
+        ds = _split_rows(cfg, split, limit)  # data problems show before the model loads
+    model, tokenizer, autocast = _model(run, cfg, base_model, state.device)
+    with state.main_process_first(), writing(datasets_cache(), only=FULL_DISK):
         tokenised = tokenize_splits(DatasetDict({split: ds}), tokenizer, cfg.data)[split]
-    loss = summary_loss(model, tokenised, tokenizer.pad_token_id, cfg.eval.batch_size, autocast)
-    predictions, seconds = _summaries(model, tokenizer, cfg, autocast, list(ds["article"]), progress=True)
+    loss = summary_loss(model, tokenised, tokenizer.pad_token_id, cfg.eval.batch_size, autocast, state)
+    predictions, seconds = _summaries(model, tokenizer, cfg, autocast, list(ds["article"]), True, state)
     references = list(ds["summary"])
     scores, columns = _scores(predictions, references, tokenizer, cfg.train.seed)
     metrics: dict[str, Any] = {
@@ -191,6 +212,8 @@ def _evaluate(run: Path, split: str, limit: int | None, overrides: dict[str, Any
         "data_is_training_data": cfg.data.source == load_run_config(run).data.source,
     }
     out = RunDir(run).eval_dir(split)
+    if not state.is_main_process:
+        return metrics
     rows = ({"id": i, "article": a, "reference": r, "prediction": p, **{k: v[j] for k, v in columns.items()}}
             for j, (i, a, r, p) in enumerate(zip(ds["id"], ds["article"], references, predictions)))
     atomic_write_text(out / "predictions.jsonl", "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows))

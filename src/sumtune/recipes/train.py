@@ -38,6 +38,7 @@ from sumtune.training.resume import (
     save_state,
     warn_if_short_of_space,
 )
+from sumtune.training.sharding import shard
 from sumtune.training.state import (
     Progress,
     StepPlan,
@@ -47,7 +48,7 @@ from sumtune.training.state import (
     plan_steps,
     setup,
 )
-from sumtune.training.step import micro_batches, oom_error, optimizer_step
+from sumtune.training.step import micro_batches, oom_error, optimizer_step, token_batches
 from sumtune.training.validation import validate, validation_loss
 
 
@@ -98,9 +99,14 @@ def _zero_shot(s: TrainSetup, run: RunDir, memory: PeakMemory) -> Path:
 def _train(s: TrainSetup, run: RunDir, resume: bool, memory: PeakMemory) -> Path:
     accelerator, cfg = s.accelerator, s.cfg
     plan = plan_steps(cfg, len(s.train_ds), accelerator.num_processes)
-    optimizer, scheduler = make_optimizer(s.model, s.method, cfg.train, s.fast_paths, plan.total)
     s.model.train()  # from_pretrained returns eval mode; dropout (e.g. LoRA's) belongs to training
-    model, optimizer = accelerator.prepare(s.model, optimizer)
+    if s.fsdp["fsdp"]:  # sharded before the optimizer is built, so AdamW holds the shards (training.sharding)
+        model = shard(s.model, accelerator, s.fsdp["offload"])
+        optimizer, scheduler = make_optimizer(model, s.method, cfg.train, s.fast_paths, plan.total)
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        optimizer, scheduler = make_optimizer(s.model, s.method, cfg.train, s.fast_paths, plan.total)
+        model, optimizer = accelerator.prepare(s.model, optimizer)
     progress = Progress(samples_per_step=plan.per_step, micro_samples=plan.micro)
     if resume:
         progress = restore(s, run, plan, model, optimizer, scheduler) or progress
@@ -145,7 +151,9 @@ class _Loop:
         self.s, self.run, self.plan, self.model = s, run, plan, model
         self.optimizer, self.scheduler, self.progress, self.records, self.memory = optimizer, scheduler, progress, records, memory
         self.trained = [p for p in model.parameters() if p.requires_grad]
-        self.lengths = [len(x) for x in s.train_ds["input_ids"]] if s.cfg.data.group_by_length else None
+        lengths = [len(x) for x in s.train_ds["input_ids"]]
+        self.lengths = lengths if s.cfg.data.group_by_length else None
+        self.row_lengths = lengths  # for train.max_tokens_per_batch
         self.train_ds = s.train_ds
         self.clock = time.perf_counter()
 
@@ -172,8 +180,9 @@ class _Loop:
     def step(self, chunk: list[int], epoch: int) -> dict:
         """One optimizer step over `chunk` (the step's sample indices); records and returns its event."""
         s, p, tc = self.s, self.progress, self.s.cfg.train
-        batches = micro_batches(self.train_ds, chunk, tc.batch_size, self.plan.world, s.accelerator.process_index,
-                                s.collate)
+        args = (self.train_ds, chunk, tc.batch_size, self.plan.world, s.accelerator.process_index, s.collate)
+        batches = (token_batches(*args, tc.max_tokens_per_batch, self.row_lengths) if tc.max_tokens_per_batch
+                   else micro_batches(*args))
         t0 = time.perf_counter()
         try:
             r = optimizer_step(s.accelerator, self.model, self.optimizer, self.scheduler, s.loss_fn, batches,

@@ -15,6 +15,7 @@ import torch
 
 from sumtune import progress as progress_bars
 from sumtune.io import atomic_write_json, writing
+from sumtune.training.sharding import distributed_record
 from sumtune.training.state import Progress, TrainSetup
 
 
@@ -111,5 +112,6 @@ def write_results(s: TrainSetup, path: Path, progress: Progress, epochs: float, 
         "peak_memory_mb": progress.peak_memory_mb, "peak_memory_kind": memory_kind,
         "tokens_per_s": progress.tokens / progress.step_seconds if progress.step_seconds else None,
         "early_stopped": progress.early_stopped, "precision": s.precision, "processes": s.accelerator.num_processes, "fast_paths": s.fast_paths,
+        "distributed": distributed_record(s.accelerator, s.fsdp),
         "finished": True,
     })

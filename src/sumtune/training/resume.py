@@ -30,11 +30,18 @@ from sumtune.checkpoint import (
 )
 from sumtune.config import Config, config_differences, load_run_config
 from sumtune.errors import UserError
+from sumtune.io import atomic_save_tensors
 from sumtune.lock import LOCK_NAME
 from sumtune.runs import RunDir
+from sumtune.training.sharding import is_sharded, local, to_dtensors_like
 from sumtune.training.state import Progress, StepPlan, TrainSetup
 
 log = logging.getLogger(__name__)
+
+
+# keys that change memory or speed, not the optimisation (batch_size x grad_accum: the checkpoint checks the product)
+IGNORED_ON_RESUME = ("train.batch_size", "train.grad_accum", "train.gradient_checkpointing",
+                     "train.max_tokens_per_batch", "train.cpu_offload")
 
 
 def check_run_dir(run: RunDir, cfg: Config, resume: bool) -> None:
@@ -48,7 +55,7 @@ def check_run_dir(run: RunDir, cfg: Config, resume: bool) -> None:
         return
     if "config.yaml" not in present:
         raise UserError(f"nothing to resume in {run} (no config.yaml); drop --resume to start a new run there")
-    diffs = config_differences(load_run_config(run.path), cfg, ignore=("train.batch_size", "train.grad_accum"))
+    diffs = config_differences(load_run_config(run.path), cfg, ignore=IGNORED_ON_RESUME)
     if diffs:
         key, old, new = diffs[0]
         raise UserError(
@@ -58,24 +65,56 @@ def check_run_dir(run: RunDir, cfg: Config, resume: bool) -> None:
 
 
 def save_state(s: TrainSetup, run: RunDir, model, optimizer, scheduler, progress: Progress) -> Path | None:
-    """A resumable checkpoint at the current step boundary (main process writes; every process's RNG)."""
+    """A resumable checkpoint at the current step boundary: every process's RNG; under FSDP
+    every process writes its own shards of the weights and the optimizer state (staged,
+    then moved into the checkpoint under one manifest by the main process)."""
     from accelerate.utils import gather_object
 
     accelerator = s.accelerator
-
+    sharded = is_sharded(model)
     rngs = gather_object([rng_state()])
+    opt_tensors, opt_meta = optimizer_to_files(optimizer.state_dict())
+    stage = run.checkpoints / f".shards-{progress.step:07d}"
+    if sharded:
+        r = accelerator.process_index
+        weights = {k: local(v).detach().cpu().clone() for k, v in s.method.trainable_state(model).items()}
+        atomic_save_tensors(stage / f"trainable-rank{r}.safetensors", weights, metadata={"format": "pt"})
+        atomic_save_tensors(stage / f"optimizer-rank{r}.safetensors", {k: local(v).cpu() for k, v in opt_tensors.items()},
+                            metadata={"format": "pt"})
+        accelerator.wait_for_everyone()
     path = None
     if accelerator.is_main_process:
-        opt_tensors, opt_meta = optimizer_to_files(optimizer.state_dict())
-        weights = {k: v.detach().cpu().clone() for k, v in s.method.trainable_state(accelerator.unwrap_model(model)).items()}
         files: dict[str, Any] = {
-            "trainable.safetensors": weights, "optimizer.safetensors": opt_tensors, "optimizer.json": opt_meta,
-            "scheduler.json": scheduler.state_dict(), "state.json": asdict(progress), "sources.json": sources(s.meta),
-            **{f"rng-{r}.json": s for r, s in enumerate(rngs)},
+            "optimizer.json": opt_meta, "scheduler.json": scheduler.state_dict(), "state.json": asdict(progress),
+            "sources.json": sources(s.meta), **{f"rng-{r}.json": s for r, s in enumerate(rngs)},
         }
-        path = save_checkpoint(run.checkpoints, progress.step, files)
+        if sharded:
+            files["shards.json"] = {"processes": accelerator.num_processes, "fsdp_version": 2}
+        else:
+            files["trainable.safetensors"] = {k: v.detach().cpu().clone() for k, v in
+                                              s.method.trainable_state(accelerator.unwrap_model(model)).items()}
+            files["optimizer.safetensors"] = opt_tensors
+        path = save_checkpoint(run.checkpoints, progress.step, files, staged=stage if sharded else None)
     accelerator.wait_for_everyone()
     return path
+
+
+def checkpoint_tensors(run: RunDir, path: Path, files: dict, accelerator, sharded: bool) -> tuple[dict, dict]:
+    """(trainable weights, optimizer tensors) of this process in a checkpoint: the whole ones,
+    or under FSDP this process's shards (same number of processes, else a one-line error)."""
+    saved = files.get("shards.json")
+    if sharded != (saved is not None):
+        was = f"an FSDP run of {saved['processes']} processes" if saved else "an unsharded run"
+        now = "FSDP" if sharded else "without FSDP"
+        raise UserError(f"cannot resume {run}: {path.name} was written by {was}, this run is {now}; "
+                        "resume it as it was launched")
+    if not sharded:
+        return files["trainable.safetensors"], files["optimizer.safetensors"]
+    if saved["processes"] != accelerator.num_processes:
+        raise UserError(f"cannot resume {run}: {path.name} holds FSDP shards of {saved['processes']} processes, "
+                        f"this run has {accelerator.num_processes}; launch it with --num_processes {saved['processes']}")
+    r = accelerator.process_index
+    return files[f"trainable-rank{r}.safetensors"], files[f"optimizer-rank{r}.safetensors"]
 
 
 def sources(meta: dict) -> dict:
@@ -115,15 +154,18 @@ def restore(s: TrainSetup, run: RunDir, plan: StepPlan, model, optimizer, schedu
         raise UserError(
             f"cannot resume {run}: with data.group_by_length the order depends on batch_size x processes, "
             f"which was {saved.micro_samples}, now {micro}; keep it as it was")
-    params = dict(accelerator.unwrap_model(model).named_parameters())
-    weights = files["trainable.safetensors"]
-    expected = set(method.trainable_state(accelerator.unwrap_model(model)))
-    if set(weights) != expected:
+    sharded = is_sharded(model)
+    net = model if sharded else accelerator.unwrap_model(model)
+    weights, opt_tensors = checkpoint_tensors(run, path, files, accelerator, sharded)
+    params = dict(net.named_parameters())
+    if set(weights) != set(method.trainable_state(net)):
         raise UserError(f"{path}: its weights do not match the model being trained; start a new --output-dir")
     with torch.no_grad():
         for name, tensor in weights.items():
-            params[name].copy_(tensor)
-    optimizer.load_state_dict(optimizer_from_files(files["optimizer.safetensors"], files["optimizer.json"]))
+            local(params[name]).copy_(tensor)
+    optimizer.load_state_dict(optimizer_from_files(opt_tensors, files["optimizer.json"]))
+    if sharded:
+        to_dtensors_like(optimizer)
     scheduler.load_state_dict(files["scheduler.json"])
     # with another number of processes the per-process generators cannot all carry over (dropout masks differ)
     set_rng_state(files.get(f"rng-{accelerator.process_index}.json", files["rng-0.json"]))

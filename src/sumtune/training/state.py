@@ -7,7 +7,7 @@ and `Progress`, the resumable state. `setup` is public: the benchmarks build exa
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,14 @@ import torch
 from sumtune.config import Config
 from sumtune.data import Collator, datasets_cache, epoch_order, load_splits, tokenize_splits
 from sumtune.errors import UserError
-from sumtune.fastpath import FastPathContext, apply_fast_paths, from_config, fused_adamw, select_loss
+from sumtune.fastpath import (
+    FastPathContext,
+    apply_fast_paths,
+    enabled_names,
+    from_config,
+    fused_adamw,
+    select_loss,
+)
 from sumtune.fingerprints import data_fingerprint
 from sumtune.io import FULL_DISK, writing
 from sumtune.methods import Method, get_method
@@ -30,6 +37,7 @@ from sumtune.modeling import (
 )
 from sumtune.quantize import check_quantize
 from sumtune.runs import run_meta
+from sumtune.training.sharding import FSDP_FAST_PATHS, fsdp_plan
 from sumtune.training.step import token_loss_sum
 
 
@@ -122,10 +130,13 @@ def accelerator_for(cfg: Config, run: Path):
             raise UserError("train.tensorboard needs the tensorboard package: pip install tensorboard") from None
     accelerator = Accelerator(cpu=cpu, mixed_precision=mixed, log_with="tensorboard" if cfg.train.tensorboard else None,
                               project_dir=str(run))
-    if accelerator.distributed_type not in ("NO", "MULTI_CPU", "MULTI_GPU", "MULTI_XPU", "MULTI_NPU", "MULTI_MLU"):
-        raise UserError(f"distributed type {accelerator.distributed_type} is not supported by sumtune's trainer "
-                        "(its checkpoints and best weights assume replicated models); use a DDP launch "
-                        "(accelerate launch --multi_gpu) without FSDP/DeepSpeed")
+    kind = str(accelerator.distributed_type).split(".")[-1]
+    if kind == "DEEPSPEED":
+        raise UserError("DeepSpeed is not supported by sumtune's trainer; shard with FSDP2 instead: "
+                        "accelerate launch --use_fsdp --fsdp_version 2")
+    if kind not in ("NO", "FSDP", "MULTI_CPU", "MULTI_GPU", "MULTI_XPU", "MULTI_NPU", "MULTI_MLU"):
+        raise UserError(f"distributed type {kind} is not supported by sumtune's trainer; use a DDP launch "
+                        "(accelerate launch --multi_gpu) or FSDP2 (accelerate launch --use_fsdp --fsdp_version 2)")
     return accelerator, precision
 
 
@@ -157,6 +168,7 @@ class TrainSetup:
     loss_fn: Any
     trainable: int
     total: int
+    fsdp: dict = field(default_factory=lambda: {"fsdp": False, "version": None, "offload": False})
 
     @property
     def train_ds(self):
@@ -181,18 +193,34 @@ def setup(cfg: Config, accelerator, precision: str) -> TrainSetup:
     check_max_length(cfg, base.config)
     meta = run_meta(cfg, base, data={"source": cfg.data.source, "sizes": {s: len(data[s]) for s in data},
                                      "fingerprint": data_fingerprint(cfg.data)})
-    method, model, fast_paths, loss_fn = method_model(cfg, tokenizer, base, precision, world)
+    plan = fsdp_plan(cfg, accelerator)
+    method, model, fast_paths, loss_fn = method_model(cfg, tokenizer, base, precision, world, plan["fsdp"])
     return TrainSetup(cfg, accelerator, precision, tokenizer, dict(data), Collator(tokenizer.pad_token_id), method,
-                      model, meta, fast_paths, loss_fn, *count_params(model))
+                      model, meta, fast_paths, loss_fn, *count_params(model), fsdp=plan)
 
 
-def method_model(cfg: Config, tokenizer, base: torch.nn.Module, precision: str, world: int = 1):
-    """(method, the model that trains, the fast paths applied, the loss function) for a base model."""
+def method_model(cfg: Config, tokenizer, base: torch.nn.Module, precision: str, world: int = 1, fsdp: bool = False):
+    """(method, the model that trains, the fast paths applied, the loss function) for a base model;
+    under FSDP only the fast paths that stay inside a module's forward (`FSDP_FAST_PATHS`)."""
     method = get_method(cfg.method.name)
+    if cfg.train.gradient_checkpointing:
+        enable_gradient_checkpointing(base)
     model = method.prepare(base, tokenizer, cfg.method)
     ctx = FastPathContext(autocast=autocast_dtype(precision), attention=cfg.model.attention, distributed=world > 1)
-    fast_paths = apply_fast_paths(model, ctx, from_config(cfg.train))  # names, for results.json
+    enabled = from_config(cfg.train)
+    if fsdp:
+        enabled = FSDP_FAST_PATHS & enabled_names(enabled)
+    fast_paths = apply_fast_paths(model, ctx, enabled)  # names, for results.json
     return method, model, fast_paths, select_loss(model, token_loss_sum, fast_paths, distributed=world > 1)
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each block's activations in backward (Transformers' non-reentrant checkpoint:
+    it restores the RNG for the recomputation, so dropout masks and results are unchanged, and
+    needs no input that requires grad, so frozen embeddings under LoRA or a soft prompt work)."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise UserError(f"train.gradient_checkpointing: {type(model).__name__} does not support it; set it false")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, method: Method) -> list[dict]:

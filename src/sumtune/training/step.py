@@ -11,11 +11,15 @@ Exactness, which the tests check:
   samples at the end of an epoch runs a filler: a real sample through the same
   forward/backward with its loss times 0 (zero gradients, not counted), so every process
   makes the same collective calls whatever the loss function skips.
+- Token budget (train.max_tokens_per_batch). A step still takes the same samples and each
+  process the same rows of them (so the data position, the schedule and resume are as
+  with row batching); only how a process cuts its rows into forward passes changes: longest
+  first, each pass up to the budget in padded tokens. Processes run as many passes as the
+  one with the most (fillers), which every process computes alike from the row lengths.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import NamedTuple
 
@@ -24,6 +28,7 @@ import torch
 from sumtune.config import Config
 from sumtune.errors import UserError
 from sumtune.metrics import summed_token_loss
+from sumtune.training.sharding import as_plain, gradient_sync
 
 
 def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -50,6 +55,31 @@ def micro_batches(ds, chunk: list[int], batch_size: int, world: int, rank: int,
         mine = chunk[start + rank * batch_size:start + (rank + 1) * batch_size]
         out.append((collate(rows_of(ds, mine or chunk[:1])), bool(mine)))
     return out
+
+
+def token_batches(ds, chunk: list[int], batch_size: int, world: int, rank: int, collate,
+                  max_tokens: int, lengths: list[int]) -> list[tuple[dict, bool]]:
+    """As `micro_batches`, with this process's rows of the step (the same rows) packed into
+    forward passes of at most `max_tokens` padded tokens (a longer row alone)."""
+    micro = batch_size * world
+    packs = []
+    for r in range(world):
+        rows = [i for start in range(0, len(chunk), micro) for i in chunk[start + r * batch_size:start + (r + 1) * batch_size]]
+        packs.append(pack_by_tokens(sorted(rows, key=lambda i: -lengths[i]), lengths, max_tokens))
+    mine = [(collate(rows_of(ds, group)), True) for group in packs[rank]]
+    filler = collate(rows_of(ds, chunk[:1]))
+    return mine + [(filler, False)] * (max(len(p) for p in packs) - len(mine))
+
+
+def pack_by_tokens(rows: list[int], lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Consecutive `rows` (longest first) grouped so that rows x the longest row <= max_tokens."""
+    groups: list[list[int]] = []
+    for i in rows:
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= max_tokens:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
 def rows_of(ds, idx: list[int]) -> list[dict[str, list[int]]]:
@@ -107,8 +137,8 @@ def optimizer_step(accelerator, model, optimizer, scheduler, loss_fn, batches: l
     else:
         for i, (batch, counted) in enumerate(batches):
             batch = {k: v.to(device) for k, v in batch.items()}
-            sync = i == len(batches) - 1  # gradients are all-reduced once per step
-            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+            sync = i == len(batches) - 1  # gradients are all-reduced (FSDP: reduce-scattered) once per step
+            with gradient_sync(accelerator, model, sync):
                 with accelerator.autocast():
                     loss, _ = loss_fn(model, batch)
                 if not counted:  # a filler: same graph, zero gradients
@@ -120,7 +150,7 @@ def optimizer_step(accelerator, model, optimizer, scheduler, loss_fn, batches: l
     if not math.isfinite(loss):  # the caller stops; no update with a broken loss
         optimizer.zero_grad(set_to_none=True)
         return StepResult(loss, n_targets, n_tokens, float("nan"), lr)
-    grad_norm = float(accelerator.clip_grad_norm_(trained, max_grad_norm))
+    grad_norm = float(as_plain(accelerator.clip_grad_norm_(trained, max_grad_norm)))
     if not math.isfinite(grad_norm) and accelerator.scaler is None:  # fp16's scaler skips such steps itself
         optimizer.zero_grad(set_to_none=True)
         return StepResult(loss, n_targets, n_tokens, grad_norm, lr)

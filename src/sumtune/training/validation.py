@@ -3,9 +3,12 @@ keeps the best weights in RUN/adapter."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from sumtune.training.records import Records
+from sumtune.training.sharding import is_sharded, save_gathered
 from sumtune.training.state import Progress, TrainSetup
 from sumtune.training.step import rows_of
 
@@ -14,23 +17,34 @@ from sumtune.training.step import rows_of
 def summed_loss(model, ds, collate, batch_size: int, loss_fn, autocast, device: torch.device,
                 shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
     """[summed token loss, target tokens] (float64) over shard (rank, processes) of a tokenised
-    split: every P-th row, longest first to pad little. The one dataset-loss loop, for
-    validation and for `evaluate`."""
+    split, longest first to pad little. The one dataset-loss loop, for validation and `evaluate`.
+
+    Sharded by batch (batch b of the one-process order goes to process b mod P), so every
+    batch is the one a single process would run and the float32 batch sums are the same;
+    adding them in float64 is exact in any order at these sizes, so P processes give one
+    process's number. Every process runs the same number of passes (a filler, counted 0, where
+    its shard is shorter): under FSDP each forward is a collective."""
+    rank, world = shard
     lengths = [len(x) for x in ds["input_ids"]]
-    order = sorted(range(len(ds)), key=lambda i: -lengths[i])[shard[0]::shard[1]]
+    order = sorted(range(len(ds)), key=lambda i: -lengths[i])
+    starts = list(range(0, len(order), batch_size))
     total = torch.zeros(2, dtype=torch.float64, device=device)
-    for start in range(0, len(order), batch_size):
-        batch = {k: v.to(device) for k, v in collate(rows_of(ds, order[start:start + batch_size])).items()}
+    for k in range(math.ceil(len(starts) / world)):
+        b = k * world + rank
+        idx = order[starts[b]:starts[b] + batch_size] if b < len(starts) else order[:1]
+        batch = {key: v.to(device) for key, v in collate(rows_of(ds, idx)).items()}
         with autocast():
             loss, n = loss_fn(model, batch)
-        total += torch.tensor([float(loss), n], dtype=torch.float64, device=device)
+        if b < len(starts):
+            total += torch.tensor([float(loss), n], dtype=torch.float64, device=device)
     return total
 
 
 def validation_loss(accelerator, model, loss_fn, ds, collate, batch_size: int) -> float:
-    """Token-weighted loss over the split: each process scores its shard with the unwrapped
-    model, so no collective runs per batch, then one sum over processes."""
-    net = accelerator.unwrap_model(model)
+    """Token-weighted loss over the split: each process scores its shard, then one sum over
+    processes. DDP: with the unwrapped model (no collective per batch); FSDP: with the sharded
+    model, whose forwards gather each block's weights."""
+    net = model if is_sharded(model) else accelerator.unwrap_model(model)
     was_training = net.training
     net.eval()
     total = summed_loss(net, ds, collate, batch_size, loss_fn, accelerator.autocast, accelerator.device,
@@ -47,7 +61,9 @@ def validate(s: TrainSetup, model, adapter, progress: Progress, records: Records
     improved = progress.best_val_loss is None or val < progress.best_val_loss
     if improved:
         progress.best_val_loss, progress.best_step, progress.bad_evals = val, progress.step, 0
-        if accelerator.is_main_process:
+        if is_sharded(model):  # a collective: every process gathers, the main one writes
+            save_gathered(s.method, model, adapter, s.meta, accelerator.is_main_process)
+        elif accelerator.is_main_process:
             s.method.save(accelerator.unwrap_model(model), adapter, s.meta)
     else:
         progress.bad_evals += 1

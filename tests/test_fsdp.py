@@ -1,0 +1,139 @@
+"""FSDP2 on two CPU processes (gloo): `accelerate launch --use_fsdp --fsdp_version 2` shards
+the model (training.sharding) and trains what one process trains on the same samples; a
+sharded run killed with SIGKILL and resumed ends bit-identical to the uninterrupted sharded
+run; the best weights are PEFT's usual adapter.
+
+Tolerances: the two-process losses and weights differ from one process's only by the order
+of float32 sums (gloo's reduce-scatter adds the two halves of a gradient, one process adds all
+rows at once; the 1-process run also uses the label-position loss, which FSDP turns off), so
+losses agree to 1e-5 relative and weights to 1e-5 absolute after 6 AdamW steps at lr 1e-2 —
+as test_accelerate's DDP check."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from sumtune.checkpoint import list_checkpoints
+from sumtune.cli import main
+from sumtune.io import load_tensors
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU multi-process test")
+
+FSDP_LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version", "2",
+               "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "sumtune.cli"]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _argv(method, model, data, out, batch: int, *extra: str) -> list[str]:
+    # 22 samples, 8 per step: the last step of each epoch leaves the second process a filler
+    return ["train", "--method", method, "--model", str(model), "--data", str(data), "--output-dir", str(out),
+            "--epochs", "2", "--max-train-samples", "22", "--batch-size", str(batch), "--grad-accum", "2",
+            "--max-length", "192", "--lr", "1e-2" if method == "lora" else "1e-3", "--precision", "fp32",
+            "--set", "data.max_summary_length=64", "--set", "method.r=4", "--set", "train.eval_steps=2", *extra]
+
+
+def _one_process(argv: list[str]) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _events(run) -> list[dict]:
+    out = []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        e = json.loads(line)
+        e.pop("tokens_per_s", None)
+        out.append(e)
+    return out
+
+
+@pytest.mark.parametrize("method,weights", [("lora", "adapter_model.safetensors"), ("full", "weights.safetensors")])
+def test_fsdp_two_processes_equal_one_process(method, weights, tiny_neo, kaggle_dir, tmp_path):
+    two, one = tmp_path / "two", tmp_path / "one"
+    proc = subprocess.run([*FSDP_LAUNCH, *_argv(method, tiny_neo, kaggle_dir, two, 2, "--set", "method.dropout=0")],
+                          capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _one_process(_argv(method, tiny_neo, kaggle_dir, one, 4, "--set", "method.dropout=0"))
+
+    res2, res1 = (json.loads((r / "results.json").read_text()) for r in (two, one))
+    assert res2["distributed"] == {"type": "MULTI_CPU", "processes": 2, "fsdp_version": 2, "cpu_offload": False,
+                                   "launched_with_fsdp": True}
+    assert res1["distributed"]["fsdp_version"] is None and res2["steps"] == res1["steps"] == 6
+    for a, b in zip(*(_events(r) for r in (two, one)), strict=True):
+        assert (a["step"], a["split"]) == (b["step"], b["split"])
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    w2, w1 = (load_tensors(r / "adapter" / weights) for r in (two, one))
+    assert w2.keys() == w1.keys()
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=1e-5)
+    if method == "lora":  # the gathered adapter is PEFT's own and loads as a run
+        from sumtune.runs import load_run
+
+        _cfg, _m, model, _tok = load_run(two)
+        assert any("lora_B" in n and float(p.abs().max()) > 1e-3 for n, p in model.named_parameters())
+
+
+def _kill_after(argv: list[str], run, step: int) -> None:
+    """Start a 2-process FSDP run in its own process group; SIGKILL the whole group once
+    metrics.jsonl shows `step` (mid-epoch, after a checkpoint)."""
+    proc = subprocess.Popen([*FSDP_LAUNCH, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=_env(), start_new_session=True)
+    t0 = time.time()
+    while time.time() - t0 < 240:
+        path = run / "metrics.jsonl"
+        if path.is_file() and any(json.loads(x)["step"] >= step for x in path.read_text().splitlines() if x.strip()):
+            break
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_fsdp_sigkill_and_resume_equals_uninterrupted(tiny_neo, kaggle_dir, tmp_path):
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    extra = ("--set", "method.dropout=0.1", "--set", "train.save_steps=2")  # dropout: every process's RNG restored
+    proc = subprocess.run([*FSDP_LAUNCH, *_argv("lora", tiny_neo, kaggle_dir, ref, 2, *extra)],
+                          capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _kill_after(_argv("lora", tiny_neo, kaggle_dir, run, 2, *extra), run, 5)
+    kept = list_checkpoints(run / "checkpoints")
+    assert kept and not (run / "results.json").exists()
+    names = sorted(p.name for p in kept[-1].iterdir())
+    assert "trainable-rank0.safetensors" in names and "optimizer-rank1.safetensors" in names  # sharded
+    proc = subprocess.run([*FSDP_LAUNCH, *_argv("lora", tiny_neo, kaggle_dir, run, 2, *extra), "--resume"],
+                          capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _events(run) == _events(ref)  # every loss, lr and grad norm, bit for bit
+    a, b = (load_tensors(r / "adapter" / "adapter_model.safetensors") for r in (run, ref))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fsdp_checkpoint_refuses_an_unsharded_resume(tiny_neo, kaggle_dir, tmp_path):
+    """A sharded checkpoint resumed without FSDP (or another process count) is refused in one line."""
+    from sumtune.errors import UserError
+    from sumtune.runs import RunDir
+    from sumtune.training.resume import checkpoint_tensors
+
+    class Acc:
+        num_processes, process_index = 1, 0
+
+    files = {"shards.json": {"processes": 2, "fsdp_version": 2}}
+    with pytest.raises(UserError, match="FSDP run of 2 processes, this run is without FSDP"):
+        checkpoint_tensors(RunDir(tmp_path), tmp_path / "step-0000002", files, Acc(), sharded=False)
+    with pytest.raises(UserError, match="--num_processes 2"):
+        checkpoint_tensors(RunDir(tmp_path), tmp_path / "step-0000002", files, Acc(), sharded=True)
