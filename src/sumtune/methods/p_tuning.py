@@ -6,17 +6,13 @@ keys/values in the cache, as for prompt tuning."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from sumtune.config import MethodConfig
-from sumtune.methods.base import Method, freeze
-from sumtune.methods.peft_io import PEFT_WEIGHTS
-from sumtune.methods.virtual_tokens import VirtualTokenModel, load_wrapped, wrap
+from sumtune.methods.virtual_tokens import PeftVirtualTokens
 
 
-class PTuning(Method):
+class PTuning(PeftVirtualTokens):
     name = "p_tuning"
-    weights_file = PEFT_WEIGHTS
+    peft_type = "P_TUNING"
     config_keys = ("n_tokens", "encoder", "encoder_hidden")
     not_exportable = ("its prompt encoder produces input vectors, not weights of a layer, so a plain model "
                       "cannot hold it")
@@ -24,26 +20,11 @@ class PTuning(Method):
     def describe(self, cfg: MethodConfig) -> str:
         return f"P-tuning, {cfg.n_tokens} tokens, {cfg.encoder.upper()} encoder"
 
-    def virtual_tokens(self, cfg: MethodConfig) -> int:
-        return cfg.n_tokens
+    def peft_config(self, model, cfg: MethodConfig):
+        from peft import PromptEncoderConfig
 
-    def decays(self, name: str) -> bool:
-        # the virtual token table is the encoder's input, not a layer weight
-        return not name.endswith("embedding.weight")
-
-    def prepare(self, model, tokenizer, cfg: MethodConfig) -> VirtualTokenModel:
-        from peft import PromptEncoderConfig, get_peft_model
-
-        freeze(model)
-        config = PromptEncoderConfig(
+        return PromptEncoderConfig(
             task_type="CAUSAL_LM", num_virtual_tokens=cfg.n_tokens,
             encoder_reparameterization_type=cfg.encoder.upper(),
             encoder_hidden_size=cfg.encoder_hidden or model.config.hidden_size,
         )
-        return wrap(get_peft_model(model, config))
-
-    def save(self, model: VirtualTokenModel, directory: Path, meta: dict) -> None:
-        model.save(directory, meta)
-
-    def load(self, model, tokenizer, directory: Path, cfg: MethodConfig) -> VirtualTokenModel:
-        return load_wrapped(model, directory, "P_TUNING", self.name)

@@ -18,7 +18,9 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from sumtune.methods.peft_io import load_peft, save_peft
+from sumtune.config import MethodConfig
+from sumtune.methods.base import Method, freeze
+from sumtune.methods.peft_io import PEFT_WEIGHTS, load_peft, save_peft
 
 
 class VirtualTokenModel(nn.Module):
@@ -74,10 +76,31 @@ def cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(k.detach(), v.detach()) for k, v in cache]
 
 
-def wrap(peft_model: nn.Module) -> VirtualTokenModel:
-    return VirtualTokenModel(peft_model)
+class PeftVirtualTokens(Method):
+    """A PEFT prompt-learning method: `n_tokens` virtual tokens, PEFT's files on disk. A
+    subclass gives its `peft_type` and its PEFT config (`peft_config`)."""
 
+    weights_file = PEFT_WEIGHTS
+    peft_type = ""
 
-def load_wrapped(model: nn.Module, directory: Path, peft_type: str, method: str) -> VirtualTokenModel:
-    return VirtualTokenModel(load_peft(model, directory, peft_type, method))
+    def peft_config(self, model: nn.Module, cfg: MethodConfig):
+        raise NotImplementedError
 
+    def virtual_tokens(self, cfg: MethodConfig) -> int:
+        return cfg.n_tokens
+
+    def decays(self, name: str) -> bool:
+        # the virtual token table is an input (to the encoder, or the prefix itself), not a layer weight
+        return not name.endswith("embedding.weight")
+
+    def prepare(self, model, tokenizer, cfg: MethodConfig) -> VirtualTokenModel:
+        from peft import get_peft_model
+
+        freeze(model)
+        return VirtualTokenModel(get_peft_model(model, self.peft_config(model, cfg)))
+
+    def save(self, model: VirtualTokenModel, directory: Path, meta: dict) -> None:
+        model.save(directory, meta)
+
+    def load(self, model, tokenizer, directory: Path, cfg: MethodConfig) -> VirtualTokenModel:
+        return VirtualTokenModel(load_peft(model, directory, self.peft_type, self.name))
