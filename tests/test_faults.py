@@ -233,3 +233,14 @@ def test_a_second_evaluation_of_a_split_is_refused(setup, tmp_path, capsys):
     finally:
         os.close(fd)
     assert main(["evaluate", str(run), "--limit", "1", "--max-new-tokens", "2"]) == 0
+
+
+def test_only_the_main_process_of_a_launch_locks(tmp_path, monkeypatch):
+    from sumtune import lock
+
+    monkeypatch.setenv("RANK", "1")  # as torchrun/accelerate set it in a second process
+    with lock.DirLock(tmp_path / "run"):
+        assert not (tmp_path / "run" / ".lock").exists()
+    monkeypatch.setenv("RANK", "0")
+    with lock.DirLock(tmp_path / "run"):
+        assert (tmp_path / "run" / ".lock").is_file()

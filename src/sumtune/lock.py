@@ -6,8 +6,8 @@ file itself stays (deleting a lock file races with a waiter that has it open); i
 holder's PID and command so a refused writer can say who has the directory.
 
 Locks are re-entrant within a process: `experiment` holds OUT while `compare` writes its
-tables there. Under `accelerate launch` only the main process takes a lock (the others
-write nothing the lock guards).
+tables there. Under `accelerate launch` only the main process (RANK 0 in the launcher's
+environment) takes a lock: the others write nothing the lock guards.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ class DirLock:
         self.what = what
 
     def __enter__(self) -> DirLock:
+        if not is_main_process():
+            return self
         key = self.directory.resolve()
         if key in _held:
             fd, depth = _held[key]
@@ -49,6 +51,8 @@ class DirLock:
         return self
 
     def __exit__(self, *exc) -> None:
+        if not is_main_process():
+            return
         key = self.directory.resolve()
         fd, depth = _held[key]
         if depth > 1:
@@ -79,6 +83,6 @@ def _acquire(directory: Path, what: str) -> int:
     return fd
 
 
-def holds(directory: str | Path) -> bool:
-    """Whether this process holds the lock of `directory`."""
-    return Path(directory).resolve() in _held
+def is_main_process() -> bool:
+    """Whether this is the only or the first process of a launch (torchrun/accelerate set RANK)."""
+    return int(os.environ.get("RANK", "0")) == 0

@@ -17,7 +17,6 @@ import json
 import logging
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -185,7 +184,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", limit: int | None = N
 
     run = check_finished_run(run_dir)
     state = process_state()
-    with DirLock(RunDir(run).eval_dir(split), "evaluation directory") if state.is_main_process else nullcontext():
+    with DirLock(RunDir(run).eval_dir(split), "evaluation directory"):  # the main process's
         return _evaluate(run, split, limit, overrides, data, base_model, state)
 
 

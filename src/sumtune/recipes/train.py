@@ -9,7 +9,6 @@ method, fast paths; every input checked before anything is written) -> AdamW + s
 
 from __future__ import annotations
 
-import contextlib
 import math
 import shutil
 import time
@@ -62,7 +61,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
     accelerator, precision = accelerator_for(cfg, run.path)
     main = accelerator.is_main_process
     created = not run.path.exists()
-    with DirLock(run.path) if main else contextlib.nullcontext():  # one writer per run directory
+    with DirLock(run.path):  # one writer per run directory (the main process holds it)
         try:
             check_run_dir(run, cfg, resume)
         except UserError:

@@ -11,7 +11,7 @@ from typing import Any
 
 from sumtune.errors import UserError
 from sumtune.io import atomic_write_json, atomic_write_text, read_json
-from sumtune.lock import DirLock
+from sumtune.lock import DirLock, is_main_process
 from sumtune.report.html import MAX_ARTICLES, write_html
 from sumtune.report.plots import loss_curves, plots
 from sumtune.report.rows import run_row
@@ -46,6 +46,8 @@ def compare_runs(run_dirs: Sequence[str | Path], output: str | Path | None = Non
             row["run"] = str(run.resolve().relative_to(parent))
     seeds, pairs = seed_summary(rows), pairwise(rows, runs, split)
     text = markdown(rows, seeds, pairs, split)
+    if not is_main_process():  # under accelerate launch (experiment) the main process writes
+        return {"split": split, "rows": rows, "seeds": seeds, "pairs": pairs, "plots": []}
     with DirLock(out, "comparison directory"):
         written = plots(rows, runs, out, split)
         atomic_write_text(out / "compare.md", text + "\n" + "".join(f"![{p.stem}]({p.name})\n" for p in written))
