@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from sumtune.cli import main
 from sumtune.config import build_config, save_config
 from sumtune.io import atomic_write_json
 from sumtune.methods import get_method
@@ -55,3 +56,13 @@ def make_run(run: Path, model_dir: Path, method: str, sets: tuple[str, ...] = ()
     m.save(model, run / "adapter", meta)
     atomic_write_json(run / "results.json", {"method": method, "finished": True})  # as the trainer ends
     return run, cfg, model, tokenizer
+
+
+def main_one_thread(argv: list[str]) -> None:
+    """`sumtune ARGV` in this process with one torch thread (as each launched process runs), exit 0."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)

@@ -13,9 +13,8 @@ import sys
 
 import pytest
 import torch
-from method_utils import make_run
+from method_utils import main_one_thread, make_run
 
-from sumtune.cli import main
 from sumtune.distributed import batch_order, batch_shard, gather_in_order
 
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -45,12 +44,7 @@ def test_batch_shard_deals_whole_batches_that_a_length_sort_rebuilds():
 def test_two_process_evaluate_writes_what_one_process_writes(flags, tiny_neo, kaggle_dir, tmp_path):
     run, *_ = make_run(tmp_path / "run", tiny_neo, "lora", sets=(f"data.source={kaggle_dir}", "method.r=4"))
     argv = ["evaluate", str(run), "--split", "test", "--max-new-tokens", "12", *flags]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(argv) == 0
-    finally:
-        torch.set_num_threads(threads)
+    main_one_thread(argv)
     one = tmp_path / "one"
     shutil.copytree(run / "eval" / "test", one)
     shutil.rmtree(run / "eval")

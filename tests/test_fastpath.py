@@ -291,6 +291,14 @@ def test_keep_mask_drop_rate_and_independence():
 @pytest.mark.parametrize("memory_mb", [1024, 0])  # 0: every entry spills to disk
 def test_feature_cache_matches_uncached(tiny_neo, norm, memory_mb):
     model, tok = _method_model(tiny_neo, "last_layers", last_k_blocks=0, train_final_norm=norm)
+    cache, _ = _cached_equals_reference(model, memory_mb)
+    assert len(cache) == 3 and (len(cache.disk) == 3) == (memory_mb == 0)
+    cache.close()
+
+
+def _cached_equals_reference(model, memory_mb: float):
+    """With the fast paths on, the cached head loss gives the reference loss and gradients on
+    a miss that fills the cache and on the hit after it; (the cache, the reference grads)."""
     speed_up(model)
     batch = _batch(model.config.vocab_size)
     ref_loss, ref_n, ref_grads = _loss_and_grads(model, _hf_loss_sum, batch)
@@ -302,8 +310,7 @@ def test_feature_cache_matches_uncached(tiny_neo, norm, memory_mb):
         assert n == ref_n
         torch.testing.assert_close(loss, ref_loss, rtol=TOL, atol=TOL)
         _assert_close_grads(grads, ref_grads)
-    assert len(cache) == 3 and (len(cache.disk) == 3) == (memory_mb == 0)
-    cache.close()
+    return cache, ref_grads
 
 
 @pytest.mark.parametrize("rows", [1024, 40])  # 40: the step's micro-batches go in several groups
@@ -378,18 +385,8 @@ def test_feature_cache_with_tied_frozen_head_and_final_norm(tiny_neo, memory_mb)
     """train_head=false, only the final norm trains: the body below it is frozen, so the cache
     (which holds the norm's input) is exact; the head is applied frozen, as the tied matrix."""
     model, _ = _method_model(tiny_neo, "last_layers", train_final_norm=True, train_head=False)
-    speed_up(model)
-    batch = _batch(model.config.vocab_size)
-    ref_loss, ref_n, ref_grads = _loss_and_grads(model, _hf_loss_sum, batch)
+    cache, ref_grads = _cached_equals_reference(model, memory_mb)
     assert set(ref_grads) == {"transformer.ln_f.weight", "transformer.ln_f.bias"}
-    cache = FeatureCache(memory_mb)
-    fn = CachedHeadLoss.for_model(model, cache)
-    assert fn is not None
-    for _ in range(2):  # a miss that fills the cache, then a hit
-        loss, n, grads = _loss_and_grads(model, fn, batch)
-        assert n == ref_n
-        torch.testing.assert_close(loss, ref_loss, rtol=TOL, atol=TOL)
-        _assert_close_grads(grads, ref_grads)
     cache.close()
 
 

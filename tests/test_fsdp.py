@@ -20,9 +20,10 @@ import time
 
 import pytest
 import torch
+from method_utils import main_one_thread
+from test_resume import _events
 
 from sumtune.checkpoint import list_checkpoints
-from sumtune.cli import main
 from sumtune.io import load_tensors
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU multi-process test")
@@ -44,31 +45,13 @@ def _argv(method, model, data, out, batch: int, *extra: str) -> list[str]:
             "--set", "data.max_summary_length=64", "--set", "method.r=4", "--set", "train.eval_steps=2", *extra]
 
 
-def _one_process(argv: list[str]) -> None:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(argv) == 0
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _events(run) -> list[dict]:
-    out = []
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        e = json.loads(line)
-        e.pop("tokens_per_s", None)
-        out.append(e)
-    return out
-
-
 @pytest.mark.parametrize("method,weights", [("lora", "adapter_model.safetensors"), ("full", "weights.safetensors")])
-def test_fsdp_two_processes_equal_one_process(method, weights, tiny_neo, kaggle_dir, tmp_path):
+def test_fsdp_two_processes_equalmain_one_thread(method, weights, tiny_neo, kaggle_dir, tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
     proc = subprocess.run([*FSDP_LAUNCH, *_argv(method, tiny_neo, kaggle_dir, two, 2, "--set", "method.dropout=0")],
                           capture_output=True, text=True, env=_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _one_process(_argv(method, tiny_neo, kaggle_dir, one, 4, "--set", "method.dropout=0"))
+    main_one_thread(_argv(method, tiny_neo, kaggle_dir, one, 4, "--set", "method.dropout=0"))
 
     res2, res1 = (json.loads((r / "results.json").read_text()) for r in (two, one))
     assert res2["distributed"] == {"type": "MULTI_CPU", "processes": 2, "fsdp_version": 2, "cpu_offload": False,

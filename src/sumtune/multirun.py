@@ -188,18 +188,18 @@ class RunSet:
     def _finish(self, cfgs: list[Config]) -> None:
         """Device, the fast paths (as `evaluate._model` applies them), soft prompts' keys/values,
         swap tensors in the dtype of what they replace."""
-        from sumtune.fastpath import speed_up
+        from sumtune.fastpath import fast_paths_for_decoding
         from sumtune.modeling import autocast_dtype, resolve_precision
 
-        settings = {(c.train.fast, c.model.attention, c.train.precision) for c in cfgs}
+        settings = {(c.train.fast, tuple(c.train.fast_paths), c.model.attention, c.train.precision) for c in cfgs}
         if len(settings) > 1:
-            log.warning("runs differ in train.fast/model.attention/train.precision; serving with %s's",
+            log.warning("runs differ in train.fast(_paths)/model.attention/train.precision; serving with %s's",
                         next(iter(self.runs)))
         cfg = cfgs[0]
         model = self.peft if self.peft is not None else self.base
         model.to(self.device)
         self.autocast = autocast_dtype(resolve_precision(cfg.train.precision, self.device))
-        speed_up(model, cfg.train.fast, cfg.model.attention, self.autocast, inference=True)
+        fast_paths_for_decoding(model, cfg, self.autocast)
         self.router = AdapterRouter(model) if self.peft is not None else None
         self.generator = Generator(model, self.tokenizer, cfg.eval, self.autocast, router=self.router)
         for run in self.runs.values():

@@ -72,10 +72,6 @@ class RunDir:
         return self
 
 
-def is_finished(run: str | Path) -> bool:
-    return RunDir(run).is_finished()
-
-
 def check_finished_run(run_dir: str | Path) -> Path:
     """The run directory, if it is a finished run with weights (RunDir.check_finished)."""
     return RunDir(run_dir).check_finished().path

@@ -101,6 +101,13 @@ def apply_fast_paths(model: nn.Module, ctx: FastPathContext, enabled: bool | Col
     return applied
 
 
+def fast_paths_for_decoding(model: nn.Module, cfg, autocast: torch.dtype | None) -> list[str]:
+    """The fast paths a run's configuration (`cfg`: a `config.Config`) enables, applied for
+    decoding: the one set-up `evaluate`, `summarize` and `serve` share."""
+    ctx = FastPathContext(training=False, autocast=autocast, attention=cfg.model.attention)
+    return apply_fast_paths(model, ctx, from_config(cfg.train))
+
+
 def revert_fast_paths(model: nn.Module) -> None:
     """Undo every fast path on `model`, in reverse `FAST_PATHS` order (a no-op where none is applied)."""
     for path in reversed(FAST_PATHS):
@@ -142,6 +149,6 @@ def fused_adamw(fast: bool | Collection[str] = True) -> bool | None:
 
 
 __all__ = ["FAST_PATHS", "FastPath", "FastPathContext", "LossFn", "apply_fast_paths", "revert_fast_paths",
-           "applied_fast_paths", "enabled_names", "from_config", "fused_adamw", "select_loss", "speed_up",
+           "applied_fast_paths", "enabled_names", "fast_paths_for_decoding", "from_config", "fused_adamw", "select_loss", "speed_up",
            "set_attention", "set_fast_gelu", "set_fast_head", "set_fast_lora", "fast_token_loss_sum",
            "CachedHeadLoss", "FeatureCache"]

@@ -65,7 +65,7 @@ def _model(run: Path, cfg: Config, base_model: str | None = None, device: torch.
     """(model on the device, tokenizer, autocast dtype or None); `base_model` loads the run onto
     another copy of its base model (the fingerprint check refuses a different one); `device`:
     this process's under `accelerate launch`."""
-    from sumtune.fastpath import FastPathContext, apply_fast_paths, from_config
+    from sumtune.fastpath import fast_paths_for_decoding
     from sumtune.modeling import autocast_dtype, resolve_precision
     from sumtune.runs import load_run
 
@@ -73,8 +73,7 @@ def _model(run: Path, cfg: Config, base_model: str | None = None, device: torch.
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     autocast = autocast_dtype(resolve_precision(cfg.train.precision, device))
-    apply_fast_paths(model, FastPathContext(training=False, autocast=autocast, attention=cfg.model.attention),
-                     from_config(cfg.train))  # fastpath/: each logged
+    fast_paths_for_decoding(model, cfg, autocast)  # fastpath/: each logged
     return model, tokenizer, autocast
 
 

@@ -32,7 +32,7 @@ from sumtune.config import Config, build_config, config_differences, load_run_co
 from sumtune.errors import UserError
 from sumtune.io import atomic_dir, atomic_write_json, read_json
 from sumtune.lock import DirLock
-from sumtune.runs import is_finished
+from sumtune.runs import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def _current_sources(cfg: Config, memo: dict) -> dict:
 
 def _source_differences(run: Path, cfg: Config, memo: dict) -> list[tuple[str, Any, Any]]:
     """A finished run's recorded base weights and data content against what they are now."""
-    res = read_json(run / "results.json") if is_finished(run) else {}
+    res = read_json(RunDir(run).results) if RunDir(run).is_finished() else {}
     saved_data = ((res.get("data") or {}).get("fingerprint") or {}).get("sha256")
     base = res.get("base_model") or {}
     saved_weights = base.get("weights_sha") if base.get("fingerprint") else None  # old scheme: load_run refuses
@@ -144,7 +144,7 @@ def _source_differences(run: Path, cfg: Config, memo: dict) -> list[tuple[str, A
 def _check_same(run: Path, cfg: Config, overwrite: bool, memo: dict) -> None:
     """Refuse (or with `overwrite`, clear) a run directory made with other settings, or whose
     recorded base weights or data content differ from today's."""
-    if not (run / "config.yaml").is_file():
+    if not RunDir(run).config.is_file():
         return
     diffs = config_differences(load_run_config(run), cfg) or _source_differences(run, cfg, memo)
     if not diffs:
@@ -163,12 +163,12 @@ def _train(cfg: Config, overwrite: bool, memo: dict) -> tuple[Path, bool]:
     (the run, whether it trained now)."""
     from sumtune.recipes.train import train
 
-    run = Path(cfg.output_dir)
-    _check_same(run, cfg, overwrite, memo)
-    if is_finished(run):
+    run = RunDir(cfg.output_dir)
+    _check_same(run.path, cfg, overwrite, memo)
+    if run.is_finished():
         print(f"{run}: finished earlier with the same settings, skipped")
-        return run, False
-    return Path(train(cfg, resume=(run / "config.yaml").is_file())), True
+        return run.path, False
+    return Path(train(cfg, resume=run.config.is_file())), True
 
 
 def _method_cfg(cfg: Config, method: str, output_dir: Path, lr: float | None, seed: int | None = None) -> Config:
@@ -186,7 +186,7 @@ def _evaluate(run: Path, plan: Plan, cfg: Config, retrained: bool) -> None:
     from sumtune.config import decoding_summary
     from sumtune.recipes.evaluate import evaluate_run
 
-    done = run / "eval" / "test" / "metrics.json"
+    done = RunDir(run).eval_dir("test") / "metrics.json"
     if done.is_file() and not retrained:
         m = read_json(done)
         if (m.get("limit") == plan.eval_limit and m.get("decoding") == decoding_summary(cfg.eval)
@@ -222,7 +222,7 @@ def _sweep_run(cfg: Config, method: str, out: Path, lr: float, overwrite: bool, 
     else:
         c.train.epochs = 1
     run, _ = _train(c, overwrite, memo)
-    res = read_json(run / "results.json")
+    res = read_json(RunDir(run).results)
     trained = res["steps"] - math.ceil(c.train.warmup_ratio * res["steps"])
     if trained < MIN_SWEEP_STEPS:
         raise UserError(f"the lr sweep's runs take one epoch, {res['steps']} optimizer steps here, fewer than "

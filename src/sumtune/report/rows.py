@@ -18,9 +18,7 @@ from sumtune.runs import check_finished_run
 def _describe(cfg) -> str:
     from sumtune.methods import get_method
 
-    method = get_method(cfg.method.name)
-    describe = getattr(method, "describe", None)
-    return describe(cfg.method) if describe else cfg.method.name
+    return get_method(cfg.method.name).describe(cfg.method)
 
 
 def _eval_fields(run: Path, split: str) -> dict[str, Any]:
