@@ -49,7 +49,7 @@ def make_runs(root: Path, hidden: int, layers: int, precision: str) -> list[Path
         save_config(cfg, root / m / "config.yaml")
         method, tok, base = get_method(m), load_tokenizer(str(model_dir)), load_model(str(model_dir))
         meta = run_meta(cfg, base)
-        model = method.prepare(base, tok, cfg.method)
+        model = method.prepare(base, tok, method.options(cfg.method))
         with torch.no_grad():
             for p in model.parameters():
                 if p.requires_grad:

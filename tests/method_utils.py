@@ -15,6 +15,11 @@ from sumtune.modeling import load_model, load_tokenizer
 from sumtune.runs import run_meta
 
 
+def options(method: str, **keys):
+    """The config dataclass of `method` with `keys` set (what `Method.options` reads from a run's config)."""
+    return get_method(method).config_class(**keys)
+
+
 def padded_batch(tokenizer, texts=("Boston (CNN) -- the mayor announced a plan.", "Denver officials",
                                    "A short one about a storm warning for residents")) -> dict[str, torch.Tensor]:
     """Right-padded batch (like data.Collator) with labels -100 on padding and on the first two tokens."""
@@ -49,7 +54,7 @@ def make_run(run: Path, model_dir: Path, method: str, sets: tuple[str, ...] = ()
     tokenizer = load_tokenizer(cfg.model.name)
     base = load_model(cfg.model.name)
     meta = run_meta(cfg, base)
-    model = m.prepare(base, tokenizer, cfg.method)
+    model = m.prepare(base, tokenizer, m.options(cfg.method))
     if m.trains:
         train_steps(model, padded_batch(tokenizer), steps=steps)
     model.eval()

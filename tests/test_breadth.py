@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from method_utils import padded_batch
+from method_utils import options, padded_batch
 from torch import nn
 
 from sumtune.architecture import decoder_parts
 from sumtune.cli import main
-from sumtune.config import MethodConfig, build_config
+from sumtune.config import build_config
 from sumtune.errors import UserError
 from sumtune.fastpath import CachedHeadLoss, FeatureCache, speed_up
 from sumtune.fastpath.loss import fast_token_loss_sum
 from sumtune.methods import get_method
-from sumtune.methods.ia3 import targets as ia3_targets
-from sumtune.methods.lora import default_targets
+from sumtune.methods.ia3.method import targets as ia3_targets
+from sumtune.methods.lora.method import default_targets
 from sumtune.modeling import load_model, load_tokenizer
 from sumtune.tiny import ARCHS
 from sumtune.training.step import token_loss_sum
@@ -45,13 +45,13 @@ def test_parts_targets_and_fast_losses_on_every_family(arch, tiny_family):
     parts = decoder_parts(base)
     assert len(parts.blocks) == base.config.num_hidden_layers and parts.final_norm is not None
     assert default_targets(base) == LORA_TARGETS[arch]
-    chosen, feedforward = ia3_targets(base, MethodConfig(name="ia3"))
+    chosen, feedforward = ia3_targets(base, options("ia3"))
     assert feedforward == IA3_FEEDFORWARD[arch] and set(feedforward) < set(chosen)
     assert speed_up(base, inference=True)["attention"] == "sdpa"  # Transformers' SDPA (ours for GPT-Neo)
 
     batch = padded_batch(tok)
-    for name, cfg in [("lora", MethodConfig(name="lora", r=4)), ("prefix_tuning", MethodConfig(name="prefix_tuning", n_tokens=3)),
-                      ("last_layers", MethodConfig(name="last_layers", train_final_norm=True))]:
+    for name, cfg in [("lora", options("lora", r=4)), ("prefix_tuning", options("prefix_tuning", n_tokens=3)),
+                      ("last_layers", options("last_layers", train_final_norm=True))]:
         model = get_method(name).prepare(load_model(str(model_dir)), tok, cfg)
         ref, n = token_loss_sum(model, batch)
         fast, m = fast_token_loss_sum(model, batch)
@@ -71,7 +71,7 @@ def test_a_missing_part_is_one_line_naming_the_model_type(tiny_family):
     model = load_model(str(tiny_family("llama")))
     model.model.norm = nn.Identity()
     with pytest.raises(UserError, match="^model type 'llama': no final layer norm found after the decoder blocks$"):
-        get_method("last_layers").prepare(model, None, MethodConfig(name="last_layers", train_final_norm=True))
+        get_method("last_layers").prepare(model, None, options("last_layers", train_final_norm=True))
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -116,16 +116,16 @@ def test_new_methods_describe_count_and_refuse_export(tiny_family):
     hidden, layers = 64, 2
     kv_dim = 2 * (hidden // 4)  # 2 key/value heads of 16
     cases = {
-        "prefix_tuning": (MethodConfig(name="prefix_tuning", n_tokens=5), 5 * layers * 2 * kv_dim),
-        "ia3": (MethodConfig(name="ia3"), layers * (2 * kv_dim + 3 * hidden)),  # k, v outputs; down's input
+        "prefix_tuning": (options("prefix_tuning", n_tokens=5), 5 * layers * 2 * kv_dim),
+        "ia3": (options("ia3"), layers * (2 * kv_dim + 3 * hidden)),  # k, v outputs; down's input
     }
     for name, (cfg, expected) in cases.items():
         model = get_method(name).prepare(load_model(str(model_dir)), tok, cfg)
         assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected, name
-    assert get_method("prefix_tuning").describe(MethodConfig(n_tokens=5)) == "prefix, 5 tokens per layer"
-    assert get_method("p_tuning").describe(MethodConfig(n_tokens=5, encoder="lstm")) == "P-tuning, 5 tokens, LSTM encoder"
-    assert get_method("ia3").describe(MethodConfig()) == "IA³ on keys, values, MLP"
-    assert get_method("lora").describe(MethodConfig(use_dora=True, use_rslora=True)) == "DoRA r=8 α=16 rs on attention+MLP"
+    assert get_method("prefix_tuning").describe(options("prefix_tuning", n_tokens=5)) == "prefix, 5 tokens per layer"
+    assert get_method("p_tuning").describe(options("p_tuning", n_tokens=5, encoder="lstm")) == "P-tuning, 5 tokens, LSTM encoder"
+    assert get_method("ia3").describe(options("ia3")) == "IA³ on keys, values, MLP"
+    assert get_method("lora").describe(options("lora", use_dora=True, use_rslora=True)) == "DoRA r=8 α=16 rs on attention+MLP"
     for name in ("prefix_tuning", "p_tuning"):
         with pytest.raises(UserError, match="cannot be exported as a plain model: its"):
             get_method(name).merged(None)
@@ -168,7 +168,8 @@ def test_bf16_training_loss_and_decoding_with_every_fast_path(arch, name, tiny_f
 
     model_dir = tiny_family(arch)
     tok = load_tokenizer(str(model_dir))
-    model = get_method(name).prepare(load_model(str(model_dir)), tok, MethodConfig(name=name, n_tokens=4))
+    keys = {} if name in ("lora", "ia3") else {"n_tokens": 4}
+    model = get_method(name).prepare(load_model(str(model_dir)), tok, options(name, **keys))
     loss_fn = select_loss(model, token_loss_sum, apply_fast_paths(model, FastPathContext(autocast=torch.bfloat16)))
     batch = padded_batch(tok)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -230,3 +230,50 @@ def test_bad_decoding_values(sets, expected):
     with pytest.raises(UserError) as e:
         build_config(sets=sets)
     assert "\n" not in str(e.value) and all(t in str(e.value) for t in expected)
+
+
+def test_method_section_is_built_from_each_methods_own_config():
+    """Every key of `method:` is declared by a method's own config dataclass, once per meaning: a key
+    two methods share has one type and default; each method records exactly its own keys."""
+    import dataclasses
+
+    from sumtune.config import METHODS, MethodConfig
+    from sumtune.methods import CONFIGS, get_method
+
+    section = {f.name for f in dataclasses.fields(MethodConfig)} - {"name"}
+    declared = {f.name for cls in CONFIGS.values() for f in dataclasses.fields(cls)}
+    assert section == declared
+    assert tuple(CONFIGS) == METHODS
+    cfg = build_config(sets=["method.name=lora", "method.r=4", "method.n_tokens=3"])
+    for name, cls in CONFIGS.items():
+        method = get_method(name)
+        assert method.config_class is cls
+        own = method.options(cfg.method)
+        assert type(own) is cls
+        assert method.method_config(cfg.method) == {f.name: getattr(cfg.method, f.name) for f in dataclasses.fields(cls)}
+    assert get_method("lora").options(cfg.method).r == 4 and get_method("p_tuning").options(cfg.method).n_tokens == 3
+
+
+def test_method_keys_declared_twice_must_agree():
+    from dataclasses import dataclass
+
+    from sumtune.config import method_section
+    from sumtune.methods import CONFIGS
+    from sumtune.methods.config_base import MethodConfigBase
+
+    @dataclass
+    class Other(MethodConfigBase):
+        n_tokens: int = 5  # prompt tuning's default is 20
+
+    with pytest.raises(TypeError, match="'n_tokens'"):
+        method_section({**CONFIGS, "other": Other})
+
+
+def test_parsing_a_config_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from sumtune.config import build_config; "
+            "build_config(sets=['method.name=last_layers', 'method.last_k_blocks=1']); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -6,10 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from method_utils import padded_batch
+from method_utils import options, padded_batch
 from torch import nn
 
-from sumtune.config import MethodConfig
 from sumtune.fastpath import select_loss, speed_up
 from sumtune.fastpath.attention import GPTNeoSdpaAttention, set_attention
 from sumtune.fastpath.features import CachedHeadLoss, FeatureCache
@@ -133,7 +132,7 @@ def test_fast_gelu_matches_gelu_new(tiny_neo):
 def _method_model(model_dir, method: str, **cfg):
     tok = load_tokenizer(str(model_dir))
     base = load_model(str(model_dir))
-    model = get_method(method).prepare(base, tok, MethodConfig(name=method, **cfg))
+    model = get_method(method).prepare(base, tok, options(method, **cfg))
     if method == "lora":  # PEFT starts B at zero; make the adapters matter
         torch.manual_seed(0)
         for n, p in model.named_parameters():

@@ -6,12 +6,11 @@ import json
 
 import pytest
 import torch
-from method_utils import padded_batch, train_steps
+from method_utils import options, padded_batch, train_steps
 
-from sumtune.config import MethodConfig
 from sumtune.errors import UserError
 from sumtune.methods import get_method
-from sumtune.methods.prompt_tuning import SoftPromptModel
+from sumtune.methods.prompt_tuning.method import SoftPromptModel
 from sumtune.modeling import count_params, load_model, load_tokenizer
 
 ARCHS = ["tiny_neo", "tiny_gpt2"]
@@ -49,7 +48,7 @@ def _peft_prompt_model(model_dir, prompt: torch.Tensor):
 
 def test_soft_prompt_logits_and_loss_match_peft(model_dir):
     base, tok = _base(model_dir)
-    cfg = MethodConfig(name="prompt_tuning", n_tokens=7)
+    cfg = options("prompt_tuning", n_tokens=7)
     ours = get_method("prompt_tuning").prepare(base, tok, cfg).eval()
     with torch.no_grad():  # a prompt unlike any init, so the comparison cannot pass by accident
         ours.soft_prompt.add_(torch.randn_like(ours.soft_prompt))
@@ -66,7 +65,7 @@ def test_soft_prompt_text_init_matches_peft(tiny_neo):
     from peft import PromptTuningConfig, get_peft_model
 
     base, tok = _base(tiny_neo)
-    cfg = MethodConfig(name="prompt_tuning", n_tokens=25, init_text="Summarize this news article:")
+    cfg = options("prompt_tuning", n_tokens=25, init_text="Summarize this news article:")
     ours = get_method("prompt_tuning").prepare(base, tok, cfg)
     peft = get_peft_model(load_model(str(tiny_neo)), PromptTuningConfig(
         task_type="CAUSAL_LM", num_virtual_tokens=25, prompt_tuning_init="TEXT",
@@ -77,7 +76,7 @@ def test_soft_prompt_text_init_matches_peft(tiny_neo):
 
 def test_soft_prompt_random_init_uses_vocabulary_rows(tiny_neo):
     base, tok = _base(tiny_neo)
-    ours = get_method("prompt_tuning").prepare(base, tok, MethodConfig(name="prompt_tuning", n_tokens=5,
+    ours = get_method("prompt_tuning").prepare(base, tok, options("prompt_tuning", n_tokens=5,
                                                                       init_random=True))
     emb = base.get_input_embeddings().weight
     for row in ours.soft_prompt:
@@ -88,7 +87,7 @@ def test_soft_prompt_only_prompt_trains(model_dir):
     base, tok = _base(model_dir)
     _, hidden, _ = _dims(base)
     _, base_total = count_params(base)
-    model = get_method("prompt_tuning").prepare(base, tok, MethodConfig(name="prompt_tuning", n_tokens=6))
+    model = get_method("prompt_tuning").prepare(base, tok, options("prompt_tuning", n_tokens=6))
     assert count_params(model) == (6 * hidden, base_total + 6 * hidden)
     before, prompt0 = _snapshot(model.base), model.soft_prompt.detach().clone()
     train_steps(model, padded_batch(tok), steps=4)
@@ -103,7 +102,7 @@ def test_soft_prompt_saves_in_peft_format_and_loads_in_peft(model_dir, tmp_path)
 
     base, tok = _base(model_dir)
     method = get_method("prompt_tuning")
-    cfg = MethodConfig(name="prompt_tuning", n_tokens=5)
+    cfg = options("prompt_tuning", n_tokens=5)
     model = method.prepare(base, tok, cfg)
     batch = padded_batch(tok)
     train_steps(model, batch)
@@ -134,7 +133,7 @@ def test_soft_prompt_saves_in_peft_format_and_loads_in_peft(model_dir, tmp_path)
 
 def test_soft_prompt_cannot_be_merged(tiny_neo):
     base, tok = _base(tiny_neo)
-    model = get_method("prompt_tuning").prepare(base, tok, MethodConfig(name="prompt_tuning"))
+    model = get_method("prompt_tuning").prepare(base, tok, options("prompt_tuning"))
     with pytest.raises(UserError, match="cannot be exported as a plain model: its soft prompt"):
         get_method("prompt_tuning").merged(model)
 
@@ -154,7 +153,7 @@ def test_lora_equals_base_at_init_and_trains_only_lora(model_dir):
     batch = padded_batch(tok)
     with torch.no_grad():
         reference = base(**batch).logits
-    model = get_method("lora").prepare(base, tok, MethodConfig(name="lora", r=4, alpha=8))
+    model = get_method("lora").prepare(base, tok, options("lora", r=4, alpha=8))
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, reference)
@@ -175,7 +174,7 @@ def test_lora_adapter_loads_in_plain_peft(model_dir, tmp_path):
 
     base, tok = _base(model_dir)
     method = get_method("lora")
-    cfg = MethodConfig(name="lora", r=4)
+    cfg = options("lora", r=4)
     model = method.prepare(base, tok, cfg)
     batch = padded_batch(tok)
     train_steps(model, batch)
@@ -201,7 +200,7 @@ def test_last_layers_freezes_everything_else(model_dir, k, norm):
     base, tok = _base(model_dir)
     vocab, hidden, _ = _dims(base)
     _, base_total = count_params(base)
-    cfg = MethodConfig(name="last_layers", last_k_blocks=k, train_final_norm=norm)
+    cfg = options("last_layers", last_k_blocks=k, train_final_norm=norm)
     model = get_method("last_layers").prepare(base, tok, cfg)
     head, emb = model.get_output_embeddings().weight, model.get_input_embeddings().weight
     assert head is not emb and torch.equal(head, emb)  # untied: a trainable copy
@@ -217,12 +216,12 @@ def test_last_layers_freezes_everything_else(model_dir, k, norm):
 def test_last_layers_rejects_too_many_blocks(tiny_neo):
     base, tok = _base(tiny_neo)
     with pytest.raises(UserError, match="method.last_k_blocks"):
-        get_method("last_layers").prepare(base, tok, MethodConfig(name="last_layers", last_k_blocks=3))
+        get_method("last_layers").prepare(base, tok, options("last_layers", last_k_blocks=3))
 
 
 @pytest.mark.parametrize("name,cfg", [
-    ("last_layers", MethodConfig(name="last_layers", last_k_blocks=1, train_final_norm=True)),
-    ("full", MethodConfig(name="full")),
+    ("last_layers", options("last_layers", last_k_blocks=1, train_final_norm=True)),
+    ("full", options("full")),
 ])
 def test_saved_weights_round_trip(tiny_gpt2, tmp_path, name, cfg):
     from safetensors import safe_open
@@ -251,7 +250,7 @@ def test_last_layers_without_head_keeps_it_tied_and_frozen(model_dir, k, norm):
     tied = base.config.tie_word_embeddings
     emb0 = base.get_input_embeddings().weight
     ptr = emb0.data_ptr()
-    cfg = MethodConfig(name="last_layers", last_k_blocks=k, train_final_norm=norm, train_head=False)
+    cfg = options("last_layers", last_k_blocks=k, train_final_norm=norm, train_head=False)
     model = get_method("last_layers").prepare(base, tok, cfg)
     head, emb = model.get_output_embeddings().weight, model.get_input_embeddings().weight
     assert tied and head is emb is emb0 and not head.requires_grad
@@ -271,7 +270,7 @@ def test_last_layers_without_head_needs_something_to_train(tiny_neo):
     from sumtune.config import build_config
 
     base, tok = _base(tiny_neo)
-    cfg = MethodConfig(name="last_layers", train_head=False)
+    cfg = options("last_layers", train_head=False)
     for fail in (lambda: get_method("last_layers").prepare(base, tok, cfg),
                  lambda: build_config(sets=["method.name=last_layers", "method.train_head=false"])):
         with pytest.raises(UserError) as e:
@@ -289,7 +288,7 @@ def test_last_layers_save_load_merge_round_trip(model_dir, tmp_path, train_head)
 
     base, tok = _base(model_dir)
     method = get_method("last_layers")
-    cfg = MethodConfig(name="last_layers", last_k_blocks=1, train_head=train_head)
+    cfg = options("last_layers", last_k_blocks=1, train_head=train_head)
     assert method.method_config(cfg) == {"last_k_blocks": 1, "train_final_norm": False, "train_head": train_head}
     model = method.prepare(base, tok, cfg)
     batch = padded_batch(tok)
@@ -308,27 +307,27 @@ def test_last_layers_save_load_merge_round_trip(model_dir, tmp_path, train_head)
         assert torch.equal(loaded(**batch).logits, expected)
         assert torch.equal(method.merged(loaded)(**batch).logits, expected)
     # the weights of one variant do not load as the other: one line naming the tensor
-    other = MethodConfig(name="last_layers", last_k_blocks=1, train_head=not train_head)
+    other = options("last_layers", last_k_blocks=1, train_head=not train_head)
     with pytest.raises(UserError, match="'lm_head.weight'.*other method settings"):
         method.load(load_model(str(model_dir)), tok, tmp_path / "adapter", other)
 
 
 @pytest.mark.parametrize("name,cfg,text", [
-    ("zero_shot", MethodConfig(name="zero_shot"), "nothing (base model)"),
-    ("prompt_tuning", MethodConfig(name="prompt_tuning"), "soft prompt, 20 tokens"),
-    ("prompt_tuning", MethodConfig(name="prompt_tuning", n_tokens=1), "soft prompt, 1 token"),
-    ("lora", MethodConfig(name="lora"), "LoRA r=8 α=16 on attention+MLP"),
-    ("lora", MethodConfig(name="lora", r=4, alpha=8, target_modules=["q_proj", "v_proj"]),
+    ("zero_shot", options("zero_shot"), "nothing (base model)"),
+    ("prompt_tuning", options("prompt_tuning"), "soft prompt, 20 tokens"),
+    ("prompt_tuning", options("prompt_tuning", n_tokens=1), "soft prompt, 1 token"),
+    ("lora", options("lora"), "LoRA r=8 α=16 on attention+MLP"),
+    ("lora", options("lora", r=4, alpha=8, target_modules=["q_proj", "v_proj"]),
      "LoRA r=4 α=8 on q_proj, v_proj"),
-    ("last_layers", MethodConfig(name="last_layers"), "LM head (untied copy)"),
-    ("last_layers", MethodConfig(name="last_layers", last_k_blocks=2, train_final_norm=True, train_head=False),
+    ("last_layers", options("last_layers"), "LM head (untied copy)"),
+    ("last_layers", options("last_layers", last_k_blocks=2, train_final_norm=True, train_head=False),
      "last 2 blocks + final norm (head tied, frozen)"),
-    ("last_layers", MethodConfig(name="last_layers", last_k_blocks=1, train_head=False), "last block (head tied, frozen)"),
-    ("last_layers", MethodConfig(name="last_layers", train_final_norm=True, train_head=False),
+    ("last_layers", options("last_layers", last_k_blocks=1, train_head=False), "last block (head tied, frozen)"),
+    ("last_layers", options("last_layers", train_final_norm=True, train_head=False),
      "final norm (head tied, frozen)"),
-    ("last_layers", MethodConfig(name="last_layers", last_k_blocks=2), "LM head (untied) + last 2 blocks"),
-    ("last_layers", MethodConfig(name="last_layers", train_final_norm=True), "LM head (untied) + final norm"),
-    ("full", MethodConfig(name="full"), "all weights"),
+    ("last_layers", options("last_layers", last_k_blocks=2), "LM head (untied) + last 2 blocks"),
+    ("last_layers", options("last_layers", train_final_norm=True), "LM head (untied) + final norm"),
+    ("full", options("full"), "all weights"),
 ])
 def test_describe_says_what_trains(name, cfg, text):
     assert get_method(name).describe(cfg) == text
@@ -339,7 +338,7 @@ def test_describe_says_what_trains(name, cfg, text):
 def test_full_trains_everything(model_dir):
     base, tok = _base(model_dir)
     _, base_total = count_params(base)
-    model = get_method("full").prepare(base, tok, MethodConfig(name="full"))
+    model = get_method("full").prepare(base, tok, options("full"))
     assert count_params(model) == (base_total, base_total)
     before = _snapshot(model)
     train_steps(model, padded_batch(tok))
@@ -351,11 +350,11 @@ def test_zero_shot_is_the_base_model(tiny_neo, tmp_path):
     base, tok = _base(tiny_neo)
     method = get_method("zero_shot")
     assert method.trains is False
-    model = method.prepare(base, tok, MethodConfig(name="zero_shot"))
+    model = method.prepare(base, tok, options("zero_shot"))
     assert model is base and count_params(model)[0] == 0
     method.save(model, tmp_path / "adapter", {"method": "zero_shot"})
     assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["sumtune.json"]
-    loaded = method.load(load_model(str(tiny_neo)), tok, tmp_path / "adapter", MethodConfig(name="zero_shot"))
+    loaded = method.load(load_model(str(tiny_neo)), tok, tmp_path / "adapter", options("zero_shot"))
     batch = padded_batch(tok)
     with torch.no_grad():
         assert torch.equal(loaded.eval()(**batch).logits, base(**batch).logits)

@@ -74,7 +74,8 @@ def test_run_meta_refuses_a_wrapped_model(tiny_neo):
     from sumtune.config import build_config
 
     cfg = build_config(flags={"model.name": str(tiny_neo), "method.name": "lora"})
-    model = get_method("lora").prepare(load_model(str(tiny_neo)), load_tokenizer(str(tiny_neo)), cfg.method)
+    lora = get_method("lora")
+    model = lora.prepare(load_model(str(tiny_neo)), load_tokenizer(str(tiny_neo)), lora.options(cfg.method))
     with pytest.raises(ValueError, match="before method.prepare"):
         run_meta(cfg, model)
 

@@ -81,7 +81,7 @@ def test_accumulation_equals_one_large_batch(tiny_neo, kaggle_dir, tmp_path, met
     m = get_method(method)
     cfg = _cfg(tiny_neo, kaggle_dir, "x", **{"method.name": method, "method.n_tokens": 4})
     torch.manual_seed(cfg.train.seed)
-    m.save(m.prepare(load_model(str(tiny_neo)), load_tokenizer(str(tiny_neo)), cfg.method), tmp_path / "init" / "adapter",
+    m.save(m.prepare(load_model(str(tiny_neo)), load_tokenizer(str(tiny_neo)), m.options(cfg.method)), tmp_path / "init" / "adapter",
            {"method": method})
     init = _adapter(tmp_path / "init", method)
     assert max(float((small[k] - init[k]).abs().max()) for k in small) > 1e-3
@@ -105,7 +105,8 @@ def test_param_groups_decay_matrices_only(tiny_neo, kaggle_dir):
     tok = load_tokenizer(str(tiny_neo))
     for method in ("prompt_tuning", "full"):
         cfg = _cfg(tiny_neo, kaggle_dir, "x", **{"method.name": method, "method.n_tokens": 4})
-        model = get_method(method).prepare(load_model(str(tiny_neo)), tok, cfg.method)
+        m = get_method(method)
+        model = m.prepare(load_model(str(tiny_neo)), tok, m.options(cfg.method))
         decay, no_decay = state.param_groups(model, 0.1, get_method(method))
         names = {id(p): n for n, p in model.named_parameters()}
         assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0

@@ -19,9 +19,9 @@ import yaml
 
 from sumtune.config_values import coerce, flatten, from_text, load_yaml, parse_set
 from sumtune.errors import UserError
+from sumtune.methods import CONFIGS as METHOD_CONFIGS
 
-METHODS = ("zero_shot", "prompt_tuning", "prefix_tuning", "p_tuning", "lora", "ia3", "last_layers", "full")
-QUANTIZE = ("none", "4bit")
+METHODS = tuple(METHOD_CONFIGS)
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 # The fast paths by name, in the order they are applied (sumtune.fastpath.FAST_PATHS, which says why
 # that order; kept here so validating a config does not import torch).
@@ -56,30 +56,27 @@ class DataConfig:
     # every training seed of an experiment sees (and is scored on) the same rows
 
 
-@dataclass
-class MethodConfig:
-    name: Literal["zero_shot", "prompt_tuning", "prefix_tuning", "p_tuning", "lora", "ia3", "last_layers",
-                  "full"] = "lora"
-    # prompt_tuning, prefix_tuning, p_tuning: virtual tokens
-    n_tokens: int = 20
-    init_text: str = "SUMMARIZE the following news article in a few sentences:"
-    init_random: bool = False  # init from random vocabulary embeddings instead
-    # p_tuning: the prompt encoder; prefix_tuning: the reparameterisation MLP (prefix_projection)
-    encoder: Literal["mlp", "lstm"] = "mlp"
-    encoder_hidden: int = 0  # 0 = the model's hidden size
-    prefix_projection: bool = False
-    # lora (target_modules: ia3 too)
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=list)  # empty = all attention + MLP linears (ia3: k, v, down)
-    use_dora: bool = False
-    use_rslora: bool = False
-    quantize: Literal["none", "4bit"] = "none"  # 4bit: QLoRA (CUDA + bitsandbytes)
-    # last_layers
-    last_k_blocks: int = 0
-    train_final_norm: bool = False
-    train_head: bool = True  # false: the head stays tied to the input embeddings and frozen
+def method_section(configs: dict[str, type]) -> type:
+    """The `method:` section: `name` plus every key the methods declare (each in its own
+    `methods/<name>/config.py`), so one flat record holds what a user may set for any method and a
+    run's config.yaml keeps one shape. A key two methods declare must agree in type and default."""
+    fields: dict[str, tuple[str, Any, dataclasses.Field]] = {}
+    for cls in configs.values():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            same = fields.setdefault(f.name, (cls.__name__, hints[f.name], f))
+            if (same[1], same[2].default, same[2].default_factory) != (hints[f.name], f.default, f.default_factory):
+                raise TypeError(f"method key {f.name!r}: {cls.__name__} and {same[0]} declare it differently")
+    names = tuple(configs)
+    section = dataclasses.make_dataclass(
+        "MethodConfig", [("name", Literal[names], field(default="lora"))] + [(n, t, f) for n, (_, t, f) in fields.items()],
+    )
+    section.__module__ = __name__
+    section.__doc__ = "The `method:` section: the chosen method's name and the keys of every method."
+    return section
+
+
+MethodConfig = method_section(METHOD_CONFIGS)
 
 
 @dataclass
@@ -180,12 +177,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.max_length": (lambda v: v >= 16, "an integer >= 16"),
     "data.max_summary_length": (lambda v: v >= 1, "an integer >= 1"),
     "data.num_proc": (lambda v: v >= 1, "an integer >= 1"),
-    "method.n_tokens": (lambda v: v >= 1, "an integer >= 1"),
-    "method.encoder_hidden": (lambda v: v >= 0, "an integer >= 0 (0 = the model's hidden size)"),
-    "method.r": (lambda v: v >= 1, "an integer >= 1"),
-    "method.alpha": (lambda v: v >= 1, "an integer >= 1"),
-    "method.dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "method.last_k_blocks": (lambda v: v >= 0, "an integer >= 0"),
+    **{f"method.{k}": r for cls in METHOD_CONFIGS.values() for k, r in cls.RANGES.items()},
     "train.epochs": (lambda v: v >= 1, "an integer >= 1"),
     "train.max_steps": (lambda v: v >= 0, "an integer >= 0 (0 = run the epochs)"),
     "train.batch_size": (lambda v: v >= 1, "an integer >= 1"),
@@ -259,11 +251,8 @@ def validate(cfg: Config) -> Config:
         value = getattr(getattr(cfg, section), name)
         if not ok(value):
             raise UserError(f"config key '{key}': got {value!r}, expected {desc}")
-    if cfg.method.name == "last_layers":
-        check_last_layers(cfg.method)
-    if cfg.method.quantize != "none" and cfg.method.name != "lora":
-        raise UserError(f"config key 'method.quantize' is {cfg.method.quantize!r}: quantised training is QLoRA, "
-                        f"for method lora only (method is {cfg.method.name}); set method.quantize=none")
+    for cls in METHOD_CONFIGS.values():
+        cls.of(cfg.method).check(cfg.method.name)
     if cfg.data.val_ratio + cfg.data.test_ratio >= 1:
         raise UserError("config keys 'data.val_ratio' + 'data.test_ratio' must be < 1")
     if cfg.eval.min_new_tokens > cfg.eval.max_new_tokens:
@@ -277,15 +266,6 @@ def validate(cfg: Config) -> Config:
             f"the article within 'data.max_length' ({cfg.data.max_length}); lower it or raise max_length"
         )
     return cfg
-
-
-def check_last_layers(m: MethodConfig) -> None:
-    """One-line error when method last_layers would train nothing (head frozen, no block, no norm)."""
-    if not m.train_head and m.last_k_blocks < 1 and not m.train_final_norm:
-        raise UserError(
-            "config key 'method.train_head' is false, so 'method.last_k_blocks' must be >= 1 or "
-            "'method.train_final_norm' true: otherwise last_layers trains nothing"
-        )
 
 
 def absolute_source(source: str) -> str:
@@ -366,6 +346,6 @@ def load_run_config(run_dir: str | Path) -> Config:
 
 __all__ = [
     "Config", "ModelConfig", "DataConfig", "MethodConfig", "TrainConfig", "EvalConfig",
-    "METHODS", "QUANTIZE", "PRECISIONS", "build_config", "config_from_dict", "save_config", "load_run_config",
-    "set_key", "set_keys", "validate", "check_last_layers", "DECODING_PRESETS", "apply_preset", "decoding_summary",
+    "METHODS", "PRECISIONS", "build_config", "config_from_dict", "save_config", "load_run_config",
+    "set_key", "set_keys", "validate", "DECODING_PRESETS", "apply_preset", "decoding_summary",
 ]

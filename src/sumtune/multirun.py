@@ -143,10 +143,10 @@ class RunSet:
         from sumtune.methods import get_method
 
         method = get_method(cfg.method.name)
-        served = ServedRun(name, run, method.name, method.describe(cfg.method), cfg)
+        served = ServedRun(name, run, method.name, method.describe(method.options(cfg.method)), cfg)
         adapter = run / "adapter"
         if method.name == "prompt_tuning":
-            wrapped = method.load(self.base, self.tokenizer, adapter, cfg.method)  # shares the base
+            wrapped = method.load(self.base, self.tokenizer, adapter, method.options(cfg.method))  # shares the base
             served.soft = wrapped.soft_prompt.detach()
         elif method.name == "lora":
             served.variant = Variant(adapter=self._add_adapter(method, adapter, len(self.runs)))
@@ -175,7 +175,7 @@ class RunSet:
 
         with torch.device("meta"):
             shape = AutoModelForCausalLM.from_config(copy.deepcopy(self.base.config))
-        shape = method.prepare(shape, self.tokenizer, cfg.method)
+        shape = method.prepare(shape, self.tokenizer, method.options(cfg.method))
         names = [n for n, p in shape.named_parameters() if p.requires_grad or method.name == "full"]
         tensors = read_params(shape, adapter, method.weights_file, names)
         slots = []

@@ -5,7 +5,7 @@ Layout (see DESIGN.md): RUN/config.yaml, RUN/adapter/ (the method's weights plus
 
     base = modeling.load_model(cfg.model.name)
     meta = run_meta(cfg, base)                 # before method.prepare
-    model = method.prepare(base, tokenizer, cfg.method)
+    model = method.prepare(base, tokenizer, method.options(cfg.method))
     ...train...
     method.save(model, run / "adapter", meta)  # writes the weights + sumtune.json
 
@@ -22,8 +22,8 @@ import torch
 from sumtune.config import Config, load_run_config
 from sumtune.errors import UserError
 from sumtune.fingerprints import FINGERPRINT_VERSION, fingerprint
-from sumtune.methods import Method, get_method
-from sumtune.methods.base import read_meta, weights_path
+from sumtune.methods import get_method
+from sumtune.methods.base import Method, read_meta, weights_path
 from sumtune.modeling import load_model, load_tokenizer
 
 
@@ -82,13 +82,11 @@ def run_meta(cfg: Config, model: torch.nn.Module, **extra) -> dict:
     "method_config": the method's hyper-parameters, **extra}.
 
     `model` is the base model as `modeling.load_model` returned it, before `method.prepare`
-    (LoRA injects modules that would change the fingerprint); a soft-prompt wrapper is unwrapped.
+    (LoRA injects modules that would change the fingerprint).
     """
-    from sumtune.methods.prompt_tuning import SoftPromptModel
+    from transformers import PreTrainedModel
 
-    if isinstance(model, SoftPromptModel):
-        model = model.base
-    if hasattr(model, "peft_config"):
+    if not isinstance(model, PreTrainedModel) or hasattr(model, "peft_config"):
         raise ValueError("run_meta needs the base model: call it before method.prepare")
     method = get_method(cfg.method.name)
     return {
@@ -153,6 +151,6 @@ def load_run(run_dir: str | Path, dtype: torch.dtype = torch.float32,
     check_base(meta, fingerprint(name, model), adapter)
     if dtype != torch.float32:
         model = model.to(dtype)
-    model = method.load(model, tokenizer, adapter, cfg.method)
+    model = method.load(model, tokenizer, adapter, method.options(cfg.method))
     model.eval()
     return cfg, method, model, tokenizer

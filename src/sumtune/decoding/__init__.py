@@ -15,8 +15,8 @@ Rows may decode with their own soft prompt and LoRA adapter (``variants``: ``sum
 batches rows of several runs of one base model).
 """
 
-from sumtune.decoding.search import Generator, decoding_parts
+from sumtune.decoding.search import Generator
 from sumtune.decoding.stopping import decode_summary
 from sumtune.decoding.variants import BASE_ADAPTER, KV, Variant
 
-__all__ = ["BASE_ADAPTER", "KV", "Generator", "Variant", "decode_summary", "decoding_parts"]
+__all__ = ["BASE_ADAPTER", "KV", "Generator", "Variant", "decode_summary"]

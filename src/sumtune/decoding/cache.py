@@ -15,8 +15,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicLayer
 
-# One layer's (keys, values) of one prefilled row: [1, heads, length, head_dim] each
-LayerKV = tuple[torch.Tensor, torch.Tensor]
+from sumtune.methods.base import LayerKV  # one prefilled row's layer: [1, heads, length, head_dim] each
 
 
 class SlotLayer(DynamicLayer):

@@ -26,37 +26,8 @@ from sumtune.decoding.cache import LayerKV, cache_keyword, left_padded, max_posi
 from sumtune.decoding.stopping import StopRule
 from sumtune.decoding.variants import BASE_ADAPTER, KV, Variant
 from sumtune.errors import UserError
+from sumtune.methods.base import decoding_parts
 from sumtune.progress import bar as bar_of
-
-
-def decoding_parts(model: nn.Module) -> tuple[nn.Module, torch.Tensor | None, KV | None]:
-    """The plain causal LM to decode with, the soft prompt to put in front ([n, hidden]) or None, and
-    the prefix keys/values to put in the cache (prefix tuning, per layer) or None.
-
-    Our soft-prompt models expose ``.base`` with ``.soft_prompt`` (prompt tuning, P-tuning) or
-    ``.prefix_kv()`` (prefix tuning); PEFT's own prompt-learning models give the same through
-    ``get_prompt``; a PEFT LoRA/IA³ model decodes through its base model (layers injected, nothing
-    merged); a plain model is itself.
-    """
-    from peft import PeftModel
-
-    from sumtune.methods.virtual_tokens import cache_layers
-
-    prefix = getattr(model, "prefix_kv", None)
-    kv = prefix() if callable(prefix) else None
-    if kv is not None:
-        return model.base, None, kv
-    soft = getattr(model, "soft_prompt", None)
-    if soft is not None:
-        return model.base, soft.detach(), None
-    if isinstance(model, PeftModel):
-        config = model.active_peft_config
-        if config.peft_type == "PREFIX_TUNING":
-            return model.get_base_model(), None, cache_layers(model.get_prompt(batch_size=1))
-        if config.is_prompt_learning:  # PEFT's own prompt tuning / P-tuning
-            return model.get_base_model(), model.get_prompt(batch_size=1)[0].detach(), None
-        return model.get_base_model(), None, None
-    return model, None, None
 
 
 def ban_repeats(logits: torch.Tensor, seqs: torch.Tensor, n_done: int, n: int) -> torch.Tensor:

@@ -1,31 +1,58 @@
-"""The fine-tuning methods, one file each, behind the `Method` interface (base.py)."""
+"""The fine-tuning methods, one package each, as PEFT's tuners: `<name>/config.py` declares the
+method's keys (a dataclass, torch-free) and `<name>/method.py` the `Method` (base.py) that prepares,
+saves and loads it.
+
+Adding a method: its package (config.py, method.py), one line in CONFIGS and one in `get_method`,
+and an LR grid in `recipes/experiment.py`. `sumtune.config` builds the `method:` section of every
+run's config from CONFIGS, so a new key is declared once, in the method's own config.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sumtune.errors import UserError
-from sumtune.methods.base import Method
+from sumtune.methods.full.config import FullConfig
+from sumtune.methods.ia3.config import IA3Config
+from sumtune.methods.last_layers.config import LastLayersConfig
+from sumtune.methods.lora.config import LoraConfig
+from sumtune.methods.p_tuning.config import PTuningConfig
+from sumtune.methods.prefix_tuning.config import PrefixTuningConfig
+from sumtune.methods.prompt_tuning.config import PromptTuningConfig
+from sumtune.methods.zero_shot.config import ZeroShotConfig
+
+if TYPE_CHECKING:
+    from sumtune.methods.base import Method
+
+# name -> the method's config dataclass, in the order the CLI lists the methods
+CONFIGS: dict[str, type] = {
+    "zero_shot": ZeroShotConfig,
+    "prompt_tuning": PromptTuningConfig,
+    "prefix_tuning": PrefixTuningConfig,
+    "p_tuning": PTuningConfig,
+    "lora": LoraConfig,
+    "ia3": IA3Config,
+    "last_layers": LastLayersConfig,
+    "full": FullConfig,
+}
 
 
 def get_method(name: str) -> Method:
-    """The method named `name` (config.METHODS: zero_shot, prompt_tuning, prefix_tuning, p_tuning, lora,
-    ia3, last_layers, full)."""
-    from sumtune.methods import (
-        full,
-        ia3,
-        last_layers,
-        lora,
-        p_tuning,
-        prefix_tuning,
-        prompt_tuning,
-        zero_shot,
-    )
+    """The method named `name` (imported on first use: the methods need torch, their configs do not)."""
+    from sumtune.methods.full.method import Full
+    from sumtune.methods.ia3.method import IA3
+    from sumtune.methods.last_layers.method import LastLayers
+    from sumtune.methods.lora.method import Lora
+    from sumtune.methods.p_tuning.method import PTuning
+    from sumtune.methods.prefix_tuning.method import PrefixTuning
+    from sumtune.methods.prompt_tuning.method import PromptTuning
+    from sumtune.methods.zero_shot.method import ZeroShot
 
-    registry = {m.name: m for m in (zero_shot.ZeroShot(), prompt_tuning.PromptTuning(), prefix_tuning.PrefixTuning(),
-                                     p_tuning.PTuning(), lora.Lora(), ia3.IA3(), last_layers.LastLayers(),
-                                     full.Full())}
+    registry = {m.name: m for m in (ZeroShot(), PromptTuning(), PrefixTuning(), PTuning(), Lora(), IA3(),
+                                     LastLayers(), Full())}
     if name not in registry:
         raise UserError(f"unknown method '{name}'; choose one of: {', '.join(registry)}")
     return registry[name]
 
 
-__all__ = ["Method", "get_method"]
+__all__ = ["CONFIGS", "get_method"]

@@ -8,7 +8,14 @@ Contract for the module `prepare` returns (the "method model"):
   when labels are given;
 - exactly the parameters the method trains have `requires_grad=True`.
 
-`describe(cfg)` says in a few words what trains (for reports and logs).
+Each method owns its config dataclass (`config_class`, in `methods/<name>/config.py`); `options`
+reads it from the `method:` section of a run's config, and `prepare`, `load`, `describe` and
+`virtual_tokens` take it. `describe(cfg)` says in a few words what trains (for reports and logs).
+
+The hooks the trainer and the decoder use, so that neither knows a method by name: `decays`
+(which trained tensors AdamW decays), `virtual_tokens` (positions put before every prompt), and a
+method model's `decoding_parts()` (what the batched decoder puts in front of a prompt: see
+`decoding_parts` here).
 
 `load` rebuilds the method model for inference: nothing requires grad afterwards.
 
@@ -19,12 +26,13 @@ fingerprint, method hyper-parameters).
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 
-from sumtune.config import MethodConfig
 from sumtune.errors import UserError
 from sumtune.io import (
     PICKLE_SUFFIXES,
@@ -34,19 +42,41 @@ from sumtune.io import (
     load_tensors,
     read_json,
 )
+from sumtune.methods.config_base import MethodConfigBase
 
 META_FILE = "sumtune.json"
+LayerKV = tuple[torch.Tensor, torch.Tensor]  # one layer's keys and values, [1, kv_heads, n, head_dim] each
+
+
+class DecodingParts(NamedTuple):
+    """What the batched decoder needs from a method model."""
+
+    lm: torch.nn.Module  # the plain causal LM it runs
+    soft_prompt: torch.Tensor | None  # [n, hidden] input vectors before every prompt (prompt tuning, P-tuning)
+    prefix_kv: list[LayerKV] | None  # keys/values per layer put in the cache before the prompt (prefix tuning)
+
+
+def decoding_parts(model: torch.nn.Module) -> DecodingParts:
+    """The decoding parts of a method model: a method's own model class gives them
+    (`model.decoding_parts()`); a PEFT model (LoRA, IA³, or PEFT's own prompt learning loaded with
+    `PeftModel.from_pretrained`) as `peft_io.peft_decoding_parts` reads them; any other model decodes as it is."""
+    own = getattr(model, "decoding_parts", None)
+    if callable(own):
+        return own()
+    from sumtune.methods.peft_io import peft_decoding_parts
+
+    return peft_decoding_parts(model) or DecodingParts(model, None, None)
 
 
 class Method(ABC):
     name: str = ""
     trains: bool = True  # zero_shot: False
     weights_file: str | None = None  # inside RUN/adapter; None: the method saves no weights
-    config_keys: tuple[str, ...] = ()  # the MethodConfig fields this method uses (recorded in the metadata)
+    config_class: type[MethodConfigBase] = MethodConfigBase  # its keys (recorded in the metadata)
     not_exportable: str = ""  # why a plain model cannot hold what this method trains ("" = it can)
 
     @abstractmethod
-    def prepare(self, model: torch.nn.Module, tokenizer, cfg: MethodConfig) -> torch.nn.Module:
+    def prepare(self, model: torch.nn.Module, tokenizer, cfg: MethodConfigBase) -> torch.nn.Module:
         """Freeze the base model and attach/unfreeze what this method trains."""
 
     @abstractmethod
@@ -54,18 +84,18 @@ class Method(ABC):
         """Write the trained weights only (RUN/adapter), atomically; `meta` is recorded beside them."""
 
     @abstractmethod
-    def load(self, model: torch.nn.Module, tokenizer, directory: Path, cfg: MethodConfig) -> torch.nn.Module:
+    def load(self, model: torch.nn.Module, tokenizer, directory: Path, cfg: MethodConfigBase) -> torch.nn.Module:
         """Rebuild the method model on the base `model` with the weights in `directory`."""
 
     @abstractmethod
-    def describe(self, cfg: MethodConfig) -> str:
+    def describe(self, cfg: MethodConfigBase) -> str:
         """What trains under `cfg`, in a few words for a report (e.g. "soft prompt, 20 tokens")."""
 
     def merged(self, model: torch.nn.Module) -> torch.nn.Module:
         """A plain Hugging Face model equivalent to the method model (for export)."""
         raise UserError(f"a {self.name} run cannot be exported as a plain model: {self.not_exportable}")
 
-    def virtual_tokens(self, cfg: MethodConfig) -> int:
+    def virtual_tokens(self, cfg: MethodConfigBase) -> int:
         """Positions the method puts before every prompt (soft prompts, prefixes): they count against
         the model's position limit."""
         return 0
@@ -79,9 +109,13 @@ class Method(ABC):
         """The trainable tensors by name (used by checkpoints)."""
         return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
-    def method_config(self, cfg: MethodConfig) -> dict:
+    def options(self, section: Any) -> MethodConfigBase:
+        """This method's config read from the `method:` section (`sumtune.config.MethodConfig`)."""
+        return self.config_class.of(section)
+
+    def method_config(self, section: Any) -> dict:
         """The hyper-parameters of this method, as recorded in the run metadata."""
-        return {k: getattr(cfg, k) for k in self.config_keys}
+        return dataclasses.asdict(self.options(section))
 
 
 def freeze(model: torch.nn.Module) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sumtune.errors import UserError
 from sumtune.io import atomic_dir, load_tensors, read_json
-from sumtune.methods.base import weights_path, write_meta
+from sumtune.methods.base import DecodingParts, LayerKV, weights_path, write_meta
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
 
@@ -42,3 +42,27 @@ def load_peft(model, directory: Path, peft_type: str, method: str):
     for p in peft.parameters():  # PEFT leaves a prompt encoder trainable even so
         p.requires_grad_(False)
     return peft
+
+
+def cache_layers(cache) -> list[LayerKV]:
+    """(keys, values) per layer of a Transformers cache or of a legacy tuple of pairs."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        return [(layer.keys.detach(), layer.values.detach()) for layer in layers]
+    return [(k.detach(), v.detach()) for k, v in cache]
+
+
+def peft_decoding_parts(model) -> DecodingParts | None:
+    """A PEFT model's decoding parts (None for a model that is not PEFT's): a LoRA/IA³ model decodes
+    through its base model (layers injected, nothing merged); prompt learning puts its prompt
+    (`get_prompt`) in front: prefix keys/values, or P-tuning's/prompt tuning's input vectors."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        return None
+    config = model.active_peft_config
+    if config.peft_type == "PREFIX_TUNING":
+        return DecodingParts(model.get_base_model(), None, cache_layers(model.get_prompt(batch_size=1)))
+    if config.is_prompt_learning:
+        return DecodingParts(model.get_base_model(), model.get_prompt(batch_size=1)[0].detach(), None)
+    return DecodingParts(model.get_base_model(), None, None)

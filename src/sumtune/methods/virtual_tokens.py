@@ -18,9 +18,10 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from sumtune.config import MethodConfig
-from sumtune.methods.base import Method, freeze
-from sumtune.methods.peft_io import PEFT_WEIGHTS, load_peft, save_peft
+from sumtune.methods.base import DecodingParts, Method, freeze
+from sumtune.methods.p_tuning.config import PTuningConfig
+from sumtune.methods.peft_io import PEFT_WEIGHTS, cache_layers, load_peft, save_peft
+from sumtune.methods.prefix_tuning.config import PrefixTuningConfig
 
 
 class VirtualTokenModel(nn.Module):
@@ -58,6 +59,12 @@ class VirtualTokenModel(nn.Module):
             return None
         return cache_layers(self.peft.get_prompt(batch_size=1))
 
+    def decoding_parts(self) -> DecodingParts:
+        """The base model and what goes before every prompt: the prefix in the cache, or P-tuning's vectors."""
+        if self.is_prefix:
+            return DecodingParts(self.base, None, self.prefix_kv())
+        return DecodingParts(self.base, self.soft_prompt.detach(), None)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, **kwargs) -> CausalLMOutputWithPast:
         out = self.peft(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
@@ -68,14 +75,6 @@ class VirtualTokenModel(nn.Module):
         save_peft(self.peft, directory, meta)
 
 
-def cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(keys, values) per layer of a Transformers cache or of a legacy tuple of pairs."""
-    layers = getattr(cache, "layers", None)
-    if layers is not None:
-        return [(layer.keys.detach(), layer.values.detach()) for layer in layers]
-    return [(k.detach(), v.detach()) for k, v in cache]
-
-
 class PeftVirtualTokens(Method):
     """A PEFT prompt-learning method: `n_tokens` virtual tokens, PEFT's files on disk. A
     subclass gives its `peft_type` and its PEFT config (`peft_config`)."""
@@ -83,17 +82,17 @@ class PeftVirtualTokens(Method):
     weights_file = PEFT_WEIGHTS
     peft_type = ""
 
-    def peft_config(self, model: nn.Module, cfg: MethodConfig):
+    def peft_config(self, model: nn.Module, cfg: PTuningConfig | PrefixTuningConfig):
         raise NotImplementedError
 
-    def virtual_tokens(self, cfg: MethodConfig) -> int:
+    def virtual_tokens(self, cfg: PTuningConfig | PrefixTuningConfig) -> int:
         return cfg.n_tokens
 
     def decays(self, name: str) -> bool:
         # the virtual token table is an input (to the encoder, or the prefix itself), not a layer weight
         return not name.endswith("embedding.weight")
 
-    def prepare(self, model, tokenizer, cfg: MethodConfig) -> VirtualTokenModel:
+    def prepare(self, model, tokenizer, cfg: PTuningConfig | PrefixTuningConfig) -> VirtualTokenModel:
         from peft import get_peft_model
 
         freeze(model)
@@ -102,5 +101,5 @@ class PeftVirtualTokens(Method):
     def save(self, model: VirtualTokenModel, directory: Path, meta: dict) -> None:
         model.save(directory, meta)
 
-    def load(self, model, tokenizer, directory: Path, cfg: MethodConfig) -> VirtualTokenModel:
+    def load(self, model, tokenizer, directory: Path, cfg: PTuningConfig | PrefixTuningConfig) -> VirtualTokenModel:
         return VirtualTokenModel(load_peft(model, directory, self.peft_type, self.name))

@@ -18,7 +18,8 @@ from sumtune.runs import check_finished_run
 def _describe(cfg) -> str:
     from sumtune.methods import get_method
 
-    return get_method(cfg.method.name).describe(cfg.method)
+    method = get_method(cfg.method.name)
+    return method.describe(method.options(cfg.method))
 
 
 def _eval_fields(run: Path, split: str) -> dict[str, Any]:

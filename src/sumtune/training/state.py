@@ -26,7 +26,8 @@ from sumtune.fastpath import (
 )
 from sumtune.fingerprints import data_fingerprint
 from sumtune.io import FULL_DISK, writing
-from sumtune.methods import Method, get_method
+from sumtune.methods import get_method
+from sumtune.methods.base import Method
 from sumtune.modeling import (
     autocast_dtype,
     count_params,
@@ -144,7 +145,8 @@ def check_max_length(cfg: Config, model_config) -> None:
     """One-line error when a training row cannot fit the model's positions (a soft prompt's
     virtual tokens count too), before anything is written."""
     limit = max_positions(model_config)
-    extra = get_method(cfg.method.name).virtual_tokens(cfg.method)
+    method = get_method(cfg.method.name)
+    extra = method.virtual_tokens(method.options(cfg.method))
     if limit is not None and cfg.data.max_length + extra > limit:
         what = f"data.max_length {cfg.data.max_length}" + (f" + {extra} soft-prompt tokens" if extra else "")
         raise UserError(f"{what} exceeds the {limit} positions of model {cfg.model.name} "
@@ -205,7 +207,7 @@ def method_model(cfg: Config, tokenizer, base: torch.nn.Module, precision: str, 
     method = get_method(cfg.method.name)
     if cfg.train.gradient_checkpointing:
         enable_gradient_checkpointing(base)
-    model = method.prepare(base, tokenizer, cfg.method)
+    model = method.prepare(base, tokenizer, method.options(cfg.method))
     ctx = FastPathContext(autocast=autocast_dtype(precision), attention=cfg.model.attention, distributed=world > 1)
     enabled = from_config(cfg.train)
     if fsdp:

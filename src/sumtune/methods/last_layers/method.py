@@ -29,9 +29,9 @@ from pathlib import Path
 from torch import nn
 
 from sumtune.architecture import decoder_parts
-from sumtune.config import MethodConfig, check_last_layers
 from sumtune.errors import UserError
 from sumtune.methods.base import Method, freeze, load_params, save_params
+from sumtune.methods.last_layers.config import LastLayersConfig
 
 
 def untie_head(model: nn.Module) -> nn.Module:
@@ -53,23 +53,23 @@ def blocks_and_norm(model: nn.Module, need_norm: bool = False) -> tuple[nn.Modul
 class LastLayers(Method):
     name = "last_layers"
     weights_file = "weights.safetensors"
-    config_keys = ("last_k_blocks", "train_final_norm", "train_head")
+    config_class = LastLayersConfig
 
-    def describe(self, cfg: MethodConfig) -> str:
+    def describe(self, cfg: LastLayersConfig) -> str:
         k = cfg.last_k_blocks
         parts = ([f"last {k} blocks" if k > 1 else "last block"] if k else []) + (["final norm"] if cfg.train_final_norm else [])
         if not cfg.train_head:
             return " + ".join(parts) + " (head tied, frozen)"
         return " + ".join(["LM head (untied)", *parts]) if parts else "LM head (untied copy)"
 
-    def prepare(self, model, tokenizer, cfg: MethodConfig):
+    def prepare(self, model, tokenizer, cfg: LastLayersConfig):
         freeze(model)
         blocks, norm = blocks_and_norm(model, need_norm=cfg.train_final_norm)
         if cfg.last_k_blocks > len(blocks):
             raise UserError(
                 f"config key 'method.last_k_blocks': got {cfg.last_k_blocks}, the model has {len(blocks)} blocks"
             )
-        check_last_layers(cfg)
+        cfg.check(self.name)
         trained: list[nn.Module] = [untie_head(model)] if cfg.train_head else []
         if cfg.train_final_norm:
             trained.append(norm)
@@ -82,7 +82,7 @@ class LastLayers(Method):
     def save(self, model, directory: Path, meta: dict) -> None:
         save_params(model, directory, meta, self.weights_file)
 
-    def load(self, model, tokenizer, directory: Path, cfg: MethodConfig):
+    def load(self, model, tokenizer, directory: Path, cfg: LastLayersConfig):
         model = self.prepare(model, tokenizer, cfg)
         names = [n for n, p in model.named_parameters() if p.requires_grad]
         freeze(model)

@@ -23,10 +23,10 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from sumtune.config import MethodConfig
 from sumtune.errors import UserError
 from sumtune.io import atomic_dir, atomic_save_tensors, load_tensors, read_json
-from sumtune.methods.base import Method, freeze, weights_path, write_meta
+from sumtune.methods.base import DecodingParts, Method, freeze, weights_path, write_meta
+from sumtune.methods.prompt_tuning.config import PromptTuningConfig
 
 PEFT_KEY = "prompt_embeddings"  # the tensor name PEFT writes for prompt tuning
 
@@ -47,6 +47,10 @@ class SoftPromptModel(nn.Module):
     def n_tokens(self) -> int:
         return self.soft_prompt.shape[0]
 
+    def decoding_parts(self) -> DecodingParts:
+        """The base model and the soft prompt the decoder puts before every prompt."""
+        return DecodingParts(self.base, self.soft_prompt.detach(), None)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, **kwargs) -> CausalLMOutputWithPast:
         """Logits [B, T, V] for `input_ids` (virtual positions stripped), loss over the extended labels;
@@ -63,7 +67,7 @@ class SoftPromptModel(nn.Module):
         return CausalLMOutputWithPast(loss=out.loss, logits=out.logits[:, n:])
 
 
-def init_prompt(model: nn.Module, tokenizer, cfg: MethodConfig) -> torch.Tensor:
+def init_prompt(model: nn.Module, tokenizer, cfg: PromptTuningConfig) -> torch.Tensor:
     """The initial soft prompt [n_tokens, hidden] from the base model's input embeddings."""
     emb = model.get_input_embeddings()
     n = cfg.n_tokens
@@ -81,14 +85,14 @@ def init_prompt(model: nn.Module, tokenizer, cfg: MethodConfig) -> torch.Tensor:
 def peft_config(model: nn.Module, n_tokens: int, method_config: dict):
     """The PEFT PromptTuningConfig describing our prompt, as PEFT writes it when saving;
     `method_config` is the metadata's record of n_tokens/init_text/init_random."""
-    from peft import PromptTuningConfig
+    from peft import PromptTuningConfig as PeftPromptTuningConfig
 
     c = model.config
     init = "RANDOM"  # unknown initialisation
     if "init_random" in method_config:
         init = "SAMPLE_VOCAB" if method_config["init_random"] else "TEXT"
     text = init == "TEXT"
-    return PromptTuningConfig(
+    return PeftPromptTuningConfig(
         task_type="CAUSAL_LM", num_virtual_tokens=n_tokens, token_dim=c.hidden_size,
         num_transformer_submodules=1, num_attention_heads=c.num_attention_heads, num_layers=c.num_hidden_layers,
         prompt_tuning_init=init, prompt_tuning_init_text=method_config.get("init_text") if text else None,
@@ -100,13 +104,13 @@ def peft_config(model: nn.Module, n_tokens: int, method_config: dict):
 class PromptTuning(Method):
     name = "prompt_tuning"
     weights_file = "adapter_model.safetensors"
-    config_keys = ("n_tokens", "init_text", "init_random")
+    config_class = PromptTuningConfig
     not_exportable = "its soft prompt is learned input vectors, not model weights, so a plain model cannot hold it"
 
-    def describe(self, cfg: MethodConfig) -> str:
+    def describe(self, cfg: PromptTuningConfig) -> str:
         return f"soft prompt, {cfg.n_tokens} token{'' if cfg.n_tokens == 1 else 's'}"
 
-    def virtual_tokens(self, cfg: MethodConfig) -> int:
+    def virtual_tokens(self, cfg: PromptTuningConfig) -> int:
         return cfg.n_tokens
 
     def decays(self, name: str) -> bool:
@@ -114,7 +118,7 @@ class PromptTuning(Method):
         # towards zero, away from the scale of real token embeddings
         return not name.endswith("soft_prompt")
 
-    def prepare(self, model, tokenizer, cfg: MethodConfig) -> SoftPromptModel:
+    def prepare(self, model, tokenizer, cfg: PromptTuningConfig) -> SoftPromptModel:
         freeze(model)
         return SoftPromptModel(model, init_prompt(model, tokenizer, cfg))
 
@@ -124,7 +128,7 @@ class PromptTuning(Method):
             atomic_save_tensors(tmp / self.weights_file, {PEFT_KEY: model.soft_prompt}, metadata={"format": "pt"})
             write_meta(tmp, meta)
 
-    def load(self, model, tokenizer, directory: Path, cfg: MethodConfig) -> SoftPromptModel:
+    def load(self, model, tokenizer, directory: Path, cfg: PromptTuningConfig) -> SoftPromptModel:
         path = weights_path(directory, self.weights_file)
         peft_type = read_json(Path(directory) / "adapter_config.json").get("peft_type")
         if peft_type != "PROMPT_TUNING":

@@ -5,19 +5,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sumtune.config import MethodConfig
 from sumtune.io import atomic_dir
 from sumtune.methods.base import Method, freeze, write_meta
+from sumtune.methods.zero_shot.config import ZeroShotConfig
 
 
 class ZeroShot(Method):
     name = "zero_shot"
+    config_class = ZeroShotConfig
     trains = False
 
-    def describe(self, cfg: MethodConfig) -> str:
+    def describe(self, cfg: ZeroShotConfig) -> str:
         return "nothing (base model)"
 
-    def prepare(self, model, tokenizer, cfg: MethodConfig):
+    def prepare(self, model, tokenizer, cfg: ZeroShotConfig):
         freeze(model)
         return model
 
@@ -25,7 +26,7 @@ class ZeroShot(Method):
         with atomic_dir(directory) as tmp:
             write_meta(tmp, meta)
 
-    def load(self, model, tokenizer, directory: Path, cfg: MethodConfig):
+    def load(self, model, tokenizer, directory: Path, cfg: ZeroShotConfig):
         freeze(model)
         return model
 

@@ -15,10 +15,10 @@ import re
 from pathlib import Path
 
 from sumtune.architecture import block_linears, linear_dims
-from sumtune.config import MethodConfig
 from sumtune.errors import UserError
 from sumtune.methods.base import Method, freeze
-from sumtune.methods.lora import uses_conv1d
+from sumtune.methods.ia3.config import IA3Config
+from sumtune.methods.lora.method import uses_conv1d
 from sumtune.methods.peft_io import PEFT_WEIGHTS, load_peft, save_peft
 
 KEY_VALUE = re.compile(r"(k|v|key|value|kv|qkv|wk|wv|wqkv|query_key_value|c_attn)(_proj)?")
@@ -31,7 +31,7 @@ def _down_projections(model) -> set[str]:
     return {n for n, m in block_linears(model) if linear_dims(m)[1] == hidden and linear_dims(m)[0] > hidden}
 
 
-def targets(model, cfg: MethodConfig) -> tuple[list[str], list[str]]:
+def targets(model, cfg: IA3Config) -> tuple[list[str], list[str]]:
     """(target modules, the feed-forward ones among them, scaled on their input)."""
     down = _down_projections(model)
     if cfg.target_modules:
@@ -49,9 +49,9 @@ def targets(model, cfg: MethodConfig) -> tuple[list[str], list[str]]:
 class IA3(Method):
     name = "ia3"
     weights_file = PEFT_WEIGHTS
-    config_keys = ("target_modules",)
+    config_class = IA3Config
 
-    def describe(self, cfg: MethodConfig) -> str:
+    def describe(self, cfg: IA3Config) -> str:
         where = ", ".join(cfg.target_modules) if cfg.target_modules else "keys, values, MLP"
         return f"IA³ on {where}"
 
@@ -59,13 +59,14 @@ class IA3(Method):
         # the vectors start at 1 (identity): decay would pull them towards 0, switching channels off
         return False
 
-    def prepare(self, model, tokenizer, cfg: MethodConfig):
-        from peft import IA3Config, get_peft_model
+    def prepare(self, model, tokenizer, cfg: IA3Config):
+        from peft import IA3Config as PeftIA3Config
+        from peft import get_peft_model
 
         freeze(model)
         chosen, feedforward = targets(model, cfg)
         try:
-            return get_peft_model(model, IA3Config(task_type="CAUSAL_LM", target_modules=chosen,
+            return get_peft_model(model, PeftIA3Config(task_type="CAUSAL_LM", target_modules=chosen,
                                                    feedforward_modules=feedforward,
                                                    fan_in_fan_out=uses_conv1d(model, chosen)))
         except ValueError as e:
@@ -74,7 +75,7 @@ class IA3(Method):
     def save(self, model, directory: Path, meta: dict) -> None:
         save_peft(model, directory, meta)
 
-    def load(self, model, tokenizer, directory: Path, cfg: MethodConfig):
+    def load(self, model, tokenizer, directory: Path, cfg: IA3Config):
         return load_peft(model, directory, "IA3", self.name)
 
     def merged(self, model):

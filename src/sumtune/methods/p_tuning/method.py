@@ -6,21 +6,21 @@ keys/values in the cache, as for prompt tuning."""
 
 from __future__ import annotations
 
-from sumtune.config import MethodConfig
+from sumtune.methods.p_tuning.config import PTuningConfig
 from sumtune.methods.virtual_tokens import PeftVirtualTokens
 
 
 class PTuning(PeftVirtualTokens):
     name = "p_tuning"
     peft_type = "P_TUNING"
-    config_keys = ("n_tokens", "encoder", "encoder_hidden")
+    config_class = PTuningConfig
     not_exportable = ("its prompt encoder produces input vectors, not weights of a layer, so a plain model "
                       "cannot hold it")
 
-    def describe(self, cfg: MethodConfig) -> str:
+    def describe(self, cfg: PTuningConfig) -> str:
         return f"P-tuning, {cfg.n_tokens} tokens, {cfg.encoder.upper()} encoder"
 
-    def peft_config(self, model, cfg: MethodConfig):
+    def peft_config(self, model, cfg: PTuningConfig):
         from peft import PromptEncoderConfig
 
         return PromptEncoderConfig(

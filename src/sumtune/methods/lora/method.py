@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 
 from sumtune.architecture import block_linears
-from sumtune.config import MethodConfig
 from sumtune.errors import UserError
 from sumtune.io import atomic_dir, load_tensors, read_json
 from sumtune.methods.base import Method, freeze, weights_path, write_meta
+from sumtune.methods.lora.config import LoraConfig
 
 
 def default_targets(model: torch.nn.Module) -> list[str]:
@@ -25,7 +25,7 @@ def default_targets(model: torch.nn.Module) -> list[str]:
     return sorted({name.rsplit(".", 1)[-1] for name, _ in block_linears(model)})
 
 
-def target_modules(model: torch.nn.Module, cfg: MethodConfig) -> list[str]:
+def target_modules(model: torch.nn.Module, cfg: LoraConfig) -> list[str]:
     return list(cfg.target_modules) if cfg.target_modules else default_targets(model)
 
 
@@ -40,24 +40,24 @@ def uses_conv1d(model: torch.nn.Module, targets: list[str]) -> bool:
 class Lora(Method):
     name = "lora"
     weights_file = "adapter_model.safetensors"
-    config_keys = ("r", "alpha", "dropout", "target_modules", "use_dora", "use_rslora", "quantize")
+    config_class = LoraConfig
 
-    def describe(self, cfg: MethodConfig) -> str:
+    def describe(self, cfg: LoraConfig) -> str:
         where = ", ".join(cfg.target_modules) if cfg.target_modules else "attention+MLP"
         kind = ("Q" if cfg.quantize == "4bit" else "") + ("DoRA" if cfg.use_dora else "LoRA")
         return f"{kind} r={cfg.r} α={cfg.alpha}{' rs' if cfg.use_rslora else ''} on {where}"
 
-    def _config(self, model, cfg: MethodConfig):
-        from peft import LoraConfig
+    def _config(self, model, cfg: LoraConfig):
+        from peft import LoraConfig as PeftLoraConfig
 
         targets = target_modules(model, cfg)
-        return LoraConfig(
+        return PeftLoraConfig(
             task_type="CAUSAL_LM", r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
             target_modules=targets, fan_in_fan_out=uses_conv1d(model, targets),
             use_dora=cfg.use_dora, use_rslora=cfg.use_rslora,
         )
 
-    def prepare(self, model, tokenizer, cfg: MethodConfig):
+    def prepare(self, model, tokenizer, cfg: LoraConfig):
         from peft import get_peft_model
 
         freeze(model)
@@ -84,7 +84,7 @@ class Lora(Method):
         if peft_type != "LORA":
             raise UserError(f"{directory} holds a {peft_type} adapter, not LoRA; load it as its own method")
 
-    def load(self, model, tokenizer, directory: Path, cfg: MethodConfig):
+    def load(self, model, tokenizer, directory: Path, cfg: LoraConfig):
         from peft import PeftModel
 
         self.check_adapter(directory)

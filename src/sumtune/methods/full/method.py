@@ -5,18 +5,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sumtune.config import MethodConfig
 from sumtune.methods.base import Method, freeze, load_params, save_params
+from sumtune.methods.full.config import FullConfig
 
 
 class Full(Method):
     name = "full"
+    config_class = FullConfig
     weights_file = "weights.safetensors"
 
-    def describe(self, cfg: MethodConfig) -> str:
+    def describe(self, cfg: FullConfig) -> str:
         return "all weights"
 
-    def prepare(self, model, tokenizer, cfg: MethodConfig):
+    def prepare(self, model, tokenizer, cfg: FullConfig):
         for p in model.parameters():
             p.requires_grad_(True)
         return model
@@ -24,7 +25,7 @@ class Full(Method):
     def save(self, model, directory: Path, meta: dict) -> None:
         save_params(model, directory, meta, self.weights_file)
 
-    def load(self, model, tokenizer, directory: Path, cfg: MethodConfig):
+    def load(self, model, tokenizer, directory: Path, cfg: FullConfig):
         freeze(model)
         load_params(model, directory, self.weights_file, [n for n, _ in model.named_parameters()])
         return model

@@ -1,0 +1,28 @@
+"""What every method's config dataclass shares. Each method declares its own keys in
+`methods/<name>/config.py` (as PEFT's tuners do); `sumtune.config` builds the `method:` section of
+a run's config from all of them, so these modules must not import torch (the CLI parses flags
+without it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+Range = tuple[Callable[[Any], bool], str]  # (predicate, what a valid value is)
+
+
+@dataclass
+class MethodConfigBase:
+    # key -> its valid range, checked whatever the chosen method (a key belongs to the method that
+    # declares it, and a shared key such as n_tokens means the same for every method declaring it)
+    RANGES: ClassVar[dict[str, Range]] = {}
+
+    @classmethod
+    def of(cls, section: Any) -> MethodConfigBase:
+        """This method's keys read from the `method:` section (`sumtune.config.MethodConfig`) or from any
+        object holding them."""
+        return cls(**{f.name: getattr(section, f.name) for f in fields(cls)})
+
+    def check(self, method: str) -> None:
+        """One-line error for a combination of keys that cannot work when `method` is the chosen method."""

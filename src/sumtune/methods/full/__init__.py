@@ -1,0 +1,1 @@
+"""Full fine-tuning: no options (config.py), every weight trains (method.py)."""

@@ -1,0 +1,1 @@
+"""IA³: its options (config.py) and the method (method.py)."""

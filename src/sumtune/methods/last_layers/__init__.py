@@ -1,0 +1,1 @@
+"""Last-layers tuning: its options (config.py) and the method (method.py)."""

@@ -1,0 +1,1 @@
+"""P-tuning: its options (config.py) and the method (method.py)."""

@@ -1,0 +1,1 @@
+"""Prefix tuning: its options (config.py) and the method (method.py)."""

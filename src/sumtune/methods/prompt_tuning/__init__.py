@@ -1,0 +1,1 @@
+"""Soft-prompt tuning: its options (config.py) and the method (method.py)."""

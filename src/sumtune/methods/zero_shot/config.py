@@ -1,0 +1,12 @@
+"""Zero-shot has no options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sumtune.methods.config_base import MethodConfigBase
+
+
+@dataclass
+class ZeroShotConfig(MethodConfigBase):
+    pass
