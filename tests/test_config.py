@@ -254,6 +254,18 @@ def test_method_section_is_built_from_each_methods_own_config():
     assert get_method("lora").options(cfg.method).r == 4 and get_method("p_tuning").options(cfg.method).n_tokens == 3
 
 
+def test_every_method_that_trains_declares_its_lr_grids():
+    from sumtune.methods import CONFIGS, get_method
+    from sumtune.recipes.experiment import DEMO_LR_GRID, LR_GRID, grid_key
+
+    for name, cls in CONFIGS.items():
+        cfg = build_config(sets=[f"method.name={name}"])
+        assert (grid_key(cfg) in LR_GRID and grid_key(cfg) in DEMO_LR_GRID) == get_method(name).trains
+        assert set(cls.LR_GRIDS) == set(cls.DEMO_LR_GRIDS)
+    blocks = build_config(sets=["method.name=last_layers", "method.train_head=false", "method.last_k_blocks=1"])
+    assert grid_key(blocks) == "last_layers_blocks" and LR_GRID["last_layers_blocks"] == (3e-5, 1e-4, 3e-4)
+
+
 def test_method_keys_declared_twice_must_agree():
     from dataclasses import dataclass
 

@@ -74,6 +74,7 @@ class Method(ABC):
     weights_file: str | None = None  # inside RUN/adapter; None: the method saves no weights
     config_class: type[MethodConfigBase] = MethodConfigBase  # its keys (recorded in the metadata)
     not_exportable: str = ""  # why a plain model cannot hold what this method trains ("" = it can)
+    shards: bool = False  # FSDP may shard it (it trains enough weights for sharding to pay)
 
     @abstractmethod
     def prepare(self, model: torch.nn.Module, tokenizer, cfg: MethodConfigBase) -> torch.nn.Module:
@@ -104,6 +105,11 @@ class Method(ABC):
         """Whether AdamW's weight decay applies to the trained matrix `name` (biases and norms
         never decay; a method excludes what is not a layer weight)."""
         return True
+
+    def write_state(self, model: torch.nn.Module, directory: Path, state: dict[str, torch.Tensor]) -> None:
+        """Write the trained tensors `state` (gathered from the shards of a sharded run, by their names
+        in `model`) into `directory` in this method's format; the caller adds the metadata."""
+        atomic_save_tensors(directory / self.weights_file, state, metadata={"format": "pt"})
 
     def trainable_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """The trainable tensors by name (used by checkpoints)."""

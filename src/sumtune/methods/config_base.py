@@ -17,12 +17,21 @@ class MethodConfigBase:
     # key -> its valid range, checked whatever the chosen method (a key belongs to the method that
     # declares it, and a shared key such as n_tokens means the same for every method declaring it)
     RANGES: ClassVar[dict[str, Range]] = {}
+    # learning-rate grids for AdamW (`sumtune experiment`) by grid name: the method's name, plus any
+    # variant that needs its own; from the literature, cited where declared. DEMO_LR_GRIDS: the demo's
+    # tiny random model, which learns only at far larger rates than a pretrained one.
+    LR_GRIDS: ClassVar[dict[str, tuple[float, ...]]] = {}
+    DEMO_LR_GRIDS: ClassVar[dict[str, tuple[float, ...]]] = {}
 
     @classmethod
     def of(cls, section: Any) -> MethodConfigBase:
         """This method's keys read from the `method:` section (`sumtune.config.MethodConfig`) or from any
         object holding them."""
         return cls(**{f.name: getattr(section, f.name) for f in fields(cls)})
+
+    def grid(self, method: str) -> str:
+        """The name of the LR grid this configuration of `method` sweeps."""
+        return method
 
     def check(self, method: str) -> None:
         """One-line error for a combination of keys that cannot work when `method` is the chosen method."""

@@ -6,7 +6,7 @@ into OUT/<method> (with --seeds N, also OUT/<method>-seed<S> for the further see
 evaluated on the test split with one decoding for all, and the runs are compared into OUT.
 
 Learning rates: one rate for all methods would be unfair (soft prompts need a far larger one
-than LoRA), so each method has its own grid (LR_GRID, with sources). Without --sweep-lr each
+than LoRA), so each method has its own grid (LR_GRIDS in its config.py, with sources). Without --sweep-lr each
 method uses the middle of its grid; with it, a short run per grid value goes to
 OUT/sweep/<method>/lr<value>, the rate with the lowest validation loss is kept, and a best rate
 at the edge of the grid extends the grid one step in that direction. `lr` (the --lr flag)
@@ -32,50 +32,16 @@ from sumtune.config import Config, build_config, config_differences, load_run_co
 from sumtune.errors import UserError
 from sumtune.io import atomic_dir, atomic_write_json, read_json
 from sumtune.lock import DirLock
+from sumtune.methods import CONFIGS as METHOD_CONFIGS
+from sumtune.methods import get_method
 from sumtune.runs import RunDir
 
 log = logging.getLogger(__name__)
 
 METHODS = ("zero_shot", "prompt_tuning", "lora", "last_layers")
-# Learning-rate grids for AdamW, from the literature:
-# - prompt tuning: Lester et al. 2021 train soft prompts at 0.3 (Adafactor); with AdamW, PEFT's
-#   prompt-tuning examples use 3e-2 and P-tuning v2 (Liu et al. 2022) 5e-3..1e-2: 3e-3 .. 3e-1.
-# - LoRA: Hu et al. 2021 use 2e-4 for GPT-2 (E2E), PEFT examples 1e-4..1e-3.
-# - last_layers, head only: a linear head tolerates larger rates (linear probing, e.g. Kumar et
-#   al. 2022 "LP-FT"): 1e-4 .. 1e-3. With blocks and a frozen head (`last_layers_blocks`):
-#   the partial fine-tuning range, as full fine-tuning but one step higher.
-# - full: GPT-2/GPT-Neo fine-tuning at 1e-5 .. 1e-4 (Radford et al. 2019; HF run_clm's 5e-5).
-# - prefix tuning: Li & Liang 2021 train reparameterised prefixes at 5e-5 .. 8e-5 (GPT-2 table-to-text,
-#   BART summarization at the same order); directly trained prefixes take far larger rates (PEFT's
-#   prefix-tuning examples: 1e-2): 1e-4 .. 1e-2 covers both (`method.prefix_projection` picks).
-# - P-tuning: Liu et al. 2021 ("GPT Understands, Too") give no rate for a frozen model that transfers
-#   (their SuperGLUE runs tune the whole model); PEFT's P-tuning examples use 1e-3 and P-tuning v2
-#   (Liu et al. 2022) 5e-3 .. 1e-2: 1e-4 .. 1e-2.
-# - IA³: Liu et al. 2022 (T-Few) train the scaling vectors at 3e-3 (Adafactor); with AdamW the same
-#   order (PEFT's IA³ examples 3e-3 .. 1e-2): 1e-3 .. 1e-2.
-# - DoRA and rsLoRA are LoRA options and use LoRA's grid: Liu et al. 2024 (DoRA) keep LoRA's rates
-#   (1e-4 .. 2e-4 on LLaMA); Kalajdzievski 2023's scaling is meant to keep one rate across ranks.
-LR_GRID = {
-    "prompt_tuning": (3e-3, 1e-2, 3e-2, 1e-1, 3e-1),
-    "prefix_tuning": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
-    "p_tuning": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
-    "ia3": (1e-3, 3e-3, 1e-2),
-    "lora": (1e-4, 3e-4, 1e-3),
-    "last_layers": (1e-4, 3e-4, 1e-3),
-    "last_layers_blocks": (3e-5, 1e-4, 3e-4),
-    "full": (1e-5, 3e-5, 1e-4),
-}
-# a tiny random model learns only at far larger rates than a pretrained one
-DEMO_LR_GRID = {
-    "prompt_tuning": (1e-1, 3e-1, 1.0),
-    "prefix_tuning": (1e-2, 3e-2, 1e-1),
-    "p_tuning": (1e-2, 3e-2, 1e-1),
-    "ia3": (1e-2, 3e-2, 1e-1),
-    "lora": (3e-3, 1e-2, 3e-2),
-    "last_layers": (1e-3, 3e-3, 1e-2),
-    "last_layers_blocks": (1e-3, 3e-3, 1e-2),
-    "full": (1e-3, 3e-3, 1e-2),
-}
+# Learning-rate grids by grid name, each declared (with its sources) by its method's config
+LR_GRID = {key: grid for cls in METHOD_CONFIGS.values() for key, grid in cls.LR_GRIDS.items()}
+DEMO_LR_GRID = {key: grid for cls in METHOD_CONFIGS.values() for key, grid in cls.DEMO_LR_GRIDS.items()}
 # A sweep run must take this many optimizer steps after warmup: under warmup the first step's
 # rate is 0, and a run of one or two steps leaves every rate at the zero-shot loss, so the sweep
 # would "choose" the first rate of a tie.
@@ -103,11 +69,8 @@ class Plan:
 
 
 def grid_key(cfg: Config) -> str:
-    """The LR grid a method's configuration uses (last_layers with a frozen head has its own)."""
-    name = cfg.method.name
-    if name == "last_layers" and not getattr(cfg.method, "train_head", True):
-        return "last_layers_blocks"
-    return name
+    """The LR grid a method's configuration uses (a variant may have its own: `MethodConfigBase.grid`)."""
+    return METHOD_CONFIGS[cfg.method.name].of(cfg.method).grid(cfg.method.name)
 
 
 # --- one run ------------------------------------------------------------------
@@ -294,7 +257,7 @@ def _check_plan(cfg: Config, plan: Plan) -> None:
 def _method_lr(cfg: Config, plan: Plan, method: str, record: dict, memo: dict) -> float | None:
     """The method's rate: fixed by --lr, else swept (recorded) or the middle of its grid."""
     lr = _fixed_lr(plan, method)
-    if method == "zero_shot" or lr is not None:
+    if not get_method(method).trains or lr is not None:
         return lr
     grid = plan.lr_grid[grid_key(_method_cfg(cfg, method, Path(cfg.output_dir) / method, None))]
     if not plan.sweep_lr:
@@ -319,7 +282,7 @@ def run_experiment(cfg: Config, plan: Plan | None = None) -> dict:
         for method in plan.methods():
             lr = record["lr"][method] = _method_lr(cfg, plan, method, record, memo)
             record["runs"][method] = []
-            for i, seed in enumerate(seeds if method != "zero_shot" else seeds[:1]):
+            for i, seed in enumerate(seeds if get_method(method).trains else seeds[:1]):
                 c = _method_cfg(cfg, method, out / (method if i == 0 else f"{method}-seed{seed}"), lr, seed)
                 print(f"== {method}" + (f" (lr {lr:g})" if lr is not None else "") + f", seed {seed} -> {c.output_dir}")
                 run, trained = _train(c, plan.overwrite, memo)

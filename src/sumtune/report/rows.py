@@ -15,11 +15,10 @@ from sumtune.metrics import ROUGE_KEYS
 from sumtune.runs import check_finished_run
 
 
-def _describe(cfg) -> str:
+def _method(cfg):
     from sumtune.methods import get_method
 
-    method = get_method(cfg.method.name)
-    return method.describe(method.options(cfg.method))
+    return get_method(cfg.method.name)
 
 
 def _eval_fields(run: Path, split: str) -> dict[str, Any]:
@@ -48,8 +47,9 @@ def run_row(run: Path, split: str = "test", experiment: dict | None = None) -> d
     trainable, total = res.get("trainable_params"), res.get("total_params")
     epochs, seconds = res.get("epochs_run") or 0, res.get("train_seconds")
     sweep = ((experiment or {}).get("sweep") or {}).get(method) or {}
+    m = _method(cfg)
     return {
-        "run": run.name, "path": str(run), "method": method, "trained": _describe(cfg), "seed": cfg.train.seed,
+        "run": run.name, "path": str(run), "method": method, "trained": m.describe(m.options(cfg.method)), "seed": cfg.train.seed,
         "trainable_params": trainable, "total_params": total,
         "trainable_pct": 100.0 * trainable / total if trainable is not None and total else None,
         "train_seconds": seconds, "validation_seconds": res.get("validation_seconds"),
@@ -58,7 +58,7 @@ def run_row(run: Path, split: str = "test", experiment: dict | None = None) -> d
         "epochs_run": epochs, "best_step": res.get("best_step"), "early_stopped": res.get("early_stopped"),
         "peak_memory_mb": res.get("peak_memory_mb"), "peak_memory_kind": res.get("peak_memory_kind", "peak RSS"),
         "tokens_per_s": res.get("tokens_per_s"), "precision": res.get("precision"),
-        "lr": cfg.train.lr if method != "zero_shot" else None, "best_val_loss": res.get("best_val_loss"),
+        "lr": cfg.train.lr if m.trains else None, "best_val_loss": res.get("best_val_loss"),
         "model": cfg.model.name, "data": cfg.data.source, "data_sizes": res.get("data_sizes"),
         **_eval_fields(run, split),
     }

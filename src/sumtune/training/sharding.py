@@ -32,9 +32,10 @@ from pathlib import Path
 
 import torch
 
+from sumtune.config import METHODS
 from sumtune.errors import UserError
+from sumtune.methods import get_method
 
-FSDP_METHODS = ("full", "lora")
 FSDP_FAST_PATHS = frozenset({"sdpa_attention", "fused_gelu", "fast_lora"})
 
 
@@ -58,8 +59,9 @@ def fsdp_plan(cfg, accelerator) -> dict:
     if version != 2:
         raise UserError(f"FSDP version {version} is not supported; sumtune shards with FSDP2: "
                         "accelerate launch --use_fsdp --fsdp_version 2")
-    if cfg.method.name not in FSDP_METHODS:
-        raise UserError(f"FSDP shards the methods {' and '.join(FSDP_METHODS)}; {cfg.method.name} trains too few "
+    if not get_method(cfg.method.name).shards:
+        shardable = [m for m in METHODS if get_method(m).shards]
+        raise UserError(f"FSDP shards the methods {' and '.join(shardable)}; {cfg.method.name} trains too few "
                         "parameters to shard: launch it with DDP (accelerate launch --multi_gpu, no --use_fsdp)")
     if offload and accelerator.device.type == "cpu":
         raise UserError("train.cpu_offload moves FSDP shards from an accelerator into CPU memory; this run is on "
@@ -160,17 +162,14 @@ def save_gathered(method, model: torch.nn.Module, directory: Path, meta: dict, m
     """The trainable weights gathered from every process (a collective: all processes call
     it), written by the main process in the method's own format: PEFT's adapter for lora, the
     full weights file for full (tied tensors once, as `methods.base.save_params`)."""
-    from sumtune.io import atomic_dir, atomic_save_tensors
+    from sumtune.io import atomic_dir
     from sumtune.methods.base import write_meta
 
     state = {n: as_plain(p.detach()).cpu() for n, p in model.named_parameters() if p.requires_grad}
     if not main:
         return
     with atomic_dir(directory) as tmp:
-        if method.name == "lora":
-            model.save_pretrained(tmp, state_dict=state)
-        else:
-            atomic_save_tensors(tmp / method.weights_file, state, metadata={"format": "pt"})
+        method.write_state(model, tmp, state)
         write_meta(tmp, meta)
 
 

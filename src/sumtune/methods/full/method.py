@@ -12,6 +12,7 @@ from sumtune.methods.full.config import FullConfig
 class Full(Method):
     name = "full"
     config_class = FullConfig
+    shards = True
     weights_file = "weights.safetensors"
 
     def describe(self, cfg: FullConfig) -> str:

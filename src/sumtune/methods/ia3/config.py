@@ -9,4 +9,10 @@ from sumtune.methods.config_base import MethodConfigBase
 
 @dataclass
 class IA3Config(MethodConfigBase):
-    target_modules: list[str] = field(default_factory=list)  # empty = the key/value projections and the MLP down projection
+    # empty = the key/value projections and the MLP down projection
+    target_modules: list[str] = field(default_factory=list)
+
+    # Liu et al. 2022 (T-Few) train the scaling vectors at 3e-3 (Adafactor); with AdamW the same order
+    # (PEFT's IA³ examples 3e-3 .. 1e-2): 1e-3 .. 1e-2.
+    LR_GRIDS = {"ia3": (1e-3, 3e-3, 1e-2)}
+    DEMO_LR_GRIDS = {"ia3": (1e-2, 3e-2, 1e-1)}

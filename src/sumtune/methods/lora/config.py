@@ -25,6 +25,12 @@ class LoraConfig(MethodConfigBase):
         "dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     }
 
+    # Hu et al. 2021 use 2e-4 for GPT-2 (E2E), PEFT examples 1e-4..1e-3. DoRA and rsLoRA keep this
+    # grid: Liu et al. 2024 (DoRA) keep LoRA's rates (1e-4 .. 2e-4 on LLaMA); Kalajdzievski 2023's
+    # scaling is meant to keep one rate across ranks.
+    LR_GRIDS = {"lora": (1e-4, 3e-4, 1e-3)}
+    DEMO_LR_GRIDS = {"lora": (3e-3, 1e-2, 3e-2)}
+
     def check(self, method: str) -> None:
         if self.quantize != "none" and method != "lora":
             raise UserError(f"config key 'method.quantize' is {self.quantize!r}: quantised training is QLoRA, "

@@ -41,6 +41,7 @@ class Lora(Method):
     name = "lora"
     weights_file = "adapter_model.safetensors"
     config_class = LoraConfig
+    shards = True
 
     def describe(self, cfg: LoraConfig) -> str:
         where = ", ".join(cfg.target_modules) if cfg.target_modules else "attention+MLP"
@@ -76,6 +77,9 @@ class Lora(Method):
         with atomic_dir(directory) as tmp:
             model.save_pretrained(tmp)
             write_meta(tmp, meta)
+
+    def write_state(self, model, directory: Path, state: dict[str, torch.Tensor]) -> None:
+        model.save_pretrained(directory, state_dict=state)
 
     def check_adapter(self, directory: Path) -> None:
         """One-line errors for a truncated or corrupt adapter or another PEFT type (before PEFT reads it)."""

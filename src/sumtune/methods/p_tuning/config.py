@@ -18,3 +18,9 @@ class PTuningConfig(MethodConfigBase):
         "n_tokens": (lambda v: v >= 1, "an integer >= 1"),
         "encoder_hidden": (lambda v: v >= 0, "an integer >= 0 (0 = the model's hidden size)"),
     }
+
+    # Liu et al. 2021 ("GPT Understands, Too") give no rate for a frozen model that transfers (their
+    # SuperGLUE runs tune the whole model); PEFT's P-tuning examples use 1e-3 and P-tuning v2 (Liu et
+    # al. 2022) 5e-3 .. 1e-2: 1e-4 .. 1e-2.
+    LR_GRIDS = {"p_tuning": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)}
+    DEMO_LR_GRIDS = {"p_tuning": (1e-2, 3e-2, 1e-1)}

@@ -17,3 +17,9 @@ class PrefixTuningConfig(MethodConfigBase):
         "n_tokens": (lambda v: v >= 1, "an integer >= 1"),
         "encoder_hidden": (lambda v: v >= 0, "an integer >= 0 (0 = the model's hidden size)"),
     }
+
+    # Li & Liang 2021 train reparameterised prefixes at 5e-5 .. 8e-5 (GPT-2 table-to-text, BART
+    # summarization at the same order); directly trained prefixes take far larger rates (PEFT's
+    # prefix-tuning examples: 1e-2): 1e-4 .. 1e-2 covers both (`prefix_projection` picks).
+    LR_GRIDS = {"prefix_tuning": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)}
+    DEMO_LR_GRIDS = {"prefix_tuning": (1e-2, 3e-2, 1e-1)}

@@ -14,3 +14,8 @@ class PromptTuningConfig(MethodConfigBase):
     init_random: bool = False  # init from random vocabulary embeddings instead
 
     RANGES = {"n_tokens": (lambda v: v >= 1, "an integer >= 1")}
+
+    # Lester et al. 2021 train soft prompts at 0.3 (Adafactor); with AdamW, PEFT's prompt-tuning
+    # examples use 3e-2 and P-tuning v2 (Liu et al. 2022) 5e-3..1e-2: 3e-3 .. 3e-1.
+    LR_GRIDS = {"prompt_tuning": (3e-3, 1e-2, 3e-2, 1e-1, 3e-1)}
+    DEMO_LR_GRIDS = {"prompt_tuning": (1e-1, 3e-1, 1.0)}
