@@ -28,15 +28,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sumtune.config import Config, load_run_config
+from sumtune.config import METHODS, Config, load_run_config
 from sumtune.decoding import BASE_ADAPTER, Generator, Variant
 from sumtune.errors import UserError
+from sumtune.methods import get_method
+from sumtune.methods.base import decoding_parts
 
 log = logging.getLogger(__name__)
 
 BASE_KEYS = ("model_type", "config_sha", "weights_sha")
-SWAPS = ("last_layers", "full")
-SERVABLE = ("zero_shot", "prompt_tuning", "lora", *SWAPS)  # prefix_tuning, p_tuning, ia3: not yet
 
 
 @dataclass
@@ -104,9 +104,11 @@ class RunSet:
         check_same_base(runs, metas)
         cfgs = [load_run_config(r) for r in runs]
         for run, cfg in zip(runs, cfgs):
-            if cfg.method.name not in SERVABLE or cfg.method.quantize != "none" or cfg.method.use_dora:
-                what = "DoRA" if cfg.method.use_dora else "QLoRA" if cfg.method.quantize != "none" else cfg.method.name
-                raise UserError(f"{run}: sumtune serve batches {', '.join(SERVABLE)} runs (no DoRA, unquantised); "
+            method = get_method(cfg.method.name)
+            what = method.serve_refusal(method.options(cfg.method))
+            if what:
+                servable = ", ".join(m for m in METHODS if get_method(m).serving)
+                raise UserError(f"{run}: sumtune serve batches {servable} runs (no DoRA, unquantised); "
                                 f"use `sumtune evaluate` or `summarize` for a {what} run")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._load_base(base_model or cfgs[0].model.name, runs, metas)
@@ -119,7 +121,6 @@ class RunSet:
 
     def _load_base(self, name: str, runs: list[Path], metas: list[dict]) -> None:
         from sumtune.fingerprints import fingerprint
-        from sumtune.methods import get_method
         from sumtune.modeling import load_model, load_tokenizer
         from sumtune.runs import check_base, check_method
 
@@ -140,17 +141,15 @@ class RunSet:
         self.peft = None  # the PeftModel holding every LoRA run's adapter, once there is one
 
     def _load_run(self, name: str, run: Path, cfg: Config) -> ServedRun:
-        from sumtune.methods import get_method
-
         method = get_method(cfg.method.name)
         served = ServedRun(name, run, method.name, method.describe(method.options(cfg.method)), cfg)
         adapter = run / "adapter"
-        if method.name == "prompt_tuning":
+        if method.serving == "soft_prompt":
             wrapped = method.load(self.base, self.tokenizer, adapter, method.options(cfg.method))  # shares the base
-            served.soft = wrapped.soft_prompt.detach()
-        elif method.name == "lora":
+            served.soft = decoding_parts(wrapped).soft_prompt
+        elif method.serving == "adapter":
             served.variant = Variant(adapter=self._add_adapter(method, adapter, len(self.runs)))
-        elif method.name in SWAPS:
+        elif method.serving == "weights":
             served.swap = self._trained_slots(method, adapter, cfg)
         return served
 
@@ -168,7 +167,7 @@ class RunSet:
     def _trained_slots(self, method, adapter: Path, cfg: Config) -> list[tuple[nn.Module, str, torch.Tensor]]:
         """(module, attribute, trained tensor) for every base parameter the run replaces, its
         tensors checked against the method's model built on the meta device (no memory); for
-        `full` a tied head follows the trained embeddings, as in the run."""
+        tied head follows trained embeddings (full fine-tuning saves a tied tensor once), as in the run."""
         from transformers import AutoModelForCausalLM
 
         from sumtune.methods.base import read_params
@@ -176,11 +175,11 @@ class RunSet:
         with torch.device("meta"):
             shape = AutoModelForCausalLM.from_config(copy.deepcopy(self.base.config))
         shape = method.prepare(shape, self.tokenizer, method.options(cfg.method))
-        names = [n for n, p in shape.named_parameters() if p.requires_grad or method.name == "full"]
+        names = [n for n, p in shape.named_parameters() if p.requires_grad]
         tensors = read_params(shape, adapter, method.weights_file, names)
         slots = []
         for n, (module, attr, canonical) in self.slots.items():
-            source = n if n in tensors else canonical if method.name == "full" else None
+            source = n if n in tensors else canonical
             if source in tensors:
                 slots.append((module, attr, tensors[source]))
         return slots

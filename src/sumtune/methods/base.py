@@ -75,6 +75,10 @@ class Method(ABC):
     config_class: type[MethodConfigBase] = MethodConfigBase  # its keys (recorded in the metadata)
     not_exportable: str = ""  # why a plain model cannot hold what this method trains ("" = it can)
     shards: bool = False  # FSDP may shard it (it trains enough weights for sharding to pay)
+    # how `sumtune serve` holds a run beside the shared base model: "base" (nothing of its own),
+    # "soft_prompt" (its keys/values per row), "adapter" (a named PEFT adapter), "weights" (its
+    # trained tensors swapped in per batch); "" = not servable yet
+    serving: str = ""
 
     @abstractmethod
     def prepare(self, model: torch.nn.Module, tokenizer, cfg: MethodConfigBase) -> torch.nn.Module:
@@ -110,6 +114,10 @@ class Method(ABC):
         """Write the trained tensors `state` (gathered from the shards of a sharded run, by their names
         in `model`) into `directory` in this method's format; the caller adds the metadata."""
         atomic_save_tensors(directory / self.weights_file, state, metadata={"format": "pt"})
+
+    def serve_refusal(self, cfg: MethodConfigBase) -> str:
+        """What keeps `sumtune serve` from batching a run of this method with options `cfg` ("" = nothing)."""
+        return "" if self.serving else self.name
 
     def trainable_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """The trainable tensors by name (used by checkpoints)."""

@@ -12,6 +12,7 @@ from sumtune.methods.full.config import FullConfig
 class Full(Method):
     name = "full"
     config_class = FullConfig
+    serving = "weights"
     shards = True
     weights_file = "weights.safetensors"
 

@@ -54,6 +54,7 @@ class LastLayers(Method):
     name = "last_layers"
     weights_file = "weights.safetensors"
     config_class = LastLayersConfig
+    serving = "weights"
 
     def describe(self, cfg: LastLayersConfig) -> str:
         k = cfg.last_k_blocks

@@ -41,6 +41,7 @@ class Lora(Method):
     name = "lora"
     weights_file = "adapter_model.safetensors"
     config_class = LoraConfig
+    serving = "adapter"
     shards = True
 
     def describe(self, cfg: LoraConfig) -> str:
@@ -80,6 +81,9 @@ class Lora(Method):
 
     def write_state(self, model, directory: Path, state: dict[str, torch.Tensor]) -> None:
         model.save_pretrained(directory, state_dict=state)
+
+    def serve_refusal(self, cfg: LoraConfig) -> str:
+        return "DoRA" if cfg.use_dora else "QLoRA" if cfg.quantize != "none" else ""
 
     def check_adapter(self, directory: Path) -> None:
         """One-line errors for a truncated or corrupt adapter or another PEFT type (before PEFT reads it)."""

@@ -105,6 +105,7 @@ class PromptTuning(Method):
     name = "prompt_tuning"
     weights_file = "adapter_model.safetensors"
     config_class = PromptTuningConfig
+    serving = "soft_prompt"
     not_exportable = "its soft prompt is learned input vectors, not model weights, so a plain model cannot hold it"
 
     def describe(self, cfg: PromptTuningConfig) -> str:

@@ -13,6 +13,7 @@ from sumtune.methods.zero_shot.config import ZeroShotConfig
 class ZeroShot(Method):
     name = "zero_shot"
     config_class = ZeroShotConfig
+    serving = "base"
     trains = False
 
     def describe(self, cfg: ZeroShotConfig) -> str:
