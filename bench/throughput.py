@@ -10,7 +10,8 @@ model, hyper-parameters and precision.
 Both sides: LoRA r 8, alpha 16, dropout 0.05 on every attention and MLP linear layer;
 12 virtual tokens; head-only with the head untied; batch 2 x accumulation 4; lr 5e-4,
 clipping 1.0; fused AdamW; the precision `--precision` resolves to on this machine
-(auto: bf16 only with AMX/AVX512-BF16 or a GPU; the peer gets --bf16 exactly then).
+(auto: bf16 on a CUDA GPU with bf16 or a CPU with AMX/AVX512-BF16, else fp16 on a CUDA GPU,
+else fp32 on the CPU; the peer gets --bf16 exactly when it is bf16, and has no fp16 flag).
 Each side trains `--steps` optimizer steps on the first steps x 8 rows of the file (each
 row seen once, in a fresh process each time) and the two alternate, `--reps` times.
 tokens/s = rows x mean row length / training seconds, as the peer counts it; peak RSS
