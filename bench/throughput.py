@@ -24,8 +24,8 @@ achieved model FLOP/s over the bf16 matmul peak measured here, before and after 
 the better of the two; bench/mfu.py says what counts as model FLOPs); with --json the last
 line is one JSON object.
 A run during which other processes used more than 10% of the CPUs is marked "busy" and
-left out of the medians when each side has a run that is not (on 2 shared cores a busy
-neighbour slows 2-thread matmuls several-fold, which swamps any comparison).
+left out of the medians when each side has a run that is not (on a machine shared with other
+work, a busy neighbour can slow the matmuls enough to swamp the comparison).
 """
 
 from __future__ import annotations
