@@ -59,7 +59,8 @@ def write_model_dir(name: str, out: Path) -> Path:
 
 
 def precision_for(requested: str) -> str:
-    """What `--precision` means on this machine (auto: bf16 only where the hardware runs it fast)."""
+    """What `--precision` means on this machine (`sumtune.modeling.resolve_precision`; auto: bf16 on a CUDA
+    GPU with bf16 or a CPU with AMX/AVX512-BF16, else fp16 on a CUDA GPU, else fp32 on the CPU)."""
     from sumtune.modeling import resolve_precision
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -21,17 +21,17 @@ printed: median summaries/s of each, the ratio, and whether the outputs matched.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import time
 
 import torch
-from common import build_model, load_rows, precision_for  # noqa: E402
+from common import build_model, load_rows, precision_for
 
-from sumtune.config import EvalConfig  # noqa: E402
-from sumtune.decoding import Generator  # noqa: E402
-from sumtune.fastpath import speed_up  # noqa: E402
-from sumtune.fastpath.attention import set_attention  # noqa: E402
+from sumtune.config import EvalConfig
+from sumtune.decoding import Generator
+from sumtune.fastpath import set_attention, speed_up
 
 
 def hf_generate(model, prompts, eos: int, max_new: int, autocast) -> list[list[int]]:
@@ -73,7 +73,7 @@ def timed(fn, device: torch.device):
     return out, time.perf_counter() - t0, torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="JSONL of {input_ids, labels} (make_token_data.py)")
     ap.add_argument("--model", default="gpt-neo-125m-random")
@@ -84,25 +84,31 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="end with one JSON line")
-    a = ap.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    precision = precision_for(a.precision)
-    rows = load_rows(a.data)[: a.n]
-    prompts = [[t for t, y in zip(r["input_ids"], r["labels"]) if y == -100] for r in rows]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = build_model(a.model)  # HF's side: as users run it (autocast over fp32 weights)
+    return ap.parse_args(argv)
+
+
+def load_prompts(path: str, n: int) -> list[list[int]]:
+    """The article part (labels -100) of the first `n` rows of a make_token_data.py file."""
+    return [[t for t, y in zip(r["input_ids"], r["labels"]) if y == -100] for r in load_rows(path)[:n]]
+
+
+def build_sides(name: str, device: torch.device, dtype: torch.dtype | None):
+    """(HF's model, sumtune's model, tokenizer): the same weights twice, HF's as users run it (autocast
+    over fp32 weights), sumtune's prepared as `sumtune evaluate` prepares a run."""
+    model, tokenizer = build_model(name)
     model.eval().to(device)
-    ours, _ = build_model(a.model)  # sumtune's side: prepared as `sumtune evaluate` prepares a run
+    ours, _ = build_model(name)
     ours.load_state_dict(model.state_dict())
     ours.eval().to(device)
-    eos = tokenizer.eos_token_id
-    dtype = torch.bfloat16 if precision == "bf16" else None
-
-    def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype is not None)
-
     speed_up(ours, autocast=dtype, inference=True)
+    return model, ours, tokenizer
+
+
+def run_alternating(a: argparse.Namespace, prompts, model, ours, tokenizer, device: torch.device,
+                    dtype: torch.dtype | None):
+    """Both sides `a.reps` times, alternating (HF first on even reps); prints each run.
+    (seconds per run, last outputs, peak CUDA MB) per side."""
+    autocast = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=dtype is not None)
     cfg = EvalConfig(batch_size=a.batch_size, num_beams=1, max_new_tokens=a.max_new_tokens)
     times: dict[str, list[float]] = {"sumtune": [], "hf": []}
     outputs: dict[str, list[list[int]]] = {}
@@ -112,15 +118,19 @@ def main(argv: list[str] | None = None) -> dict:
             def run(side=side):
                 if side == "hf":
                     set_attention(model, "eager")  # what Transformers gives GPT-Neo
-                    return hf_generate(model, prompts, eos, a.max_new_tokens, autocast)
+                    return hf_generate(model, prompts, tokenizer.eos_token_id, a.max_new_tokens, autocast)
                 return Generator(ours, tokenizer, cfg, autocast=dtype, stop_at_blank_line=False).generate(prompts)
 
             outputs[side], seconds, mb = timed(run, device)
             times[side].append(seconds)
             peak_mb[side] = max(peak_mb.get(side, 0.0), mb)
             print(f"rep {rep} {side:8s} {len(prompts) / times[side][-1]:.3f} summaries/s", flush=True)
-    identical = outputs["hf"] == outputs["sumtune"]
-    gaps = divergence_gaps(model, prompts, outputs["hf"], outputs["sumtune"])
+    return times, outputs, peak_mb
+
+
+def summarise(a: argparse.Namespace, precision: str, prompts, times, outputs, peak_mb, gaps: list[float],
+              device: torch.device) -> dict:
+    """Median summaries/s of each side, their ratio and how far the outputs agree."""
     same = sum(h == s for h, s in zip(outputs["hf"], outputs["sumtune"]))
     prefix = [next((i for i, (x, y) in enumerate(zip(h, s)) if x != y), min(len(h), len(s)))
               for h, s in zip(outputs["hf"], outputs["sumtune"])]
@@ -130,17 +140,37 @@ def main(argv: list[str] | None = None) -> dict:
         "max_new_tokens": a.max_new_tokens, "batch_size": a.batch_size, "reps": a.reps,
         "sumtune_summaries_per_s": round(len(prompts) / statistics.median(times["sumtune"]), 4),
         "hf_summaries_per_s": round(len(prompts) / statistics.median(times["hf"]), 4),
-        "identical_output": identical, "identical_prompts": same,
+        "identical_output": outputs["hf"] == outputs["sumtune"], "identical_prompts": same,
         "common_prefix_tokens_median": statistics.median(prefix), "max_logit_gap_at_divergence": max(gaps, default=0.0),
         "threads": torch.get_num_threads(), "device": device.type,
         "peak_cuda_mb": {k: round(v, 1) for k, v in peak_mb.items()} if device.type == "cuda" else None,
     }
     result["ratio"] = round(result["sumtune_summaries_per_s"] / result["hf_summaries_per_s"], 3)
-    print(f"sumtune {result['sumtune_summaries_per_s']:.3f} summaries/s | HF generate batch 1 "
-          f"{result['hf_summaries_per_s']:.3f} summaries/s | ratio {result['ratio']:.2f}x | "
-          f"identical greedy output: {identical} ({same}/{len(prompts)} prompts, common prefix median "
-          f"{result['common_prefix_tokens_median']} tokens; logit gap at divergence max "
-          f"{result['max_logit_gap_at_divergence']:.2e}) | {precision}")
+    return result
+
+
+def print_summary(r: dict) -> None:
+    """The one-line comparison."""
+    print(f"sumtune {r['sumtune_summaries_per_s']:.3f} summaries/s | HF generate batch 1 "
+          f"{r['hf_summaries_per_s']:.3f} summaries/s | ratio {r['ratio']:.2f}x | "
+          f"identical greedy output: {r['identical_output']} ({r['identical_prompts']}/{r['n']} prompts, common "
+          f"prefix median {r['common_prefix_tokens_median']} tokens; logit gap at divergence max "
+          f"{r['max_logit_gap_at_divergence']:.2e}) | {r['precision']}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    precision = precision_for(a.precision)
+    prompts = load_prompts(a.data, a.n)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    model, ours, tokenizer = build_sides(a.model, device, dtype)
+    times, outputs, peak_mb = run_alternating(a, prompts, model, ours, tokenizer, device, dtype)
+    gaps = divergence_gaps(model, prompts, outputs["hf"], outputs["sumtune"])
+    result = summarise(a, precision, prompts, times, outputs, peak_mb, gaps, device)
+    print_summary(result)
     if a.json:
         print(json.dumps(result))
     if max(gaps, default=0.0) > (1e-3 if precision == "fp32" else 0.1):

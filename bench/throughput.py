@@ -10,7 +10,8 @@ model, hyper-parameters and precision.
 Both sides: LoRA r 8, alpha 16, dropout 0.05 on every attention and MLP linear layer;
 12 virtual tokens; head-only with the head untied; batch 2 x accumulation 4; lr 5e-4,
 clipping 1.0; fused AdamW; the precision `--precision` resolves to on this machine
-(auto: bf16 only with AMX/AVX512-BF16 or a GPU; the peer gets --bf16 exactly then).
+(auto: bf16 on a CUDA GPU with bf16 or a CPU with AMX/AVX512-BF16, else fp16 on a CUDA GPU,
+else fp32 on the CPU; the peer gets --bf16 exactly when it is bf16, and has no fp16 flag).
 Each side trains `--steps` optimizer steps on the first steps x 8 rows of the file (each
 row seen once, in a fresh process each time) and the two alternate, `--reps` times.
 tokens/s = rows x mean row length / training seconds, as the peer counts it; peak RSS
@@ -23,8 +24,8 @@ achieved model FLOP/s over the bf16 matmul peak measured here, before and after 
 the better of the two; bench/mfu.py says what counts as model FLOPs); with --json the last
 line is one JSON object.
 A run during which other processes used more than 10% of the CPUs is marked "busy" and
-left out of the medians when each side has a run that is not (on 2 shared cores a busy
-neighbour slows 2-thread matmuls several-fold, which swamps any comparison).
+left out of the medians when each side has a run that is not (on a machine shared with other
+work, a busy neighbour can slow the matmuls enough to swamp the comparison).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def run_child(cmd: list[str], log: Path) -> dict:
     return result
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", required=True, choices=["lora", "prompt_tuning", "last_layers"])
     ap.add_argument("--data", required=True, help="JSONL of {input_ids, labels} (make_token_data.py)")
@@ -94,7 +95,92 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--workdir", default=None, help="where the model copy and logs go (default: a temp dir)")
     ap.add_argument("--json", action="store_true", help="end with one JSON line")
     ap.add_argument("--peak-seconds", type=float, default=2.0, help="matmul timing for the bf16 peak (each time)")
-    a = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def stage_inputs(a: argparse.Namespace, work: Path) -> tuple[list[dict], Path, Path]:
+    """(the rows both sides train on, their file, the model directory), written under `work`."""
+    n_rows = a.steps * BATCH * ACCUM
+    rows = load_rows(a.data)
+    if len(rows) < n_rows:
+        raise SystemExit(f"{a.data} has {len(rows)} rows; --steps {a.steps} needs {n_rows}")
+    data = work / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows[:n_rows]))
+    return rows[:n_rows], data, write_model_dir(a.model, work / "model")
+
+
+def side_commands(a: argparse.Namespace, precision: str, data: Path, model_dir: Path, work: Path,
+                  epochs: int) -> dict[str, list[str]]:
+    """The command line of each side: the peer script and our worker, on the same rows and settings."""
+    peer = [sys.executable, a.peer, "--data", str(data), "--method", PEER_METHOD[a.method],
+            "--model", a.model if a.model == RANDOM_125M else str(model_dir),
+            "--batch-size", str(BATCH), "--grad-accum", str(ACCUM), "--max-steps", str(a.steps),
+            "--out", str(work / "peer"), "--threads", str(a.threads)] + (["--bf16"] if precision == "bf16" else [])
+    ours = [sys.executable, str(HERE / "throughput_worker.py"), "--data", str(data), "--method", a.method,
+            "--model", str(model_dir), "--batch-size", str(BATCH), "--grad-accum", str(ACCUM),
+            "--epochs", str(epochs), "--precision", precision, "--threads", str(a.threads),
+            "--out", str(work / "sumtune")]
+    return {"peer": peer, "sumtune": ours}
+
+
+def run_alternating(cmds: dict[str, list[str]], reps: int, work: Path, epochs: int) -> dict[str, list[dict]]:
+    """Each side `reps` times, the two alternating (peer first on even reps); prints each run."""
+    runs: dict[str, list[dict]] = {"sumtune": [], "peer": []}
+    for rep in range(reps):
+        for side in (("peer", "sumtune") if rep % 2 == 0 else ("sumtune", "peer")):
+            r = run_child(cmds[side], work / f"{side}-{rep}.log")
+            runs[side].append(r)
+            busy = f" busy ({r['others_cpu_share']:.0%} CPU used by others)" if r["others_cpu_share"] > BUSY else ""
+            extra = (f" | {epochs} epochs {r['seconds_all_epochs']:.1f} s = {r['epochs_over_first']:.2f} x first"
+                     if side == "sumtune" and epochs > 1 else "")
+            print(f"rep {rep} {side:8s} {r['tokens_per_s']:8.1f} tokens/s  {r['seconds']:7.1f} s  "
+                  f"peak RSS {r['peak_rss_mb']} MB{extra}{busy}", flush=True)
+    return runs
+
+
+def runs_for_medians(runs: dict[str, list[dict]], side: str) -> list[dict]:
+    """The runs no other process disturbed, when each side has one; else all runs."""
+    quiet = [r for r in runs[side] if r["others_cpu_share"] <= BUSY]
+    both = all(any(r["others_cpu_share"] <= BUSY for r in runs[s]) for s in runs)
+    return quiet if both else runs[side]
+
+
+def median_of(runs: dict[str, list[dict]], side: str, key: str) -> float:
+    """The median of `key` over `side`'s runs that count (runs_for_medians)."""
+    return statistics.median(r[key] for r in runs_for_medians(runs, side))
+
+
+def summarise(a: argparse.Namespace, precision: str, rows: list[dict], runs: dict[str, list[dict]]) -> dict:
+    """Medians over runs_for_medians and the ratios (the caller adds the MFU fields)."""
+    result = {
+        "method": a.method, "model": a.model, "precision": precision, "rows": len(rows), "steps": a.steps,
+        "reps": a.reps, "mean_row_tokens": round(statistics.mean(len(r["input_ids"]) for r in rows), 1),
+        "sumtune_tokens_per_s": round(median_of(runs, "sumtune", "tokens_per_s"), 1),
+        "peer_tokens_per_s": round(median_of(runs, "peer", "tokens_per_s"), 1),
+        "sumtune_peak_rss_mb": int(median_of(runs, "sumtune", "peak_rss_mb")),
+        "peer_peak_rss_mb": int(median_of(runs, "peer", "peak_rss_mb")),
+        "busy_runs": sum(r["others_cpu_share"] > BUSY for side in runs.values() for r in side),
+        "runs_in_medians": {side: len(runs_for_medians(runs, side)) for side in runs},
+        "sumtune_peak_cuda_mb": runs["sumtune"][0].get("peak_cuda_mb"),  # the peer script reports none
+    }
+    result["ratio"] = round(result["sumtune_tokens_per_s"] / result["peer_tokens_per_s"], 3)
+    result["rss_ratio"] = round(result["sumtune_peak_rss_mb"] / result["peer_peak_rss_mb"], 3)
+    return result
+
+
+def print_summary(result: dict, epochs: int) -> None:
+    """The one-line summary of the medians, ratios and MFU."""
+    r = result
+    print(f"{r['method']} ({r['precision']}, {r['rows']} rows x {r['mean_row_tokens']} tokens, {r['reps']} reps, "
+          f"medians): sumtune {r['sumtune_tokens_per_s']} tokens/s, peer {r['peer_tokens_per_s']} tokens/s, "
+          f"ratio {r['ratio']:.2f}x; peak RSS {r['sumtune_peak_rss_mb']} vs {r['peer_peak_rss_mb']} MB "
+          f"({r['rss_ratio']:.2f}x); MFU sumtune {100 * r['sumtune_mfu']:.1f}%, peer "
+          f"{100 * r['peer_mfu']:.1f}% of a {r['peak']['bf16_flops']} GFLOP/s bf16 matmul peak"
+          + (f"; {epochs} epochs = {r['epochs_over_first']:.2f} x the first" if epochs > 1 else ""))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     peak = bf16_peak(a.peak_seconds)
@@ -102,67 +188,17 @@ def main(argv: list[str] | None = None) -> dict:
     precision = precision_for(a.precision)
     work = Path(a.workdir or tempfile.mkdtemp(prefix="sumtune-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    n_rows = a.steps * BATCH * ACCUM
-    rows = load_rows(a.data)
-    if len(rows) < n_rows:
-        raise SystemExit(f"{a.data} has {len(rows)} rows; --steps {a.steps} needs {n_rows}")
-    data = work / "rows.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows[:n_rows]))
-    model_dir = write_model_dir(a.model, work / "model")
+    rows, data, model_dir = stage_inputs(a, work)
     epochs = a.epochs_last_layers if a.method == "last_layers" else 1
+    runs = run_alternating(side_commands(a, precision, data, model_dir, work, epochs), a.reps, work, epochs)
 
-    peer_cmd = [sys.executable, a.peer, "--data", str(data), "--method", PEER_METHOD[a.method],
-                "--model", a.model if a.model == RANDOM_125M else str(model_dir),
-                "--batch-size", str(BATCH), "--grad-accum", str(ACCUM), "--max-steps", str(a.steps),
-                "--out", str(work / "peer"), "--threads", str(a.threads)] + (["--bf16"] if precision == "bf16" else [])
-    ours_cmd = [sys.executable, str(HERE / "throughput_worker.py"), "--data", str(data), "--method", a.method,
-                "--model", str(model_dir), "--batch-size", str(BATCH), "--grad-accum", str(ACCUM),
-                "--epochs", str(epochs), "--precision", precision, "--threads", str(a.threads),
-                "--out", str(work / "sumtune")]
-    runs: dict[str, list[dict]] = {"sumtune": [], "peer": []}
-    for rep in range(a.reps):
-        for side in (("peer", "sumtune") if rep % 2 == 0 else ("sumtune", "peer")):
-            r = run_child(peer_cmd if side == "peer" else ours_cmd, work / f"{side}-{rep}.log")
-            runs[side].append(r)
-            busy = f" busy ({r['others_cpu_share']:.0%} CPU used by others)" if r["others_cpu_share"] > BUSY else ""
-            extra = (f" | {epochs} epochs {r['seconds_all_epochs']:.1f} s = {r['epochs_over_first']:.2f} x first"
-                     if side == "sumtune" and epochs > 1 else "")
-            print(f"rep {rep} {side:8s} {r['tokens_per_s']:8.1f} tokens/s  {r['seconds']:7.1f} s  "
-                  f"peak RSS {r['peak_rss_mb']} MB{extra}{busy}", flush=True)
-
-    def clean(side: str) -> list[dict]:
-        """The runs no other process disturbed, when each side has one; else all runs."""
-        quiet = [r for r in runs[side] if r["others_cpu_share"] <= BUSY]
-        both = all(any(r["others_cpu_share"] <= BUSY for r in runs[s]) for s in runs)
-        return quiet if both else runs[side]
-
-    def med(side: str, key: str) -> float:
-        return statistics.median(r[key] for r in clean(side))
-
-    result = {
-        "method": a.method, "model": a.model, "precision": precision, "rows": n_rows, "steps": a.steps,
-        "reps": a.reps, "mean_row_tokens": round(statistics.mean(len(r["input_ids"]) for r in rows[:n_rows]), 1),
-        "sumtune_tokens_per_s": round(med("sumtune", "tokens_per_s"), 1),
-        "peer_tokens_per_s": round(med("peer", "tokens_per_s"), 1),
-        "sumtune_peak_rss_mb": int(med("sumtune", "peak_rss_mb")),
-        "peer_peak_rss_mb": int(med("peer", "peak_rss_mb")),
-        "busy_runs": sum(r["others_cpu_share"] > BUSY for side in runs.values() for r in side),
-        "runs_in_medians": {side: len(clean(side)) for side in runs},
-        "sumtune_peak_cuda_mb": runs["sumtune"][0].get("peak_cuda_mb"),  # the peer script reports none
-    }
-    result["ratio"] = round(result["sumtune_tokens_per_s"] / result["peer_tokens_per_s"], 3)
-    result["rss_ratio"] = round(result["sumtune_peak_rss_mb"] / result["peer_peak_rss_mb"], 3)
+    result = summarise(a, precision, rows, runs)
     result.update(mfu_fields(result, model_dir, a.method, runs["sumtune"][0]["trainable_params"],
                              peak, bf16_peak(a.peak_seconds)))
     if epochs > 1:
         result["epochs"] = epochs
-        result["epochs_over_first"] = round(med("sumtune", "epochs_over_first"), 3)
-    print(f"{a.method} ({precision}, {n_rows} rows x {result['mean_row_tokens']} tokens, {a.reps} reps, medians): "
-          f"sumtune {result['sumtune_tokens_per_s']} tokens/s, peer {result['peer_tokens_per_s']} tokens/s, "
-          f"ratio {result['ratio']:.2f}x; peak RSS {result['sumtune_peak_rss_mb']} vs {result['peer_peak_rss_mb']} MB "
-          f"({result['rss_ratio']:.2f}x); MFU sumtune {100 * result['sumtune_mfu']:.1f}%, peer "
-          f"{100 * result['peer_mfu']:.1f}% of a {result['peak']['bf16_flops']} GFLOP/s bf16 matmul peak"
-          + (f"; {epochs} epochs = {result['epochs_over_first']:.2f} x the first" if epochs > 1 else ""))
+        result["epochs_over_first"] = round(median_of(runs, "sumtune", "epochs_over_first"), 3)
+    print_summary(result, epochs)
     if a.json:
         print(json.dumps(result))
     return result

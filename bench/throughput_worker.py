@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
     ap.add_argument("--method", required=True)
@@ -32,19 +32,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--fast", default="true", choices=["true", "false"])
     ap.add_argument("--out", required=True)
-    a = ap.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    return ap.parse_args()
 
-    from datasets import Dataset
 
+def bench_config(a: argparse.Namespace):
+    """The run configuration: the peer's hyper-parameters (see bench/throughput.py) over sumtune's defaults."""
     from sumtune.config import build_config
-    from sumtune.data import Collator, epoch_order
-    from sumtune.modeling import load_model, load_tokenizer
-    from sumtune.training import accelerator_for, make_optimizer, method_model, micro_batches, optimizer_step
 
-    rows = [json.loads(line) for line in open(a.data) if line.strip()]
-    cfg = build_config(flags={
+    return build_config(flags={
         "model.name": a.model, "method.name": a.method, "output_dir": a.out,
         "method.r": 8, "method.alpha": 16, "method.dropout": 0.05, "method.n_tokens": 12,
         "method.last_k_blocks": 0, "train.batch_size": a.batch_size, "train.grad_accum": a.grad_accum,
@@ -52,37 +47,63 @@ def main() -> None:
         "train.max_grad_norm": 1.0, "train.precision": a.precision, "train.fast": a.fast == "true",
         "train.epochs": a.epochs, "train.seed": 0,
     })
+
+
+def train_epochs(cfg, accelerator, method, model, applied, loss_fn, ds, pad_id: int, epochs: int):
+    """Train `epochs` epochs over `ds` with the trainer's pieces; (seconds at each epoch's end, step
+    losses, trained parameters), timed from the optimizer's creation as the peer's Trainer.train() is."""
+    from sumtune.data import Collator, epoch_order
+    from sumtune.training import make_optimizer, micro_batches, optimizer_step
+
     tc = cfg.train
-    accelerator, precision = accelerator_for(cfg, Path(a.out))
-    tokenizer = load_tokenizer(a.model)
-    method, model, applied, loss_fn = method_model(cfg, tokenizer, load_model(a.model), precision)
-    ds = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
-    collate = Collator(tokenizer.pad_token_id)
+    collate = Collator(pad_id)
     per_step = tc.batch_size * tc.grad_accum
     steps_per_epoch = -(-len(ds) // per_step)
 
     t0 = time.perf_counter()  # from here on, what the peer's Trainer.train() times
-    optimizer, scheduler = make_optimizer(model, method, tc, applied, steps_per_epoch * a.epochs)
+    optimizer, scheduler = make_optimizer(model, method, tc, applied, steps_per_epoch * epochs)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     trained = [p for p in model.parameters() if p.requires_grad]
     epoch_ends, losses = [], []
-    for epoch in range(a.epochs):
+    for epoch in range(epochs):
         order = epoch_order(len(ds), tc.seed, epoch)
         for k in range(steps_per_epoch):
             batches = micro_batches(ds, order[k * per_step:(k + 1) * per_step], tc.batch_size, 1, 0, collate)
             losses.append(optimizer_step(accelerator, model, optimizer, scheduler, loss_fn, batches,
                                          trained, tc.max_grad_norm).loss)
         epoch_ends.append(time.perf_counter() - t0)
+    return epoch_ends, losses, trained
+
+
+def main() -> None:
+    a = parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+
+    from datasets import Dataset
+
+    from sumtune.modeling import load_model, load_tokenizer
+    from sumtune.training import accelerator_for, method_model
+
+    rows = [json.loads(line) for line in open(a.data) if line.strip()]
+    cfg = bench_config(a)
+    accelerator, precision = accelerator_for(cfg, Path(a.out))
+    tokenizer = load_tokenizer(a.model)
+    method, model, applied, loss_fn = method_model(cfg, tokenizer, load_model(a.model), precision)
+    ds = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+    epoch_ends, losses, trained = train_epochs(cfg, accelerator, method, model, applied, loss_fn, ds,
+                                               tokenizer.pad_token_id, a.epochs)
     first = epoch_ends[0]
     tokens = len(rows) * statistics.mean(len(r["input_ids"]) for r in rows)  # as the peer counts
     print(json.dumps({
-        "side": "sumtune", "method": a.method, "precision": precision, "fast": tc.fast,
+        "side": "sumtune", "method": a.method, "precision": precision, "fast": cfg.train.fast,
         "seconds": round(first, 2), "tokens_per_s": round(tokens / first, 1), "epochs": a.epochs,
         "seconds_all_epochs": round(epoch_ends[-1], 2), "epochs_over_first": round(epoch_ends[-1] / first, 3),
         "epoch_seconds": [round(b - e, 2) for b, e in zip(epoch_ends, [0.0] + epoch_ends[:-1])],
         "final_loss": losses[-1], "trainable_params": sum(p.numel() for p in trained),
-        "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None, "loss_function": getattr(loss_fn, "__name__", type(loss_fn).__name__),
+        "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+        "loss_function": getattr(loss_fn, "__name__", type(loss_fn).__name__),
     }))
 
 

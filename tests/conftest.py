@@ -19,7 +19,7 @@ os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="sumtune-test
 
 import torch  # noqa: E402
 
-# Tiny models on 2 shared cores: one intra-op thread is several times faster.
+# Tiny models: one intra-op thread (ops this small gain little from more, and test processes may share cores).
 torch.set_num_threads(1)
 
 from sumtune.tiny import build_tiny_model, synthetic_news  # noqa: E402

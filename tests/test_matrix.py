@@ -40,7 +40,7 @@ CASES = {
     "last_layers": ("last_layers", ("method.last_k_blocks=1", "method.train_final_norm=true")),
     "full": ("full", ()),
 }
-# every method case on at least one family, every family at least twice (~15 s on 2 cores)
+# every method case on at least one family, every family at least twice
 DEFAULT = [("gpt_neo", "prefix_tuning"), ("gpt2", "p_tuning"), ("gpt_neox", "ia3"), ("opt", "last_layers"),
            ("llama", "lora"), ("qwen2", "dora"), ("phi3", "prefix_tuning"), ("gemma", "p_tuning"),
            ("llama", "ia3"), ("qwen2", "last_layers"), ("gemma", "full"), ("phi3", "prompt_tuning"),

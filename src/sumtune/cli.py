@@ -177,7 +177,7 @@ def _add_study_commands(sub) -> None:
     p.add_argument("--decoding", choices=("greedy", "cnndm"),
                    help="decoding preset for every method (default cnndm unless eval.* keys are set)")
 
-    p = sub.add_parser("demo", help="the experiment on a tiny offline model and bundled data (minutes, no internet)")
+    p = sub.add_parser("demo", help="the experiment on a tiny offline model and bundled data (no internet)")
     p.add_argument("--output-dir", default="demo_runs")
 
 

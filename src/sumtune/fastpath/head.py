@@ -1,8 +1,9 @@
 """The LM head for a few rows at a time (decoding).
 
-`F.linear(x, W)` with x [8, 768] and the [50257, 768] head weight runs as one GEMM
-that repacks the whole 154 MB weight for every call; `(W @ x.T).T` reads it in place.
-Larger inputs (training, prefill) take the usual path unchanged. Under autocast, with the
+On a CPU, `F.linear(x, W)` with x [8, 768] and the [50257, 768] head weight can run as one
+GEMM that repacks the whole 154 MB weight for every call (it did, in fp32, on the 2-core CPU
+this path was measured on); `(W @ x.T).T` reads it in place. Which of the two is faster
+depends on the CPU's GEMM library and the dtype. Larger inputs (training, prefill) take the usual path unchanged. Under autocast, with the
 weight already in the autocast dtype (`cast_for_inference`), an fp32 input is cast first:
 `F.linear` on a 3-D fp32 input would otherwise copy the whole transposed weight (a
 [1, 768, 50257] `aten::copy_` per prefill in `bench/profile_step.py --generate --shapes`)."""

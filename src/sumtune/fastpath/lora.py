@@ -2,8 +2,9 @@
 
 PEFT computes `base(x) + lora_B(lora_A(dropout(x))) * scaling`. On a CPU the
 dropout is the expensive part: `bernoulli_` draws one random number per element of
-x, e.g. 1.8M draws for a [600, 3072] MLP input, costing more than the rank-8 matmuls
-it feeds. Here:
+x, e.g. 1.8M draws for a [600, 3072] MLP input, which can cost more than the rank-8 matmuls
+it feeds (compare `aten::bernoulli_` with them in `bench/profile_step.py --method lora --fast
+false` on your machine). Here:
 - the keep-mask comes from 16 random bits per element, drawn as 64-bit integers (four
   elements per draw) and compared with a threshold: each element is dropped
   independently with probability p rounded to a multiple of 2**-16 (0.05 -> 0.0500031),
