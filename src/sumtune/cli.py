@@ -4,15 +4,13 @@ No logic of its own; every user-facing failure is one line on stderr and exit co
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
-import warnings
 from collections.abc import Sequence
 
 from sumtune.config import DECODING_PRESETS, METHODS, PRECISIONS
 from sumtune.errors import UserError
 from sumtune.offline import apply_offline_env
+from sumtune.quiet import library_output
 
 
 class _Parser(argparse.ArgumentParser):
@@ -297,62 +295,20 @@ def _experiment(a: argparse.Namespace) -> None:
     run_experiment(cfg, plan)
 
 
-def _quiet_tokenizer_length_warning() -> None:
-    """Transformers warns when a text is longer than the model's positions; sumtune cuts the
-    article itself (data/tokenize.py), so the warning tells a user nothing to act on."""
-    import transformers
-
-    class _Drop(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return "Token indices sequence length is longer" not in record.getMessage()
-
-    transformers.utils.logging.get_logger("transformers.tokenization_utils_base").addFilter(_Drop())
-
-
-def _quiet_progress(verbose: bool) -> None:
-    """datasets' per-map and transformers' weight-loading bars only with --verbose."""
-    import transformers
-
-    if verbose:
-        transformers.utils.logging.enable_progress_bar()
-    else:
-        transformers.utils.logging.disable_progress_bar()
-    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "0" if verbose else "1"
-    if "datasets" in sys.modules:  # already imported (read at import time otherwise)
-        import datasets
-
-        if verbose:
-            datasets.enable_progress_bars()
-        else:
-            datasets.disable_progress_bars()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a bad flag (2, message already printed)
         return e.code if isinstance(e.code, int) else 2
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    for noisy in ("httpx", "urllib3", "filelock", "fsspec", "datasets"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # offline, the Hub client logs a warning per retry before our one-line error says it all
-    # (the library sets its level when first imported, from HF_HUB_VERBOSITY)
-    os.environ.setdefault("HF_HUB_VERBOSITY", "debug" if args.verbose else "error")
-    logging.getLogger("huggingface_hub").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # PEFT 0.21 calls a deprecated transformers 5 helper on every LoRA model: not the user's concern
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    _quiet_progress(args.verbose)
-    if not args.verbose:
-        _quiet_tokenizer_length_warning()
-    try:
-        return _run(args)
-    except UserError as e:
-        print(f"sumtune: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("sumtune: interrupted", file=sys.stderr)
-        return 130
+    with library_output(args.verbose):  # no library message a user cannot act on, unless -v
+        try:
+            return _run(args)
+        except UserError as e:
+            print(f"sumtune: error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("sumtune: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

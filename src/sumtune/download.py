@@ -5,7 +5,6 @@ line that says how to pass local paths instead."""
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import tempfile
@@ -13,8 +12,6 @@ from pathlib import Path
 
 from sumtune.errors import UserError
 from sumtune.io import atomic_dir
-
-log = logging.getLogger(__name__)
 
 KAGGLE_HANDLE = "gowrishankarp/newspaper-text-summarization-cnn-dailymail"
 HF_DATASET = "abisee/cnn_dailymail:3.0.0"
@@ -62,6 +59,11 @@ def _place(src: Path, dst: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _wrote(out: Path, what: str, use: str) -> None:
+    """The command's last line: the files written, what they hold, how to use them."""
+    print(f"wrote {', '.join(str(out / f'{s}.csv') for s in SPLITS)}: {what}; {use}")
+
+
 def download_data(source: str, name: str | None, out: str | Path) -> Path:
     """CNN/DailyMail as ``out/{train,validation,test}.csv`` (columns id, article, highlights)."""
     out = Path(out)
@@ -103,7 +105,7 @@ def _kaggle(handle: str, out: Path) -> Path:
         files[split] = found[0]
     for split, src in files.items():
         _place(src, out / f"{split}.csv")
-    log.info("CNN/DailyMail from Kaggle (%s) in %s; train with --data %s", handle, out, out)
+    _wrote(out, f"CNN/DailyMail from Kaggle ({handle})", f"train with --data {out}")
     return out
 
 
@@ -142,7 +144,7 @@ def _hub_dataset(spec: str, out: Path) -> Path:
             os.replace(tmp, out / f"{split}.csv")
         finally:
             Path(tmp).unlink(missing_ok=True)
-    log.info("%s in %s (Kaggle layout); train with --data %s", spec, out, out)
+    _wrote(out, f"{spec} in the Kaggle layout", f"train with --data {out}")
     return out
 
 
@@ -169,5 +171,5 @@ def download_model(name: str, out: str | Path | None = None) -> Path:
         if not any(tmp.glob("*.safetensors")):
             raise UserError(f"model '{name}' has no .safetensors weights on the Hub; sumtune does not load "
                             "pickled weights (.bin): convert them to safetensors and pass --model DIR")
-    log.info("model %s in %s; use --model %s", name, out, out)
+    print(f"wrote {out}: model {name} (weights, config, tokenizer); use --model {out}")
     return out

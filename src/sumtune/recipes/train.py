@@ -91,7 +91,7 @@ def _zero_shot(s: TrainSetup, run: RunDir, memory: PeakMemory) -> Path:
     if s.accelerator.is_main_process:
         s.method.save(s.model, run.adapter, s.meta)
         write_results(s, run.results, done, 0, memory.kind)
-    s.accelerator.print(f"{run}: zero_shot, validation loss {val:.4f} (no training)")
+    s.accelerator.print(f"{run}: zero_shot, validation loss {val:.4f} (no training); results in {run.results}")
     return run.path
 
 
