@@ -182,7 +182,7 @@ def test_serve_ends_with_its_address(capfd, runs, monkeypatch):
 
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)  # as if stopped at once
     out, shown = sumtune(capfd, ["serve", str(runs["lora"]), "--port", "8123"])
-    assert out[-1] == "serving 1 runs (lora) on http://127.0.0.1:8123/"
+    assert out[-1] == "serving 1 run (lora) on http://127.0.0.1:8123/"
     _clean(out, shown)
 
 

@@ -308,5 +308,5 @@ def serve(paths: list[str], host: str = "127.0.0.1", port: int = 8000, base_mode
 
     runset = RunSet(paths, base_model=base_model)
     app = create_app(Service(runset, limits))
-    print(f"serving {len(runset.runs)} runs ({', '.join(runset.runs)}) on http://{host}:{port}/")
+    print(f"serving {len(runset.runs)} run{'s' if len(runset.runs) > 1 else ''} ({', '.join(runset.runs)}) on http://{host}:{port}/")
     uvicorn.run(app, host=host, port=port, log_level="warning", limit_concurrency=256)

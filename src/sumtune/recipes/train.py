@@ -132,6 +132,7 @@ def _train(s: TrainSetup, run: RunDir, resume: bool, memory: PeakMemory) -> Path
     except WriteError as e:
         raise _write_failed(e, run) from None
     finally:
+        records.close()
         if cfg.train.tensorboard:
             accelerator.end_training()
     if accelerator.is_main_process:

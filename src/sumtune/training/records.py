@@ -47,6 +47,10 @@ class Records:
             os.fsync(self.f.fileno())
         return self.f.tell()
 
+    def close(self) -> None:
+        if self.active and not self.f.closed:
+            self.f.close()
+
 
 class StopOnSignal:
     """Ctrl-C (SIGINT) or SIGTERM asks the loop to checkpoint at the next step boundary and stop;
