@@ -25,9 +25,18 @@ FAST = {"max_new_tokens": 12, "batch_size": 4}
 
 
 def _finished_run(tmp_path, model_dir, data_dir, method="lora", name="run"):
-    """A run directory as the trainer leaves it (config, adapter, results.json finished)."""
+    """A run directory as the trainer leaves it (config, adapter, results.json finished).
+
+    fp32: `precision: auto` is bf16 on a CPU with AVX512-BF16/AMX, and evaluate then scores the
+    loss under bf16 autocast, off the fp32 per-example loss by ~1e-5 relative (1.2e-5 for some
+    random LoRA initialisations: over this file's 1e-5 check), and a row's greedy summary could
+    depend on its batch-mates; in fp32 the two losses agree to ~1e-7. Seeded: the initialisation
+    does not depend on what ran before in this process (an in-process `train` seeds torch's global
+    RNG, later tests advance it)."""
+    torch.manual_seed(0)
     run, cfg, model, tok = make_run(tmp_path / name, model_dir, method,
-                                    sets=(f"data.source={data_dir}", "method.n_tokens=4", "method.r=4"))
+                                    sets=(f"data.source={data_dir}", "train.precision=fp32", "method.n_tokens=4",
+                                          "method.r=4"))
     atomic_write_json(run / "results.json", {"method": method, "finished": True})
     return run, model, tok
 
