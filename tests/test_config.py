@@ -280,6 +280,14 @@ def test_method_keys_declared_twice_must_agree():
     with pytest.raises(TypeError, match="'n_tokens'"):
         method_section({**CONFIGS, "other": Other})
 
+    @dataclass
+    class Wider(MethodConfigBase):
+        n_tokens: int = 20
+        RANGES = {"n_tokens": (lambda v: v >= 0, "an integer >= 0")}
+
+    with pytest.raises(TypeError, match="'n_tokens'.*another valid range"):
+        method_section({**CONFIGS, "wider": Wider})
+
 
 def test_parsing_a_config_does_not_import_torch():
     import subprocess

@@ -59,9 +59,14 @@ class DataConfig:
 def method_section(configs: dict[str, type]) -> type:
     """The `method:` section: `name` plus every key the methods declare (each in its own
     `methods/<name>/config.py`), so one flat record holds what a user may set for any method and a
-    run's config.yaml keeps one shape. A key two methods declare must agree in type and default."""
+    run's config.yaml keeps one shape. A key two methods declare must agree in type, default and
+    valid range (`RANGES`, kept on the section)."""
     fields: dict[str, tuple[str, Any, dataclasses.Field]] = {}
+    ranges: dict[str, Any] = {}
     for cls in configs.values():
+        for key, valid in cls.RANGES.items():
+            if ranges.setdefault(key, valid) is not valid:
+                raise TypeError(f"method key {key!r}: {cls.__name__} gives it another valid range")
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             same = fields.setdefault(f.name, (cls.__name__, hints[f.name], f))
@@ -73,6 +78,7 @@ def method_section(configs: dict[str, type]) -> type:
     )
     section.__module__ = __name__
     section.__doc__ = "The `method:` section: the chosen method's name and the keys of every method."
+    section.RANGES = ranges
     return section
 
 
@@ -177,7 +183,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.max_length": (lambda v: v >= 16, "an integer >= 16"),
     "data.max_summary_length": (lambda v: v >= 1, "an integer >= 1"),
     "data.num_proc": (lambda v: v >= 1, "an integer >= 1"),
-    **{f"method.{k}": r for cls in METHOD_CONFIGS.values() for k, r in cls.RANGES.items()},
+    **{f"method.{key}": valid for key, valid in MethodConfig.RANGES.items()},
     "train.epochs": (lambda v: v >= 1, "an integer >= 1"),
     "train.max_steps": (lambda v: v >= 0, "an integer >= 0 (0 = run the epochs)"),
     "train.batch_size": (lambda v: v >= 1, "an integer >= 1"),

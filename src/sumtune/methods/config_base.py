@@ -35,3 +35,15 @@ class MethodConfigBase:
 
     def check(self, method: str) -> None:
         """One-line error for a combination of keys that cannot work when `method` is the chosen method."""
+
+
+ENCODER_HIDDEN: Range = (lambda v: v >= 0, "an integer >= 0 (0 = the model's hidden size)")
+
+
+@dataclass
+class VirtualTokensConfig(MethodConfigBase):
+    """The key the virtual-token methods share (prompt tuning, P-tuning, prefix tuning)."""
+
+    n_tokens: int = 20  # virtual tokens before every input (prefix tuning: positions in every layer)
+
+    RANGES = {"n_tokens": (lambda v: v >= 1, "an integer >= 1")}

@@ -5,19 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from sumtune.methods.config_base import MethodConfigBase
+from sumtune.methods.config_base import ENCODER_HIDDEN, VirtualTokensConfig
 
 
 @dataclass
-class PTuningConfig(MethodConfigBase):
-    n_tokens: int = 20  # virtual tokens in front of every input
+class PTuningConfig(VirtualTokensConfig):
     encoder: Literal["mlp", "lstm"] = "mlp"  # the prompt encoder
     encoder_hidden: int = 0  # the encoder's width; 0 = the model's hidden size
 
-    RANGES = {
-        "n_tokens": (lambda v: v >= 1, "an integer >= 1"),
-        "encoder_hidden": (lambda v: v >= 0, "an integer >= 0 (0 = the model's hidden size)"),
-    }
+    RANGES = {**VirtualTokensConfig.RANGES, "encoder_hidden": ENCODER_HIDDEN}
 
     # Liu et al. 2021 ("GPT Understands, Too") give no rate for a frozen model that transfers (their
     # SuperGLUE runs tune the whole model); PEFT's P-tuning examples use 1e-3 and P-tuning v2 (Liu et

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sumtune.methods.config_base import MethodConfigBase
+from sumtune.methods.config_base import ENCODER_HIDDEN, VirtualTokensConfig
 
 
 @dataclass
-class PrefixTuningConfig(MethodConfigBase):
-    n_tokens: int = 20  # prefix positions in every layer
+class PrefixTuningConfig(VirtualTokensConfig):
     prefix_projection: bool = False  # the prefixes come from an MLP (Li & Liang's reparameterisation)
     encoder_hidden: int = 0  # that MLP's width; 0 = the model's hidden size
 
-    RANGES = {
-        "n_tokens": (lambda v: v >= 1, "an integer >= 1"),
-        "encoder_hidden": (lambda v: v >= 0, "an integer >= 0 (0 = the model's hidden size)"),
-    }
+    RANGES = {**VirtualTokensConfig.RANGES, "encoder_hidden": ENCODER_HIDDEN}
 
     # Li & Liang 2021 train reparameterised prefixes at 5e-5 .. 8e-5 (GPT-2 table-to-text, BART
     # summarization at the same order); directly trained prefixes take far larger rates (PEFT's

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sumtune.methods.config_base import MethodConfigBase
+from sumtune.methods.config_base import VirtualTokensConfig
 
 
 @dataclass
-class PromptTuningConfig(MethodConfigBase):
-    n_tokens: int = 20  # virtual tokens in front of every input
+class PromptTuningConfig(VirtualTokensConfig):
     init_text: str = "SUMMARIZE the following news article in a few sentences:"
     init_random: bool = False  # init from random vocabulary embeddings instead
-
-    RANGES = {"n_tokens": (lambda v: v >= 1, "an integer >= 1")}
 
     # Lester et al. 2021 train soft prompts at 0.3 (Adafactor); with AdamW, PEFT's prompt-tuning
     # examples use 3e-2 and P-tuning v2 (Liu et al. 2022) 5e-3..1e-2: 3e-3 .. 3e-1.
