@@ -10,7 +10,7 @@ Which GEMM: on a CPU, `F.linear(x, W)` with x [8, 768] and the [50257, 768] head
 as one GEMM that repacks the whole weight for every call (it did, in fp32, on the 2-core CPU this
 path was first measured on); `(W @ x.T).T` reads it in place. Which of the two is faster depends
 on the GEMM library, the dtype, the thread count and the row count: on the EPYC above the shortcut
-was up to 2.4x faster in fp32 (2 threads, 4 rows) but up to 1.5x slower in bf16. No rule by dtype
+was 2.4-2.8x faster in fp32 (2 threads, 4 rows) but 1.4-1.5x slower in bf16 (4 rows). No rule by dtype
 holds across machines, so the first call for each (device, dtype, autocast, weight shape, threads,
 rows rounded up to a power of two) times both on the actual operands (a few calls each, some tens
 of ms once per process), keeps the shortcut only where it is clearly faster, and logs the choice.
