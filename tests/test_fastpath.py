@@ -113,10 +113,49 @@ def test_few_rows_head_matches_linear(tiny_neo):
     model = load_model(str(tiny_neo))
     head = model.lm_head
     xs = [torch.randn(rows, 1, model.config.hidden_size) for rows in (1, 8, 40)]
+    xs += [torch.randn(rows, 5, model.config.hidden_size)[:, -1:] for rows in (1, 3)]  # logits_to_keep=1
     refs = [head(x) for x in xs]
     assert set_fast_head(model) and type(model.lm_head).__name__ == "FewRowsLinear"
     for x, ref in zip(xs, refs):
         torch.testing.assert_close(head(x), ref, rtol=TOL, atol=TOL)
+
+
+def test_few_rows_head_keeps_f_linear_where_that_measures_faster(tiny_neo, monkeypatch, caplog):
+    """The shortcut-or-F.linear choice, with injected timings: F.linear where it is faster (or
+    nearly as fast), the shortcut only where it is clearly faster; one measurement per rows bucket."""
+    import logging
+
+    from sumtune.fastpath import head as head_mod
+
+    assert not head_mod.pick_shortcut([0.010, 0.011], [0.015, 0.014])  # F.linear faster
+    assert not head_mod.pick_shortcut([0.010, 0.012], [0.0095, 0.02])  # a near tie keeps the reference
+    assert head_mod.pick_shortcut([0.020, 0.021], [0.011, 0.013])
+    assert [head_mod.rows_bucket(r) for r in (1, 2, 3, 5, 8, 9, 16)] == [1, 2, 4, 8, 8, 16, 16]
+
+    model = load_model(str(tiny_neo))
+    head = model.lm_head
+    xs = [torch.randn(rows, 1, model.config.hidden_size) for rows in (8, 7, 2)]
+    refs = [head(x) for x in xs]
+    set_fast_head(model)
+    measured, shortcut_calls = [], []
+    real_shortcut = head_mod._shortcut
+    monkeypatch.setattr(head_mod, "_shortcut", lambda *a: shortcut_calls.append(1) or real_shortcut(*a))
+    for linear_s, shortcut_s, expect in (([1.0, 1.0], [2.0, 1.5], False), ([2.0, 2.0], [1.0, 1.5], True)):
+        monkeypatch.setattr(head_mod, "_CHOICES", {})
+        monkeypatch.setattr(head_mod, "time_both", lambda *a, t=(linear_s, shortcut_s): measured.append(1) or t)
+        measured.clear()
+        shortcut_calls.clear()
+        with caplog.at_level(logging.INFO, logger="sumtune.fastpath.head"):
+            outs = [head(x) for x in xs]
+        assert len(measured) == 2  # rows 8 and 7 share a bucket; rows 2 has its own
+        assert len(shortcut_calls) == (3 if expect else 0)
+        for out, ref in zip(outs, refs):
+            if expect:
+                torch.testing.assert_close(out, ref, rtol=TOL, atol=TOL)
+            else:
+                assert torch.equal(out, ref)  # the very F.linear of nn.Linear
+        assert caplog.records[-1].getMessage().endswith("(W @ x.T).T" if expect else "F.linear")
+        caplog.clear()
 
 
 def test_fast_gelu_matches_gelu_new(tiny_neo):
