@@ -13,12 +13,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -109,23 +107,6 @@ def hub_reachable() -> bool:
     if key not in _probed:
         _probed[key] = reachable(*key)
     return _probed[key]
-
-
-@contextlib.contextmanager
-def hub_offline_while(on: bool) -> Iterator[None]:
-    """Within the block, the Hub clients are offline when `on` (flags restored after)."""
-    if not on:
-        yield
-        return
-    import datasets.config as dc
-    import huggingface_hub.constants as c
-
-    saved = (c.HF_HUB_OFFLINE, dc.HF_HUB_OFFLINE, dc.HF_DATASETS_OFFLINE)
-    c.HF_HUB_OFFLINE = dc.HF_HUB_OFFLINE = dc.HF_DATASETS_OFFLINE = True
-    try:
-        yield
-    finally:
-        c.HF_HUB_OFFLINE, dc.HF_HUB_OFFLINE, dc.HF_DATASETS_OFFLINE = saved
 
 
 def use_cache_only() -> bool:
