@@ -3,13 +3,8 @@ peak measured on the same machine in the same run, so a figure means the same on
 a shared 2-core box or a GPU (a tokens/s ratio alone says nothing about how far from the
 hardware both sides are).
 
-Model FLOPs per token (attention scores left out, as in the usual 6N count), with N the
-multiply-accumulates per token of the weight matrices (blocks plus the LM head):
-- forward 2N;
-- gradients with respect to activations 2N where something trains below the head (LoRA, a
-  soft prompt: the gradient must reach the bottom of the model);
-- gradients with respect to weights: 2 x the trained matrices' size (full fine-tuning: 2N,
-  which gives the usual 6N; LoRA and soft prompt: their few parameters; head-only: the head).
+Model FLOPs per token: `sumtune.flops` (the count `train.budget_flops` spends), with the
+bench's last_layers being head-only (last_k_blocks 0).
 """
 
 from __future__ import annotations
@@ -18,23 +13,12 @@ import time
 
 import torch
 
-
-def matmul_params(cfg) -> tuple[int, int]:
-    """(N: weight-matrix multiply-accumulates per token, head: the LM head's share) of a
-    GPT-Neo/GPT-2 config: 12 d^2 per block (attention 4 d^2, MLP 8 d^2) plus the head V x d."""
-    d = cfg.hidden_size
-    layers = getattr(cfg, "num_layers", None) or cfg.n_layer
-    inner = getattr(cfg, "intermediate_size", None) or 4 * d
-    head = cfg.vocab_size * d
-    return layers * (4 * d * d + 2 * d * inner) + head, head
+from sumtune import flops
 
 
 def flops_per_token(cfg, method: str, trainable: int) -> float:
-    """Training model FLOPs per token for `method` (see the module docstring)."""
-    n, head = matmul_params(cfg)
-    if method == "last_layers":  # head only (the bench's last_k_blocks 0): forward + the head's weight gradient
-        return 2 * n + 2 * head
-    return 2 * n + 2 * n + 2 * trainable
+    """Training model FLOPs per token for `method` on a Transformers config (`sumtune.flops`)."""
+    return flops.flops_per_token(flops.model_shape(cfg), method, trainable)
 
 
 def bf16_peak(seconds: float = 2.0, size: int = 1024) -> dict:

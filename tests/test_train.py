@@ -137,7 +137,7 @@ def test_cli_run_writes_records_and_shows_progress(tiny_gpt2, kaggle_dir, tmp_pa
     train_ev, val_ev = _events(out, "train"), _events(out, "validation")
     assert [e["step"] for e in train_ev] == [1, 2, 3, 4, 5, 6]  # 24 samples / (4 x 2) = 3 steps per epoch
     for e in train_ev:
-        assert set(e) == {"step", "epoch", "split", "loss", "lr", "grad_norm", "tokens_per_s"}
+        assert set(e) == {"step", "epoch", "split", "loss", "lr", "grad_norm", "tokens", "tokens_per_s"}
         assert math.isfinite(e["loss"]) and e["grad_norm"] > 0 and e["tokens_per_s"] > 0
     assert [e["step"] for e in val_ev] == [2, 3, 4, 6]  # every 2 steps and at each epoch end
     assert [e["epoch"] for e in val_ev if e["epoch"] == int(e["epoch"])] == [1, 2]

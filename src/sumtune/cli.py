@@ -35,6 +35,13 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
+def _budget(text: str) -> float:
+    v = _float(text)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return v
+
+
 def _lr_choice(text: str) -> float | dict[str, float]:
     """experiment --lr: one rate for every method, or per method as lora=1e-4,prompt_tuning=0.1."""
     if "=" not in text:
@@ -80,6 +87,11 @@ def _add_train_flags(p: argparse.ArgumentParser, with_method: bool) -> None:
     p.add_argument("--precision", choices=PRECISIONS)
     p.add_argument("--seed", type=_positive_int)
     p.add_argument("--save-steps", type=_positive_int, help="also checkpoint every N optimizer steps")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--budget-seconds", type=_budget, metavar="S",
+                        help="train until optimizer steps have taken S seconds (train.budget_seconds)")
+    budget.add_argument("--budget-flops", type=_budget, metavar="F",
+                        help="train until F training FLOPs are spent, e.g. 1e15 (train.budget_flops)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set method.r=16 (repeatable)")
 
@@ -92,7 +104,8 @@ def _flags(a: argparse.Namespace) -> dict:
         "train.lr": a.lr if isinstance(a.lr, float) else None,
         "data.max_length": a.max_length, "data.max_train_samples": a.max_train_samples,
         "data.max_eval_samples": a.max_eval_samples, "train.precision": a.precision, "train.seed": a.seed,
-        "train.save_steps": a.save_steps,
+        "train.save_steps": a.save_steps, "train.budget_seconds": a.budget_seconds,
+        "train.budget_flops": a.budget_flops,
     }
 
 

@@ -108,6 +108,8 @@ class TrainConfig:
     cpu_offload: bool = False  # FSDP only: parameters, gradients and optimizer state in CPU memory
     gradient_checkpointing: bool = False  # recompute block activations in backward: less memory, same result
     max_tokens_per_batch: int = 0  # >0: cut each process's rows of a step into forward passes of <= this many padded tokens
+    budget_seconds: float | None = None  # stop once optimizer steps have taken this long (train_seconds)
+    budget_flops: float | None = None  # stop once this many training FLOPs are spent (sumtune.flops)
 
 
 # Decoding presets: setting `eval.preset` writes these values into the eval section at that moment,
@@ -196,6 +198,8 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.eval_steps": (lambda v: v >= 0, "an integer >= 0"),
     "train.save_steps": (lambda v: v >= 0, "an integer >= 0"),
     "train.max_tokens_per_batch": (lambda v: v >= 0, "an integer >= 0 (0 = batch_size rows per forward pass)"),
+    "train.budget_seconds": (lambda v: v is None or v > 0, "a number > 0 (seconds of optimizer steps) or null"),
+    "train.budget_flops": (lambda v: v is None or v > 0, "a number > 0 (training FLOPs) or null"),
     "train.fast_paths": (lambda v: set(v) <= set(FAST_PATH_NAMES),
                          "fast path names from: " + ", ".join(FAST_PATH_NAMES) + " (empty = all)"),
     "eval.batch_size": (lambda v: v >= 1, "an integer >= 1"),
@@ -259,6 +263,9 @@ def validate(cfg: Config) -> Config:
             raise UserError(f"config key '{key}': got {value!r}, expected {desc}")
     for cls in METHOD_CONFIGS.values():
         cls.of(cfg.method).check(cfg.method.name)
+    if cfg.train.budget_seconds is not None and cfg.train.budget_flops is not None:
+        raise UserError("config keys 'train.budget_seconds' and 'train.budget_flops' are both set; a run has one "
+                        "budget: keep one of them")
     if cfg.data.val_ratio + cfg.data.test_ratio >= 1:
         raise UserError("config keys 'data.val_ratio' + 'data.test_ratio' must be < 1")
     if cfg.eval.min_new_tokens > cfg.eval.max_new_tokens:

@@ -15,8 +15,21 @@ from sumtune.errors import UserError
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
+NULL = ("null", "none", "~", "")
+
+
+def _optional(hint: Any) -> Any:
+    """X for a field typed `X | None`, else None."""
+    args = typing.get_args(hint)
+    if type(None) in args and len(args) == 2:
+        return next(a for a in args if a is not type(None))
+    return None
+
+
 def describe(hint: Any) -> str:
     """What a field of type `hint` accepts, for error messages."""
+    if (inner := _optional(hint)) is not None:
+        return f"{describe(inner)} or null"
     if typing.get_origin(hint) is Literal:
         return "one of " + ", ".join(map(str, typing.get_args(hint)))
     if typing.get_origin(hint) is list:
@@ -58,6 +71,13 @@ def _scalar(value: Any, hint: Any) -> Any:
 def coerce(key: str, value: Any, hint: Any) -> Any:
     """Convert a YAML or command-line value to the field's type, or fail naming the key."""
     bad = UserError(f"config key '{key}': got {value!r}, expected {describe(hint)}")
+    if (inner := _optional(hint)) is not None:
+        if value is None or (isinstance(value, str) and value.strip().lower() in NULL):
+            return None
+        try:
+            return coerce(key, value, inner)
+        except UserError:
+            raise bad from None
     origin = typing.get_origin(hint)
     if origin is Literal:
         if value not in typing.get_args(hint):

@@ -1,14 +1,16 @@
 """`sumtune experiment` - the whole study in one command - and `sumtune demo`, the same on a
 tiny offline model and the bundled news sample.
 
-Every method trains on the same data with the same budget (epochs/steps, batch, precision)
-into OUT/<method> (with --seeds N, also OUT/<method>-seed<S> for the further seeds), is
+Every method trains on the same data with the same budget (epochs/steps, batch, precision; with
+`train.budget_seconds`/`budget_flops`, the same seconds or FLOPs of training, the steps capped as
+configured) into OUT/<method> (with --seeds N, also OUT/<method>-seed<S> for the further seeds), is
 evaluated on the test split with one decoding for all, and the runs are compared into OUT.
 
 Learning rates: one rate for all methods would be unfair (soft prompts need a far larger one
 than LoRA), so each method has its own grid (LR_GRIDS in its config.py, with sources). Without --sweep-lr each
 method uses the middle of its grid; with it, a short run per grid value goes to
-OUT/sweep/<method>/lr<value>, the rate with the lowest validation loss is kept, and a best rate
+OUT/sweep/<method>/lr<value> (under a budget, each sweep run has SWEEP_BUDGET_FRACTION of it,
+spent beside the method's budget, not inside it, and reported as sweep seconds), the rate with the lowest validation loss is kept, and a best rate
 at the edge of the grid extends the grid one step in that direction. `lr` (the --lr flag)
 fixes the rate: one number for every method, or per method (`lora=1e-4,prompt_tuning=0.1`).
 
@@ -35,6 +37,7 @@ from sumtune.lock import DirLock
 from sumtune.methods import CONFIGS as METHOD_CONFIGS
 from sumtune.methods import get_method
 from sumtune.runs import RunDir
+from sumtune.training.budget import KINDS, budget_of
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,9 @@ DEMO_LR_GRID = {key: grid for cls in METHOD_CONFIGS.values() for key, grid in cl
 # rate is 0, and a run of one or two steps leaves every rate at the zero-shot loss, so the sweep
 # would "choose" the first rate of a tie.
 MIN_SWEEP_STEPS = 5
+# Under a seconds/FLOPs budget each lr-sweep run gets this fraction of it (as a sweep run gets a
+# quarter of --max-steps), spent beside the main run's budget.
+SWEEP_BUDGET_FRACTION = 0.25
 DEMO_DATA = Path(__file__).parent.parent / "demo" / "news.jsonl"
 REAL_COMMAND = "sumtune experiment --model EleutherAI/gpt-neo-125m --data hf:abisee/cnn_dailymail:3.0.0"
 
@@ -164,8 +170,9 @@ def _evaluate(run: Path, plan: Plan, cfg: Config, retrained: bool) -> None:
 
 def _sweep_steps(cfg: Config) -> int | None:
     """Optimizer steps of a sweep run when the budget is in steps (a quarter), else None (one
-    epoch); refuses a budget whose sweep runs could not train MIN_SWEEP_STEPS after warmup."""
-    if not cfg.train.max_steps:
+    epoch, or under a seconds/FLOPs budget a fraction of it, with the main run's step caps); refuses
+    a step budget whose sweep runs could not train MIN_SWEEP_STEPS after warmup."""
+    if not cfg.train.max_steps or budget_of(cfg.train):
         return None
     steps = cfg.train.max_steps // 4
     if steps - math.ceil(cfg.train.warmup_ratio * steps) < MIN_SWEEP_STEPS:
@@ -179,14 +186,20 @@ def _sweep_steps(cfg: Config) -> int | None:
 def _sweep_run(cfg: Config, method: str, out: Path, lr: float, overwrite: bool, memo: dict) -> tuple[float, float]:
     """One short run at `lr`: (best validation loss, its wall seconds)."""
     c = _method_cfg(cfg, method, out / "sweep" / method / f"lr{lr:g}", lr)
-    steps = _sweep_steps(cfg)
-    if steps:
+    steps, budget = _sweep_steps(cfg), budget_of(cfg.train)
+    if budget:
+        setattr(c.train, KINDS[budget.kind], budget.limit * SWEEP_BUDGET_FRACTION)
+    elif steps:
         c.train.max_steps = steps
     else:
         c.train.epochs = 1
     run, _ = _train(c, overwrite, memo)
     res = read_json(RunDir(run).results)
     trained = res["steps"] - math.ceil(c.train.warmup_ratio * res["steps"])
+    if trained < MIN_SWEEP_STEPS and budget:
+        raise UserError(f"the lr sweep's runs get {SWEEP_BUDGET_FRACTION:g} of the budget, "
+                        f"{budget.limit * SWEEP_BUDGET_FRACTION:g} {budget.kind} here, which took {res['steps']} "
+                        f"optimizer steps, fewer than {MIN_SWEEP_STEPS} after warmup; raise the budget or drop --sweep-lr")
     if trained < MIN_SWEEP_STEPS:
         raise UserError(f"the lr sweep's runs take one epoch, {res['steps']} optimizer steps here, fewer than "
                         f"{MIN_SWEEP_STEPS} after warmup; use more training rows, a smaller --batch-size or "
@@ -275,7 +288,10 @@ def run_experiment(cfg: Config, plan: Plan | None = None) -> dict:
     _check_plan(cfg, plan)
     out = Path(cfg.output_dir)
     seeds = [cfg.train.seed + i for i in range(plan.seeds)]
-    record: dict = {"methods": list(plan.methods()), "seeds": seeds, "lr": {}, "sweep": {}, "runs": {}}
+    budget = budget_of(cfg.train)
+    record: dict = {"methods": list(plan.methods()), "seeds": seeds, "lr": {}, "sweep": {}, "runs": {},
+                    "budget": budget and {"kind": budget.kind, "limit": budget.limit,
+                                          "sweep_fraction": SWEEP_BUDGET_FRACTION if plan.sweep_lr else None}}
     runs = []
     memo: dict = {}  # today's content fingerprints, computed once if a finished run needs them
     with DirLock(out, "experiment directory"):

@@ -22,6 +22,7 @@ from sumtune.io import WriteError
 from sumtune.lock import DirLock
 from sumtune.memory import PeakMemory
 from sumtune.runs import RunDir
+from sumtune.training.budget import BudgetSchedule, StepFlops, budget_of, flops_steps
 from sumtune.training.records import (
     Records,
     StopOnSignal,
@@ -90,21 +91,24 @@ def _zero_shot(s: TrainSetup, run: RunDir, memory: PeakMemory) -> Path:
     done = Progress(best_val_loss=val, peak_memory_mb=memory.peak_mb(), validation_seconds=time.perf_counter() - t0)
     if s.accelerator.is_main_process:
         s.method.save(s.model, run.adapter, s.meta)
-        write_results(s, run.results, done, 0, memory.kind)
-    s.accelerator.print(f"{run}: zero_shot, validation loss {val:.4f} (no training); results in {run.results}")
+        write_results(s, run.results, done, 0, memory.kind, trained=False)
+    s.accelerator.print(f"{run}: zero_shot, validation loss {val:.4f} (no training"
+                        + (", so no budget spent" if budget_of(s.cfg.train) else "") + f"); results in {run.results}")
     return run.path
 
 
 def _train(s: TrainSetup, run: RunDir, resume: bool, memory: PeakMemory) -> Path:
     accelerator, cfg = s.accelerator, s.cfg
     plan = plan_steps(cfg, len(s.train_ds), accelerator.num_processes)
+    budget = budget_of(cfg.train)
+    schedule = BudgetSchedule(cfg.train, budget, plan.total) if budget else None
     s.model.train()  # from_pretrained returns eval mode; dropout (e.g. LoRA's) belongs to training
     if s.fsdp["fsdp"]:  # sharded before the optimizer is built, so AdamW holds the shards (training.sharding)
         model = shard(s.model, accelerator, s.fsdp["offload"])
-        optimizer, scheduler = make_optimizer(model, s.method, cfg.train, s.fast_paths, plan.total)
+        optimizer, scheduler = make_optimizer(model, s.method, cfg.train, s.fast_paths, plan.total, schedule)
         optimizer = accelerator.prepare(optimizer)
     else:
-        optimizer, scheduler = make_optimizer(s.model, s.method, cfg.train, s.fast_paths, plan.total)
+        optimizer, scheduler = make_optimizer(s.model, s.method, cfg.train, s.fast_paths, plan.total, schedule)
         model, optimizer = accelerator.prepare(s.model, optimizer)
     progress = Progress(samples_per_step=plan.per_step, micro_samples=plan.micro)
     if resume:
@@ -117,12 +121,15 @@ def _train(s: TrainSetup, run: RunDir, resume: bool, memory: PeakMemory) -> Path
                       f"{plan.total} steps, {s.precision}" + (f", from step {progress.step}" if progress.step else ""))
     if accelerator.is_main_process:
         warn_if_short_of_space(run, s.trainable)
-    loop = _Loop(s, run, plan, model, optimizer, scheduler, progress, records, memory)
+    loop = _Loop(s, run, plan, model, optimizer, scheduler, progress, records, memory, schedule)
+    if budget:
+        accelerator.print(f"{run}: budget {budget.text()}" + (f", reached at step {progress.schedule_steps}"
+                          if budget.kind == "flops" else "") + "; warmup and decay fit the budget")
     if cfg.train.tensorboard:
         accelerator.init_trackers("tensorboard")
     try:
         with StopOnSignal() as stop:
-            while progress.step < plan.total and not progress.early_stopped:
+            while progress.step < plan.total and not progress.early_stopped and not progress.stopped_by_budget:
                 loop.epoch(stop)
         progress.train_seconds += time.perf_counter() - loop.clock
         progress.peak_memory_mb = max(progress.peak_memory_mb, memory.peak_mb())
@@ -138,7 +145,9 @@ def _train(s: TrainSetup, run: RunDir, resume: bool, memory: PeakMemory) -> Path
     if accelerator.is_main_process:
         shutil.rmtree(run.checkpoints, ignore_errors=True)  # the run is complete: nothing to resume
         accelerator.print(f"{run}: best validation loss {progress.best_val_loss:.4f} at step {progress.best_step}"
-                          + (" (early stopped)" if progress.early_stopped else "") + f"; weights in {run.adapter}")
+                          + (" (early stopped)" if progress.early_stopped else "")
+                          + (f" (budget spent: {budget.text()})" if progress.stopped_by_budget else "")
+                          + f"; weights in {run.adapter}")
     accelerator.wait_for_everyone()
     return run.path
 
@@ -147,7 +156,7 @@ class _Loop:
     """The steps of one run, an epoch at a time: step, record, validate, checkpoint."""
 
     def __init__(self, s: TrainSetup, run: RunDir, plan: StepPlan, model, optimizer, scheduler,
-                 progress: Progress, records: Records, memory: PeakMemory):
+                 progress: Progress, records: Records, memory: PeakMemory, schedule: BudgetSchedule | None = None):
         self.s, self.run, self.plan, self.model = s, run, plan, model
         self.optimizer, self.scheduler, self.progress, self.records, self.memory = optimizer, scheduler, progress, records, memory
         self.trained = [p for p in model.parameters() if p.requires_grad]
@@ -156,6 +165,13 @@ class _Loop:
         self.row_lengths = lengths  # for train.max_tokens_per_batch
         self.train_ds = s.train_ds
         self.clock = time.perf_counter()
+        self.flops = StepFlops(s.shape, s.cfg.method, s.trainable, lengths)
+        self.schedule = schedule
+        if schedule is not None:
+            schedule.progress = progress
+            if schedule.budget.kind == "flops" and not progress.schedule_steps:
+                progress.schedule_steps = flops_steps(plan, len(self.train_ds), self.lengths, self.flops,
+                                                      schedule.budget.limit)
 
     def epoch(self, stop: StopOnSignal) -> None:
         """The rest of the current epoch (or until early stopping or a stop request)."""
@@ -164,13 +180,15 @@ class _Loop:
         order = plan.order(len(self.train_ds), epoch, self.lengths)
         val = None
         with epoch_bar(f"epoch {epoch + 1}/{plan.epochs}", last - first, p.step - first, main) as bar:
-            while p.step < last and not p.early_stopped:
+            while p.step < last and not p.early_stopped and not p.stopped_by_budget:
                 k = p.step - first
                 event = self.step(order[k * plan.per_step:(k + 1) * plan.per_step], epoch)
+                p.stopped_by_budget = self.schedule is not None and self.schedule.budget.reached(p)
                 bar.update(1)
                 bar.set_postfix(loss=f"{event['loss']:.4f}", lr=f"{event['lr']:.2e}",
                                 tok_s=f"{event['tokens_per_s']:.0f}", refresh=False)
-                if p.step == last or (self.s.cfg.train.eval_steps and p.step % self.s.cfg.train.eval_steps == 0):
+                if (p.step == last or p.stopped_by_budget
+                        or (self.s.cfg.train.eval_steps and p.step % self.s.cfg.train.eval_steps == 0)):
                     val = self.validate()
                 self.maybe_checkpoint(at_end=p.step == last, stopping=any_process(self.s.accelerator, stop.requested))
             if main:
@@ -183,6 +201,9 @@ class _Loop:
         args = (self.train_ds, chunk, tc.batch_size, self.plan.world, s.accelerator.process_index, s.collate)
         batches = (token_batches(*args, tc.max_tokens_per_batch, self.row_lengths) if tc.max_tokens_per_batch
                    else micro_batches(*args))
+        flops = self.flops(chunk)
+        if self.schedule is not None:
+            self.schedule.pending_flops = flops
         t0 = time.perf_counter()
         try:
             r = optimizer_step(s.accelerator, self.model, self.optimizer, self.scheduler, s.loss_fn, batches,
@@ -195,12 +216,19 @@ class _Loop:
             what = f"training loss is {r.loss}" if not math.isfinite(r.loss) else f"gradient norm is {r.grad_norm}"
             raise UserError(f"{what} at step {p.step} (epoch {epoch + 1}); stopped. The best weights so far are in "
                             f"{self.run.adapter}; lower --lr or use --precision fp32")
+        if self.schedule is not None and self.schedule.budget.kind == "seconds" and self.plan.world > 1:
+            seconds = _slowest(s.accelerator, seconds)  # every process stops at the same step, at the same rate
         p.step_seconds += seconds
+        p.last_step_seconds = seconds
+        p.flops += flops
+        if self.schedule is not None and self.schedule.budget.kind == "seconds":
+            p.schedule_steps = p.step
         p.tokens += r.tokens
         p.epoch_loss += r.loss * r.targets
         p.epoch_targets += r.targets
         event = {"step": p.step, "epoch": round(p.step / self.plan.steps_per_epoch, 4), "split": "train",
-                 "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm, "tokens_per_s": r.tokens / seconds}
+                 "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm, "tokens": r.tokens,
+                 "tokens_per_s": r.tokens / seconds}
         self.records.write(event)
         if tc.tensorboard:
             s.accelerator.log({f"train/{k}": event[k] for k in ("loss", "lr", "grad_norm", "tokens_per_s")}, step=p.step)
@@ -215,7 +243,7 @@ class _Loop:
     def maybe_checkpoint(self, at_end: bool, stopping: bool) -> None:
         """A checkpoint at an epoch end, every train.save_steps, and on a stop request (then stop)."""
         p, save_steps = self.progress, self.s.cfg.train.save_steps
-        done = p.step == self.plan.total or p.early_stopped
+        done = p.step == self.plan.total or p.early_stopped or p.stopped_by_budget
         if done or not (at_end or stopping or (save_steps and p.step % save_steps == 0)):
             return
         now = time.perf_counter()
@@ -229,6 +257,10 @@ class _Loop:
             self.s.accelerator.print(f"interrupted after step {p.step}: resumable checkpoint {path}; continue with "
                                      f"`sumtune train --config {self.run.config} --resume`")
             raise KeyboardInterrupt
+
+
+def _slowest(accelerator, seconds: float) -> float:
+    return float(accelerator.reduce(torch.tensor([seconds], dtype=torch.float64, device=accelerator.device), "max"))
 
 
 def _write_failed(e: WriteError, run: RunDir) -> UserError:

@@ -39,14 +39,36 @@ def _epochs(row: dict) -> str:
     return text + (", early stop" if row.get("early_stopped") else "")
 
 
+def _budget_limit(b: dict) -> str:
+    return f"{b['limit']:g} s of optimizer steps" if b["kind"] == "seconds" else f"{b['limit']:.3g} training FLOPs"
+
+
+def _within_budget(row: dict) -> str:
+    """What a budget run spent and reached within it, and what stopped it when not the budget."""
+    b = row.get("budget")
+    if not b:
+        return "-"
+    if b.get("stopped_by") == "no training":
+        return "no training"
+    spent = (f"{b['spent']:.1f} of {b['limit']:g} s" if b["kind"] == "seconds"
+             else f"{b['spent']:.3g} of {b['limit']:.3g} FLOPs")
+    stop = "" if b["stopped_by_budget"] else f" (stopped by {b['stopped_by']} first)"
+    return f"{spent}: {b['steps']} steps, {b['epochs']:g} epochs, {b['tokens']:,} tokens{stop}"
+
+
 def cost_body(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
-    """The cost table's header and cells (shared by the Markdown and the HTML report)."""
+    """The cost table's header and cells (shared by the Markdown and the HTML report); budget runs
+    add a column: what each spent and reached within its budget."""
     head = ["run", "method", "what trained", "seed", "lr", "trainable params (% of total)", "epochs",
             "train s", "validation s", "sweep s", "peak memory MB", "tokens/s", "best val loss"]
     body = [[r["run"], r["method"], r["trained"], str(r["seed"]), _lr(r), _params(r), _epochs(r),
              _num(r["train_seconds"], ".1f"), _num(r["validation_seconds"], ".1f"), _num(r["sweep_seconds"], ".1f"),
              f"{_num(r['peak_memory_mb'], '.0f')} ({r['peak_memory_kind']})", _num(r["tokens_per_s"], ".0f"),
              _num(r["best_val_loss"], ".4f")] for r in rows]
+    if any(r.get("budget") for r in rows):
+        head.append("within the budget: spent, steps, epochs, tokens")
+        for cells, r in zip(body, rows):
+            cells.append(_within_budget(r))
     return head, body
 
 
@@ -149,7 +171,19 @@ def facts(rows: Sequence[dict], split: str) -> list[tuple[str, str]]:
                   f"{splitters}; [95% bootstrap interval over documents, 1,000 resamples]"),
         ("Peak memory", f"{distinct('peak_memory_kind')} during training (RSS: the whole process)"),
         ("Times", "train s = optimizer steps only; validation s apart; sweep s = the method's lr-sweep runs"),
+        *_budget_fact(rows),
     ]
+
+
+def _budget_fact(rows: Sequence[dict]) -> list[tuple[str, str]]:
+    """The budget the runs trained to, when any did (else equal steps/epochs: no line)."""
+    limits = sorted({_budget_limit(r["budget"]) for r in rows if r.get("budget")})
+    if not limits:
+        return []
+    sweep = ("; an lr-sweep run had a fraction of it, beside it (sweep s)"
+             if any(r.get("sweep_seconds") is not None for r in rows) else "")
+    return [("Budget", f"{' / '.join(limits)} per run: each method trained until it had spent it, the epochs and "
+                       "max steps capping it; warmup and decay of the learning rate fit it" + sweep)]
 
 
 def header(rows: Sequence[dict], split: str) -> str:

@@ -15,6 +15,7 @@ import torch
 
 from sumtune import progress as progress_bars
 from sumtune.io import atomic_write_json, writing
+from sumtune.training.budget import budget_of, budget_record
 from sumtune.training.sharding import distributed_record
 from sumtune.training.state import Progress, TrainSetup
 
@@ -101,9 +102,11 @@ def epoch_summary(epoch: int, n_epochs: int, progress: Progress, val: float | No
     bar.write(line)
 
 
-def write_results(s: TrainSetup, path: Path, progress: Progress, epochs: float, memory_kind: str) -> None:
+def write_results(s: TrainSetup, path: Path, progress: Progress, epochs: float, memory_kind: str,
+                  trained: bool = True) -> None:
     """results.json: train_seconds counts optimizer steps only; validation and checkpoint
-    writing are timed apart, and wall_seconds is the whole loop."""
+    writing are timed apart, and wall_seconds is the whole loop; train_flops is the model FLOPs
+    count (sumtune.flops) and `budget` what a budget run spent and reached (None without one)."""
     cfg, meta, trainable, total = s.cfg, s.meta, s.trainable, s.total
     epochs = round(epochs, 3)
     atomic_write_json(path, {
@@ -117,5 +120,6 @@ def write_results(s: TrainSetup, path: Path, progress: Progress, epochs: float, 
         "tokens_per_s": progress.tokens / progress.step_seconds if progress.step_seconds else None,
         "early_stopped": progress.early_stopped, "precision": s.precision, "processes": s.accelerator.num_processes, "fast_paths": s.fast_paths,
         "distributed": distributed_record(s.accelerator, s.fsdp),
+        "train_flops": progress.flops, "budget": budget_record(budget_of(cfg.train), progress, epochs, trained),
         "finished": True,
     })

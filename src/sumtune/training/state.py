@@ -25,6 +25,7 @@ from sumtune.fastpath import (
     select_loss,
 )
 from sumtune.fingerprints import data_fingerprint
+from sumtune.flops import model_shape
 from sumtune.io import FULL_DISK, writing
 from sumtune.methods import get_method
 from sumtune.methods.base import Method
@@ -62,6 +63,10 @@ class Progress:
     epoch_targets: int = 0
     peak_memory_mb: float = 0.0
     metrics_offset: int = 0  # bytes of metrics.jsonl written at this point
+    flops: int = 0  # training FLOPs spent (sumtune.flops), all processes
+    last_step_seconds: float = 0.0  # the latest step's time (a seconds budget's schedule estimates the next)
+    stopped_by_budget: bool = False
+    schedule_steps: int = 0  # a FLOPs budget: the step it ends at, counted ahead; a seconds budget: steps run
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Progress:
@@ -171,6 +176,7 @@ class TrainSetup:
     trainable: int
     total: int
     fsdp: dict = field(default_factory=lambda: {"fsdp": False, "version": None, "offload": False})
+    shape: Any = None  # sumtune.flops.ModelShape of the base model: the FLOPs count
 
     @property
     def train_ds(self):
@@ -198,7 +204,7 @@ def setup(cfg: Config, accelerator, precision: str) -> TrainSetup:
     plan = fsdp_plan(cfg, accelerator)
     method, model, fast_paths, loss_fn = method_model(cfg, tokenizer, base, precision, world, plan["fsdp"])
     return TrainSetup(cfg, accelerator, precision, tokenizer, dict(data), Collator(tokenizer.pad_token_id), method,
-                      model, meta, fast_paths, loss_fn, *count_params(model), fsdp=plan)
+                      model, meta, fast_paths, loss_fn, *count_params(model), fsdp=plan, shape=model_shape(base.config))
 
 
 def method_model(cfg: Config, tokenizer, base: torch.nn.Module, precision: str, world: int = 1, fsdp: bool = False):
@@ -236,11 +242,16 @@ def param_groups(model: torch.nn.Module, weight_decay: float, method: Method) ->
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(model: torch.nn.Module, method: Method, tc, fast_paths: list[str], total_steps: int):
-    """(AdamW, warmup + decay schedule) for the trainable parameters of `model` (`tc`: TrainConfig)."""
+def make_optimizer(model: torch.nn.Module, method: Method, tc, fast_paths: list[str], total_steps: int,
+                   lr_lambda=None):
+    """(AdamW, warmup + decay schedule) for the trainable parameters of `model` (`tc`: TrainConfig);
+    `lr_lambda`: the schedule as a LambdaLR function instead (a budget's, `training.budget`)."""
     from transformers import get_scheduler
 
     optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay, method), lr=tc.lr, fused=fused_adamw(fast_paths))
+    if lr_lambda is not None:
+        # a plain function: LambdaLR's state_dict would hold a callable object's attributes
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_lambda(step))
     # warmup's first step has rate 0: leave at least one step after it (--max-steps 1 must train)
     warmup = min(math.ceil(tc.warmup_ratio * total_steps), total_steps - 1)
     name = "constant_with_warmup" if tc.scheduler == "constant" else tc.scheduler
