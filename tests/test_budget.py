@@ -20,6 +20,7 @@ from sumtune.cli import main
 from sumtune.config import build_config
 from sumtune.recipes import experiment
 from sumtune.recipes.experiment import Plan
+from sumtune.tiny import ARCHS, tiny_config
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -62,6 +63,21 @@ def test_the_count_equals_a_hand_computation():
     assert flops.flops_per_token(shape, "last_layers", trainable, last_k_blocks=2, below_head=True) == (
         2 * n + 2 * (vocab * d + 2 * block) + 2 * trainable)
     assert flops.flops_per_token(shape, "zero_shot", 0) == 0
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_family_counts_its_blocks_weight_matrices(arch):
+    """Built on the meta device from the config alone: a block's multiply-accumulates per token are its
+    weight matrices' sizes (the real model's 2-D parameters of a block), the head vocab x hidden."""
+    from transformers import AutoModelForCausalLM
+
+    from sumtune.architecture import decoder_parts
+
+    cfg = tiny_config(arch, vocab=300, eos=0)
+    model = AutoModelForCausalLM.from_config(cfg)
+    block = sum(p.numel() for p in decoder_parts(model).blocks[0].parameters() if p.ndim == 2)
+    shape = flops.model_shape(model.config)
+    assert (shape.layers, shape.block, shape.head) == (cfg.num_hidden_layers, block, 300 * cfg.hidden_size)
 
 
 # --- FLOPs budget: the exact step, and resume ------------------------------------------
