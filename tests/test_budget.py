@@ -218,3 +218,27 @@ def test_budget_keys_read_from_text_and_yaml(tmp_path):
     assert build_config(sets=["train.budget_seconds=null"]).train.budget_seconds is None
     (tmp_path / "c.yaml").write_text("train:\n  budget_seconds: 30\n  budget_flops: null\n")
     assert build_config(str(tmp_path / "c.yaml")).train.budget_seconds == 30.0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU multi-process test")
+def test_two_processes_stop_a_seconds_budget_at_the_same_step(tiny_neo, tmp_path):
+    """Each process times its own steps; they stop by the slowest one's clock, so none waits in a
+    collective for a step the other never takes (the launch would hang, then time out)."""
+    import subprocess
+    import sys
+
+    data = write_kaggle_dir(tmp_path / "data", sizes=(200, 4, 4))
+    run = tmp_path / "run"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sumtune.cli"]
+    proc = subprocess.run([*launch, "train", "--method", "lora", "--model", str(tiny_neo), "--data", str(data),
+                           "--output-dir", str(run), "--epochs", "50", "--batch-size", "1", "--grad-accum", "1",
+                           "--max-length", "96", "--precision", "fp32", "--set", "data.max_summary_length=24",
+                           "--set", "method.r=4", "--budget-seconds", "2"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = _read(run / "results.json")
+    steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
+    assert res["processes"] == 2 and res["budget"]["stopped_by"] == "budget" and len(steps) == res["steps"]
+    last = steps[-1]["tokens"] / steps[-1]["tokens_per_s"]  # the main process's time of the last step
+    assert 2.0 <= res["train_seconds"] < 2.0 + 2 * last
