@@ -187,6 +187,7 @@ def test_experiment_with_a_budget_records_and_shows_it(tiny_neo, kaggle_dir, tmp
 
     md = (out / "compare.md").read_text()
     assert f"- **Budget:** {limit:.3g} training FLOPs per run" in md
+    assert "each lr-sweep run had 0.25 of it, spent beside it (sweep s)" in md
     row = next(line for line in md.splitlines() if line.startswith("| lora |"))
     assert f"{lora['spent']:.3g} of {limit:.3g} FLOPs: {lora['steps']} steps" in row
     assert "no training" in next(line for line in md.splitlines() if line.startswith("| zero_shot |"))

@@ -55,6 +55,7 @@ def run_row(run: Path, split: str = "test", experiment: dict | None = None) -> d
         "train_seconds": seconds, "validation_seconds": res.get("validation_seconds"),
         "seconds_per_epoch": seconds / epochs if seconds is not None and epochs else None,
         "sweep_seconds": sweep.get("seconds"), "lr_edge": sweep.get("edge"),
+        "sweep_budget_fraction": ((experiment or {}).get("budget") or {}).get("sweep_fraction") if sweep else None,
         "epochs_run": epochs, "best_step": res.get("best_step"), "early_stopped": res.get("early_stopped"),
         "peak_memory_mb": res.get("peak_memory_mb"), "peak_memory_kind": res.get("peak_memory_kind", "peak RSS"),
         "tokens_per_s": res.get("tokens_per_s"), "precision": res.get("precision"),

@@ -180,8 +180,8 @@ def _budget_fact(rows: Sequence[dict]) -> list[tuple[str, str]]:
     limits = sorted({_budget_limit(r["budget"]) for r in rows if r.get("budget")})
     if not limits:
         return []
-    sweep = ("; an lr-sweep run had a fraction of it, beside it (sweep s)"
-             if any(r.get("sweep_seconds") is not None for r in rows) else "")
+    fractions = sorted({f"{r['sweep_budget_fraction']:g}" for r in rows if r.get("sweep_budget_fraction")})
+    sweep = (f"; each lr-sweep run had {' / '.join(fractions)} of it, spent beside it (sweep s)" if fractions else "")
     return [("Budget", f"{' / '.join(limits)} per run: each method trained until it had spent it, the epochs and "
                        "max steps capping it; warmup and decay of the learning rate fit it" + sweep)]
 
