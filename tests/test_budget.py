@@ -143,6 +143,14 @@ def test_sigkill_then_resume_of_a_flops_budget_run_is_bit_identical(flops_runs, 
     assert ra["budget"] == rb["budget"] and ra["train_flops"] == rb["train_flops"]
 
 
+def test_a_budget_of_one_step_still_trains(flops_runs, tmp_path):
+    model, data, *_ = flops_runs
+    run = tmp_path / "run"
+    assert main(_argv(model, data, run, "--budget-flops", "1")) == 0  # less than any step: that one step trains
+    [step] = [e for e in _events(run) if e["split"] == "train"]
+    assert step["lr"] == 3e-3 and _read(run / "results.json")["budget"]["steps"] == 1
+
+
 # --- seconds budget ----------------------------------------------------------------
 
 

@@ -101,7 +101,11 @@ def _train(s: TrainSetup, run: RunDir, resume: bool, memory: PeakMemory) -> Path
     accelerator, cfg = s.accelerator, s.cfg
     plan = plan_steps(cfg, len(s.train_ds), accelerator.num_processes)
     budget = budget_of(cfg.train)
-    schedule = BudgetSchedule(cfg.train, budget, plan.total) if budget else None
+    lengths = [len(x) for x in s.train_ds["input_ids"]]
+    counter = StepFlops(s.shape, cfg.method, s.trainable, lengths)
+    ahead = (flops_steps(plan, len(lengths), lengths if cfg.data.group_by_length else None, counter, budget.limit)
+             if budget and budget.kind == "flops" else 0)  # a FLOPs budget's last step, known exactly
+    schedule = BudgetSchedule(cfg.train, budget, plan.total, ahead) if budget else None
     s.model.train()  # from_pretrained returns eval mode; dropout (e.g. LoRA's) belongs to training
     if s.fsdp["fsdp"]:  # sharded before the optimizer is built, so AdamW holds the shards (training.sharding)
         model = shard(s.model, accelerator, s.fsdp["offload"])
@@ -110,7 +114,7 @@ def _train(s: TrainSetup, run: RunDir, resume: bool, memory: PeakMemory) -> Path
     else:
         optimizer, scheduler = make_optimizer(s.model, s.method, cfg.train, s.fast_paths, plan.total, schedule)
         model, optimizer = accelerator.prepare(s.model, optimizer)
-    progress = Progress(samples_per_step=plan.per_step, micro_samples=plan.micro)
+    progress = Progress(samples_per_step=plan.per_step, micro_samples=plan.micro, schedule_steps=ahead)
     if resume:
         progress = restore(s, run, plan, model, optimizer, scheduler) or progress
         if accelerator.is_main_process:
@@ -121,7 +125,7 @@ def _train(s: TrainSetup, run: RunDir, resume: bool, memory: PeakMemory) -> Path
                       f"{plan.total} steps, {s.precision}" + (f", from step {progress.step}" if progress.step else ""))
     if accelerator.is_main_process:
         warn_if_short_of_space(run, s.trainable)
-    loop = _Loop(s, run, plan, model, optimizer, scheduler, progress, records, memory, schedule)
+    loop = _Loop(s, run, plan, model, optimizer, scheduler, progress, records, memory, counter, schedule)
     if budget:
         accelerator.print(f"{run}: budget {budget.text()}" + (f", reached at step {progress.schedule_steps}"
                           if budget.kind == "flops" else "") + "; warmup and decay fit the budget")
@@ -156,22 +160,19 @@ class _Loop:
     """The steps of one run, an epoch at a time: step, record, validate, checkpoint."""
 
     def __init__(self, s: TrainSetup, run: RunDir, plan: StepPlan, model, optimizer, scheduler,
-                 progress: Progress, records: Records, memory: PeakMemory, schedule: BudgetSchedule | None = None):
+                 progress: Progress, records: Records, memory: PeakMemory, flops: StepFlops,
+                 schedule: BudgetSchedule | None = None):
         self.s, self.run, self.plan, self.model = s, run, plan, model
         self.optimizer, self.scheduler, self.progress, self.records, self.memory = optimizer, scheduler, progress, records, memory
         self.trained = [p for p in model.parameters() if p.requires_grad]
-        lengths = [len(x) for x in s.train_ds["input_ids"]]
+        lengths = flops.lengths
         self.lengths = lengths if s.cfg.data.group_by_length else None
         self.row_lengths = lengths  # for train.max_tokens_per_batch
         self.train_ds = s.train_ds
         self.clock = time.perf_counter()
-        self.flops = StepFlops(s.shape, s.cfg.method, s.trainable, lengths)
-        self.schedule = schedule
+        self.flops, self.schedule = flops, schedule
         if schedule is not None:
             schedule.progress = progress
-            if schedule.budget.kind == "flops" and not progress.schedule_steps:
-                progress.schedule_steps = flops_steps(plan, len(self.train_ds), self.lengths, self.flops,
-                                                      schedule.budget.limit)
 
     def epoch(self, stop: StopOnSignal) -> None:
         """The rest of the current epoch (or until early stopping or a stop request)."""

@@ -99,8 +99,9 @@ class BudgetSchedule:
     """The LambdaLR function of a budget run: the schedule at the position after the step in flight
     (the scheduler steps at the end of each optimizer step)."""
 
-    def __init__(self, tc, budget: Budget, total: int):
+    def __init__(self, tc, budget: Budget, total: int, ahead: int = 0):
         self.tc, self.budget, self.total = tc, budget, total
+        self.one_step = min(total, ahead or total) == 1  # as make_optimizer's: one step must train, no warmup
         self.progress: Progress | None = None  # the loop's, set before the first step
         self.pending_flops = 0  # the step in flight's FLOPs
 
@@ -111,8 +112,9 @@ class BudgetSchedule:
         return max((p.step + 1) / self.total, spent / self.budget.limit)
 
     def __call__(self, step: int) -> float:
-        # step 0: LambdaLR's call at construction, the first step's rate (warmup starts at 0)
-        return schedule_factor(self.tc, self.position() if step else 0.0)
+        if step == 0:  # LambdaLR's call at construction: the first step's rate (warmup starts at 0)
+            return 1.0 if self.one_step or not self.tc.warmup_ratio else 0.0
+        return schedule_factor(self.tc, self.position())
 
 
 def budget_record(budget: Budget | None, p: Progress, epochs: float, trained: bool = True) -> dict | None:
