@@ -203,7 +203,7 @@ def answer(rows: Sequence[dict], pairs: Sequence[dict], split: str, demo: bool =
     if demo:
         intro.append("What the rules compute on these numbers (not a finding):")
     paragraphs.append(" ".join(intro + lines))
-    any_sig = any(t["significant"] for t in (versus(pairs, p["a"], p["b"]) for p in pairs) if t)
+    any_sig = any(p[HEADLINE]["significant"] for p in pairs if HEADLINE in p)
     beats_zero = ([m["method"] for m in methods if _better(versus(pairs, m["method"], "zero_shot"))]
                   if "zero_shot" in by else None)
     facts.update(any_significant=any_sig, beats_zero_shot=beats_zero, recommended=None)
