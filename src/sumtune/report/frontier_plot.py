@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from itertools import cycle
 
 from sumtune.report.frontier import AXES, HEADLINE, cost, marks
 
@@ -21,7 +22,7 @@ def _scale(ax, xs: list[float]) -> str:
         return "linear"
     if len(positive) < len(xs):
         ax.set_xscale("symlog", linthresh=min(positive))
-        return "symlog (0 has a place; log above the smallest cost)"
+        return "symlog: 0, then log"
     ax.set_xscale("log")
     return "log"
 
@@ -41,15 +42,16 @@ def frontier_figure(plt, rows: Sequence[dict], split: str, color: dict[str, str]
                         color=color.get(r["run"], "black"), mec="black" if m else None)
             ax.annotate(_label(r, several), (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
         kinds = sorted({str(r.get("peak_memory_kind")) for r, _, _ in placed}) if axis == "peak_memory_mb" else [""]
-        for kind in kinds:  # one staircase per kind of memory measurement
+        for style, kind in zip(cycle(("--", ":", "-.")), kinds):  # one staircase per kind of memory measurement
             front = sorted((x, 100 * r[HEADLINE]) for r, x, m in placed
                            if m and (not kind or str(r.get("peak_memory_kind")) == kind))
             if front:
-                ax.step([x for x, _ in front], [y for _, y in front], where="post", color="black", lw=1, ls="--",
+                ax.step([x for x, _ in front], [y for _, y in front], where="post", color="black", lw=1, ls=style,
                         label="frontier" + (f" ({kind})" if len(kinds) > 1 else ""))
         scale = _scale(ax, [x for _, x, _ in placed])
         unit = AXES[axis] + (f" ({', '.join(kinds)})" if axis == "peak_memory_mb" else "")
-        ax.set(xlabel=f"{unit}, {scale} scale", ylabel="ROUGE-L F1 (%), 95% interval", title=f"vs {AXES[axis]}")
+        ax.margins(x=0.15)  # room for the labels of the costliest runs
+        ax.set(xlabel=f"{unit} ({scale} scale)", ylabel="ROUGE-L F1 (%), 95% interval", title=f"vs {AXES[axis]}")
         if not placed:
             ax.text(0.5, 0.5, "no evaluated run records this cost", ha="center", transform=ax.transAxes)
         else:
