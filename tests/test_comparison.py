@@ -71,7 +71,10 @@ def test_evaluate_limit_ignores_the_runs_cap_and_records_intervals(tiny_neo, kag
     run, *_ = make_run(tmp_path / "run", tiny_neo, "lora",
                        sets=(f"data.source={kaggle_dir}", "method.r=4", "data.max_eval_samples=4"))
     fast = {"max_new_tokens": 6, "batch_size": 4}
-    assert evaluate_run(run, "test", limit=None, overrides=fast)["n"] == 4  # the run's cap
+    capped = evaluate_run(run, "test", limit=None, overrides=fast)
+    assert capped["n"] == 4  # the run's cap
+    # what the report projects a full evaluation from: the split's size and the measured seconds
+    assert capped["split_rows"] == 8 and capped["loss_seconds"] > 0 and capped["generation_seconds"] > 0
     m = evaluate_run(run, "test", limit=6, overrides=fast)
     assert m["n"] == 6 and m["limit"] == 6  # --limit 6 gives 6 rows although the run capped at 4
     assert evaluate_run(run, "test", limit=0, overrides=fast)["n"] == 8  # 0: the whole split

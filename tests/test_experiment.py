@@ -10,6 +10,7 @@ import pytest
 from sumtune.config import build_config, load_run_config
 from sumtune.recipes import experiment
 from sumtune.recipes.experiment import Plan
+from sumtune.report.answer import DEMO_TEXT
 
 
 def _cfg(out, model_dir, data_dir, **sets):
@@ -35,13 +36,15 @@ def test_experiment_runs_every_method_and_resumes(tiny_neo, kaggle_dir, tmp_path
         metrics = _read(out / m / "eval/test/metrics.json")
         assert metrics["n"] == 4 and 0 <= metrics["rougeL"] <= 1
     assert all(r["evaluated"] for r in report["rows"])
-    assert (out / "compare.md").is_file() and len(report["plots"]) == 3
+    assert (out / "compare.md").is_file() and len(report["plots"]) == 4
     record = _read(out / "experiment.json")
+    assert record["demo"] is False and report["answer"]["facts"]["verdict"] != "demo"
     lrs = record["lr"]
     middle = {m: experiment.LR_GRID[m][len(experiment.LR_GRID[m]) // 2] for m in ("prompt_tuning", "lora")}
     assert lrs["prompt_tuning"] == middle["prompt_tuning"] > lrs["lora"] == middle["lora"]
     printed = capsys.readouterr().out
     assert "| lora |" in printed and "loss_curves.png" in printed
+    assert report["answer"]["text"] in printed and "## Cost–quality frontier" in printed
 
     # a second run trains and evaluates nothing again
     stamps = {m: (out / m / "eval/test/metrics.json").stat().st_mtime_ns for m in methods}
@@ -92,6 +95,13 @@ def test_demo_data_is_packaged():
     assert experiment.DEMO_DATA.is_file() and experiment.DEMO_DATA.stat().st_size > 10_000
 
 
+def test_the_demo_marks_itself_so_the_report_names_no_winner(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(experiment, "run_experiment", lambda cfg, plan: seen.setdefault("plan", plan))
+    experiment.run_demo(tmp_path / "demo")
+    assert seen["plan"].demo is True and Plan().demo is False
+
+
 @pytest.mark.slow
 def test_demo_runs_offline(tmp_path, capsys):
     report = experiment.run_demo(tmp_path / "demo")
@@ -103,3 +113,5 @@ def test_demo_runs_offline(tmp_path, capsys):
     assert all(r["evaluated"] for r in report["rows"])
     lines = printed.rstrip().splitlines()
     assert lines[-1] == str(tmp_path / "demo/report.html") and lines[-3].startswith("plot: ")
+    assert _read(tmp_path / "demo/experiment.json")["demo"] is True
+    assert report["answer"]["facts"]["verdict"] == "demo" and DEMO_TEXT in printed  # no winner implied

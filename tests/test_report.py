@@ -1,4 +1,4 @@
-"""`compare`: the table (Markdown + JSON), a row that says "not evaluated", and three real PNGs."""
+"""`compare`: the table (Markdown + JSON), a row that says "not evaluated", and four real PNGs."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_compare_writes_tables_and_plots(tiny_neo, tmp_path, capsys):
     assert rows["lora"]["rougeL"] == 0.20 and rows["lora"]["trainable_pct"] == pytest.approx(4.0)
     assert rows["last_layers"]["evaluated"] is False and rows["last_layers"]["rouge1"] is None
 
-    assert len(saved["plots"]) == 3
+    assert len(saved["plots"]) == 4 and saved["plots"][-1].endswith("frontier.png")
     for p in saved["plots"]:
         data = open(p, "rb").read()
         assert data.startswith(PNG) and len(data) > 10_000

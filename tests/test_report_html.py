@@ -51,8 +51,8 @@ def _write_eval(run, method):
         "ci95": {k: [0.01, 0.9] for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")}})
 
 
-def _run(root, model_dir, method, trainable, sets=()):
-    run, *_ = make_run(root / method, model_dir, method, sets=("method.r=4", *sets))
+def _run(root, model_dir, method, trainable, sets=(), name=None):
+    run, *_ = make_run(root / (name or method), model_dir, method, sets=("method.r=4", *sets))
     atomic_write_json(run / "results.json", {
         "method": method, "trainable_params": trainable, "total_params": 1000, "train_seconds": 10.0 + trainable,
         "epochs_run": 2, "best_val_loss": 2.5, "peak_memory_mb": 300.0, "tokens_per_s": 950.0, "finished": True})
@@ -93,7 +93,7 @@ def test_report_holds_every_run_the_tables_and_the_plots(page):
     for method in METHODS:
         assert f"<td>{method}</td>" in html
     assert "<td>43.67 [1.00, 90.00]</td>" in html  # lora's ROUGE-L with its interval, as in compare.md
-    assert html.count('src="data:image/png;base64,') == 3
+    assert html.count('src="data:image/png;base64,') == 4  # the frontier in its own section
     assert "Seeds and lr per method" in html and "lora seed 42, lr 0.0003" in html
 
 
@@ -270,3 +270,78 @@ def test_screenshots(page, tmp_path):
         _chromium(page, fragment, tmp_path, f"--screenshot={shot}", f"--window-size=1400,{height}",
                   "--hide-scrollbars")
         assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 20_000
+
+
+# --- the answer paragraph and the cost-quality frontier ----------------------------
+
+EVIL = "lora<script>document.title='pwned'&amp;"  # a run directory's name, shown as text
+
+
+@pytest.fixture(scope="module")
+def frontier_page(tiny_neo, tmp_path_factory):
+    """The same three runs, lora's directory named EVIL, with evaluation timings recorded."""
+    root = tmp_path_factory.mktemp("frontier")
+    runs = [_run(root, tiny_neo, m, t, name=EVIL if m == "lora" else None) for m, t in zip(METHODS, (0, 40, 500))]
+    for run, method in zip(runs, METHODS):
+        _write_eval(run, method)
+        metrics = json.loads((run / "eval/test/metrics.json").read_text())
+        atomic_write_json(run / "eval/test/metrics.json", {**metrics, "generation_seconds": 3.0, "loss_seconds": 0.6,
+                                                           "split_rows": 1000, "decoding": {"label": "cnndm"}})
+    compare_runs(runs, root / "cmp")
+    return root / "cmp"
+
+
+def test_compare_md_leads_with_the_answer_and_holds_the_frontier(frontier_page):
+    md = (frontier_page / "compare.md").read_text(encoding="utf-8")
+    assert md.index("## Answer") < md.index("- **Data:**") < md.index("## Cost–quality frontier (ROUGE-L)")
+    assert "ROUGE-L F1 × 100 on the test split, n = 6 documents, decoding cnndm" in md
+    # cost on each axis, the score with its interval, the marks (all 300 MB: last_layers, best, alone on memory)
+    assert (f"| {EVIL} | lora | 42 | 43.67 [1.00, 90.00] | 50.0 | ★ | 300 (peak RSS) |  | 40 | ★ | "
+            "≈ 10 min projected for 1,000 rows (loss + decoding: 3.6 s for n = 6 decoded, cnndm) |") in md
+    assert "| last_layers | last_layers | 42 | 46.67 [1.00, 90.00] | 510.0 | ★ | 300 (peak RSS) | ★ | 500 | ★ |" in md
+    saved = json.loads((frontier_page / "compare.json").read_text(encoding="utf-8"))
+    assert saved["answer"]["text"] == "\n\n".join(saved["answer"]["paragraphs"]) and saved["answer"]["facts"]["tiers"]
+    lora = next(r for r in saved["frontier"]["runs"] if r["method"] == "lora")
+    assert lora["projected_eval"]["seconds"] == pytest.approx(600.0) and lora["projected_eval"]["projected"]
+    assert saved["plots"][-1].endswith("frontier.png")
+
+
+def test_run_names_in_the_frontier_are_escaped(frontier_page):
+    html = (frontier_page / "report.html").read_text(encoding="utf-8")
+    assert "<script>document.title" not in html
+    assert "lora&lt;script&gt;document.title=&#x27;pwned&#x27;&amp;amp;" in html
+
+
+HARNESS = """<!DOCTYPE html><html><body><iframe id="f" src="report.html"></iframe><pre id="out">pending</pre>
+<script>
+document.getElementById("f").addEventListener("load", () => {
+  const d = document.getElementById("f").contentDocument;
+  const img = d.querySelector("#frontier-plot img");
+  document.getElementById("out").textContent = JSON.stringify({
+    first: d.querySelector("main > section").id, title: d.title,
+    frontierWidth: img ? img.naturalWidth : -1,
+    widths: Array.from(d.querySelectorAll("img")).map((i) => i.naturalWidth)});
+});
+</script></body></html>"""
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_the_answer_comes_first_the_frontier_loads_and_marks(frontier_page, tmp_path):
+    page = frontier_page / "report.html"
+    dom = _dom(page, "", tmp_path)
+    main = dom.all(lambda n: n[0] == "main")[0]
+    first = next(c for c in main[2] if isinstance(c, list))
+    assert first[1]["id"] == "answer" and "Answer: which method" in dom.text(first)
+    assert "n = 6 documents" in dom.text(first) and "seeds: zero_shot 42" in dom.text(first)
+    assert _column(dom, "frontier-table") == ["zero_shot", EVIL, "last_layers"]  # the name shows as text
+    assert _column(dom, "frontier-table", 5) == ["★", "★", "★"]  # training time: all on the frontier
+    assert _column(dom, "frontier-table", 7) == ["", "", "★"]  # peak memory: all 300 MB, last_layers best
+    assert dom.text(dom.all(lambda n: n[0] == "title")[0]) == "sumtune comparison"
+
+    harness = frontier_page / "harness.html"
+    harness.write_text(HARNESS, encoding="utf-8")
+    out = _Dom(_chromium(harness, "", tmp_path, "--allow-file-access-from-files", "--dump-dom"))
+    seen = json.loads(out.text(out.by_id("out")))
+    assert seen["first"] == "answer" and seen["title"] == "sumtune comparison"
+    assert seen["frontierWidth"] > 0 and len(seen["widths"]) == 4 and min(seen["widths"]) > 0

@@ -11,10 +11,10 @@
 
 from sumtune.data.batching import Collator, epoch_order
 from sumtune.data.clean import clean_article, clean_summary
-from sumtune.data.sources import KAGGLE_FILES, SPLITS, hub_dataset, load_splits
+from sumtune.data.sources import KAGGLE_FILES, SPLITS, hub_dataset, load_splits, split_sizes
 from sumtune.data.tokenize import datasets_cache, encode_batch, encode_prompt, tokenize_splits, tokenizer_id
 
 __all__ = [
     "KAGGLE_FILES", "SPLITS", "Collator", "clean_article", "clean_summary", "datasets_cache", "encode_batch", "encode_prompt",
-    "epoch_order", "hub_dataset", "load_splits", "tokenize_splits", "tokenizer_id",
+    "epoch_order", "hub_dataset", "load_splits", "split_sizes", "tokenize_splits", "tokenizer_id",
 ]

@@ -233,6 +233,12 @@ def _standardise(ds, split: str, cfg: DataConfig):
                   num_proc=num_workers(cfg, len(ds)), desc=f"cleaning {split}")
 
 
+def split_sizes(cfg: DataConfig, seed: int) -> dict[str, int]:
+    """Rows per split of the whole source, before subsets and before empty rows are skipped: the
+    size a projection to the full split scales to (reads what `load_splits` reads, from its cache)."""
+    return {split: len(ds) for split, ds in _read_source(cfg, seed).items()}
+
+
 def load_splits(cfg: DataConfig, seed: int):
     """Cleaned train/validation/test with columns id, article, summary (str); subsets are seeded.
 

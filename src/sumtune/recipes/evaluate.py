@@ -3,8 +3,9 @@ generated for every article (decoding/) and their ROUGE against the references.
 
 Writes RUN/eval/<split>/predictions.jsonl ({"id", "article", "reference", "prediction",
 per-example ROUGE F1 and token lengths} per line) and then RUN/eval/<split>/metrics.json (means, 95%
-bootstrap intervals over documents, n, the decoding settings, the data evaluated), each
-atomically; a metrics.json therefore means a complete evaluation.
+bootstrap intervals over documents, n, the decoding settings, the data evaluated; the seconds
+of the loss pass and of decoding, and the split's full size `split_rows`, from which the report
+projects the cost of evaluating all of it), each atomically; a metrics.json therefore means a complete evaluation.
 
 How many rows: `limit=None` evaluates what the run's caps select (data.max_eval_samples /
 max_test_samples); `limit=N` the first N rows of the whole split, whatever those caps were;
@@ -191,21 +192,25 @@ def _evaluate(run: Path, split: str, limit: int | None, overrides: dict[str, Any
               base_model: str | None, state) -> dict[str, Any]:
     from datasets import DatasetDict
 
-    from sumtune.data import datasets_cache, tokenize_splits
+    from sumtune.data import datasets_cache, split_sizes, tokenize_splits
 
     cfg = _config(run, overrides, data)
     with state.main_process_first():  # the main process fills the datasets cache, the others read it
         ds = _split_rows(cfg, split, limit)  # data problems show before the model loads
+        split_rows = split_sizes(cfg.data, cfg.data.seed)[split]  # what a full evaluation would cover
     model, tokenizer, autocast = _model(run, cfg, base_model, state.device)
     with state.main_process_first(), writing(datasets_cache(), only=FULL_DISK):
         tokenised = tokenize_splits(DatasetDict({split: ds}), tokenizer, cfg.data)[split]
+    t0 = time.perf_counter()
     loss = summary_loss(model, tokenised, tokenizer.pad_token_id, cfg.eval.batch_size, autocast, state)
+    loss_seconds = time.perf_counter() - t0
     predictions, seconds = _summaries(model, tokenizer, cfg, autocast, list(ds["article"]), True, state)
     references = list(ds["summary"])
     scores, columns = _scores(predictions, references, tokenizer, cfg.train.seed)
     metrics: dict[str, Any] = {
         "split": split, "loss": loss, **scores, "n": len(predictions), "limit": limit,
         "generation_seconds": seconds, "summaries_per_s": len(predictions) / seconds,
+        "loss_seconds": loss_seconds, "split_rows": split_rows, "processes": state.num_processes,
         "decoding": decoding_summary(cfg.eval), "data": cfg.data.source,
         "data_is_training_data": cfg.data.source == load_run_config(run).data.source,
     }

@@ -68,6 +68,7 @@ class Plan:
     lr: float | dict[str, float] | None = None  # fixed rate(s); None: grids
     lr_grid: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(LR_GRID))
     chosen: tuple[str, ...] | None = None  # --methods; None: METHODS
+    demo: bool = False  # the demo's tiny random model: the report names no winner
 
     def methods(self) -> tuple[str, ...]:
         base = tuple(self.chosen) if self.chosen else METHODS
@@ -291,7 +292,8 @@ def run_experiment(cfg: Config, plan: Plan | None = None) -> dict:
     budget = budget_of(cfg.train)
     record: dict = {"methods": list(plan.methods()), "seeds": seeds, "lr": {}, "sweep": {}, "runs": {},
                     "budget": budget and {"kind": budget.kind, "limit": budget.limit,
-                                          "sweep_fraction": SWEEP_BUDGET_FRACTION if plan.sweep_lr else None}}
+                                          "sweep_fraction": SWEEP_BUDGET_FRACTION if plan.sweep_lr else None},
+                    "demo": plan.demo}
     runs = []
     memo: dict = {}  # today's content fingerprints, computed once if a finished run needs them
     with DirLock(out, "experiment directory"):
@@ -332,5 +334,5 @@ def run_demo(output_dir: str | Path = "demo_runs") -> dict:
         "train.epochs": 10, "train.batch_size": 4, "train.grad_accum": 1, "train.precision": "fp32",
         "data.max_length": 384, "data.max_summary_length": 64, "eval.preset": "cnndm",
     })
-    plan = Plan(with_full=True, sweep_lr=True, lr_grid=dict(DEMO_LR_GRID))
-    return run_experiment(cfg, plan)  # ends with the table, plots
+    plan = Plan(with_full=True, sweep_lr=True, lr_grid=dict(DEMO_LR_GRID), demo=True)
+    return run_experiment(cfg, plan)  # ends with the answer paragraph (which names no winner), the table, plots

@@ -1,6 +1,7 @@
-"""`sumtune compare`: the runs side by side - compare.md (a header saying what the figures
-are, costs, scores with 95% intervals, seeds, pairwise tests), compare.json (the same data),
-three PNG plots and report.html (all of it in one offline page, with an article browser)."""
+"""`sumtune compare`: the runs side by side - compare.md (the answer paragraph, a header saying
+what the figures are, costs, scores with 95% intervals, the cost-quality frontier, seeds, pairwise
+tests), compare.json (the same data), the PNG plots and report.html (all of it in one offline
+page, with an article browser)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Any
 from sumtune.errors import UserError
 from sumtune.io import atomic_write_json, atomic_write_text, read_json
 from sumtune.lock import DirLock, is_main_process
+from sumtune.report.answer import answer, answer_markdown, is_demo
+from sumtune.report.frontier import frontier, frontier_markdown
 from sumtune.report.html import MAX_ARTICLES, write_html
 from sumtune.report.plots import loss_curves, plots
 from sumtune.report.rows import run_row
@@ -45,13 +48,16 @@ def compare_runs(run_dirs: Sequence[str | Path], output: str | Path | None = Non
         for row, run in zip(rows, runs):
             row["run"] = str(run.resolve().relative_to(parent))
     seeds, pairs = seed_summary(rows), pairwise(rows, runs, split)
-    text = markdown(rows, seeds, pairs, split)
+    front, ans = frontier(rows, split), answer(rows, pairs, split, is_demo(record, runs))
+    text = markdown(rows, seeds, pairs, split, answer_markdown(ans), frontier_markdown(front))
+    extra = {"frontier": front, "answer": ans}
     if not is_main_process():  # under accelerate launch (experiment) the main process writes
-        return {"split": split, "rows": rows, "seeds": seeds, "pairs": pairs, "plots": []}
+        return {"split": split, "rows": rows, "seeds": seeds, "pairs": pairs, "plots": [], **extra}
     with DirLock(out, "comparison directory"):
         written = plots(rows, runs, out, split)
         atomic_write_text(out / "compare.md", text + "\n" + "".join(f"![{p.stem}]({p.name})\n" for p in written))
-        report = {"split": split, "rows": rows, "seeds": seeds, "pairs": pairs, "plots": [str(p) for p in written]}
+        report = {"split": split, "rows": rows, "seeds": seeds, "pairs": pairs, "plots": [str(p) for p in written],
+                  **extra}
         atomic_write_json(out / "compare.json", report)
         print(text)
         print(f"wrote {out / 'compare.md'}, {out / 'compare.json'}")

@@ -1,5 +1,6 @@
-"""`report.html`: the comparison as one self-contained page - the tables (sortable), the plots
-(embedded PNGs), the facts, and an article browser: per article the reference and every run's
+"""`report.html`: the comparison as one self-contained page - the answer paragraph first, the
+tables (sortable), the cost-quality frontier, the plots (embedded PNGs), the facts, and an
+article browser: per article the reference and every run's
 prediction side by side with per-article ROUGE, shared n-grams highlighted, and filters.
 
 Offline by construction: CSS and JS inline (template.html), plots as data URIs, nothing fetched.
@@ -27,6 +28,8 @@ from typing import Any
 
 from sumtune.errors import UserError
 from sumtune.io import atomic_write_text
+from sumtune.report.frontier import frontier_body, frontier_note
+from sumtune.report.plots import PLOTS
 from sumtune.report.tables import ROUGE_NAMES, cost_body, facts, pair_body, score_body, seed_body
 
 log = logging.getLogger(__name__)
@@ -138,22 +141,45 @@ def _facts_html(rows: Sequence[dict], split: str) -> str:
     return f'<dl class="facts">{items}</dl>'
 
 
-def _plots_html(paths: Sequence[Path]) -> str:
+def _plots_html(paths: Sequence[Path], ident: str = "") -> str:
     figures = []
     for p in paths:
         data = base64.b64encode(Path(p).read_bytes()).decode("ascii")
         figures.append(f'<figure><img alt="{escape(Path(p).stem)}" src="data:image/png;base64,{data}">'
                        f"<figcaption>{escape(Path(p).name)}</figcaption></figure>")
-    return '<div class="plots">' + "".join(figures) + "</div>" if figures else "<p>No plots.</p>"
+    attr = f' id="{ident}"' if ident else ""
+    return f'<div class="plots"{attr}>' + "".join(figures) + "</div>" if figures else "<p>No plots.</p>"
+
+
+def _answer_html(report: dict) -> list[str]:
+    ans = report.get("answer")
+    if not ans:
+        return []
+    demo = ans["facts"].get("demo")
+    paras = "".join(f'<p class="{"demo" if demo and i == 0 else "answer"}">{escape(t)}</p>'
+                    for i, t in enumerate(ans["paragraphs"]))
+    return ['<section id="answer"><h2>Answer: which method, for what it costs</h2>', paras, "</section>"]
+
+
+def _frontier_html(report: dict) -> list[str]:
+    front = report.get("frontier")
+    if not front:
+        return []
+    image = [p for p in report["plots"] if Path(p).name == PLOTS["frontier"]]
+    return ['<section id="frontier"><h2>Cost–quality frontier (ROUGE-L)</h2>',
+            f'<p class="note">{escape(frontier_note(front))}</p>', _plots_html(image, "frontier-plot") if image else "",
+            table_html(*frontier_body(front), "frontier-table"), "</section>"]
 
 
 def _sections(report: dict) -> str:
     rows, split = report["rows"], report["split"]
-    parts = ['<section id="facts"><h2>What the figures are</h2>', _facts_html(rows, split), "</section>",
+    others = [p for p in report["plots"] if Path(p).name != PLOTS["frontier"]]  # shown in its own section
+    parts = [*_answer_html(report), '<section id="facts"><h2>What the figures are</h2>', _facts_html(rows, split),
+             "</section>",
              '<section id="costs"><h2>Runs: what trained and what it cost</h2>',
              table_html(*cost_body(rows), "cost-table"), "</section>",
              f'<section id="scores"><h2>Scores on the {escape(split)} split</h2>',
-             table_html(*score_body(rows), "score-table"), "</section>"]
+             table_html(*score_body(rows), "score-table"), "</section>", *_frontier_html(report)]
     if report["seeds"]:
         parts += ['<section id="seeds"><h2>Across seeds (mean ± sd)</h2>',
                   table_html(*seed_body(report["seeds"]), "seed-table"), "</section>"]
@@ -163,7 +189,7 @@ def _sections(report: dict) -> str:
                   "Holm's correction over all pairs. A method with several seeds enters with its per-document "
                   "mean over seeds.</p>", table_html(*pair_body(report["pairs"], star=" *"), "pair-table"),
                   "</section>"]
-    parts += ['<section id="plots"><h2>Plots</h2>', _plots_html(report["plots"]), "</section>"]
+    parts += ['<section id="plots"><h2>Plots</h2>', _plots_html(others), "</section>"]
     return "\n".join(parts)
 
 

@@ -1,5 +1,5 @@
-"""The three PNG plots of `sumtune compare`: loss curves, ROUGE bars with 95% intervals, and
-trainable parameters vs ROUGE-L."""
+"""The PNG plots of `sumtune compare`: loss curves, ROUGE bars with 95% intervals, trainable
+parameters vs ROUGE-L, and the cost-quality frontier (frontier_plot.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from pathlib import Path
 from sumtune.errors import UserError
 from sumtune.io import atomic_write_bytes
 from sumtune.metrics import ROUGE_KEYS
+from sumtune.report.frontier_plot import frontier_figure
 
-PLOTS = {"loss": "loss_curves.png", "rouge": "rouge_bars.png", "params": "params_vs_rougeL.png"}
+PLOTS = {"loss": "loss_curves.png", "rouge": "rouge_bars.png", "params": "params_vs_rougeL.png",
+         "frontier": "frontier.png"}
 
 
 def loss_curves(run: Path) -> tuple[dict[int, float], dict[int, float]]:
@@ -41,7 +43,7 @@ def loss_curves(run: Path) -> tuple[dict[int, float], dict[int, float]]:
 
 
 def plots(rows: Sequence[dict], runs: Sequence[Path], out: Path, split: str = "test") -> list[Path]:
-    """Write the three plots into `out`; returns their paths."""
+    """Write the plots into `out`; returns their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,7 +54,8 @@ def plots(rows: Sequence[dict], runs: Sequence[Path], out: Path, split: str = "t
     evaluated = [r for r in rows if r["evaluated"]]
     return [_save(_loss_plot(plt, rows, runs, color), out / PLOTS["loss"]),
             _save(_rouge_plot(plt, evaluated, split), out / PLOTS["rouge"]),
-            _save(_params_plot(plt, evaluated, color), out / PLOTS["params"])]
+            _save(_params_plot(plt, evaluated, color), out / PLOTS["params"]),
+            _save(frontier_figure(plt, rows, split, color), out / PLOTS["frontier"])]
 
 
 def _loss_plot(plt, rows: Sequence[dict], runs: Sequence[Path], color: dict[str, str]):

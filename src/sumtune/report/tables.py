@@ -191,9 +191,12 @@ def header(rows: Sequence[dict], split: str) -> str:
     return "\n".join(f"- **{label}:** {text}" for label, text in facts(rows, split)) + "\n"
 
 
-def markdown(rows: Sequence[dict], seeds: Sequence[dict], pairs: Sequence[dict], split: str) -> str:
-    parts = ["# sumtune comparison\n", header(rows, split), "## Runs: what trained and what it cost\n",
-             cost_table(rows), f"## Scores on the {split} split\n", score_table(rows)]
+def markdown(rows: Sequence[dict], seeds: Sequence[dict], pairs: Sequence[dict], split: str,
+             answer: str = "", frontier: str = "") -> str:
+    """compare.md's text; `answer` (the answer paragraph's section) leads, `frontier` follows the scores."""
+    parts = ["# sumtune comparison\n", *([answer] if answer else []), header(rows, split),
+             "## Runs: what trained and what it cost\n", cost_table(rows), f"## Scores on the {split} split\n",
+             score_table(rows), *([frontier] if frontier else [])]
     if seeds:
         parts += ["## Across seeds (mean ± sd)\n", seed_table(seeds)]
     if pairs:
