@@ -120,7 +120,7 @@ def first_sentences(text: str, n: int) -> str:
     return "\n".join(split_sentences(text)[:n])
 
 
-def _summaries(model, tokenizer, cfg: Config, autocast: torch.dtype | None, articles: list[str],
+def generate_summaries(model, tokenizer, cfg: Config, autocast: torch.dtype | None, articles: list[str],
                progress: bool, state=None) -> tuple[list[str], float]:
     """(summary texts, generation seconds): decode, cut at the stop rule, keep eval.max_sentences.
     With `state` (several processes): each generates whole batches (`distributed.batch_shard`),
@@ -200,7 +200,7 @@ def _evaluate(run: Path, split: str, limit: int | None, overrides: dict[str, Any
     with state.main_process_first(), writing(datasets_cache(), only=FULL_DISK):
         tokenised = tokenize_splits(DatasetDict({split: ds}), tokenizer, cfg.data)[split]
     loss = summary_loss(model, tokenised, tokenizer.pad_token_id, cfg.eval.batch_size, autocast, state)
-    predictions, seconds = _summaries(model, tokenizer, cfg, autocast, list(ds["article"]), True, state)
+    predictions, seconds = generate_summaries(model, tokenizer, cfg, autocast, list(ds["article"]), True, state)
     references = list(ds["summary"])
     scores, columns = _scores(predictions, references, tokenizer, cfg.train.seed)
     metrics: dict[str, Any] = {
@@ -259,7 +259,7 @@ def summarize_text(run_dir: str | Path, text: str, overrides: dict[str, Any] | N
     run = check_finished_run(run_dir)
     cfg = _config(run, overrides)
     model, tokenizer, autocast = _model(run, cfg, base_model)
-    return _summaries(model, tokenizer, cfg, autocast, [article_text(text, cfg)], progress=False)[0][0]
+    return generate_summaries(model, tokenizer, cfg, autocast, [article_text(text, cfg)], progress=False)[0][0]
 
 
 def summarize_file(run_dir: str | Path, file_or_dash: str = "-", overrides: dict[str, Any] | None = None,
