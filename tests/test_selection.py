@@ -6,7 +6,10 @@ never read; config, resume and FSDP checks."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -174,3 +177,30 @@ def test_resume_refuses_another_selection(tmp_path):
     with pytest.raises(UserError, match=r"cannot resume .*train.select_by was 'rougeL', now 'loss'"):
         check_run_dir(run, loss, resume=True)
     check_run_dir(run, build_config(sets=["train.select_by=rougeL"]), resume=True)
+
+
+def _argv(model, data, out, batch: int) -> list[str]:
+    sets = [f"{k}={v}" for k, v in SETTINGS.items() if k not in ("method.name", "train.lr", "train.seed")]
+    return ["train", "--method", "last_layers", "--model", str(model), "--data", str(data), "--output-dir", str(out),
+            "--batch-size", str(batch), "--grad-accum", "1", "--max-length", "192", "--lr", "1e-2", "--seed", "1",
+            "--precision", "fp32", "--set", "data.max_summary_length=64", *[x for s in sets for x in ("--set", s)]]
+
+
+@pytest.mark.slow  # two processes training and decoding: ~75 s on a loaded 2-core machine
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU multi-process test")
+def test_two_processes_select_as_one_process(selected, tiny_neo, tmp_path):
+    """DDP: each process decodes its share of the subset, the summaries are gathered; the two-process
+    run (batch 2 each) records the one-process run's (batch 4) ROUGE and keeps the same step."""
+    run, _, data = selected
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sumtune.cli"]
+    proc = subprocess.run([*launch, *_argv(tiny_neo, data, tmp_path / "two", 2)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two, one = _validations(tmp_path / "two"), _validations(run)
+    assert [e["step"] for e in two] == [e["step"] for e in one]
+    for a, b in zip(two, one):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["select_n"] == N and all(a[k] == pytest.approx(b[k], abs=1e-12) for k in ROUGE_KEYS)
+    res2, res1 = (json.loads((r / "results.json").read_text()) for r in (tmp_path / "two", run))
+    assert res2["processes"] == 2 and (res2["best_step"], res2["best_score"]) == (res1["best_step"], res1["best_score"])
