@@ -136,9 +136,9 @@ def test_keeps_the_rouge_best_checkpoint_where_loss_would_keep_another(selected,
     assert res["validation_seconds"] >= sum(e["select_seconds"] for e in events)
 
 
-def test_stops_early_by_the_score(selected, tiny_neo, tmp_path):
+def test_stops_early_by_the_score(selected, tiny_neo, tmp_path, capfd):
     """patience 1: the run stops at the first validation whose ROUGE-L does not beat the best so far,
-    while its loss was still falling."""
+    while its loss was still falling; the epoch line shows the score."""
     run, _, data = selected
     events = _validations(run)
     scores = [e["rougeL"] for e in events]
@@ -149,6 +149,9 @@ def test_stops_early_by_the_score(selected, tiny_neo, tmp_path):
     res = json.loads((stopped / "results.json").read_text())
     assert res["early_stopped"] is True and res["steps"] == events[first_bad]["step"]
     assert [e["rougeL"] for e in _validations(stopped)] == scores[:first_bad + 1]
+    out = capfd.readouterr()
+    assert f"val rougeL {100 * scores[first_bad]:.2f} (n={N})" in out.out + out.err
+    assert f"best validation rougeL {100 * max(scores):.2f}" in out.out
 
 
 def test_select_by_and_select_samples_are_checked(tiny_neo, kaggle_dir, tmp_path):

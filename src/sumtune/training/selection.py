@@ -20,6 +20,7 @@ score and takes the same decision.
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from typing import Any
 
@@ -45,6 +46,7 @@ class Selection:
         frozen = {id(p): p for p in model.parameters() if not p.requires_grad}  # shared, not copied
         self.decoder = copy.deepcopy(model, memo=frozen).to(accelerator.device).eval()
         self._params = dict(self.decoder.named_parameters(remove_duplicate=False))
+        self._logged = False  # the decoding fast paths are logged at the first validation only
 
     def check_names(self, model: torch.nn.Module) -> None:
         """The training model (fast paths applied) still names every trained weight as the copy does."""
@@ -70,7 +72,15 @@ class Selection:
         revert_fast_paths(self.decoder)  # back to the fp32 weights the trained values go into
         for name in self.names:
             self._params[name].copy_(trained[name])
-        fast_paths_for_decoding(self.decoder, self.cfg, self.autocast)  # as `evaluate` sets a loaded run up
+        fastpath_log = logging.getLogger("sumtune.fastpath")
+        level = fastpath_log.level
+        if self._logged:
+            fastpath_log.setLevel(logging.WARNING)
+        try:
+            fast_paths_for_decoding(self.decoder, self.cfg, self.autocast)  # as `evaluate` sets a loaded run up
+        finally:
+            fastpath_log.setLevel(level)
+        self._logged = True
         predictions, _ = generate_summaries(self.decoder, self.tokenizer, self.cfg, self.autocast, articles,
                                             False, self.accelerator)
         per = rouge_per_example(predictions, references)
