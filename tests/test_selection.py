@@ -207,3 +207,31 @@ def test_two_processes_select_as_one_process(selected, tiny_neo, tmp_path):
         assert a["select_n"] == N and all(a[k] == pytest.approx(b[k], abs=1e-12) for k in ROUGE_KEYS)
     res2, res1 = (json.loads((r / "results.json").read_text()) for r in (tmp_path / "two", run))
     assert res2["processes"] == 2 and (res2["best_step"], res2["best_score"]) == (res1["best_step"], res1["best_score"])
+
+
+def test_interrupted_and_resumed_selects_as_uninterrupted(selected, tiny_neo, tmp_path, monkeypatch):
+    """A stop request after step 4 (a checkpoint, then exit), then --resume: the same validation
+    records, the same kept step and weights as the uninterrupted run (best_score resumes too)."""
+    run, _, data = selected
+    cfg = _cfg(tiny_neo, data, tmp_path / "resumed")
+    calls = []
+
+    def stop_after_four(accelerator, flag):
+        calls.append(flag)
+        return len(calls) == 4
+
+    torch.set_num_threads(1)
+    monkeypatch.setattr(recipe, "any_process", stop_after_four)
+    with pytest.raises(KeyboardInterrupt):
+        recipe.train(cfg)
+    assert len(_validations(tmp_path / "resumed")) == 4
+    monkeypatch.undo()
+    recipe.train(cfg, resume=True)
+    drop = ("select_seconds",)
+    strip = [{k: v for k, v in e.items() if k not in drop} for e in _validations(tmp_path / "resumed")]
+    assert strip == [{k: v for k, v in e.items() if k not in drop} for e in _validations(run)]
+    res2, res1 = (json.loads((r / "results.json").read_text()) for r in (tmp_path / "resumed", run))
+    assert (res2["best_step"], res2["best_score"]) == (res1["best_step"], res1["best_score"])
+    name = get_method("last_layers").weights_file
+    a, b = (load_file(str(r / "adapter" / name)) for r in (tmp_path / "resumed", run))
+    assert all(torch.equal(a[k], b[k]) for k in b)
