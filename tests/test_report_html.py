@@ -320,4 +320,4 @@ def test_the_browser_shows_the_validation_rouge_curve(selected_page, tmp_path):
     assert "val_rouge_curves.png" in captions and captions.index("val_rouge_curves.png") == 1  # beside the loss curves
     img = next(c for c in figures[1][2] if isinstance(c, list) and c[0] == "img")
     assert img[1]["src"].startswith("data:image/png;base64,")
-    assert _column(dom, "cost-table", -1) == ["loss", "rougeL 25.00", "loss"]
+    assert _column(dom, "cost-table", -1) == ["-", "rougeL 25.00", "loss"]  # zero_shot selects nothing

@@ -1,6 +1,6 @@
 """`sumtune compare`: the runs side by side - compare.md (a header saying what the figures
 are, costs, scores with 95% intervals, seeds, pairwise tests), compare.json (the same data),
-three PNG plots and report.html (all of it in one offline page, with an article browser)."""
+the PNG plots and report.html (all of it in one offline page, with an article browser)."""
 
 from __future__ import annotations
 

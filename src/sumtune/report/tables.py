@@ -40,7 +40,10 @@ def _epochs(row: dict) -> str:
 
 
 def _selected(row: dict) -> str:
-    """What chose the kept checkpoint: "loss", or the validation ROUGE key with its best score."""
+    """What chose the kept checkpoint: "loss", or the validation ROUGE key with its best score
+    ("-" where nothing trained)."""
+    if row["lr"] is None:
+        return "-"
     if row.get("best_score") is None:
         return str(row.get("select_by") or "loss")
     return f"{row['select_by']} {100 * row['best_score']:.2f}"
