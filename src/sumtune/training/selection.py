@@ -69,8 +69,7 @@ class Selection:
         t0 = time.perf_counter()
         articles, references = self.rows(validation)
         trained = dict(self.accelerator.unwrap_model(model).named_parameters(remove_duplicate=False))
-        revert_fast_paths(self.decoder)  # back to the fp32 weights the trained values go into
-        for name in self.names:
+        for name in self.names:  # into the fp32 weights (no decoding fast path is applied between calls)
             self._params[name].copy_(trained[name])
         fastpath_log = logging.getLogger("sumtune.fastpath")
         level = fastpath_log.level
@@ -81,8 +80,11 @@ class Selection:
         finally:
             fastpath_log.setLevel(level)
         self._logged = True
-        predictions, _ = generate_summaries(self.decoder, self.tokenizer, self.cfg, self.autocast, articles,
-                                            False, self.accelerator)
+        try:
+            predictions, _ = generate_summaries(self.decoder, self.tokenizer, self.cfg, self.autocast, articles,
+                                                False, self.accelerator)
+        finally:
+            revert_fast_paths(self.decoder)  # frees the decoding casts until the next validation
         per = rouge_per_example(predictions, references)
         seed = self.cfg.train.seed
         return {**{k: sum(v) / len(v) for k, v in per.items()},
