@@ -5,6 +5,8 @@ holding a <script> shows as text without running."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import re
 import shutil
@@ -323,6 +325,41 @@ document.getElementById("f").addEventListener("load", () => {
     widths: Array.from(d.querySelectorAll("img")).map((i) => i.naturalWidth)});
 });
 </script></body></html>"""
+# --- selection by validation ROUGE (train.select_by) ---------------------------------
+
+SELECT_SCORES = (0.10, 0.25, 0.20)  # lora's recorded validation rougeL at steps 1..3: step 2 kept
+
+
+@pytest.fixture(scope="module")
+def selected_page(built, tmp_path_factory):
+    """The same runs, lora's recording the validation ROUGE of a select_by=rougeL run."""
+    root, runs = built
+    out = tmp_path_factory.mktemp("selected")
+    copies = [out / r.name for r in runs]
+    for r, c in zip(runs, copies):
+        shutil.copytree(r, c)
+    lora = copies[METHODS.index("lora")]
+    events = [{"step": s, "epoch": s / 3, "split": "validation", "loss": 3.0 - s / 10, "best": v == max(SELECT_SCORES[:s]),
+               "rouge1": v, "rouge2": v / 2, "rougeL": v, "rougeLsum": v, "ci95": {"rougeL": [v - 0.05, v + 0.05]},
+               "select_n": 4, "select_seconds": 0.5} for s, v in enumerate(SELECT_SCORES, 1)]
+    (lora / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    res = json.loads((lora / "results.json").read_text())
+    atomic_write_json(lora / "results.json", {**res, "select_by": "rougeL", "best_score": 0.25, "best_step": 2})
+    compare_runs(copies, out / "cmp")
+    return out / "cmp"
+
+
+def test_the_validation_rouge_curve_is_plotted_and_shown(selected_page, page):
+    import matplotlib.image
+
+    html = (selected_page / "report.html").read_text(encoding="utf-8")
+    assert html.count('src="data:image/png;base64,') == 5  # the four plots and the curve
+    assert "<figcaption>val_rouge_curves.png</figcaption>" in html
+    png = re.search(r'alt="val_rouge_curves" src="data:image/png;base64,([^"]+)"', html).group(1)
+    assert matplotlib.image.imread(io.BytesIO(base64.b64decode(png)), format="png").shape[1] > 500
+    md = (selected_page / "compare.md").read_text(encoding="utf-8")
+    assert "selected by" in md and "| rougeL 25.00 |" in md and "![val_rouge_curves](val_rouge_curves.png)" in md
+    assert "val_rouge_curves" not in page.read_text(encoding="utf-8")  # no run recorded ROUGE: no curve
 
 
 @pytest.mark.browser
@@ -345,3 +382,11 @@ def test_the_answer_comes_first_the_frontier_loads_and_marks(frontier_page, tmp_
     seen = json.loads(out.text(out.by_id("out")))
     assert seen["first"] == "answer" and seen["title"] == "sumtune comparison"
     assert seen["frontierWidth"] > 0 and len(seen["widths"]) == 4 and min(seen["widths"]) > 0
+def test_the_browser_shows_the_validation_rouge_curve(selected_page, tmp_path):
+    dom = _dom(selected_page / "report.html", "", tmp_path)
+    figures = dom.all(lambda n: n[0] == "figure", dom.by_id("plots"))
+    captions = [dom.text(f) for f in figures]
+    assert "val_rouge_curves.png" in captions and captions.index("val_rouge_curves.png") == 1  # beside the loss curves
+    img = next(c for c in figures[1][2] if isinstance(c, list) and c[0] == "img")
+    assert img[1]["src"].startswith("data:image/png;base64,")
+    assert _column(dom, "cost-table", -1) == ["-", "rougeL 25.00", "loss"]  # zero_shot selects nothing

@@ -23,6 +23,9 @@ from sumtune.methods import CONFIGS as METHOD_CONFIGS
 
 METHODS = tuple(METHOD_CONFIGS)
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# train.select_by: what picks the kept checkpoint and stops early (the ROUGE keys: of summaries decoded
+# from a fixed validation subset at each validation, training.selection)
+SELECT_BY = ("loss", "rouge1", "rouge2", "rougeL", "rougeLsum")
 # The fast paths by name, in the order they are applied (sumtune.fastpath.FAST_PATHS, which says why
 # that order; kept here so validating a config does not import torch).
 FAST_PATH_NAMES = ("sdpa_attention", "cast_frozen_weights", "fused_gelu", "fast_lora", "few_rows_head",
@@ -110,6 +113,7 @@ class TrainConfig:
     max_tokens_per_batch: int = 0  # >0: cut each process's rows of a step into forward passes of <= this many padded tokens
     budget_seconds: float | None = None  # stop once optimizer steps have taken this long (train_seconds)
     budget_flops: float | None = None  # stop once this many training FLOPs are spent (sumtune.flops)
+    select_by: Literal["loss", "rouge1", "rouge2", "rougeL", "rougeLsum"] = "loss"  # SELECT_BY: best checkpoint, early stop
 
 
 # Decoding presets: setting `eval.preset` writes these values into the eval section at that moment,
@@ -137,6 +141,7 @@ class EvalConfig:
     no_repeat_ngram_size: int = 0
     length_penalty: float = 1.0
     max_sentences: int = 0  # keep the first N sentences of a summary; 0 = all
+    select_samples: int = 64  # train.select_by other than loss: the first N validation rows decoded each validation
 
 
 PRESET_KEY = "eval.preset"
@@ -208,6 +213,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "eval.min_new_tokens": (lambda v: v >= 0, "an integer >= 0"),
     "eval.no_repeat_ngram_size": (lambda v: v >= 0, "an integer >= 0"),
     "eval.max_sentences": (lambda v: v >= 0, "an integer >= 0 (0 = all)"),
+    "eval.select_samples": (lambda v: v >= 1, "an integer >= 1 (validation rows decoded for train.select_by)"),
 }
 
 
@@ -330,8 +336,10 @@ RESUME_FREE = ("output_dir", "train.save_steps", "train.tensorboard", "data.num_
 
 
 def config_differences(old: Config, new: Config, ignore: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
-    """(key, old value, new value) for every training-relevant key that differs; decoding
-    (eval.*), RESUME_FREE and `ignore` keys aside. Local paths compare absolute."""
+    """(key, old value, new value) for every training-relevant key that differs; RESUME_FREE and
+    `ignore` keys aside, and decoding (eval.*) too unless either run selects by ROUGE
+    (train.select_by): then the decoding and eval.select_samples decide which weights are kept.
+    Local paths compare absolute."""
     def flat(cfg: Config) -> dict[str, Any]:
         d = flatten(cfg.to_dict())
         d["model.name"] = absolute_source(d["model.name"])
@@ -340,8 +348,9 @@ def config_differences(old: Config, new: Config, ignore: tuple[str, ...] = ()) -
 
     a, b = flat(old), flat(new)
     skip = set(RESUME_FREE) | set(ignore)
+    decodes = any(d.get("train.select_by", "loss") != "loss" for d in (a, b))
     return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
-            if not k.startswith("eval.") and k not in skip and a.get(k) != b.get(k)]
+            if (decodes or not k.startswith("eval.")) and k not in skip and a.get(k) != b.get(k)]
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
@@ -359,6 +368,6 @@ def load_run_config(run_dir: str | Path) -> Config:
 
 __all__ = [
     "Config", "ModelConfig", "DataConfig", "MethodConfig", "TrainConfig", "EvalConfig",
-    "METHODS", "PRECISIONS", "build_config", "config_from_dict", "save_config", "load_run_config",
+    "METHODS", "PRECISIONS", "SELECT_BY", "build_config", "config_from_dict", "save_config", "load_run_config",
     "set_key", "set_keys", "validate", "DECODING_PRESETS", "apply_preset", "decoding_summary",
 ]

@@ -121,7 +121,7 @@ def first_sentences(text: str, n: int) -> str:
     return "\n".join(split_sentences(text)[:n])
 
 
-def _summaries(model, tokenizer, cfg: Config, autocast: torch.dtype | None, articles: list[str],
+def generate_summaries(model, tokenizer, cfg: Config, autocast: torch.dtype | None, articles: list[str],
                progress: bool, state=None) -> tuple[list[str], float]:
     """(summary texts, generation seconds): decode, cut at the stop rule, keep eval.max_sentences.
     With `state` (several processes): each generates whole batches (`distributed.batch_shard`),
@@ -204,7 +204,7 @@ def _evaluate(run: Path, split: str, limit: int | None, overrides: dict[str, Any
     t0 = time.perf_counter()
     loss = summary_loss(model, tokenised, tokenizer.pad_token_id, cfg.eval.batch_size, autocast, state)
     loss_seconds = time.perf_counter() - t0
-    predictions, seconds = _summaries(model, tokenizer, cfg, autocast, list(ds["article"]), True, state)
+    predictions, seconds = generate_summaries(model, tokenizer, cfg, autocast, list(ds["article"]), True, state)
     references = list(ds["summary"])
     scores, columns = _scores(predictions, references, tokenizer, cfg.train.seed)
     metrics: dict[str, Any] = {
@@ -264,7 +264,7 @@ def summarize_text(run_dir: str | Path, text: str, overrides: dict[str, Any] | N
     run = check_finished_run(run_dir)
     cfg = _config(run, overrides)
     model, tokenizer, autocast = _model(run, cfg, base_model)
-    return _summaries(model, tokenizer, cfg, autocast, [article_text(text, cfg)], progress=False)[0][0]
+    return generate_summaries(model, tokenizer, cfg, autocast, [article_text(text, cfg)], progress=False)[0][0]
 
 
 def summarize_file(run_dir: str | Path, file_or_dash: str = "-", overrides: dict[str, Any] | None = None,

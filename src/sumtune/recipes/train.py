@@ -148,7 +148,10 @@ def _train(s: TrainSetup, run: RunDir, resume: bool, memory: PeakMemory) -> Path
             accelerator.end_training()
     if accelerator.is_main_process:
         shutil.rmtree(run.checkpoints, ignore_errors=True)  # the run is complete: nothing to resume
-        accelerator.print(f"{run}: best validation loss {progress.best_val_loss:.4f} at step {progress.best_step}"
+        chosen = (f"best validation {cfg.train.select_by} {100 * progress.best_score:.2f} (loss "
+                  f"{progress.best_val_loss:.4f})" if progress.best_score is not None
+                  else f"best validation loss {progress.best_val_loss:.4f}")
+        accelerator.print(f"{run}: {chosen} at step {progress.best_step}"
                           + (" (early stopped)" if progress.early_stopped else "")
                           + (f" (budget spent: {budget.text()})" if progress.stopped_by_budget else "")
                           + f"; weights in {run.adapter}")
@@ -193,7 +196,7 @@ class _Loop:
                     val = self.validate()
                 self.maybe_checkpoint(at_end=p.step == last, stopping=any_process(self.s.accelerator, stop.requested))
             if main:
-                epoch_summary(epoch + 1, plan.epochs, p, val, bar)
+                epoch_summary(epoch + 1, plan.epochs, p, val, bar, self.s.cfg.train.select_by)
         p.epoch_loss, p.epoch_targets = 0.0, 0
 
     def step(self, chunk: list[int], epoch: int) -> dict:
@@ -235,7 +238,8 @@ class _Loop:
             s.accelerator.log({f"train/{k}": event[k] for k in ("loss", "lr", "grad_norm", "tokens_per_s")}, step=p.step)
         return event
 
-    def validate(self) -> float:
+    def validate(self) -> dict:
+        """The validation event; its time, selection decoding included, counts in validation_seconds."""
         t0 = time.perf_counter()
         val = validate(self.s, self.model, self.run.adapter, self.progress, self.records, self.plan.steps_per_epoch)
         self.progress.validation_seconds += time.perf_counter() - t0

@@ -1,5 +1,6 @@
 """The PNG plots of `sumtune compare`: loss curves, ROUGE bars with 95% intervals, trainable
-parameters vs ROUGE-L, and the cost-quality frontier (frontier_plot.py)."""
+parameters vs ROUGE-L, the cost-quality frontier (frontier_plot.py) and (when a run selected by
+ROUGE, train.select_by) the validation ROUGE curves with their intervals."""
 
 from __future__ import annotations
 
@@ -15,23 +16,30 @@ from sumtune.metrics import ROUGE_KEYS
 from sumtune.report.frontier_plot import frontier_figure
 
 PLOTS = {"loss": "loss_curves.png", "rouge": "rouge_bars.png", "params": "params_vs_rougeL.png",
-         "frontier": "frontier.png"}
+         "frontier": "frontier.png", "select": "val_rouge_curves.png"}
 
 
-def loss_curves(run: Path) -> tuple[dict[int, float], dict[int, float]]:
-    """Per epoch: the mean of the logged training losses, and the validation loss (the epoch's last)."""
+def _events(run: Path) -> list[dict]:
+    """RUN/metrics.jsonl's events (none when it is absent)."""
     path = run / "metrics.jsonl"
-    train: dict[int, list[float]] = defaultdict(list)
-    val: dict[int, float] = {}
     if not path.is_file():
-        return {}, {}
+        return []
+    events = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
-            ev = json.loads(line)
+            events.append(json.loads(line))
         except json.JSONDecodeError:
             raise UserError(f"{path}, line {n}: not valid JSON; the file is damaged") from None
+    return events
+
+
+def loss_curves(run: Path) -> tuple[dict[int, float], dict[int, float]]:
+    """Per epoch: the mean of the logged training losses, and the validation loss (the epoch's last)."""
+    train: dict[int, list[float]] = defaultdict(list)
+    val: dict[int, float] = {}
+    for ev in _events(run):
         if "loss" not in ev or "epoch" not in ev or not math.isfinite(ev["loss"]):
             continue
         epoch = math.ceil(ev["epoch"])  # logged as fractional progress: (0, 1] is epoch 1
@@ -42,8 +50,14 @@ def loss_curves(run: Path) -> tuple[dict[int, float], dict[int, float]]:
     return {e: sum(v) / len(v) for e, v in sorted(train.items())}, dict(sorted(val.items()))
 
 
+def rouge_curve(run: Path, key: str) -> list[dict]:
+    """The validation events that recorded ROUGE `key` (train.select_by), in order."""
+    return [ev for ev in _events(run) if ev.get("split") == "validation" and key in ev and "select_n" in ev]
+
+
 def plots(rows: Sequence[dict], runs: Sequence[Path], out: Path, split: str = "test") -> list[Path]:
-    """Write the plots into `out`; returns their paths."""
+    """Write the plots into `out` (the validation ROUGE curves only when a run recorded them);
+    returns their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,10 +66,15 @@ def plots(rows: Sequence[dict], runs: Sequence[Path], out: Path, split: str = "t
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     color = {row["run"]: colors[i % len(colors)] for i, row in enumerate(rows)}
     evaluated = [r for r in rows if r["evaluated"]]
-    return [_save(_loss_plot(plt, rows, runs, color), out / PLOTS["loss"]),
-            _save(_rouge_plot(plt, evaluated, split), out / PLOTS["rouge"]),
-            _save(_params_plot(plt, evaluated, color), out / PLOTS["params"]),
-            _save(frontier_figure(plt, rows, split, color), out / PLOTS["frontier"])]
+    written = [_save(_loss_plot(plt, rows, runs, color), out / PLOTS["loss"]),
+               _save(_rouge_plot(plt, evaluated, split), out / PLOTS["rouge"]),
+               _save(_params_plot(plt, evaluated, color), out / PLOTS["params"]),
+               _save(frontier_figure(plt, rows, split, color), out / PLOTS["frontier"])]
+    curves = [(row, curve) for row, run in zip(rows, runs)
+              if row.get("select_by", "loss") != "loss" and (curve := rouge_curve(run, row["select_by"]))]
+    if curves:
+        written.insert(1, _save(_select_plot(plt, curves, runs, rows, color), out / PLOTS["select"]))
+    return written
 
 
 def _loss_plot(plt, rows: Sequence[dict], runs: Sequence[Path], color: dict[str, str]):
@@ -73,6 +92,35 @@ def _loss_plot(plt, rows: Sequence[dict], runs: Sequence[Path], color: dict[str,
     ax.xaxis.get_major_locator().set_params(integer=True)
     if ax.lines:
         ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def _select_plot(plt, curves: Sequence[tuple[dict, list[dict]]], runs: Sequence[Path], rows: Sequence[dict],
+                 color: dict[str, str]):
+    """Per run that selected by ROUGE: its selection score at each validation with the 95%
+    bootstrap interval over the subset's documents, the kept step starred."""
+    from sumtune.config import decoding_summary, load_run_config
+
+    path = {row["run"]: run for row, run in zip(rows, runs)}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row, curve in curves:
+        key, c = row["select_by"], color[row["run"]]
+        steps = [ev["step"] for ev in curve]
+        values = [100 * ev[key] for ev in curve]
+        cis = [(ev.get("ci95") or {}).get(key) for ev in curve]
+        if all(cis):
+            ax.fill_between(steps, [100 * ci[0] for ci in cis], [100 * ci[1] for ci in cis], color=c, alpha=0.15)
+        label = decoding_summary(load_run_config(path[row["run"]]).eval)["label"]
+        ns = sorted({ev["select_n"] for ev in curve})
+        ax.plot(steps, values, "-o", color=c, ms=3,
+                label=f"{row['run']} {key} (n={', '.join(map(str, ns))}, {label})")
+        best = [(s, v) for s, v in zip(steps, values) if s == row.get("best_step")]
+        if best:
+            ax.plot(*best[0], "*", color=c, ms=12, label=f"{row['run']} kept (step {best[0][0]})")
+    ax.set(xlabel="optimizer step", ylabel="F1 (%), shaded: 95% bootstrap interval",
+           title="Validation ROUGE used for selection (first eval.select_samples rows)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=7)
     return fig
 
 

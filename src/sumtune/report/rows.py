@@ -60,6 +60,7 @@ def run_row(run: Path, split: str = "test", experiment: dict | None = None) -> d
         "peak_memory_mb": res.get("peak_memory_mb"), "peak_memory_kind": res.get("peak_memory_kind", "peak RSS"),
         "tokens_per_s": res.get("tokens_per_s"), "precision": res.get("precision"),
         "lr": cfg.train.lr if m.trains else None, "best_val_loss": res.get("best_val_loss"),
+        "select_by": res.get("select_by", "loss"), "best_score": res.get("best_score"),
         "model": cfg.model.name, "data": cfg.data.source, "data_sizes": res.get("data_sizes"),
         "train_flops": res.get("train_flops"), "budget": res.get("budget"),  # results.json's (training.budget)
         **_eval_fields(run, split),

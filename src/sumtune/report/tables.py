@@ -54,17 +54,25 @@ def _within_budget(row: dict) -> str:
              else f"{b['spent']:.3g} of {b['limit']:.3g} FLOPs")
     stop = "" if b["stopped_by_budget"] else f" (stopped by {b['stopped_by']} first)"
     return f"{spent}: {b['steps']} steps, {b['epochs']:g} epochs, {b['tokens']:,} tokens{stop}"
+def _selected(row: dict) -> str:
+    """What chose the kept checkpoint: "loss", or the validation ROUGE key with its best score
+    ("-" where nothing trained)."""
+    if row["lr"] is None:
+        return "-"
+    if row.get("best_score") is None:
+        return str(row.get("select_by") or "loss")
+    return f"{row['select_by']} {100 * row['best_score']:.2f}"
 
 
 def cost_body(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
     """The cost table's header and cells (shared by the Markdown and the HTML report); budget runs
     add a column: what each spent and reached within its budget."""
     head = ["run", "method", "what trained", "seed", "lr", "trainable params (% of total)", "epochs",
-            "train s", "validation s", "sweep s", "peak memory MB", "tokens/s", "best val loss"]
+            "train s", "validation s", "sweep s", "peak memory MB", "tokens/s", "best val loss", "selected by"]
     body = [[r["run"], r["method"], r["trained"], str(r["seed"]), _lr(r), _params(r), _epochs(r),
              _num(r["train_seconds"], ".1f"), _num(r["validation_seconds"], ".1f"), _num(r["sweep_seconds"], ".1f"),
              f"{_num(r['peak_memory_mb'], '.0f')} ({r['peak_memory_kind']})", _num(r["tokens_per_s"], ".0f"),
-             _num(r["best_val_loss"], ".4f")] for r in rows]
+             _num(r["best_val_loss"], ".4f"), _selected(r)] for r in rows]
     if any(r.get("budget") for r in rows):
         head.append("within the budget: spent, steps, epochs, tokens")
         for cells, r in zip(body, rows):
@@ -170,8 +178,12 @@ def facts(rows: Sequence[dict], split: str) -> list[tuple[str, str]]:
         ("ROUGE", "F1 × 100, mean over documents (Google rouge-score, stemming), ROUGE-Lsum on "
                   f"{splitters}; [95% bootstrap interval over documents, 1,000 resamples]"),
         ("Peak memory", f"{distinct('peak_memory_kind')} during training (RSS: the whole process)"),
-        ("Times", "train s = optimizer steps only; validation s apart; sweep s = the method's lr-sweep runs"),
+        ("Times", "train s = optimizer steps only; validation s apart (with the summaries decoded for "
+                  "selection by ROUGE); sweep s = the method's lr-sweep runs"),
         *_budget_fact(rows),
+        ("Selection", "the kept checkpoint is the best validation loss, or with train.select_by the best "
+                      "validation ROUGE (F1 × 100) of the first eval.select_samples validation rows; best val "
+                      "loss is the loss at that checkpoint"),
     ]
 
 

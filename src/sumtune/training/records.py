@@ -91,11 +91,15 @@ def epoch_bar(desc: str, total: int, initial: int, main: bool):
     return progress_bars.bar(desc, total, "step", initial=initial, enabled=main)
 
 
-def epoch_summary(epoch: int, n_epochs: int, progress: Progress, val: float | None, bar) -> None:
+def epoch_summary(epoch: int, n_epochs: int, progress: Progress, val: dict | None, bar, select_by: str = "loss") -> None:
+    """The epoch's line; `val`: its last validation event (with the selection score, if any)."""
     train_loss = progress.epoch_loss / progress.epoch_targets if progress.epoch_targets else float("nan")
     line = f"epoch {epoch}/{n_epochs}: train loss {train_loss:.4f}"
     if val is not None:
-        line += f", val loss {val:.4f}" + (" (best)" if progress.best_step == progress.step else "")
+        line += f", val loss {val['loss']:.4f}"
+        if select_by != "loss" and select_by in val:
+            line += f", val {select_by} {100 * val[select_by]:.2f} (n={val['select_n']})"
+        line += " (best)" if progress.best_step == progress.step else ""
     line += f", {progress.tokens / max(progress.step_seconds, 1e-9):.0f} tok/s, step {progress.step}"
     if progress.early_stopped:
         line += f"; early stop: no improvement in {progress.bad_evals} validations"
@@ -116,6 +120,7 @@ def write_results(s: TrainSetup, path: Path, progress: Progress, epochs: float, 
         "checkpoint_seconds": progress.checkpoint_seconds, "wall_seconds": progress.train_seconds,
         "epochs_run": int(epochs) if epochs == int(epochs) else epochs,
         "steps": progress.step, "best_val_loss": progress.best_val_loss, "best_step": progress.best_step,
+        "select_by": cfg.train.select_by, "best_score": progress.best_score,  # best_val_loss: the loss at best_step
         "peak_memory_mb": progress.peak_memory_mb, "peak_memory_kind": memory_kind,
         "tokens_per_s": progress.tokens / progress.step_seconds if progress.step_seconds else None,
         "early_stopped": progress.early_stopped, "precision": s.precision, "processes": s.accelerator.num_processes, "fast_paths": s.fast_paths,

@@ -50,7 +50,8 @@ class Progress:
     step: int = 0  # optimizer steps done; with the seed, also the position in the data order
     samples_per_step: int = 0  # batch_size x processes x grad_accum
     micro_samples: int = 0  # batch_size x processes
-    best_val_loss: float | None = None
+    best_val_loss: float | None = None  # with train.select_by other than loss: the loss at best_step
+    best_score: float | None = None  # train.select_by other than loss: the best validation ROUGE (0..1)
     best_step: int = 0
     bad_evals: int = 0  # validations in a row without improvement
     early_stopped: bool = False
@@ -177,6 +178,7 @@ class TrainSetup:
     total: int
     fsdp: dict = field(default_factory=lambda: {"fsdp": False, "version": None, "offload": False})
     shape: Any = None  # sumtune.flops.ModelShape of the base model: the FLOPs count
+    selection: Any = None  # training.selection.Selection when train.select_by is a ROUGE key
 
     @property
     def train_ds(self):
@@ -202,24 +204,52 @@ def setup(cfg: Config, accelerator, precision: str) -> TrainSetup:
     meta = run_meta(cfg, base, data={"source": cfg.data.source, "sizes": {s: len(data[s]) for s in data},
                                      "fingerprint": data_fingerprint(cfg.data)})
     plan = fsdp_plan(cfg, accelerator)
-    method, model, fast_paths, loss_fn = method_model(cfg, tokenizer, base, precision, world, plan["fsdp"])
+    check_selection(cfg, plan["fsdp"])
+    method, model = prepared_model(cfg, tokenizer, base)
+    selection = None
+    if cfg.train.select_by != "loss" and method.trains:
+        from sumtune.training.selection import Selection
+
+        selection = Selection(cfg, model, tokenizer, precision, accelerator)  # before the training fast paths
+    fast_paths, loss_fn = with_fast_paths(cfg, model, precision, world, plan["fsdp"])
+    if selection is not None:
+        selection.check_names(model)
     return TrainSetup(cfg, accelerator, precision, tokenizer, dict(data), Collator(tokenizer.pad_token_id), method,
-                      model, meta, fast_paths, loss_fn, *count_params(model), fsdp=plan, shape=model_shape(base.config))
+                      model, meta, fast_paths, loss_fn, *count_params(model), fsdp=plan, shape=model_shape(base.config),
+                      selection=selection)
+
+
+def check_selection(cfg: Config, fsdp: bool) -> None:
+    """Selection by ROUGE decodes with an unsharded copy of the model; refused under FSDP, in one line."""
+    if fsdp and cfg.train.select_by != "loss":
+        raise UserError(f"train.select_by={cfg.train.select_by} is not supported under FSDP (it decodes with an "
+                        "unsharded copy of the model); use train.select_by=loss, or launch with DDP "
+                        "(accelerate launch --multi_gpu)")
 
 
 def method_model(cfg: Config, tokenizer, base: torch.nn.Module, precision: str, world: int = 1, fsdp: bool = False):
     """(method, the model that trains, the fast paths applied, the loss function) for a base model;
     under FSDP only the fast paths that stay inside a module's forward (`FSDP_FAST_PATHS`)."""
+    method, model = prepared_model(cfg, tokenizer, base)
+    return method, model, *with_fast_paths(cfg, model, precision, world, fsdp)
+
+
+def prepared_model(cfg: Config, tokenizer, base: torch.nn.Module) -> tuple[Method, torch.nn.Module]:
+    """(method, the method model), before any fast path."""
     method = get_method(cfg.method.name)
     if cfg.train.gradient_checkpointing:
         enable_gradient_checkpointing(base)
-    model = method.prepare(base, tokenizer, method.options(cfg.method))
+    return method, method.prepare(base, tokenizer, method.options(cfg.method))
+
+
+def with_fast_paths(cfg: Config, model: torch.nn.Module, precision: str, world: int = 1, fsdp: bool = False):
+    """(the fast paths applied to `model` for training, the loss function)."""
     ctx = FastPathContext(autocast=autocast_dtype(precision), attention=cfg.model.attention, distributed=world > 1)
     enabled = from_config(cfg.train)
     if fsdp:
         enabled = FSDP_FAST_PATHS & enabled_names(enabled)
     fast_paths = apply_fast_paths(model, ctx, enabled)  # names, for results.json
-    return method, model, fast_paths, select_loss(model, token_loss_sum, fast_paths, distributed=world > 1)
+    return fast_paths, select_loss(model, token_loss_sum, fast_paths, distributed=world > 1)
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:

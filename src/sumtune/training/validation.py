@@ -1,5 +1,5 @@
-"""Validation during training: the token-weighted loss of a split and early stopping, which
-keeps the best weights in RUN/adapter."""
+"""Validation during training: the token-weighted loss of a split (and, with train.select_by, the
+ROUGE of a fixed validation subset) and early stopping, which keeps the best weights in RUN/adapter."""
 
 from __future__ import annotations
 
@@ -54,13 +54,23 @@ def validation_loss(accelerator, model, loss_fn, ds, collate, batch_size: int) -
     return loss_sum / n
 
 
-def validate(s: TrainSetup, model, adapter, progress: Progress, records: Records, steps_per_epoch: int) -> float:
-    """Validation loss; on improvement the weights go to RUN/adapter, else count towards patience."""
+def validate(s: TrainSetup, model, adapter, progress: Progress, records: Records, steps_per_epoch: int) -> dict:
+    """Validation loss, and with train.select_by a ROUGE key the ROUGE of the fixed validation
+    subset (training.selection); on improvement of the selection score (the loss: lower is better;
+    ROUGE: higher; a tie keeps the earlier) the weights go to RUN/adapter, else count towards
+    patience. Returns the validation event written to metrics.jsonl."""
     accelerator, cfg = s.accelerator, s.cfg
     val = validation_loss(accelerator, model, s.loss_fn, s.val_ds, s.collate, cfg.train.batch_size)
-    improved = progress.best_val_loss is None or val < progress.best_val_loss
+    rouge = s.selection.score(model, s.data["validation"]) if s.selection is not None else {}
+    if rouge:
+        score = rouge[cfg.train.select_by]
+        improved = progress.best_score is None or score > progress.best_score
+    else:
+        improved = progress.best_val_loss is None or val < progress.best_val_loss
     if improved:
         progress.best_val_loss, progress.best_step, progress.bad_evals = val, progress.step, 0
+        if rouge:
+            progress.best_score = score
         if is_sharded(model):  # a collective: every process gathers, the main one writes
             save_gathered(s.method, model, adapter, s.meta, accelerator.is_main_process)
         elif accelerator.is_main_process:
@@ -68,8 +78,10 @@ def validate(s: TrainSetup, model, adapter, progress: Progress, records: Records
     else:
         progress.bad_evals += 1
         progress.early_stopped = progress.bad_evals >= cfg.train.patience
-    records.write({"step": progress.step, "epoch": round(progress.step / steps_per_epoch, 4),
-                   "split": "validation", "loss": val, "best": improved})
+    event = {"step": progress.step, "epoch": round(progress.step / steps_per_epoch, 4),
+             "split": "validation", "loss": val, "best": improved, **rouge}
+    records.write(event)
     if cfg.train.tensorboard:
-        accelerator.log({"validation/loss": val}, step=progress.step)
-    return val
+        accelerator.log({"validation/loss": val, **{f"validation/{k}": v for k, v in rouge.items()
+                                                    if k.startswith("rouge")}}, step=progress.step)
+    return event
