@@ -130,7 +130,7 @@ def _basis(rows: Sequence[dict], methods: Sequence[dict], split: str) -> str:
     return (f"ROUGE-L F1 × 100 on the {split} split, n = {', '.join(map(str, ns)) or '?'} documents, decoding "
             f"{', '.join(decodings) or '?'}; seeds: {seeds}. A difference counts when the paired bootstrap over "
             f"documents ({RESAMPLES:,} resamples) gives p < {LEVEL:g} after Holm's correction over all pairs of "
-            f"methods; {TIER_RULE}.")
+            f"methods (the intervals of differences are not adjusted); {TIER_RULE}.")
 
 
 def _budget(rows: Sequence[dict]) -> tuple[dict | None, str | None]:
