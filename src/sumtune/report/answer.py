@@ -202,7 +202,7 @@ def answer(rows: Sequence[dict], pairs: Sequence[dict], split: str, demo: bool =
     intro = [budget_text] if budget_text else []
     if demo:
         intro.append("What the rules compute on these numbers (not a finding):")
-    paragraphs.append(" ".join(intro + lines))
+    paragraphs += [" ".join(intro + lines[:1]), *lines[1:]]  # a paragraph per tier
     any_sig = any(p[HEADLINE]["significant"] for p in pairs if HEADLINE in p)
     beats_zero = ([m["method"] for m in methods if _better(versus(pairs, m["method"], "zero_shot"))]
                   if "zero_shot" in by else None)
