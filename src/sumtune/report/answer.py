@@ -130,7 +130,7 @@ def _basis(rows: Sequence[dict], methods: Sequence[dict], split: str) -> str:
     return (f"ROUGE-L F1 × 100 on the {split} split, n = {', '.join(map(str, ns)) or '?'} documents, decoding "
             f"{', '.join(decodings) or '?'}; seeds: {seeds}. A difference counts when the paired bootstrap over "
             f"documents ({RESAMPLES:,} resamples) gives p < {LEVEL:g} after Holm's correction over all pairs of "
-            f"methods; {TIER_RULE}.")
+            f"methods (the intervals of differences are not adjusted); {TIER_RULE}.")
 
 
 def _budget(rows: Sequence[dict]) -> tuple[dict | None, str | None]:
@@ -202,7 +202,7 @@ def answer(rows: Sequence[dict], pairs: Sequence[dict], split: str, demo: bool =
     intro = [budget_text] if budget_text else []
     if demo:
         intro.append("What the rules compute on these numbers (not a finding):")
-    paragraphs.append(" ".join(intro + lines))
+    paragraphs += [" ".join(intro + lines[:1]), *lines[1:]]  # a paragraph per tier
     any_sig = any(p[HEADLINE]["significant"] for p in pairs if HEADLINE in p)
     beats_zero = ([m["method"] for m in methods if _better(versus(pairs, m["method"], "zero_shot"))]
                   if "zero_shot" in by else None)
