@@ -187,6 +187,7 @@ def _sweep_steps(cfg: Config) -> int | None:
 def _sweep_run(cfg: Config, method: str, out: Path, lr: float, overwrite: bool, memo: dict) -> tuple[float, float]:
     """One short run at `lr`: (best validation loss, its wall seconds)."""
     c = _method_cfg(cfg, method, out / "sweep" / method / f"lr{lr:g}", lr)
+    c.train.select_by = "loss"  # the sweep compares validation losses: decoding for ROUGE would only cost
     steps, budget = _sweep_steps(cfg), budget_of(cfg.train)
     if budget:
         setattr(c.train, KINDS[budget.kind], budget.limit * SWEEP_BUDGET_FRACTION)
