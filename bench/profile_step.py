@@ -2,7 +2,7 @@
 """Where the time goes: one sumtune training step (or a decoding run) under torch.profiler.
 
     python bench/profile_step.py --data TOKENS.jsonl --method {lora,prompt_tuning,last_layers}
-        [--epochs 3] [--precision auto] [--fast true] [--rows 20] [--shapes]
+        [--epochs 3] [--precision auto] [--fast true] [--without NAME...] [--threads N] [--rows 20] [--shapes]
     python bench/profile_step.py --data TOKENS.jsonl --generate [--n 8] [--max-new-tokens 64]
 
 Training: the setting of bench/throughput.py (GPT-Neo-125M shape, random weights, the first
@@ -31,6 +31,8 @@ from mfu import bf16_peak, flops_per_token
 from op_families import family_table
 from torch.profiler import ProfilerActivity, profile
 
+from sumtune.config import FAST_PATH_NAMES
+
 
 def _train_step(a, precision: str):
     """(a function running one optimizer step for epoch e, the step's model FLOPs (bench/mfu.py))."""
@@ -49,6 +51,7 @@ def _train_step(a, precision: str):
         "method.r": 8, "method.alpha": 16, "method.dropout": 0.05, "method.n_tokens": 12,
         "train.batch_size": 2, "train.grad_accum": 4, "train.lr": 5e-4, "train.weight_decay": 0.0,
         "train.warmup_ratio": 0.0, "train.precision": precision, "train.fast": a.fast == "true", "train.seed": 0,
+        "train.fast_paths": [n for n in FAST_PATH_NAMES if n not in a.without],
     })
     accelerator, precision = accelerator_for(cfg, work / "run")
     tokenizer = load_tokenizer(model_dir)
@@ -97,6 +100,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2, help="timed runs before the profiled one")
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--fast", default="true", choices=["true", "false"])
+    ap.add_argument("--without", nargs="*", default=[], choices=FAST_PATH_NAMES, metavar="NAME",
+                    help="training: every fast path but these")
     ap.add_argument("--rows", type=int, default=20, help="operators to list")
     ap.add_argument("--shapes", action="store_true", help="also the costliest aten::copy_ calls by shape")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
