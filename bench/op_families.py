@@ -58,7 +58,7 @@ def by_family(events) -> tuple[dict[tuple[str, str], float], float]:
     return seconds, gemm_flops
 
 
-def family_table(events, wall_s: float, peak_flops: float, model_flops: float | None) -> str:
+def family_table(events, wall_s: float, peak_flops: float, model_flops: float | None, dtype: str = "bf16") -> str:
     """The breakdown as text: seconds and share of the self time per family and phase, the GEMMs'
     achieved rate against `peak_flops`, and (training) the MFU of the step and its bound if only
     the GEMMs took time (`model_flops`: bench/mfu.py's count for the step)."""
@@ -75,7 +75,7 @@ def family_table(events, wall_s: float, peak_flops: float, model_flops: float | 
     gemm = sum(seconds["gemm", p] for p in PHASES)
     if gemm:
         lines.append(f"GEMMs: {gemm_flops / 1e9:.1f} GFLOP in {gemm:.3f} s = {gemm_flops / gemm / 1e9:.1f} GFLOP/s, "
-                     f"{100 * gemm_flops / gemm / peak_flops:.1f}% of the {peak_flops / 1e9:.1f} GFLOP/s bf16 matmul "
+                     f"{100 * gemm_flops / gemm / peak_flops:.1f}% of the {peak_flops / 1e9:.1f} GFLOP/s {dtype} matmul "
                      "peak measured now")
     if model_flops and gemm:
         lines.append(f"model FLOPs of the step {model_flops / 1e9:.1f} G: MFU of this step {100 * model_flops / wall_s / peak_flops:.1f}% "

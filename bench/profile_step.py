@@ -120,8 +120,8 @@ def main() -> None:
         wall = time.perf_counter() - t0
         print(f"profiled run: {wall:.3f} s ({precision})")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.rows))
-    peak = bf16_peak(2.0)["bf16_flops"]
-    print(family_table(prof.events(), wall, peak, model_flops))
+    dtype = "bf16" if precision == "bf16" else "fp32"  # the peak of the precision the step ran in
+    print(family_table(prof.events(), wall, bf16_peak(2.0)[f"{dtype}_flops"], model_flops, dtype))
     if a.shapes:
         copies = [e for e in prof.key_averages(group_by_input_shape=True) if e.key == "aten::copy_"]
         for e in sorted(copies, key=lambda e: -e.self_cpu_time_total)[:10]:
