@@ -1,89 +1,169 @@
 #!/usr/bin/env bash
-# The GPU checks in one go (each capped: 30+150+3x90+2x60 = 570 s at most), for a session with a lent GPU:
-#   1. the CUDA-marked tests (pytest -m cuda);
-#   2. bench/throughput.py, lora / prompt_tuning / last_layers against the peer
-#      (GPT-Neo-125M shape, random weights): ratio, MFU, sumtune's peak CUDA memory;
-#   3. bench/generate.py at decoding batch 1 and 32: summaries/s vs HF generate, peak CUDA memory.
-# One summary line per check at the end; logs and JSON under $OUT_DIR (default: a temp dir).
+# Every GPU figure of the project in one command, for a session with a lent GPU (one H200: under
+# 10 minutes, each check capped; the caps add up to CAPS_TOTAL below). From the repository root:
 #
-#   bash bench/gpu_check.sh            # on the GPU machine, from the repository root
-#   bash bench/gpu_check.sh --dry-run  # anywhere: print the commands, check the scripts start
+#   bash bench/gpu_check.sh            # on the GPU machine
+#   bash bench/gpu_check.sh --dry-run  # anywhere: list the checks and commands, check the scripts start
 #
-# Environment: PYTHON (default: python), PEER (default: ../shared/bench/peer_hf_trainer.py,
-# else /work/shared/bench/...), OUT_DIR.
-set -u
+# The checks, in order (name: what it measures):
+#   cuda_device        torch sees a CUDA device (none: a loud failure, and nothing else runs)
+#   python_packages    every package the checks import is importable (bitsandbytes for qlora)
+#   make_data          64 pre-tokenised rows, 300-700 article + 64 summary tokens (make_token_data.py)
+#   cuda_tests         pytest -m cuda: every CUDA-marked test; any skip counts as a failure
+#   throughput_lora, throughput_prompt_tuning, throughput_last_layers
+#                      bench/throughput.py in bf16 against the peer (HF Trainer + PEFT), GPT-Neo-125M
+#                      shape: tokens/s both sides, ratio, peak CUDA memory both sides
+#                      (torch.cuda.max_memory_allocated), MFU against a bf16 matmul peak measured on
+#                      the device in the same run (8192^3 products) and against the datasheet's
+#                      dense bf16 figure where bench/peak.py knows the device
+#   generate_cnndm     bench/generate.py $GENERATE_FLAGS: decoding at the cnndm preset against
+#                      batched HF generate (task 5's flags: --decoding cnndm, --hf-batch-size)
+#   qlora              bench/qlora_check.py: 4-bit NF4 base, QLoRA training, decoding, PEFT reload
+# Each check's log and last JSON line go to $OUT_DIR/NAME.log and NAME.json; a line per check as it
+# ends; then one JSON line {"gpu_check": {...}, "ok": bool, "failed": [...], "checks": {NAME: {rc,
+# seconds, cap_s, result}}}. Exit status 0 only if every check ran and passed; a check that fails,
+# times out or cannot start prints "FAILED: NAME ..." (no check is skipped silently).
+#
+# Environment: PYTHON (default python3, the one holding PyTorch on the lent machine), OUT_DIR
+# (default a temp dir), PEER (the peer script; default the first of shared/bench/,
+# ../shared/bench/, /work/shared/bench/ that has peer_hf_trainer.py: copy ../shared into the
+# checkout, git-ignored, so it travels), WHEELS (a folder of wheels for packages the machine lacks,
+# e.g. datasets, rouge-score, pysbd, bitsandbytes: installed with pip --no-index into
+# $OUT_DIR/site first), GENERATE_FLAGS (default below).
+set -u -o pipefail
 cd "$(dirname "$0")/.."
 DRY=0
-[[ "${1:-}" == "--dry-run" ]] && DRY=1
-PY=${PYTHON:-python}
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+case "${1:-}" in
+  --dry-run) DRY=1 ;;
+  "") ;;
+  *) echo "usage: bash bench/gpu_check.sh [--dry-run]" >&2; exit 2 ;;
+esac
+PY=${PYTHON:-python3}
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 OUT=${OUT_DIR:-$(mktemp -d -t sumtune-gpu-check-XXXX)}
 mkdir -p "$OUT"
-PEER=${PEER:-../shared/bench/peer_hf_trainer.py}
-[[ -f "$PEER" ]] || PEER=/work/shared/bench/peer_hf_trainer.py
+if [[ -z "${PEER:-}" ]]; then
+  for d in shared/bench ../shared/bench /work/shared/bench; do
+    [[ -f "$d/peer_hf_trainer.py" ]] && { PEER="$d/peer_hf_trainer.py"; break; }
+  done
+fi
+PEER=${PEER:-shared/bench/peer_hf_trainer.py}
 MAKE_DATA=$(dirname "$PEER")/make_token_data.py
-SUMMARY=()
+DATA="$OUT/tokens.jsonl"
+GENERATE_FLAGS=${GENERATE_FLAGS:---decoding cnndm --n 32 --batch-size 32 --hf-batch-size 32 --reps 1}
+# name, cap in seconds: the caps add up to CAPS_TOTAL (< 600 s with the script's own seconds)
+CHECKS=(cuda_device:30 python_packages:20 make_data:10 cuda_tests:120 throughput_lora:95
+        throughput_prompt_tuning:90 throughput_last_layers:85 generate_cnndm:80 qlora:50)
+CAPS_TOTAL=0
+for c in "${CHECKS[@]}"; do CAPS_TOTAL=$((CAPS_TOTAL + ${c#*:})); done
+FAILED=()
+RESULTS="$OUT/results.jsonl"
+: >"$RESULTS"
 
-# check NAME TIMEOUT_S CMD...: run it (or print it with --dry-run), log to $OUT/NAME.log,
-# keep the last JSON line in $OUT/NAME.json
+cap_of() { local c; for c in "${CHECKS[@]}"; do [[ ${c%%:*} == "$1" ]] && echo "${c#*:}"; done; }
+
+# check NAME CMD...: run CMD under NAME's cap (print it with --dry-run), log to $OUT/NAME.log, keep its
+# last JSON line in $OUT/NAME.json and a record in $RESULTS; a non-zero exit or a timeout is a failure.
 check() {
-  local name=$1 limit=$2
-  shift 2
+  local name=$1 limit
+  shift
+  limit=$(cap_of "$name")
   if (( DRY )); then
-    echo "would run ($limit s max): $*"
+    echo "check $name (cap ${limit} s): $*"
     return 0
   fi
-  local t0=$SECONDS
-  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
-  local rc=$?
-  grep '^{' "$OUT/$name.log" | tail -1 >"$OUT/$name.json" || true
-  echo "[$name] rc=$rc in $((SECONDS - t0)) s (log: $OUT/$name.log)"
+  local t0=$SECONDS rc
+  timeout --kill-after=5 "$limit" "$@" >"$OUT/$name.log" 2>&1
+  rc=$?
+  { grep '^{' "$OUT/$name.log" | tail -1 || true; } >"$OUT/$name.json"
+  local why=""
+  (( rc == 124 || rc == 137 )) && why=" (timed out at its ${limit} s cap)"
+  if (( rc == 0 )) && [[ -n "${EXTRA_FAIL:-}" ]] && grep -Eq "$EXTRA_FAIL" "$OUT/$name.log"; then
+    rc=1; why=" (log matches /$EXTRA_FAIL/)"
+  fi
+  if (( rc == 0 )); then
+    echo "ok: $name in $((SECONDS - t0)) s (log: $OUT/$name.log)"
+  else
+    FAILED+=("$name")
+    echo "FAILED: $name rc=$rc$why in $((SECONDS - t0)) s; last lines of $OUT/$name.log:"
+    tail -15 "$OUT/$name.log" | sed 's/^/    /'
+  fi
+  "$PY" - "$name" "$rc" "$((SECONDS - t0))" "$limit" "$OUT/$name.json" >>"$RESULTS" <<'EOF'
+import json, sys
+name, rc, seconds, cap, path = sys.argv[1:]
+try:
+    result = json.loads(open(path).read() or "null")
+except ValueError:
+    result = None
+print(json.dumps({"name": name, "rc": int(rc), "seconds": int(seconds), "cap_s": int(cap), "result": result}))
+EOF
   return $rc
 }
 
-summarise() {  # NAME PYTHON-EXPRESSION over the JSON object j
-  local name=$1 expr=$2
-  if (( DRY )); then return 0; fi
-  if [[ -s "$OUT/$name.json" ]]; then
-    SUMMARY+=("$name: $("$PY" -c "import json,sys; j=json.load(open(sys.argv[1])); print($expr)" "$OUT/$name.json")")
-  else
-    SUMMARY+=("$name: FAILED (no result; see $OUT/$name.log)")
-  fi
-}
+if (( DRY )); then  # every problem found is printed; the exit status says whether there was one
+  DRY_FAILED=0
+  dry_fail() { echo "FAILED: dry run: $*"; DRY_FAILED=1; }
+  echo "dry run: ${#CHECKS[@]} checks, caps ${CAPS_TOTAL} s in all"
+  for s in bench/gpu_preflight.py bench/throughput.py bench/generate.py bench/qlora_check.py; do
+    "$PY" "$s" --help >"$OUT/help.txt" 2>&1 || dry_fail "$s does not start: $(tail -1 "$OUT/help.txt")"
+    if [[ $s == bench/generate.py ]]; then
+      for flag in $GENERATE_FLAGS; do
+        [[ $flag == --* ]] && ! grep -q -- "$flag\b" "$OUT/help.txt" \
+          && dry_fail "bench/generate.py has no $flag (GENERATE_FLAGS='$GENERATE_FLAGS')"
+      done
+    fi
+  done
+  "$PY" -m pytest --collect-only -q -p no:cacheprovider -m cuda tests >"$OUT/collect.txt" 2>&1 \
+    || dry_fail "the cuda tests do not collect: $(tail -1 "$OUT/collect.txt")"
+  [[ -f "$PEER" ]] || dry_fail "no peer script at $PEER (set PEER)"
+  [[ -f "$MAKE_DATA" ]] || dry_fail "no make_token_data.py at $MAKE_DATA (beside the peer)"
+  echo "dry run: the checks (peer: $PEER):"
+fi
+
+if [[ -n "${WHEELS:-}" ]] && (( ! DRY )); then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$OUT/site" \
+    "$WHEELS"/*.whl || { echo "FAILED: installing the wheels in $WHEELS"; exit 1; }
+  export PYTHONPATH="$PYTHONPATH:$OUT/site"
+fi
+
+check cuda_device "$PY" bench/gpu_preflight.py device
+if (( ! DRY )) && [[ " ${FAILED[*]} " == *" cuda_device "* ]]; then
+  echo "FAILED: no usable CUDA device, so no GPU figure can be measured; nothing else was run"
+  for c in "${CHECKS[@]:1}"; do FAILED+=("${c%%:*}"); done
+fi
+
+if (( DRY )) || [[ ${#FAILED[@]} -eq 0 ]]; then
+  check python_packages "$PY" bench/gpu_preflight.py packages
+  check make_data "$PY" "$MAKE_DATA" --n 64 --out "$DATA"
+  # a cuda test that skips (a missing package, say) is a failure here, not a pass
+  EXTRA_FAIL='[0-9]+ skipped' check cuda_tests "$PY" -m pytest -q -rs -p no:cacheprovider -m cuda -s tests
+  for method in lora prompt_tuning last_layers; do
+    check "throughput_$method" "$PY" bench/throughput.py --method "$method" --data "$DATA" --precision bf16 \
+      --steps 4 --reps 2 --epochs-last-layers 3 --peak-seconds 1 --peer "$PEER" --workdir "$OUT/work_$method" --json
+  done
+  # shellcheck disable=SC2086  # GENERATE_FLAGS is a list of flags
+  check generate_cnndm "$PY" bench/generate.py --data "$DATA" $GENERATE_FLAGS --precision bf16 --json
+  check qlora "$PY" bench/qlora_check.py --out "$OUT/qlora"
+fi
 
 if (( DRY )); then
-  for s in bench/throughput.py bench/generate.py; do
-    "$PY" "$s" --help >/dev/null || { echo "dry run: $s does not start"; exit 1; }
-  done
-  "$PY" -m pytest --collect-only -q -p no:cacheprovider -m cuda tests/test_cuda.py >/dev/null \
-    || { echo "dry run: the cuda tests do not collect"; exit 1; }
-  echo "dry run: scripts start, cuda tests collect; commands:"
+  rm -rf "$OUT"
+  (( DRY_FAILED )) && { echo "FAILED: dry run found problems (above)"; exit 1; }
+  echo "dry run: ok"
+  exit 0
 fi
-
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/GPU: /' || true
-DATA="$OUT/tokens.jsonl"
-check make_data 30 "$PY" "$MAKE_DATA" --n 64 --out "$DATA"
-
-check cuda_tests 150 "$PY" -m pytest -q -p no:cacheprovider -m cuda -s tests/test_cuda.py
-if (( ! DRY )); then
-  SUMMARY+=("cuda_tests: $(tail -1 "$OUT/cuda_tests.log") | $(grep -h 'peak CUDA memory' "$OUT/cuda_tests.log" | tr '\n' ' ')")
+"$PY" - "$RESULTS" "$CAPS_TOTAL" "${FAILED[@]}" <<'EOF'
+import json, sys
+records = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+failed = sys.argv[3:]
+checks = {r.pop("name"): r for r in records}
+for name in failed:
+    checks.setdefault(name, {"rc": None, "not_run": "no usable CUDA device"})
+print(json.dumps({"gpu_check": {"caps_total_s": int(sys.argv[2]), "checks_run": len(checks)},
+                  "ok": not failed, "failed": failed, "checks": checks}))
+EOF
+if (( ${#FAILED[@]} )); then
+  echo "FAILED: ${#FAILED[@]} check(s): ${FAILED[*]} (logs in $OUT)"
+  exit 1
 fi
-
-for method in lora prompt_tuning last_layers; do
-  check "throughput_$method" 90 "$PY" bench/throughput.py --method "$method" --data "$DATA" --steps 2 --reps 2 \
-    --epochs-last-layers 3 --peer "$PEER" --workdir "$OUT/work_$method" --json
-  summarise "throughput_$method" \
-    "f\"ratio {j['ratio']:.2f}x ({j['sumtune_tokens_per_s']} vs {j['peer_tokens_per_s']} tokens/s, {j['precision']}), MFU sumtune {100*j['sumtune_mfu']:.1f}% peer {100*j['peer_mfu']:.1f}% of {j['peak']['bf16_flops']} GFLOP/s bf16, sumtune peak CUDA {j['sumtune_peak_cuda_mb']} MB\""
-done
-
-for batch in 1 32; do
-  check "generate_b$batch" 60 "$PY" bench/generate.py --data "$DATA" --n 32 --batch-size "$batch" --reps 1 --json
-  summarise "generate_b$batch" \
-    "f\"batch {j['batch_size']}: {j['sumtune_summaries_per_s']} vs HF {j['hf_summaries_per_s']} summaries/s (ratio {j['ratio']:.2f}x), identical {j['identical_prompts']}/{j['n']}, peak CUDA MB {j['peak_cuda_mb']}\""
-done
-
-if (( ! DRY )); then
-  echo "== summary (logs in $OUT) =="
-  printf '%s\n' "${SUMMARY[@]}"
-fi
-if (( DRY )); then rm -rf "$OUT"; fi
+echo "all ${#CHECKS[@]} checks passed (logs in $OUT)"

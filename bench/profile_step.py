@@ -2,17 +2,20 @@
 """Where the time goes: one sumtune training step (or a decoding run) under torch.profiler.
 
     python bench/profile_step.py --data TOKENS.jsonl --method {lora,prompt_tuning,last_layers}
-        [--epochs 3] [--precision auto] [--fast true] [--rows 20] [--shapes]
+        [--epochs 3] [--precision auto] [--fast true] [--without NAME...] [--threads N] [--rows 20] [--shapes]
     python bench/profile_step.py --data TOKENS.jsonl --generate [--n 8] [--max-new-tokens 64]
 
 Training: the setting of bench/throughput.py (GPT-Neo-125M shape, random weights, the first
 8 rows of the file, batch 2 x accumulation 4, LoRA r 8 / dropout 0.05, 12 virtual tokens),
 one optimizer step per epoch, built with the trainer's own pieces; the time of every epoch
 is printed (for last_layers, epochs after the first run from the feature cache), then the
-top operators of one more step. Decoding: sumtune's Generator prepared as `sumtune
-evaluate` prepares a run, greedy, batch 8. `--shapes` also lists the costliest
-`aten::copy_` calls by shape (casts). A profile is a guide; speed claims come from the
-side-by-side scripts.
+top operators of one more step, then that step's time per op family (op_families.py: GEMMs,
+attention, casts, dropout, GELU, norms, loss, optimizer, elementwise, other; forward, backward
+and optimizer apart), the GEMMs' achieved FLOP/s, and the MFU bound: the step's model FLOPs
+(bench/mfu.py) over the GEMM time alone, i.e. the MFU if everything but the GEMMs took no time.
+Decoding: sumtune's Generator prepared as `sumtune evaluate` prepares a run, greedy, batch 8.
+`--shapes` also lists the costliest `aten::copy_` calls by shape (casts). A profile is a guide
+(the profiler adds its own overhead); speed claims come from the side-by-side scripts.
 """
 
 from __future__ import annotations
@@ -24,11 +27,15 @@ from pathlib import Path
 
 import torch
 from common import RANDOM_125M, build_model, load_rows, precision_for, write_model_dir  # noqa: E402
+from mfu import bf16_peak, flops_per_token
+from op_families import family_table
 from torch.profiler import ProfilerActivity, profile
+
+from sumtune.config import FAST_PATH_NAMES
 
 
 def _train_step(a, precision: str):
-    """(a function running one optimizer step for epoch e, the step count done)."""
+    """(a function running one optimizer step for epoch e, the step's model FLOPs (bench/mfu.py))."""
     from datasets import Dataset
 
     from sumtune.config import build_config
@@ -44,6 +51,7 @@ def _train_step(a, precision: str):
         "method.r": 8, "method.alpha": 16, "method.dropout": 0.05, "method.n_tokens": 12,
         "train.batch_size": 2, "train.grad_accum": 4, "train.lr": 5e-4, "train.weight_decay": 0.0,
         "train.warmup_ratio": 0.0, "train.precision": precision, "train.fast": a.fast == "true", "train.seed": 0,
+        "train.fast_paths": [n for n in FAST_PATH_NAMES if n not in a.without],
     })
     accelerator, precision = accelerator_for(cfg, work / "run")
     tokenizer = load_tokenizer(model_dir)
@@ -59,7 +67,10 @@ def _train_step(a, precision: str):
         batches = micro_batches(ds, epoch_order(len(ds), 0, epoch), 2, 1, 0, collate)
         optimizer_step(accelerator, model, optimizer, scheduler, loss_fn, batches, trained, 1.0)
 
-    return step
+    tokens = sum(len(r["input_ids"]) for r in rows)
+    from sumtune.fastpath.loss import find_lm
+
+    return step, tokens * flops_per_token(find_lm(model).config, a.method, sum(p.numel() for p in trained))
 
 
 def _generate(a, precision: str):
@@ -75,7 +86,7 @@ def _generate(a, precision: str):
     speed_up(model, autocast=dtype, inference=True)
     gen = Generator(model, tokenizer, EvalConfig(batch_size=8, max_new_tokens=a.max_new_tokens),
                     autocast=dtype, stop_at_blank_line=False)
-    return lambda _epoch: gen.generate(prompts)
+    return (lambda _epoch: gen.generate(prompts)), None
 
 
 def main() -> None:
@@ -89,20 +100,28 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2, help="timed runs before the profiled one")
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--fast", default="true", choices=["true", "false"])
+    ap.add_argument("--without", nargs="*", default=[], choices=FAST_PATH_NAMES, metavar="NAME",
+                    help="training: every fast path but these")
     ap.add_argument("--rows", type=int, default=20, help="operators to list")
     ap.add_argument("--shapes", action="store_true", help="also the costliest aten::copy_ calls by shape")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     precision = precision_for(a.precision)
-    run = _generate(a, precision) if a.generate else _train_step(a, precision)
+    run, model_flops = _generate(a, precision) if a.generate else _train_step(a, precision)
     for epoch in range(a.epochs):
         t0 = time.perf_counter()
         run(epoch)
         print(f"run {epoch}: {time.perf_counter() - t0:.3f} s", flush=True)
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=a.shapes) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=a.shapes, with_flops=True) as prof:
         t0 = time.perf_counter()
         run(a.epochs)
-        print(f"profiled run: {time.perf_counter() - t0:.3f} s ({precision})")
+        wall = time.perf_counter() - t0
+        print(f"profiled run: {wall:.3f} s ({precision})")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.rows))
+    dtype = "bf16" if precision == "bf16" else "fp32"  # the peak of the precision the step ran in
+    print(family_table(prof.events(), wall, bf16_peak(2.0)[f"{dtype}_flops"], model_flops, dtype))
     if a.shapes:
         copies = [e for e in prof.key_averages(group_by_input_shape=True) if e.key == "aten::copy_"]
         for e in sorted(copies, key=lambda e: -e.self_cpu_time_total)[:10]:

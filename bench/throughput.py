@@ -21,8 +21,10 @@ For last_layers sumtune also trains `--epochs-last-layers` epochs over the same 
 
 Printed: each run, then medians and ratios, and each side's model FLOP utilisation (MFU:
 achieved model FLOP/s over the bf16 matmul peak measured here, before and after the runs,
-the better of the two; bench/mfu.py says what counts as model FLOPs); with --json the last
-line is one JSON object.
+the better of the two, on the device the run uses: bench/peak.py; bench/mfu.py says what counts
+as model FLOPs); with --json the last line is one JSON object. On a CUDA GPU also each side's
+peak CUDA memory (torch.cuda.max_memory_allocated; the peer through bench/cuda_peak.py) and,
+where bench/peak.py knows the device, the MFU against its datasheet dense bf16 figure.
 A run during which other processes used more than 10% of the CPUs is marked "busy" and
 left out of the medians when each side has a run that is not (on a machine shared with other
 work, a busy neighbour can slow the matmuls enough to swamp the comparison).
@@ -44,7 +46,8 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 from common import RANDOM_125M, load_rows, precision_for, write_model_dir  # noqa: E402
-from mfu import bf16_peak, mfu_fields  # noqa: E402
+from mfu import mfu_fields  # noqa: E402
+from peak import device_peak  # noqa: E402
 
 PEER = HERE.parent.parent / "shared" / "bench" / "peer_hf_trainer.py"
 PEER_METHOD = {"lora": "lora", "prompt_tuning": "prompt_tuning", "last_layers": "last_layer"}
@@ -72,7 +75,10 @@ def run_child(cmd: list[str], log: Path) -> dict:
     out = log.read_text()
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{out[-3000:]}")
-    result = json.loads([x for x in out.splitlines() if x.startswith("{")][-1])
+    lines = [x for x in out.splitlines() if x.startswith("{")]
+    result = json.loads(lines[-1])
+    if "cuda_peak_of" in result:  # bench/cuda_peak.py's line, after the wrapped peer's own
+        result = {**json.loads(lines[-2]), "peak_cuda_mb": result["peak_cuda_mb"]}
     own = usage.ru_utime + usage.ru_stime
     result["peak_rss_mb"] = usage.ru_maxrss // 1024
     result["cpu_user_s"], result["cpu_sys_s"] = round(usage.ru_utime, 1), round(usage.ru_stime, 1)
@@ -112,7 +118,8 @@ def stage_inputs(a: argparse.Namespace, work: Path) -> tuple[list[dict], Path, P
 def side_commands(a: argparse.Namespace, precision: str, data: Path, model_dir: Path, work: Path,
                   epochs: int) -> dict[str, list[str]]:
     """The command line of each side: the peer script and our worker, on the same rows and settings."""
-    peer = [sys.executable, a.peer, "--data", str(data), "--method", PEER_METHOD[a.method],
+    wrap = [str(HERE / "cuda_peak.py")] if torch.cuda.is_available() else []  # the peer's peak CUDA memory
+    peer = [sys.executable, *wrap, a.peer, "--data", str(data), "--method", PEER_METHOD[a.method],
             "--model", a.model if a.model == RANDOM_125M else str(model_dir),
             "--batch-size", str(BATCH), "--grad-accum", str(ACCUM), "--max-steps", str(a.steps),
             "--out", str(work / "peer"), "--threads", str(a.threads)] + (["--bf16"] if precision == "bf16" else [])
@@ -161,8 +168,11 @@ def summarise(a: argparse.Namespace, precision: str, rows: list[dict], runs: dic
         "peer_peak_rss_mb": int(median_of(runs, "peer", "peak_rss_mb")),
         "busy_runs": sum(r["others_cpu_share"] > BUSY for side in runs.values() for r in side),
         "runs_in_medians": {side: len(runs_for_medians(runs, side)) for side in runs},
-        "sumtune_peak_cuda_mb": runs["sumtune"][0].get("peak_cuda_mb"),  # the peer script reports none
     }
+    if torch.cuda.is_available():
+        for side in ("sumtune", "peer"):
+            result[f"{side}_peak_cuda_mb"] = median_of(runs, side, "peak_cuda_mb")
+        result["cuda_memory_ratio"] = round(result["sumtune_peak_cuda_mb"] / result["peer_peak_cuda_mb"], 3)
     result["ratio"] = round(result["sumtune_tokens_per_s"] / result["peer_tokens_per_s"], 3)
     result["rss_ratio"] = round(result["sumtune_peak_rss_mb"] / result["peer_peak_rss_mb"], 3)
     return result
@@ -175,7 +185,12 @@ def print_summary(result: dict, epochs: int) -> None:
           f"medians): sumtune {r['sumtune_tokens_per_s']} tokens/s, peer {r['peer_tokens_per_s']} tokens/s, "
           f"ratio {r['ratio']:.2f}x; peak RSS {r['sumtune_peak_rss_mb']} vs {r['peer_peak_rss_mb']} MB "
           f"({r['rss_ratio']:.2f}x); MFU sumtune {100 * r['sumtune_mfu']:.1f}%, peer "
-          f"{100 * r['peer_mfu']:.1f}% of a {r['peak']['bf16_flops']} GFLOP/s bf16 matmul peak"
+          f"{100 * r['peer_mfu']:.1f}% of a {r['peak']['bf16_flops']} GFLOP/s bf16 matmul peak measured on "
+          f"{r['peak']['device']}"
+          + (f" ({100 * r['sumtune_mfu_datasheet']:.1f}% / {100 * r['peer_mfu_datasheet']:.1f}% of the datasheet's "
+             f"{r['peak']['datasheet_bf16_dense_flops']} GFLOP/s dense bf16)" if "sumtune_mfu_datasheet" in r else "")
+          + (f"; peak CUDA memory {r['sumtune_peak_cuda_mb']} vs {r['peer_peak_cuda_mb']} MB"
+             if "peer_peak_cuda_mb" in r else "")
           + (f"; {epochs} epochs = {r['epochs_over_first']:.2f} x the first" if epochs > 1 else ""))
 
 
@@ -183,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    peak = bf16_peak(a.peak_seconds)
+    peak = device_peak(a.peak_seconds)
 
     precision = precision_for(a.precision)
     work = Path(a.workdir or tempfile.mkdtemp(prefix="sumtune-bench-"))
@@ -194,7 +209,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = summarise(a, precision, rows, runs)
     result.update(mfu_fields(result, model_dir, a.method, runs["sumtune"][0]["trainable_params"],
-                             peak, bf16_peak(a.peak_seconds)))
+                             peak, device_peak(a.peak_seconds)))
+    sheet = result["peak"].get("datasheet_bf16_dense_flops")
+    if sheet:  # GFLOP/s, as mfu_fields rounds the peak
+        for side in ("sumtune", "peer"):
+            result[f"{side}_mfu_datasheet"] = round(result[f"{side}_tokens_per_s"] * result["model_flops_per_token"]
+                                                    / (sheet * 1e9), 4)
     if epochs > 1:
         result["epochs"] = epochs
         result["epochs_over_first"] = round(median_of(runs, "sumtune", "epochs_over_first"), 3)

@@ -84,6 +84,40 @@ def test_gpt_neo_sdpa_matches_eager_forward_backward_and_padding(tiny_neo):
         torch.testing.assert_close(out["sdpa"][i][real], out["eager"][i][real], rtol=TOL, atol=TOL)
 
 
+@pytest.mark.parametrize("length", [40, 48, 16, 9])  # 3 blocks, 3 full blocks, one window, under it
+def test_blocked_local_attention_matches_eager_and_sdpa(tiny_neo, monkeypatch, length):
+    from sumtune.fastpath import apply_fast_paths
+    from sumtune.fastpath.attention import GPTNeoBlockedLocalAttention
+
+    model = load_model(str(tiny_neo)).train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    batch = _batch(model.config.vocab_size, lengths=(length, length), prompt=4)  # no padding: mask None
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(a[0].shape[-2]) or sdpa(*a, **k))
+    out = {}
+    for name in ("eager", "sdpa", "blocked"):
+        enabled = {"eager": set(), "sdpa": {"sdpa_attention"}, "blocked": {"sdpa_attention", "blocked_local_attention"}}
+        applied = apply_fast_paths(model, FastPathContext(training=True), enabled[name])
+        assert set(applied) == enabled[name]
+        calls.clear()
+        model.zero_grad()
+        loss, _ = _hf_loss_sum(model, batch)
+        loss.backward()
+        out[name] = (loss.detach(), _grads(model), list(calls))
+    assert isinstance(model.transformer.h[1].attn.attention, GPTNeoBlockedLocalAttention)
+    assert type(model.transformer.h[0].attn.attention) is GPTNeoSdpaAttention  # global layers unchanged
+    w, layers = model.config.window_size, model.config.num_layers
+    blocks = -(-length // w) if length > w else 1
+    assert len(out["blocked"][2]) == layers // 2 * (1 + blocks)  # one call per global layer, one per block
+    for ref in ("eager", "sdpa"):
+        torch.testing.assert_close(out["blocked"][0], out[ref][0], rtol=TOL, atol=TOL)
+        _assert_close_grads(out["blocked"][1], out[ref][1])
+    revert_fast_paths(model)
+    assert type(model.transformer.h[1].attn.attention).__name__ == "GPTNeoSelfAttention"
+
+
 def test_gpt_neo_sdpa_generate_with_cache_matches_eager(tiny_neo):
     model = load_model(str(tiny_neo)).eval()
     ids = _batch(model.config.vocab_size, lengths=(30, 30))["input_ids"]
@@ -654,6 +688,8 @@ def test_fast_paths_config_selects_and_logs(tiny_gpt2, caplog):
     head_only, _ = _method_model(tiny_gpt2, "last_layers")  # where the feature cache applies
     ctx = FastPathContext(training=True, autocast=torch.bfloat16)
     for name in FAST_PATH_NAMES:
+        if name == "blocked_local_attention":  # on top of sdpa_attention, GPT-Neo only: tested above
+            continue
         cfg = build_config(flags={"train.fast_paths": name})
         on = head_only if name == "feature_cache" else model
         applied = apply_fast_paths(on, CONTEXTS["infer" if name == "few_rows_head" else "train"], from_config(cfg.train))

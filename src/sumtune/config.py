@@ -28,8 +28,8 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SELECT_BY = ("loss", "rouge1", "rouge2", "rougeL", "rougeLsum")
 # The fast paths by name, in the order they are applied (sumtune.fastpath.FAST_PATHS, which says why
 # that order; kept here so validating a config does not import torch).
-FAST_PATH_NAMES = ("sdpa_attention", "cast_frozen_weights", "fused_gelu", "fast_lora", "few_rows_head",
-                   "label_loss", "feature_cache", "fused_adamw")
+FAST_PATH_NAMES = ("sdpa_attention", "blocked_local_attention", "cast_frozen_weights", "fused_gelu", "fast_lora",
+                   "few_rows_head", "label_loss", "feature_cache", "fused_adamw")
 
 
 @dataclass

@@ -4,6 +4,7 @@ off, `train.fast_paths: [names]` keeps only those, `model.attention` picks the a
 
 In `FAST_PATHS` order:
 - sdpa_attention (attention.py): SDPA attention (GPT-Neo: ours; GPT-2: Transformers');
+- blocked_local_attention (attention.py): GPT-Neo's local layers blockwise over long rows;
 - cast_frozen_weights (precision.py): frozen linear weights cast to the autocast dtype once;
 - fused_gelu (gelu.py): one-kernel tanh GELU;
 - fast_lora (lora.py): PEFT LoRA layers with a cheaper dropout mask and a fused update;
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from sumtune.config import FAST_PATH_NAMES
-from sumtune.fastpath.attention import SdpaAttention, attention_in_use, set_attention
+from sumtune.fastpath.attention import BlockedLocalAttention, SdpaAttention, attention_in_use, set_attention
 from sumtune.fastpath.base import FastPath, FastPathContext, StepPath
 from sumtune.fastpath.features import CachedHeadLoss, FeatureCache, FeatureCachePath
 from sumtune.fastpath.gelu import FusedGelu, set_fast_gelu
@@ -56,11 +57,11 @@ ATTENTION, CAST, FUSED_ADAMW = SdpaAttention(), CastFrozenWeights(), FusedAdamW(
 
 # The order is the order of application; revert goes backwards. Paths that change the same module
 # must nest: cast_frozen_weights (inference: unties the head, Linear -> CastOnceLinear) before
-# few_rows_head (-> FewRowsLinear), so undoing restores CastOnceLinear and then Linear. Attention
-# goes first (it changes only the attention classes and configs); the training-step choices come
+# few_rows_head (-> FewRowsLinear), so undoing restores CastOnceLinear and then Linear; likewise
+# sdpa_attention before blocked_local_attention (eager -> SDPA -> blocked). Attention goes first (it changes only the attention classes and configs); the training-step choices come
 # last (they change nothing). `config.FAST_PATH_NAMES` lists the same names in the same order.
 FAST_PATHS: tuple[FastPath, ...] = (
-    ATTENTION, CAST, FusedGelu(), FastLora(), FewRowsHead(),
+    ATTENTION, BlockedLocalAttention(), CAST, FusedGelu(), FastLora(), FewRowsHead(),
     LabelLoss(), FeatureCachePath(), FUSED_ADAMW,
 )
 assert tuple(p.name for p in FAST_PATHS) == FAST_PATH_NAMES, "keep config.FAST_PATH_NAMES in step"

@@ -36,7 +36,7 @@ from sumtune.config import METHODS
 from sumtune.errors import UserError
 from sumtune.methods import get_method
 
-FSDP_FAST_PATHS = frozenset({"sdpa_attention", "fused_gelu", "fast_lora"})
+FSDP_FAST_PATHS = frozenset({"sdpa_attention", "blocked_local_attention", "fused_gelu", "fast_lora"})
 
 
 def launched_with_fsdp() -> bool:
