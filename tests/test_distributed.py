@@ -19,7 +19,7 @@ from sumtune.distributed import batch_order, batch_shard, gather_in_order
 
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sumtune.cli"]
-TIMINGS = ("generation_seconds", "summaries_per_s")
+TIMINGS = ("generation_seconds", "summaries_per_s", "loss_seconds")
 
 
 def test_batch_shard_deals_whole_batches_that_a_length_sort_rebuilds():
@@ -56,5 +56,6 @@ def test_two_process_evaluate_writes_what_one_process_writes(flags, tiny_neo, ka
     m2, m1 = (json.loads((d / "metrics.json").read_text()) for d in (two, one))
     for key in TIMINGS:
         m2.pop(key), m1.pop(key)
+    assert (m2.pop("processes"), m1.pop("processes")) == (2, 1)  # the basis of the projected full-split cost
     assert m2 == m1 and m1["n"] == 8
     assert proc.stdout.count("wrote ") == 1  # the main process writes and reports, once
