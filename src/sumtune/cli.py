@@ -60,7 +60,7 @@ def _methods_choice(text: str) -> tuple[str, ...]:
 
 def _add_train_flags(p: argparse.ArgumentParser, with_method: bool) -> None:
     if with_method:
-        p.add_argument("--method", choices=METHODS, required=True, help="fine-tuning method")
+        p.add_argument("--method", choices=METHODS, help="fine-tuning method (default: method.name of --config)")
     p.add_argument("--config", help="YAML preset (see configs/)")
     p.add_argument("--model", help="hub name (e.g. EleutherAI/gpt-neo-125m) or local model directory")
     p.add_argument("--data", help="Kaggle CNN/DM dir | FILE.csv/.jsonl | hf:NAME[:CONFIG]")
@@ -199,9 +199,7 @@ def _add_file_commands(sub) -> None:
 
 def _run(a: argparse.Namespace) -> int:
     if a.command == "train":
-        from sumtune.config import build_config
-
-        cfg = build_config(a.config, _flags(a), a.sets)
+        cfg = _train_config(a)
         apply_offline_env(cfg.model.name, cfg.data.source)
         from sumtune.recipes.train import train
 
@@ -245,6 +243,24 @@ def _run(a: argparse.Namespace) -> int:
         else:
             download.download_model(a.name, a.out)
     return 0
+
+
+def _train_config(a: argparse.Namespace):
+    """train's configuration: the method from --method or the --config's method.name (a run's
+    config.yaml is enough to resume it: `--config RUN/config.yaml --resume` continues RUN, wherever it is now)."""
+    from sumtune.config import build_config
+    from sumtune.runs import RunDir
+
+    flags = _flags(a)
+    run = RunDir.of_config(a.config) if a.config and a.resume and a.output_dir is None else None
+    if run is not None:
+        flags["output_dir"] = str(run.path.resolve())
+    named: set[str] = set()
+    cfg = build_config(a.config, flags, a.sets, explicit=named)
+    if "method.name" not in named:
+        raise UserError("the following arguments are required: --method (or a --config that names method.name, "
+                        "as a run's config.yaml does)")
+    return cfg
 
 
 def _offline_for_runs(runs: list[str], model: str | None, data: str | None, need_data: bool = False) -> None:
