@@ -3,7 +3,7 @@
 
     python bench/plan_accuracy.py --method {lora,prompt_tuning,last_layers,full,...} --data TOKENS.jsonl
         [--model gpt-neo-125m-random|gpt-neo-small-random] [--train-rows 16] [--val-rows 4] [--test-rows 4]
-        [--epochs 1] [--batch-size 2] [--grad-accum 1] [--decoding greedy] [--max-new-tokens 32]
+        [--epochs 1] [--batch-size 2] [--grad-accum 1] [--decoding greedy] [--max-new-tokens 32] [--eval-batch-size 2]
         [--calibration-steps 3] [--calibration-articles 2] [--precision auto] [--threads 0] [--json]
 
 The rows are make_token_data.py's (../shared/bench/make_token_data.py): each token id becomes one
@@ -94,7 +94,7 @@ def config(a: argparse.Namespace, model_dir: Path, data_dir: Path, out: Path):
         "method.name": a.method, "train.epochs": a.epochs, "train.batch_size": a.batch_size,
         "train.grad_accum": a.grad_accum, "train.precision": a.precision, "train.lr": 1e-4,
         "data.max_length": min(2048, longest + len(SEPARATOR) + 1), "data.max_summary_length": 64,
-        "eval.preset": a.decoding, "eval.max_new_tokens": a.max_new_tokens,
+        "eval.preset": a.decoding, "eval.max_new_tokens": a.max_new_tokens, "eval.batch_size": a.eval_batch_size,
         "eval.min_new_tokens": min(a.max_new_tokens, 55) if a.decoding == "cnndm" else 0,
     })
 
@@ -143,6 +143,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--grad-accum", type=int, default=1)
     ap.add_argument("--decoding", default="greedy", choices=["greedy", "cnndm"])
     ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--eval-batch-size", type=int, default=2, help="eval.batch_size (rows per decoding batch x beams)")
     ap.add_argument("--calibration-steps", type=int, default=3)
     ap.add_argument("--calibration-articles", type=int, default=2)
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])

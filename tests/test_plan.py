@@ -59,6 +59,25 @@ def test_plan_bad_input_is_one_line(tiny_neo, kaggle_dir, tmp_path, capsys, extr
     assert not (tmp_path / "exp").exists()
 
 
+def test_a_method_out_of_memory_is_flagged_and_the_others_projected(tiny_neo, kaggle_dir, tmp_path, monkeypatch,
+                                                                    capsys):
+    import sumtune.training.step as step
+    from sumtune.fastpath.features import CachedHeadLoss
+
+    real = step.optimizer_step
+
+    def step_or_oom(accelerator, model, optimizer, scheduler, loss_fn, *args):
+        if isinstance(loss_fn, CachedHeadLoss):  # head-only last_layers runs out of CPU memory
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
+        return real(accelerator, model, optimizer, scheduler, loss_fn, *args)
+
+    monkeypatch.setattr(step, "optimizer_step", step_or_oom)
+    assert main(_argv(tiny_neo, kaggle_dir, tmp_path / "exp", "--methods", "lora,last_layers", "--json")) == 0
+    lora, last = json.loads(capsys.readouterr().out)["methods"]
+    assert lora["fits"] == "fits" and lora["training"]["step_seconds"] > 0
+    assert last["fits"] == "does not fit" and "out of memory" in last["error"] and last["training"] is None
+
+
 def test_step_counts_follow_the_trainer_schedule():
     """Validations at each epoch end and every eval_steps; checkpoints at epoch ends and every
     save_steps but not at the last step (recipes/train.py); the feature cache's later epochs."""
@@ -82,22 +101,13 @@ def test_strata_are_evenly_spaced_longest_first():
     assert strata(batches, 1) == [[4, 0]] and strata(batches, 3) == batches and strata(batches, 9) == batches
 
 
-def test_projection_matches_a_measured_run(tiny_neo, tmp_path):
-    """Projected against measured, same configuration, same process, one after the other:
-    - training: results.json's train_seconds (optimizer steps only) against the projected
-      optimizer-step seconds (steps x median calibrated step), within 25%;
-    - evaluation: `evaluate_run`'s wall time (loading, loss, decoding, scoring, writing) against
-      the projected evaluation seconds, and metrics.json's generation_seconds against the
-      projected decoding seconds, within 25%;
-    - peak memory: results.json's peak RSS against the projected training peak, within 15%.
-    Every summary is held at 12 tokens (min = max new tokens): the tiny random model's stopping
-    is noise, and which articles it would stop early on is not what the projection is tested for."""
+def _projected_and_measured(model, data, out) -> dict[str, tuple[float, float]]:
+    """(projected, measured) per figure: `run_plan`, then the same configuration trained and evaluated."""
     from sumtune.recipes.evaluate import evaluate_run
     from sumtune.recipes.train import train
 
-    data = write_kaggle_dir(tmp_path / "data", sizes=(96, 8, 16))
     cfg = build_config(flags={
-        "model.name": str(tiny_neo), "data.source": str(data), "output_dir": str(tmp_path / "exp"),
+        "model.name": str(model), "data.source": str(data), "output_dir": str(out),
         "method.name": "lora", "method.r": 4, "train.epochs": 1, "train.batch_size": 2, "train.grad_accum": 1,
         "train.lr": 1e-3, "train.precision": "fp32", "data.max_length": 128, "data.max_summary_length": 32,
         "eval.batch_size": 4, "eval.max_new_tokens": 12, "eval.min_new_tokens": 12})
@@ -108,14 +118,36 @@ def test_projection_matches_a_measured_run(tiny_neo, tmp_path):
     metrics = evaluate_run(run, "test", overrides=vars(cfg.eval))
     eval_wall = time.perf_counter() - t0
     results = json.loads((run / "results.json").read_text())
-
-    def error(projected, measured):
-        return abs(projected - measured) / measured
-
     assert p["training"]["steps"] == results["steps"] == 48 and p["eval_articles"] == metrics["n"] == 16
-    assert error(p["training"]["step_seconds"], results["train_seconds"]) < 0.25, (p, results)
-    assert error(p["eval_seconds"], eval_wall) < 0.25, (p, eval_wall)
-    assert error(p["eval_decode_seconds"], metrics["generation_seconds"]) < 0.25, (p, metrics)
-    assert results["peak_memory_kind"] == p["memory_kind"]
-    assert error(p["train_peak_memory_mb"], results["peak_memory_mb"]) < 0.15, (p, results)
-    assert "lora" in format_plan(record)
+    assert results["peak_memory_kind"] == p["memory_kind"] and "lora" in format_plan(record)
+    return {"train_seconds": (p["training"]["step_seconds"], results["train_seconds"]),
+            "evaluation wall": (p["eval_seconds"], eval_wall),
+            "generation_seconds": (p["eval_decode_seconds"], metrics["generation_seconds"]),
+            "peak RSS": (p["train_peak_memory_mb"], results["peak_memory_mb"])}
+
+
+def test_projection_matches_a_measured_run(tiny_neo, tmp_path):
+    """Projected against measured, same configuration, same process, one after the other:
+    - training: results.json's train_seconds (optimizer steps only) against the projected
+      optimizer-step seconds (the trainer's 48 steps x the median of 12 calibrated steps), within 25%;
+    - evaluation: `evaluate_run`'s wall time (loading, loss, decoding, scoring, writing) against
+      the projected evaluation seconds, and metrics.json's generation_seconds against the
+      projected decoding seconds, within 25%;
+    - peak memory: results.json's peak RSS against the projected training peak, within 15%.
+    Every summary is held at 12 tokens (min = max new tokens): the tiny random model's stopping
+    is noise, and which articles it would stop early on is not what the projection is tested for.
+    A machine shared with other work can change speed between the calibration and the run (seen:
+    the same decoding batch re-timed 40% apart under a load of 13 on 2 cores), so a second
+    attempt is made when the first misses; a projection off by more than the bounds misses both."""
+    data = write_kaggle_dir(tmp_path / "data", sizes=(96, 8, 16))
+    bounds = {"train_seconds": 0.25, "evaluation wall": 0.25, "generation_seconds": 0.25, "peak RSS": 0.15}
+    attempts = []
+    for attempt in range(2):
+        figures = _projected_and_measured(tiny_neo, data, tmp_path / f"exp{attempt}")
+        errors = {k: abs(proj - meas) / meas for k, (proj, meas) in figures.items()}
+        attempts.append({k: (round(figures[k][0], 3), round(figures[k][1], 3), f"{100 * e:.0f}%")
+                         for k, e in errors.items()})
+        if all(errors[k] < bounds[k] for k in bounds):
+            return
+    raise AssertionError(f"projection off by more than {bounds} in both attempts (projected, measured, error): "
+                         f"{attempts}")

@@ -57,7 +57,7 @@ class Calibration:
     eval_load_seconds: float = 0.0  # the run loaded back, test rows read and tokenised
     loss_first_seconds: float = 0.0  # the first (longest) batch: it pays the one-time costs, as in evaluate
     loss_batch_seconds: list[float] = field(default_factory=list)  # sampled from the other batches
-    decode_first_seconds: float = 0.0
+    decode_first_seconds: float = 0.0  # building the Generator (its stop tables) + the first batch
     decode_batch_seconds: list[float] = field(default_factory=list)
     articles_decoded: int = 0
     score_seconds: float = 0.0  # ROUGE, lengths and bootstrap intervals of the decoded articles
@@ -240,7 +240,7 @@ class Calibrator:
             if "prompts" not in self._prompts:
                 self._prompts["prompts"] = [encode_prompt(tokenizer, a, cfg.data) for a in ds["article"]]
             prompts = self._prompts["prompts"]
-            generator = Generator(model, tokenizer, cfg.eval, autocast=autocast)
+            generator, build = _timed(Generator, model, tokenizer, cfg.eval, autocast=autocast)  # evaluate times it too
             per_batch = max(1, cfg.eval.batch_size // cfg.eval.num_beams)  # as Generator.generate batches
             batches = longest_first_batches([len(p) for p in prompts], per_batch)
             predictions, references, seconds = [], [], []
@@ -250,7 +250,7 @@ class Calibrator:
                 predictions += [summary_text(tokenizer, g, cfg) for g in out]
                 references += [ds[i]["summary"] for i in b]
                 self.bar.update(len(b))
-            cal.decode_first_seconds, cal.decode_batch_seconds = seconds[0], seconds[1:]
+            cal.decode_first_seconds, cal.decode_batch_seconds = build + seconds[0], seconds[1:]
             cal.articles_decoded = len(predictions)
             _scores(predictions, references, tokenizer, cfg.train.seed)  # once: the scorers' one-time set-up
             cal.score_seconds = _timed(_scores, predictions, references, tokenizer, cfg.train.seed)[1]

@@ -160,7 +160,12 @@ def _pass(first: float, sampled: list[float], batches: int) -> float:
 
 
 def project(cal: Calibration, cfg: Config, plan: Plan, limit: float) -> Projection:
-    """A method's projection in the experiment `plan` over `cfg`."""
+    """A method's projection in the experiment `plan` over `cfg` (a calibration that ran out of
+    memory: flagged, its times unknown)."""
+    if cal.error:
+        return Projection(cal.method, cal.trainable_params, None, None, None, 0, 0.0, 0, cal.n_test, 0.0, 0.0, 0.0,
+                          0.0, 0.0, max(cal.train_peak_mb, cal.eval_peak_mb), cal.train_peak_mb, cal.eval_peak_mb,
+                          cal.memory_kind, "does not fit", cal.error)
     ev = cfg.eval
     loss_s = _pass(cal.loss_first_seconds, cal.loss_batch_seconds, math.ceil(cal.n_test / ev.batch_size))
     decode_s = _pass(cal.decode_first_seconds, cal.decode_batch_seconds,
@@ -182,7 +187,7 @@ def project(cal: Calibration, cfg: Config, plan: Plan, limit: float) -> Projecti
         eval_seconds=eval_s, eval_decode_seconds=decode_s, eval_loss_seconds=loss_s, eval_score_seconds=score_s,
         total_seconds=sweep_s + runs * (train_once + eval_s), peak_memory_mb=peak, train_peak_memory_mb=train_peak,
         eval_peak_memory_mb=cal.eval_peak_mb, memory_kind=cal.memory_kind,
-        fits="does not fit" if cal.error else _fits(peak, limit), error=cal.error)
+        fits=_fits(peak, limit))
 
 
 def _method_cfg(cfg: Config, plan: Plan, method: str) -> Config:
