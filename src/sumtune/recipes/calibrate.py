@@ -104,10 +104,11 @@ class Calibrator:
         self.bar = bar
         self._prompts: dict[str, list[list[int]]] = {}  # test prompts, shared by the methods
 
-    def tasks(self, trains: bool, cached: bool = False) -> int:
-        """Bar units of one method (an estimate for the bar's length only)."""
-        train = (1 + self.steps * (2 if cached else 1) + 2) if trains else 0
-        return 1 + train + self.batches * (2 if cached else 1) + 1 + 1 + self.batches + 2 * self.articles
+    @staticmethod
+    def tasks(steps: int, articles: int, trains: bool, cached: bool = False) -> int:
+        """Bar units of one method (an estimate, for the bar's length only)."""
+        train = (1 + steps * (2 if cached else 1) + 2) if trains else 0
+        return 1 + train + steps * (2 if cached else 1) + 1 + 1 + steps + articles + 2
 
     def calibrate(self, cfg: Config) -> Calibration:
         """Training (or zero_shot's validation), then evaluation; out of memory is recorded in

@@ -221,17 +221,16 @@ def run_plan(cfg: Config, plan: Plan | None = None, steps: int = DEFAULT_STEPS, 
     methods = plan.methods()
     projections, calibrations = [], []
     try:
-        cal_tool = Calibrator(root, steps, steps, articles, plan.eval_limit, None)
-        total = sum(cal_tool.tasks(m != "zero_shot", cached=m == "last_layers") for m in methods)
+        total = sum(Calibrator.tasks(steps, articles, m != "zero_shot", cached=m == "last_layers") for m in methods)
         with bar("calibrating", total, "task", enabled=progress) as b:
-            cal_tool.bar = b
+            calibrator = Calibrator(root, steps, steps, articles, plan.eval_limit, b)
             for m in methods:
                 b.set_description(f"calibrating {m}")
                 c = _method_cfg(cfg, plan, m)
-                cal = cal_tool.calibrate(c)
+                cal = calibrator.calibrate(c)
                 calibrations.append(cal)
                 projections.append(project(cal, c, plan, limit))
-            b.update(total - b.n)
+            b.update(max(0, total - b.n))
         precision = resolve_precision(cfg.train.precision, device)
     finally:
         shutil.rmtree(root, ignore_errors=True)
