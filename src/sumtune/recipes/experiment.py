@@ -320,5 +320,5 @@ def run_demo(output_dir: str | Path = "demo_runs") -> dict:
     })
     plan = Plan(with_full=True, sweep_lr=True, lr_grid=dict(DEMO_LR_GRID))
     print("== plan: what the experiment below will cost here, projected from a short calibration")
-    print_plan(run_plan(cfg, plan, steps=2, articles=2), output=out / "plan.json")
+    print_plan(run_plan(cfg, plan, steps=1, articles=1), output=out / "plan.json")  # tiny: the demo stays short
     return run_experiment(cfg, plan)  # ends with the table, plots
