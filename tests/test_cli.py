@@ -35,7 +35,7 @@ def _fails(capsys, argv: list[str], *expected: str) -> str:
 @pytest.mark.parametrize(
     "argv",
     [[], ["train"], ["evaluate"], ["summarize"], ["compare"], ["export"], ["download"], ["download", "data"],
-     ["download", "model"], ["experiment"], ["demo"]],
+     ["download", "model"], ["experiment"], ["plan"], ["demo"]],
 )
 def test_help(capsys, argv):
     assert main([*argv, "--help"]) == 0

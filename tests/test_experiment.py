@@ -108,6 +108,9 @@ def test_demo_runs_offline(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.splitlines()[0].startswith("NOTE: this demo trains a tiny random model")
     assert experiment.REAL_COMMAND in printed.splitlines()[0]
+    assert printed.index("PROJECTIONS") < printed.index("wrote ") < printed.index("== zero_shot")  # the plan first
+    plan = _read(tmp_path / "demo/plan.json")
+    assert [m["method"] for m in plan["methods"]] == ["zero_shot", "prompt_tuning", "lora", "last_layers", "full"]
     methods = ["zero_shot", "prompt_tuning", "lora", "last_layers", "full"]
     assert list(dict.fromkeys(r["method"] for r in report["rows"])) == methods  # 2 seeds: a method's runs together
     assert all(r["evaluated"] for r in report["rows"])

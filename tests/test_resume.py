@@ -22,6 +22,7 @@ from conftest import write_kaggle_dir
 
 from sumtune import checkpoint as ck
 from sumtune.cli import main
+from sumtune.config import load_run_config
 from sumtune.errors import UserError
 from sumtune.io import atomic_save_tensors, load_tensors
 
@@ -78,10 +79,10 @@ def setup(tiny_neo, tmp_path_factory):
     return tiny_neo, data, ref
 
 
-def _start(argv: list[str]) -> subprocess.Popen:
+def _start(argv: list[str], cwd: Path | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "sumtune.cli", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
 
 
 def _wait_for(proc: subprocess.Popen, run: Path, step: int, timeout: float = 120) -> None:
@@ -99,9 +100,10 @@ def _wait_for(proc: subprocess.Popen, run: Path, step: int, timeout: float = 120
     raise AssertionError("the run did not reach step {step} in time")
 
 
-def _kill_mid_epoch(model: Path, data: Path, run: Path) -> list[str]:
-    """Run in a subprocess, SIGKILL it after its second checkpoint while mid-epoch; the checkpoints left."""
-    proc = _start(_argv(model, data, run))
+def _kill_mid_epoch(model: Path, data: Path, run: Path, cwd: Path | None = None) -> list[str]:
+    """Run in a subprocess (`run` relative to `cwd` when given), SIGKILL it after its second checkpoint
+    while mid-epoch; the checkpoints left."""
+    proc = _start(_argv(model, data, run.relative_to(cwd) if cwd else run), cwd)
     _wait_for(proc, run, 5)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -127,6 +129,29 @@ def test_sigkill_then_resume_is_bit_identical(setup, tmp_path):
     assert names == ["step-0000002", "step-0000004"]  # the last two (step 4 is also the end of epoch 1)
     assert main(_argv(model, data, run, "--resume")) == 0
     _same_as_reference(run, ref)
+
+
+def test_resume_from_the_runs_own_config_alone(setup, tmp_path, monkeypatch, capsys):
+    """`train --config RUN/config.yaml --resume`, no other flag: the method and every setting come from
+    the run's config, the run from where that file is (here its recorded output_dir is relative to
+    the directory it started in, and the resume runs from another one)."""
+    model, data, ref = setup
+    start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
+    start.mkdir(), elsewhere.mkdir()
+    run = start / "run"
+    _kill_mid_epoch(model, data, run, cwd=start)
+    assert load_run_config(run).output_dir == "run" and load_run_config(run).method.name == "lora"
+    monkeypatch.chdir(elsewhere)
+    assert main(["train", "--config", str(run / "config.yaml"), "--resume"]) == 0
+    _same_as_reference(run, ref)
+    assert not (elsewhere / "run").exists()
+    # a config that names no method still needs --method, said in one line
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("train:\n  epochs: 1\n")
+    capsys.readouterr()
+    assert main(["train", "--config", str(preset)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "required: --method" in err and "method.name" in err and "\n" not in err
 
 
 def test_corrupt_latest_checkpoint_falls_back_and_changes_are_refused(setup, tmp_path, caplog, capsys):

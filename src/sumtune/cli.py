@@ -67,7 +67,7 @@ def _methods_choice(text: str) -> tuple[str, ...]:
 
 def _add_train_flags(p: argparse.ArgumentParser, with_method: bool) -> None:
     if with_method:
-        p.add_argument("--method", choices=METHODS, required=True, help="fine-tuning method")
+        p.add_argument("--method", choices=METHODS, help="fine-tuning method (default: method.name of --config)")
     p.add_argument("--config", help="YAML preset (see configs/)")
     p.add_argument("--model", help="hub name (e.g. EleutherAI/gpt-neo-125m) or local model directory")
     p.add_argument("--data", help="Kaggle CNN/DM dir | FILE.csv/.jsonl | hf:NAME[:CONFIG]")
@@ -168,14 +168,8 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--max-queue", type=_positive_int, default=32, help="requests waiting at most (503 beyond)")
 
 
-def _add_study_commands(sub) -> None:
-    """compare, experiment, demo: the methods side by side."""
-    p = sub.add_parser("compare", help="table + plots comparing runs")
-    p.add_argument("run_dirs", nargs="+")
-    p.add_argument("--output", help="directory for compare.md/json and plots (default: common parent)")
-    p.add_argument("--split", choices=("validation", "test"), default="test", help="which evaluation to compare")
-
-    p = sub.add_parser("experiment", help="train, evaluate and compare every method on the same data")
+def _add_experiment_flags(p: argparse.ArgumentParser) -> None:
+    """experiment's flags (also plan's): train's without --method, and what the study adds."""
     _add_train_flags(p, with_method=False)
     p.add_argument("--methods", type=_methods_choice,
                    help="comma-separated methods to run (default: zero_shot,prompt_tuning,lora,last_layers)")
@@ -184,9 +178,31 @@ def _add_study_commands(sub) -> None:
     p.add_argument("--eval-limit", type=_positive_int,
                    help="evaluate on the first N test rows, 0 = the whole split (default: data.max_eval_samples)")
     p.add_argument("--seeds", type=_positive_int, default=1, help="train every method with N seeds (default 1)")
-    p.add_argument("--overwrite", action="store_true", help="retrain runs whose settings changed")
     p.add_argument("--decoding", choices=("greedy", "cnndm"),
                    help="decoding preset for every method (default cnndm unless eval.* keys are set)")
+
+
+def _add_study_commands(sub) -> None:
+    """compare, experiment, demo: the methods side by side."""
+    p = sub.add_parser("compare", help="table + plots comparing runs")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--output", help="directory for compare.md/json and plots (default: common parent)")
+    p.add_argument("--split", choices=("validation", "test"), default="test", help="which evaluation to compare")
+
+    p = sub.add_parser("experiment", help="train, evaluate and compare every method on the same data")
+    _add_experiment_flags(p)
+    p.add_argument("--overwrite", action="store_true", help="retrain runs whose settings changed")
+
+    p = sub.add_parser("plan", help="projected time and memory of `experiment` with the same flags, from a short "
+                                    "calibration here (writes nothing unless --output)")
+    _add_experiment_flags(p)
+    p.add_argument("--calibration-steps", type=_positive_int, default=3,
+                   help="timed optimizer steps (and loss batches) per method, after one warm-up step (default 3)")
+    p.add_argument("--calibration-articles", type=_positive_int, default=8,
+                   help="test articles decoded per method, in whole decoding batches, the first (longest) "
+                        "included (default 8)")
+    p.add_argument("--json", action="store_true", help="print the projection as JSON")
+    p.add_argument("--output", metavar="FILE", help="also write the JSON to FILE")
 
     p = sub.add_parser("demo", help="the experiment on a tiny offline model and bundled data (no internet)")
     p.add_argument("--output-dir", default="demo_runs")
@@ -212,9 +228,7 @@ def _add_file_commands(sub) -> None:
 
 def _run(a: argparse.Namespace) -> int:
     if a.command == "train":
-        from sumtune.config import build_config
-
-        cfg = build_config(a.config, _flags(a), a.sets)
+        cfg = _train_config(a)
         apply_offline_env(cfg.model.name, cfg.data.source)
         from sumtune.recipes.train import train
 
@@ -239,7 +253,14 @@ def _run(a: argparse.Namespace) -> int:
 
         compare_runs(a.run_dirs, a.output, split=a.split)
     elif a.command == "experiment":
-        _experiment(a)
+        from sumtune.recipes.experiment import run_experiment
+
+        run_experiment(*_experiment_setup(a))
+    elif a.command == "plan":
+        from sumtune.recipes.plan import print_plan, run_plan
+
+        print_plan(run_plan(*_experiment_setup(a), steps=a.calibration_steps, articles=a.calibration_articles),
+                   as_json=a.json, output=a.output)
     elif a.command == "demo":
         from sumtune.recipes.experiment import run_demo
 
@@ -258,6 +279,24 @@ def _run(a: argparse.Namespace) -> int:
         else:
             download.download_model(a.name, a.out)
     return 0
+
+
+def _train_config(a: argparse.Namespace):
+    """train's configuration: the method from --method or the --config's method.name (a run's
+    config.yaml is enough to resume it: `--config RUN/config.yaml --resume` continues RUN, wherever it is now)."""
+    from sumtune.config import build_config
+    from sumtune.runs import RunDir
+
+    flags = _flags(a)
+    run = RunDir.of_config(a.config) if a.config and a.resume and a.output_dir is None else None
+    if run is not None:
+        flags["output_dir"] = str(run.path.resolve())
+    named: set[str] = set()
+    cfg = build_config(a.config, flags, a.sets, explicit=named)
+    if "method.name" not in named:
+        raise UserError("the following arguments are required: --method (or a --config that names method.name, "
+                        "as a run's config.yaml does)")
+    return cfg
 
 
 def _offline_for_runs(runs: list[str], model: str | None, data: str | None, need_data: bool = False) -> None:
@@ -293,9 +332,10 @@ def _summarize(a: argparse.Namespace) -> None:
         print(summary if len(runs) == 1 else f"== {run}\n{summary}\n")
 
 
-def _experiment(a: argparse.Namespace) -> None:
+def _experiment_setup(a: argparse.Namespace):
+    """(configuration, Plan) of `experiment` (and `plan`, which projects that experiment)."""
     from sumtune.config import build_config
-    from sumtune.recipes.experiment import Plan, run_experiment
+    from sumtune.recipes.experiment import Plan
 
     sets = list(a.sets)
     named: set[str] = set()
@@ -304,8 +344,8 @@ def _experiment(a: argparse.Namespace) -> None:
         cfg = build_config(a.config, _flags(a), [f"eval.preset={a.decoding or 'cnndm'}", *sets])
     apply_offline_env(cfg.model.name, cfg.data.source)
     plan = Plan(with_full=a.with_full, sweep_lr=a.sweep_lr, eval_limit=a.eval_limit, seeds=max(1, a.seeds),
-                overwrite=a.overwrite, lr=a.lr, chosen=a.methods)
-    run_experiment(cfg, plan)
+                overwrite=getattr(a, "overwrite", False), lr=a.lr, chosen=a.methods)
+    return cfg, plan
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -45,6 +45,13 @@ class RunDir:
     adapter = property(lambda self: self.path / "adapter")
     checkpoints = property(lambda self: self.path / "checkpoints")
 
+    @classmethod
+    def of_config(cls, config_file: str | Path) -> RunDir | None:
+        """The run a config file is the config.yaml of (beside the run's records or checkpoints), else None."""
+        run = cls(Path(config_file).parent)
+        same = Path(config_file).name == run.config.name
+        return run if same and (run.metrics.is_file() or run.checkpoints.is_dir()) else None
+
     def eval_dir(self, split: str) -> Path:
         return self.path / "eval" / split
 

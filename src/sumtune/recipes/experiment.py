@@ -320,7 +320,9 @@ def _demo_texts() -> list[str]:
 
 
 def run_demo(output_dir: str | Path = "demo_runs") -> dict:
-    """The experiment on a tiny random GPT-Neo (built here, offline) and the bundled news sample."""
+    """The experiment on a tiny random GPT-Neo (built here, offline) and the bundled news sample:
+    first its projected cost (`sumtune plan`, saved as OUT/plan.json), then the experiment."""
+    from sumtune.recipes.plan import print_plan, run_plan
     from sumtune.tiny import build_tiny_model
 
     print("NOTE: this demo trains a tiny random model, so its summaries are meaningless; it only shows the whole "
@@ -336,4 +338,6 @@ def run_demo(output_dir: str | Path = "demo_runs") -> dict:
         "data.max_length": 384, "data.max_summary_length": 64, "eval.preset": "cnndm",
     })
     plan = Plan(with_full=True, sweep_lr=True, lr_grid=dict(DEMO_LR_GRID), demo=True)
+    print("== plan: what the experiment below will cost here, projected from a short calibration")
+    print_plan(run_plan(cfg, plan, steps=1, articles=1), output=out / "plan.json")  # tiny: the demo stays short
     return run_experiment(cfg, plan)  # ends with the answer paragraph (which names no winner), the table, plots

@@ -1,0 +1,277 @@
+"""The measurements behind `sumtune plan`: a short calibration of one method on this machine,
+through the code `sumtune train` and `sumtune evaluate` run (training.setup, the real AdamW
+step, validation_loss, save_state, the run loaded back as evaluate loads it, `Generator` with
+the configured decoding), in a temporary run directory that the caller removes.
+
+What is timed, and why so:
+- Optimizer steps: one untimed warm-up step over the longest training rows first (the first
+  step pays one-time costs, and the longest rows set the activations' peak memory), then the
+  first `steps` steps of the trainer's own epoch order, each timed alone.
+- Head-only last_layers (the frozen-feature cache): its first epoch computes and caches the
+  body's features, later epochs cost only the head; the same steps are therefore timed twice,
+  cache cold and warm, and validation passes likewise.
+- Loss passes (validation, the test split) and decoding run in batches sorted longest first;
+  `batches` evenly spaced batches of that very order are timed (one per stratum of length), so
+  their mean times the number of batches estimates the whole pass. In evaluation the first
+  (longest) batch is timed as such, as `evaluate` runs it first, one-time costs included (the
+  decoder's `few_rows_head` times its two paths then), and the strata come from the rest.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sumtune.config import Config, save_config
+from sumtune.memory import PeakMemory
+from sumtune.runs import RunDir
+
+
+@dataclass
+class Calibration:
+    """What one method's calibration measured (seconds, MB); None where it does not apply."""
+
+    method: str
+    trains: bool
+    trainable_params: int = 0
+    total_params: int = 0
+    precision: str = ""
+    setup_seconds: float = 0.0  # data, model, method, fast paths (each run pays it)
+    step_seconds: list[float] = field(default_factory=list)  # timed optimizer steps
+    cached_step_seconds: list[float] = field(default_factory=list)  # the same steps, feature cache warm
+    rows_per_step: int = 0
+    val_batch_seconds: list[float] = field(default_factory=list)
+    cached_val_batch_seconds: list[float] = field(default_factory=list)
+    checkpoint_seconds: float = 0.0
+    save_seconds: float = 0.0  # the best weights into RUN/adapter (at each improving validation)
+    train_peak_mb: float = 0.0
+    feature_cache_mb: float = 0.0  # projected extra: the cache of every train+validation row, RSS only
+    memory_kind: str = ""
+    eval_load_seconds: float = 0.0  # the run loaded back, test rows read and tokenised
+    loss_first_seconds: float = 0.0  # the first (longest) batch: it pays the one-time costs, as in evaluate
+    loss_batch_seconds: list[float] = field(default_factory=list)  # sampled from the other batches
+    decode_first_seconds: float = 0.0  # building the Generator (its stop tables) + the first batch
+    decode_batch_seconds: list[float] = field(default_factory=list)
+    articles_decoded: int = 0
+    score_seconds: float = 0.0  # ROUGE, lengths and bootstrap intervals of the decoded articles
+    eval_peak_mb: float = 0.0
+    n_train: int = 0
+    n_val: int = 0
+    n_test: int = 0
+    error: str | None = None  # out of memory (or another failure) during the calibration
+
+    @property
+    def feature_cache(self) -> bool:
+        return bool(self.cached_step_seconds)
+
+
+def longest_first_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Row indices of each batch, as the loss loop and `Generator` batch: sorted longest first."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def strata(batches: list[list[int]], count: int) -> list[list[int]]:
+    """`count` batches evenly spaced through `batches` (the middle of each of `count` strata)."""
+    n = len(batches)
+    count = min(count, n)
+    if count < 1:
+        return []
+    picks = sorted({min(n - 1, int((i + 0.5) * n / count)) for i in range(count)})
+    return [batches[i] for i in picks]
+
+
+def _timed(fn, *args, **kwargs) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - t0
+
+
+class Calibrator:
+    """Calibrates one method at a time into `root/<method>`; `bar` is ticked once per measured task."""
+
+    def __init__(self, root: Path, steps: int, batches: int, articles: int, eval_limit: int | None, bar):
+        self.root, self.steps, self.batches, self.articles, self.eval_limit = root, steps, batches, articles, eval_limit
+        self.bar = bar
+        self._prompts: dict[str, list[list[int]]] = {}  # test prompts, shared by the methods
+
+    @staticmethod
+    def tasks(steps: int, articles: int, trains: bool, cached: bool = False) -> int:
+        """Bar units of one method (an estimate, for the bar's length only)."""
+        train = (1 + steps * (2 if cached else 1) + 2) if trains else 0
+        return 1 + train + steps * (2 if cached else 1) + 1 + 1 + steps + articles + 2
+
+    def calibrate(self, cfg: Config) -> Calibration:
+        """Training (or zero_shot's validation), then evaluation; out of memory is recorded in
+        `error`, not raised (the plan flags the method)."""
+        run = RunDir(self.root / cfg.method.name)
+        cfg.output_dir = str(run.path)
+        cal = Calibration(cfg.method.name, trains=cfg.method.name != "zero_shot")
+        try:
+            self._training(cfg, run, cal)
+            _release()
+            self._eval_part(cfg, run, cal)
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
+            if not _out_of_memory(e):
+                raise
+            cal.error = f"out of memory during the calibration ({str(e).splitlines()[0][:120]})"
+        _release()
+        return cal
+
+    def _training(self, cfg: Config, run: RunDir, cal: Calibration) -> None:
+        from sumtune.training.state import accelerator_for, setup
+
+        accelerator, precision = accelerator_for(cfg, run.path)
+        memory = PeakMemory(accelerator.device).start()
+        cal.memory_kind, cal.precision = memory.kind, precision
+        try:
+            s, cal.setup_seconds = _timed(setup, cfg, accelerator, precision)
+            self.bar.update(1)
+            cal.trains, cal.trainable_params, cal.total_params = s.method.trains, s.trainable, s.total
+            cal.n_train, cal.n_val = len(s.train_ds), len(s.val_ds)
+            save_config(cfg, run.config)
+            self._train_part(s, run, cal, memory) if s.method.trains else self._validation(s, s.model, cal)
+            cal.save_seconds = _timed(s.method.save, accelerator.unwrap_model(s.model), run.adapter, s.meta)[1]
+            cal.train_peak_mb = memory.peak_mb()
+        finally:
+            memory.stop()
+
+    def _train_part(self, s, run: RunDir, cal: Calibration, memory: PeakMemory) -> None:
+        from sumtune.fastpath.features import CachedHeadLoss
+        from sumtune.training.resume import save_state
+        from sumtune.training.state import Progress, make_optimizer, plan_steps
+        from sumtune.training.step import micro_batches, optimizer_step, token_batches
+
+        cfg, accelerator, tc = s.cfg, s.accelerator, s.cfg.train
+        plan = plan_steps(cfg, len(s.train_ds), accelerator.num_processes)
+        s.model.train()
+        optimizer, scheduler = make_optimizer(s.model, s.method, tc, s.fast_paths, plan.total)
+        model, optimizer = accelerator.prepare(s.model, optimizer)
+        trained = [p for p in model.parameters() if p.requires_grad]
+        lengths = [len(x) for x in s.train_ds["input_ids"]]
+        cal.rows_per_step = plan.per_step
+
+        def step(chunk: list[int]) -> float:
+            args = (s.train_ds, chunk, tc.batch_size, plan.world, accelerator.process_index, s.collate)
+            batches = token_batches(*args, tc.max_tokens_per_batch, lengths) if tc.max_tokens_per_batch \
+                else micro_batches(*args)
+            seconds = _timed(optimizer_step, accelerator, model, optimizer, scheduler, s.loss_fn, batches,
+                             trained, tc.max_grad_norm)[1]
+            self.bar.update(1)
+            return seconds
+
+        cached = isinstance(s.loss_fn, CachedHeadLoss)
+        step(sorted(range(len(lengths)), key=lambda i: -lengths[i])[:plan.per_step])  # warm-up, the longest rows
+        chunks = []
+        for k in range(min(self.steps, plan.steps_per_epoch if cached else plan.total)):
+            epoch, first, _ = plan.epoch_bounds(k)
+            order = plan.order(len(lengths), epoch, lengths if cfg.data.group_by_length else None)
+            chunks.append(order[(k - first) * plan.per_step:(k - first + 1) * plan.per_step])
+        cal.step_seconds = [step(c) for c in chunks]
+        if cached:  # later epochs: the same rows again, their features cached
+            cal.cached_step_seconds = [step(c) for c in chunks]
+            cache = s.loss_fn.cache
+            per_row = cache.mem_bytes / max(1, len(cache.mem))
+            total = min(cache.max_bytes, per_row * (len(s.train_ds) + len(s.val_ds)))
+            cal.feature_cache_mb = max(0.0, total - cache.mem_bytes) / 2**20 if memory.kind == "peak RSS" else 0.0
+        self._validation(s, model, cal, twice=cached)
+        progress = Progress(step=1, samples_per_step=plan.per_step, micro_samples=plan.micro)
+        cal.checkpoint_seconds = _timed(save_state, s, run, model, optimizer, scheduler, progress)[1]
+        self.bar.update(1)
+
+    def _validation(self, s, model, cal: Calibration, twice: bool = False) -> None:
+        """Sampled batches of a validation pass (the trainer's `validation_loss`), timed."""
+        from sumtune.training.validation import validation_loss
+
+        if not s.method.trains:
+            model.to(s.accelerator.device)
+        val = s.val_ds
+        picked = strata(longest_first_batches([len(x) for x in val["input_ids"]], s.cfg.train.batch_size),
+                        self.batches)
+
+        def one(rows: list[int]) -> float:
+            seconds = _timed(validation_loss, s.accelerator, model, s.loss_fn, val.select(rows), s.collate,
+                             s.cfg.train.batch_size)[1]
+            self.bar.update(1)
+            return seconds
+
+        if not s.method.trains:  # nothing warmed the model up
+            one(picked[0])
+        cal.val_batch_seconds = [one(b) for b in picked]
+        if twice:
+            cal.cached_val_batch_seconds = [one(b) for b in picked]
+
+    def _eval_part(self, cfg: Config, run: RunDir, cal: Calibration) -> None:
+        """The run loaded back as `evaluate` loads it; sampled loss batches and decoded batches of the
+        test rows the experiment would evaluate."""
+        from datasets import DatasetDict
+
+        from sumtune.data import encode_prompt, tokenize_splits
+        from sumtune.decoding import Generator
+        from sumtune.recipes.evaluate import _model, _scores, _split_rows, summary_loss, summary_text
+
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        memory = PeakMemory(device).start()
+        try:
+            t0 = time.perf_counter()
+            ds = _split_rows(cfg, "test", self.eval_limit)
+            model, tokenizer, autocast = _model(run.path, cfg)
+            rows = tokenize_splits(DatasetDict({"test": ds}), tokenizer, cfg.data)["test"]
+            cal.eval_load_seconds = time.perf_counter() - t0
+            cal.n_test = len(ds)
+            self.bar.update(1)
+            loss_batches = longest_first_batches([len(x) for x in rows["input_ids"]], cfg.eval.batch_size)
+
+            def loss(batch: list[int]) -> float:
+                self.bar.update(1)
+                return _timed(summary_loss, model, rows.select(batch), tokenizer.pad_token_id, cfg.eval.batch_size,
+                              autocast)[1]
+
+            cal.loss_first_seconds = loss(loss_batches[0])  # the real pass's first batch, one-time costs included
+            cal.loss_batch_seconds = [loss(b) for b in strata(loss_batches[1:], self.batches)]
+            if "prompts" not in self._prompts:
+                self._prompts["prompts"] = [encode_prompt(tokenizer, a, cfg.data) for a in ds["article"]]
+            prompts = self._prompts["prompts"]
+            generator, build = _timed(Generator, model, tokenizer, cfg.eval, autocast=autocast)  # evaluate times it too
+            per_batch = max(1, cfg.eval.batch_size // cfg.eval.num_beams)  # as Generator.generate batches
+            batches = longest_first_batches([len(p) for p in prompts], per_batch)
+            predictions, references, seconds = [], [], []
+            for b in [batches[0], *strata(batches[1:], math.ceil(self.articles / per_batch) - 1)]:
+                out, t = _timed(generator.generate, [prompts[i] for i in b])
+                seconds.append(t)
+                predictions += [summary_text(tokenizer, g, cfg) for g in out]
+                references += [ds[i]["summary"] for i in b]
+                self.bar.update(len(b))
+            cal.decode_first_seconds, cal.decode_batch_seconds = build + seconds[0], seconds[1:]
+            cal.articles_decoded = len(predictions)
+            _scores(predictions, references, tokenizer, cfg.train.seed)  # once: the scorers' one-time set-up
+            cal.score_seconds = _timed(_scores, predictions, references, tokenizer, cfg.train.seed)[1]
+            cal.eval_peak_mb = memory.peak_mb()
+        finally:
+            memory.stop()
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """As `training.step.oom_error` recognises it: CUDA's error, or the CPU allocator's."""
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(e)
+
+
+def mean(xs: list[float]) -> float:
+    return statistics.fmean(xs) if xs else 0.0
+
+
+def _release() -> None:
+    """Give the last method's CUDA memory back before the next one is measured (on a CPU nothing:
+    `experiment` runs its methods one after another in one process without this either)."""
+    if torch.cuda.is_available():
+        gc.collect()
+        torch.cuda.empty_cache()
