@@ -251,3 +251,17 @@ def test_two_processes_stop_a_seconds_budget_at_the_same_step(tiny_neo, tmp_path
     assert res["processes"] == 2 and res["budget"]["stopped_by"] == "budget" and len(steps) == res["steps"]
     last = steps[-1]["tokens"] / steps[-1]["tokens_per_s"]  # the main process's time of the last step
     assert 2.0 <= res["train_seconds"] < 2.0 + 2 * last
+
+
+def test_plan_projects_the_step_a_flops_budget_stops_at(flops_runs, capsys):
+    """`sumtune plan` with the same budget projects the step the trainer stopped at (counted the
+    same way), for the run and for its lr sweep's quarter of the budget."""
+    model, data, limit, run, _ = flops_runs
+    argv = _argv(model, data, run.parent / "planned", "--budget-flops", f"{limit:.17g}")
+    argv[0] = "plan"
+    flags = argv[:argv.index("--method")] + argv[argv.index("--method") + 2:]
+    assert main([*flags, "--methods", "lora", "--calibration-steps", "1", "--calibration-articles", "1", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    lora = record["methods"][0]
+    assert lora["training"]["steps"] == _read(run / "results.json")["steps"] == 7
+    assert record["training_budget"] == {"kind": "flops", "limit": float(limit)}

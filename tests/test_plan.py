@@ -14,7 +14,7 @@ from sumtune.cli import main
 from sumtune.config import build_config
 from sumtune.recipes.calibrate import Calibration, longest_first_batches, strata
 from sumtune.recipes.experiment import Plan
-from sumtune.recipes.plan import _count_until, format_plan, project_training, run_plan
+from sumtune.recipes.plan import _count_until, budget_steps, format_plan, project_training, run_plan
 
 
 def _argv(model, data, out, *extra):
@@ -93,6 +93,19 @@ def test_step_counts_follow_the_trainer_schedule():
     assert p.validations == 3 and p.validation_seconds == 2 * 1.0 + 2 * (2 * 0.25) + 3 * 0.5
     assert p.checkpoints == 5  # steps 2, 3, 4, 6, 8 (epoch ends 3 and 6; not 9)
     assert project_training(cal, cfg, steps=4).steps == 4  # a budget's step count plugs in
+
+
+def test_a_seconds_budget_projects_the_step_that_reaches_it():
+    """The trainer stops after the step at which the budget is reached: the cold first epoch at
+    its rate, the cached later ones at theirs, capped by the configured steps."""
+    def steps(seconds: float) -> int | None:
+        cfg = build_config(flags={"train.epochs": 3, "train.batch_size": 2, "train.grad_accum": 2,
+                                  "train.budget_seconds": seconds})
+        return budget_steps(Calibration("last_layers", True, step_seconds=[2.0], cached_step_seconds=[0.5],
+                                        n_train=10), cfg)  # 3 steps an epoch at 2 s, then 0.5 s
+    assert steps(3.9) == 2 and steps(4.0) == 2 and steps(6.0) == 3
+    assert steps(6.1) == 4 and steps(7.0) == 5 and steps(100.0) == 9
+    assert budget_steps(Calibration("lora", True, step_seconds=[1.0], n_train=10), build_config()) is None
 
 
 def test_strata_are_evenly_spaced_longest_first():

@@ -65,6 +65,7 @@ class Calibration:
     n_train: int = 0
     n_val: int = 0
     n_test: int = 0
+    step_flops: list[int] = field(default_factory=list)  # every planned step's training FLOPs (a FLOPs budget)
     error: str | None = None  # out of memory (or another failure) during the calibration
 
     @property
@@ -147,6 +148,7 @@ class Calibrator:
 
     def _train_part(self, s, run: RunDir, cal: Calibration, memory: PeakMemory) -> None:
         from sumtune.fastpath.features import CachedHeadLoss
+        from sumtune.training.budget import StepFlops, budget_of, planned_step_flops
         from sumtune.training.resume import save_state
         from sumtune.training.state import Progress, make_optimizer, plan_steps
         from sumtune.training.step import micro_batches, optimizer_step, token_batches
@@ -159,6 +161,11 @@ class Calibrator:
         trained = [p for p in model.parameters() if p.requires_grad]
         lengths = [len(x) for x in s.train_ds["input_ids"]]
         cal.rows_per_step = plan.per_step
+        budget = budget_of(tc)
+        if budget and budget.kind == "flops":  # counted as the trainer counts them
+            counter = StepFlops(s.shape, cfg.method, s.trainable, lengths)
+            order_lengths = lengths if cfg.data.group_by_length else None
+            cal.step_flops = list(planned_step_flops(plan, len(lengths), order_lengths, counter))
 
         def step(chunk: list[int]) -> float:
             args = (s.train_ds, chunk, tc.batch_size, plan.world, accelerator.process_index, s.collate)

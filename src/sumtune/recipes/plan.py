@@ -20,6 +20,7 @@ The projection (each figure is one):
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 import os
@@ -37,7 +38,15 @@ from sumtune.errors import UserError
 from sumtune.io import atomic_write_json
 from sumtune.memory import current_rss_mb
 from sumtune.recipes.calibrate import Calibration, Calibrator, mean
-from sumtune.recipes.experiment import LR_GRID, Plan, _check_plan, _sweep_steps, grid_key
+from sumtune.recipes.experiment import (
+    LR_GRID,
+    SWEEP_BUDGET_FRACTION,
+    Plan,
+    _check_plan,
+    _sweep_steps,
+    grid_key,
+)
+from sumtune.training.budget import KINDS, budget_of
 from sumtune.training.state import plan_steps
 
 HEADROOM = 0.10  # a projected peak within 10% of the device's memory is "tight"
@@ -112,6 +121,10 @@ def project_training(cal: Calibration, cfg: Config, steps: int | None = None) ->
     first_pass = mean(cal.val_batch_seconds) * val_batches
     later_pass = mean(cal.cached_val_batch_seconds or cal.val_batch_seconds) * val_batches
     checkpoints = _count_until(total - 1, tc.save_steps, epoch_ends)
+    if tc.select_by != "loss" and cal.articles_decoded:  # each validation also decodes the selection subset
+        per_article = (cal.decode_first_seconds + sum(cal.decode_batch_seconds)) / cal.articles_decoded
+        later_pass += min(cfg.eval.select_samples, cal.n_val) * per_article
+        first_pass += min(cfg.eval.select_samples, cal.n_val) * per_article
     return TrainingProjection(
         steps=total, step_seconds=cold * per_step + (total - cold) * warm, validations=validations,
         validation_seconds=first_pass + max(0, validations - 1) * later_pass + validations * cal.save_seconds,
@@ -119,18 +132,42 @@ def project_training(cal: Calibration, cfg: Config, steps: int | None = None) ->
         setup_seconds=cal.setup_seconds)
 
 
+def budget_steps(cal: Calibration, cfg: Config) -> int | None:
+    """The optimizer steps a budget lets a run take (capped by its epochs/max-steps), None without
+    one: a FLOPs budget's as the trainer counts it; a seconds budget's from the timed steps (the
+    first epoch at the cold rate when head-only last_layers caches features), the step that
+    reaches it included, as the trainer stops."""
+    budget = budget_of(cfg.train)
+    if budget is None:
+        return None
+    total = plan_steps(cfg, cal.n_train, 1).total
+    if budget.kind == "flops":
+        spent = itertools.accumulate(cal.step_flops[:total])
+        return next((k + 1 for k, f in enumerate(spent) if f >= budget.limit), total)
+    per_step = statistics.median(cal.step_seconds)
+    warm = statistics.median(cal.cached_step_seconds) if cal.feature_cache else per_step
+    cold = min(total, plan_steps(cfg, cal.n_train, 1).steps_per_epoch) if cal.feature_cache else total
+    if budget.limit <= cold * per_step:
+        return max(1, min(total, math.ceil(budget.limit / per_step)))
+    return min(total, cold + math.ceil((budget.limit - cold * per_step) / warm))
+
+
 def _sweep(cal: Calibration, cfg: Config, plan: Plan) -> tuple[int, float]:
     """(runs, seconds) of the method's lr sweep: every grid value plus one edge extension."""
     if not plan.sweep_lr or not cal.trains or _fixed_lr(plan, cal.method) is not None:
         return 0, 0.0
     c = copy.deepcopy(cfg)
+    c.train.select_by = "loss"  # as experiment's sweep runs
+    budget = budget_of(c.train)
     steps = _sweep_steps(c)
-    if steps:
+    if budget:  # each sweep run gets a fraction of the budget, as in `run_experiment`
+        setattr(c.train, KINDS[budget.kind], budget.limit * SWEEP_BUDGET_FRACTION)
+    elif steps:
         c.train.max_steps = steps
     else:
         c.train.epochs, c.train.max_steps = 1, 0
     runs = len(plan.lr_grid[grid_key(c)]) + 1
-    return runs, runs * project_training(cal, c).seconds
+    return runs, runs * project_training(cal, c, budget_steps(cal, c)).seconds
 
 
 def _fixed_lr(plan: Plan, method: str) -> float | None:
@@ -173,7 +210,7 @@ def project(cal: Calibration, cfg: Config, plan: Plan, limit: float) -> Projecti
     score_s = cal.score_seconds * cal.n_test / max(1, cal.articles_decoded)
     eval_s = cal.eval_load_seconds + loss_s + decode_s + score_s
     runs = max(1, plan.seeds) if cal.trains else 1
-    training = project_training(cal, cfg) if cal.trains else None
+    training = project_training(cal, cfg, budget_steps(cal, cfg)) if cal.trains else None
     train_once = training.seconds if training else cal.setup_seconds + mean(cal.val_batch_seconds) * math.ceil(
         cal.n_val / cfg.train.batch_size) + cal.save_seconds
     sweep_runs, sweep_s = _sweep(cal, cfg, plan)
@@ -256,6 +293,8 @@ def _record(cfg: Config, plan: Plan, steps: int, articles: int, device: torch.de
         "decoding": decoding_summary(cfg.eval),
         "budget": {"epochs": cfg.train.epochs, "max_steps": cfg.train.max_steps, "batch_size": cfg.train.batch_size,
                    "grad_accum": cfg.train.grad_accum, "max_length": cfg.data.max_length},
+        "training_budget": (b := budget_of(cfg.train)) and {"kind": b.kind, "limit": b.limit},
+        "select_by": cfg.train.select_by,
         "sweep_lr": plan.sweep_lr, "seeds": plan.seeds, "eval_limit": plan.eval_limit,
         "memory_limit_mb": limit, "memory_limit_kind": limit_kind, "headroom": HEADROOM,
         "total_seconds": sum(p.total_seconds for p in projections),
@@ -263,6 +302,10 @@ def _record(cfg: Config, plan: Plan, steps: int, articles: int, device: torch.de
         "notes": ["training times are upper bounds: early stopping can only shorten a run",
                   "an lr sweep counts one run per grid value plus one edge extension (an upper bound)"],
     }
+
+
+def _limit(b: dict) -> str:
+    return f"{b['limit']:g} s of optimizer steps" if b["kind"] == "seconds" else f"{b['limit']:.3g} training FLOPs"
 
 
 def duration(seconds: float | None) -> str:
@@ -291,7 +334,10 @@ def format_plan(record: dict) -> str:
         f"{sizes['test_evaluated']} test articles evaluated; "
         + (f"{record['budget']['max_steps']} max steps" if record['budget']['max_steps']
            else f"{record['budget']['epochs']} epochs") + f"; seeds {record['seeds']}"
-        + ("; lr sweep" if record["sweep_lr"] else "") + ".",
+        + ("; lr sweep" if record["sweep_lr"] else "")
+        + (f"; a budget of {_limit(record['training_budget'])} per method" if record.get("training_budget") else "")
+        + (f"; selection by validation {record['select_by']} (its decoding in validation)"
+           if record.get("select_by", "loss") != "loss" else "") + ".",
         f"Memory: peak of training and evaluation, against {record['memory_limit_mb']:.0f} MB "
         f"({record['memory_limit_kind']}); 'tight' within {100 * record['headroom']:.0f}% of it. "
         "Training times are upper bounds (early stopping can only shorten them).",

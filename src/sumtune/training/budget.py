@@ -20,7 +20,7 @@ FLOPs budget; a seconds budget depends on the clock by nature).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -67,16 +67,22 @@ class StepFlops:
         return step_flops(self.shape, self.method, self.trainable, tokens, **self.options)
 
 
-def flops_steps(plan: StepPlan, n: int, order_lengths: list[int] | None, flops: StepFlops, limit: float) -> int:
-    """The step at which a FLOPs budget is reached (the plan's total when it is not): the same walk
-    over the epoch orders as the loop's."""
-    spent = 0
+def planned_step_flops(plan: StepPlan, n: int, order_lengths: list[int] | None, flops: StepFlops) -> Iterator[int]:
+    """Each planned optimizer step's training FLOPs, in order: the same walk over the epoch
+    orders as the loop's."""
     for step in range(plan.total):
         epoch, first, _ = plan.epoch_bounds(step)
         if step == first:
             order = plan.order(n, epoch, order_lengths)
         k = step - first
-        spent += flops(order[k * plan.per_step:(k + 1) * plan.per_step])
+        yield flops(order[k * plan.per_step:(k + 1) * plan.per_step])
+
+
+def flops_steps(plan: StepPlan, n: int, order_lengths: list[int] | None, flops: StepFlops, limit: float) -> int:
+    """The step at which a FLOPs budget is reached (the plan's total when it is not)."""
+    spent = 0
+    for step, f in enumerate(planned_step_flops(plan, n, order_lengths, flops)):
+        spent += f
         if spent >= limit:
             return step + 1
     return plan.total
