@@ -342,3 +342,16 @@ def test_done_entries_leave_the_beam_batch_with_the_same_summaries(tiny_neo):
     assert ours == expected
     assert rows[0] == 20 and min(rows) < 20 and min(rows) % 4 == 0, rows
     assert len({len(o) for o in ours}) > 1, "entries should end at different steps"
+
+
+def test_ban_repeats_equals_generates_ngram_ban_over_the_summary():
+    """The vectorised ban against the LogitsProcessor above (`generate`'s rule on the generated tokens)."""
+    from sumtune.decoding.search import ban_repeats
+
+    g = torch.Generator().manual_seed(0)
+    seqs = torch.randint(0, 6, (5, 30), generator=g)  # few distinct tokens: many repeats
+    for n in (1, 2, 3, 4):
+        for n_done in range(0, 30, 3):
+            ours = ban_repeats(torch.zeros(5, 8), seqs, n_done, n)
+            ref = _SummaryNoRepeat(0, n)(seqs[:, :n_done], torch.zeros(5, 8)) if n_done + 1 >= n else torch.zeros(5, 8)
+            assert torch.equal(ours, ref), (n, n_done)

@@ -38,14 +38,18 @@ from sumtune.progress import bar as bar_of
 
 
 def ban_repeats(logits: torch.Tensor, seqs: torch.Tensor, n_done: int, n: int) -> torch.Tensor:
-    """Forbid tokens that would repeat an n-gram of the summary so far (seqs[:, :n_done])."""
+    """Forbid tokens that would repeat an n-gram of the summary so far (seqs[:, :n_done]), in place: for
+    every earlier occurrence of a row's last n-1 tokens, the token that followed it."""
     if n <= 0 or n_done + 1 < n:
         return logits
-    for r, seq in enumerate(seqs[:, :n_done].tolist()):
-        tail = seq[n_done - n + 1 :] if n > 1 else []
-        banned = [seq[i + n - 1] for i in range(n_done - n + 1) if seq[i : i + n - 1] == tail]
-        if banned:
-            logits[r, banned] = float("-inf")
+    done = seqs[:, :n_done]
+    if n == 1:
+        rows, at = torch.arange(len(done), device=done.device)[:, None].expand_as(done).reshape(-1), done.reshape(-1)
+    else:
+        grams = done.unfold(1, n - 1, 1)  # [rows, n_done - n + 2, n - 1]: every (n-1)-gram; the last is the tail
+        rows, start = (grams[:, :-1] == grams[:, -1:]).all(-1).nonzero(as_tuple=True)
+        at = done[rows, start + n - 1]
+    logits[rows, at] = float("-inf")
     return logits
 
 
