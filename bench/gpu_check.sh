@@ -17,7 +17,7 @@
 #                      the device in the same run (8192^3 products) and against the datasheet's
 #                      dense bf16 figure where bench/peak.py knows the device
 #   generate_cnndm     bench/generate.py $GENERATE_FLAGS: decoding at the cnndm preset against
-#                      batched HF generate (task 5's flags: --decoding cnndm, --hf-batch-size)
+#                      batched HF generate at the same batch (--peers hf_batched)
 #   qlora              bench/qlora_check.py: 4-bit NF4 base, QLoRA training, decoding, PEFT reload
 # Each check's log and last JSON line go to $OUT_DIR/NAME.log and NAME.json; a line per check as it
 # ends; then one JSON line {"gpu_check": {...}, "ok": bool, "failed": [...], "checks": {NAME: {rc,
@@ -50,7 +50,7 @@ fi
 PEER=${PEER:-shared/bench/peer_hf_trainer.py}
 MAKE_DATA=$(dirname "$PEER")/make_token_data.py
 DATA="$OUT/tokens.jsonl"
-GENERATE_FLAGS=${GENERATE_FLAGS:---decoding cnndm --n 32 --batch-size 32 --hf-batch-size 32 --reps 1}
+GENERATE_FLAGS=${GENERATE_FLAGS:---decoding cnndm --n 32 --batch-size 32 --max-new-tokens 64 --reps 3 --peers hf_batched}
 # name, cap in seconds: the caps add up to CAPS_TOTAL (< 600 s with the script's own seconds)
 CHECKS=(cuda_device:30 python_packages:20 make_data:10 cuda_tests:120 throughput_lora:95
         throughput_prompt_tuning:90 throughput_last_layers:85 generate_cnndm:80 qlora:50)

@@ -3,7 +3,8 @@
 
     python bench/profile_step.py --data TOKENS.jsonl --method {lora,prompt_tuning,last_layers}
         [--epochs 3] [--precision auto] [--fast true] [--without NAME...] [--threads N] [--rows 20] [--shapes]
-    python bench/profile_step.py --data TOKENS.jsonl --generate [--n 8] [--max-new-tokens 64]
+    python bench/profile_step.py --data TOKENS.jsonl --generate [--decoding greedy|cnndm] [--n 8]
+        [--max-new-tokens 64] [--batch-size 8]
 
 Training: the setting of bench/throughput.py (GPT-Neo-125M shape, random weights, the first
 8 rows of the file, batch 2 x accumulation 4, LoRA r 8 / dropout 0.05, 12 virtual tokens),
@@ -13,9 +14,10 @@ top operators of one more step, then that step's time per op family (op_families
 attention, casts, dropout, GELU, norms, loss, optimizer, elementwise, other; forward, backward
 and optimizer apart), the GEMMs' achieved FLOP/s, and the MFU bound: the step's model FLOPs
 (bench/mfu.py) over the GEMM time alone, i.e. the MFU if everything but the GEMMs took no time.
-Decoding: sumtune's Generator prepared as `sumtune evaluate` prepares a run, greedy, batch 8.
-`--shapes` also lists the costliest `aten::copy_` calls by shape (casts). A profile is a guide
-(the profiler adds its own overhead); speed claims come from the side-by-side scripts.
+Decoding: sumtune's Generator prepared as `sumtune evaluate` prepares a run, greedy or the cnndm
+preset (beam 4; min new tokens capped at `--max-new-tokens`), batch 8 rows (beams included, as
+`eval.batch_size`). `--shapes` also lists the costliest `aten::copy_` calls by shape (casts). A
+profile is a guide (the profiler adds its own overhead); speed claims come from the side-by-side scripts.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def _train_step(a, precision: str):
 
 
 def _generate(a, precision: str):
-    from sumtune.config import EvalConfig
+    from sumtune.config import EvalConfig, apply_preset
     from sumtune.decoding import Generator
     from sumtune.fastpath import speed_up
 
@@ -84,8 +86,9 @@ def _generate(a, precision: str):
     model.eval()
     dtype = torch.bfloat16 if precision == "bf16" else None
     speed_up(model, autocast=dtype, inference=True)
-    gen = Generator(model, tokenizer, EvalConfig(batch_size=8, max_new_tokens=a.max_new_tokens),
-                    autocast=dtype, stop_at_blank_line=False)
+    ev = apply_preset(EvalConfig(batch_size=a.batch_size), a.decoding)
+    ev.max_new_tokens, ev.min_new_tokens = a.max_new_tokens, min(ev.min_new_tokens, a.max_new_tokens)
+    gen = Generator(model, tokenizer, ev, autocast=dtype, stop_at_blank_line=False)
     return (lambda _epoch: gen.generate(prompts)), None
 
 
@@ -97,6 +100,8 @@ def main() -> None:
     ap.add_argument("--generate", action="store_true", help="profile decoding instead of a training step")
     ap.add_argument("--n", type=int, default=8, help="prompts (--generate)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--decoding", default="greedy", choices=["greedy", "cnndm"], help="preset (--generate)")
+    ap.add_argument("--batch-size", type=int, default=8, help="decoding rows, beams included (--generate)")
     ap.add_argument("--epochs", type=int, default=2, help="timed runs before the profiled one")
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--fast", default="true", choices=["true", "false"])

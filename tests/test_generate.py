@@ -277,3 +277,81 @@ def test_min_new_tokens_beyond_the_room_runs_to_the_last_position(tiny_neo):
     for k in (1, 2):
         out = _ours(model, tokenizer, EvalConfig(num_beams=k, max_new_tokens=NEW, min_new_tokens=55), [long])[0]
         assert len(out) == 10 and eos not in out
+
+
+# --- beam search's speed-ups: in-place reordering, done entries leaving the batch ---------------------
+
+
+def _slot_cache(entries: int, k: int, width: int, steps: int, seed: int = 0):
+    """A left-padded cache of `entries` prompts of different lengths repeated k times (beams), then `steps`
+    appended positions that differ per row; with the padded prompt width."""
+    from sumtune.decoding.cache import left_padded, select_rows
+
+    g = torch.Generator().manual_seed(seed)
+    lengths = [width - 3 * e for e in range(entries)]
+    prefills = [[(torch.randn(1, 2, n, 4, generator=g), torch.randn(1, 2, n, 4, generator=g)) for _ in range(3)]
+                for n in lengths]
+    cache, _ = left_padded(prefills, lengths, width + steps + 2, torch.device("cpu"))
+    select_rows(cache, torch.arange(entries).repeat_interleave(k))
+    for _ in range(steps):
+        for layer in cache.layers:
+            layer.update(torch.randn(entries * k, 2, 1, 4, generator=g), torch.randn(entries * k, 2, 1, 4, generator=g))
+    return cache
+
+
+def test_reorder_beams_in_place_equals_select_rows():
+    from sumtune.decoding.cache import reorder_beams, select_rows
+
+    entries, k, width = 3, 4, 9
+    g = torch.Generator().manual_seed(1)
+    for steps in (0, 1, 5):
+        # each row takes a beam of its own entry, some rows keep their own, some beams are taken twice
+        pick = (torch.arange(entries)[:, None] * k + torch.randint(0, k, (entries, k), generator=g)).view(-1)
+        pick[0] = 0
+        ours, ref = _slot_cache(entries, k, width, steps), _slot_cache(entries, k, width, steps)
+        buffers = [(layer.buf_k, layer.buf_v) for layer in ours.layers]
+        reorder_beams(ours, pick, width)
+        select_rows(ref, pick)
+        for layer, r, (bk, bv) in zip(ours.layers, ref.layers, buffers):
+            assert layer.buf_k is bk and layer.buf_v is bv, "reordered in place"
+            assert torch.equal(layer.keys, r.keys) and torch.equal(layer.values, r.values)
+            assert layer.get_seq_length() == r.get_seq_length() == width + steps
+    same = _slot_cache(entries, k, width, 4)
+    before = [layer.buf_k.clone() for layer in same.layers]
+    reorder_beams(same, torch.arange(entries * k), width)  # nothing moves
+    assert all(torch.equal(b, layer.buf_k) for b, layer in zip(before, same.layers))
+
+
+def test_done_entries_leave_the_beam_batch_with_the_same_summaries(tiny_neo):
+    """Entries that end early are dropped from the batch (fewer rows in later steps); every summary still
+    equals `generate`'s at batch 1."""
+    model, tokenizer, prompts, eos = _early_eos_model(tiny_neo)
+    with torch.no_grad():
+        model.get_output_embeddings().weight[eos] *= 5  # EOS far likelier in some contexts: entries end early
+    ev = apply_preset(EvalConfig(batch_size=20), "cnndm")  # all 5 prompts in one batch of 20 rows
+    ev.min_new_tokens, ev.max_new_tokens = 2, NEW
+    expected = [_hf_decoding(model, p, eos, ev) for p in prompts]
+    rows: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda m, args, kw: rows.append(kw["input_ids"].shape[0]) if kw["input_ids"].shape[1] == 1 else None,
+        with_kwargs=True)
+    try:
+        ours = _ours(model, tokenizer, ev, prompts)
+    finally:
+        hook.remove()
+    assert ours == expected
+    assert rows[0] == 20 and min(rows) < 20 and min(rows) % 4 == 0, rows
+    assert len({len(o) for o in ours}) > 1, "entries should end at different steps"
+
+
+def test_ban_repeats_equals_generates_ngram_ban_over_the_summary():
+    """The vectorised ban against the LogitsProcessor above (`generate`'s rule on the generated tokens)."""
+    from sumtune.decoding.search import ban_repeats
+
+    g = torch.Generator().manual_seed(0)
+    seqs = torch.randint(0, 6, (5, 30), generator=g)  # few distinct tokens: many repeats
+    for n in (1, 2, 3, 4):
+        for n_done in range(0, 30, 3):
+            ours = ban_repeats(torch.zeros(5, 8), seqs, n_done, n)
+            ref = _SummaryNoRepeat(0, n)(seqs[:, :n_done], torch.zeros(5, 8)) if n_done + 1 >= n else torch.zeros(5, 8)
+            assert torch.equal(ours, ref), (n, n_done)

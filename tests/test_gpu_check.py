@@ -48,7 +48,7 @@ def test_dry_run_lists_every_check_with_caps_under_ten_minutes(tmp_path):
     # the scripts start; generate.py's cnndm flags come from task 5's bench/generate.py: without them the
     # dry run must say so and fail, with them it must pass
     assert "does not start" not in r.stdout, r.stdout
-    if _generate_has("--decoding") and _generate_has("--hf-batch-size"):
+    if _generate_has("--decoding") and _generate_has("--peers"):
         assert r.returncode == 0, r.stdout + r.stderr
         assert r.stdout.rstrip().endswith("dry run: ok")
     else:

@@ -4,7 +4,10 @@ The rows' prefilled caches go, left-padded, into the buffer, laid out
 ``[pad...][soft prompt][prompt][generated...]``: each row stays contiguous, so
 sliding-window attention (GPT-Neo's local layers) sees the same neighbours as in an
 unbatched run, and position ids count real tokens only (as ``generate`` does with left
-padding). Appending a token writes in place, with no copy of the whole cache per step.
+padding). Appending a token writes in place, with no copy of the whole cache per step. Beam
+search reorders in place too, copying only the generated positions of the beams that change
+(``reorder_beams``: the beams of one entry share their prompt's keys/values), where
+``generate`` copies every row's whole cache at every step.
 """
 
 from __future__ import annotations
@@ -41,6 +44,12 @@ class SlotLayer(DynamicLayer):
 
     def get_seq_length(self) -> int:
         return self.length
+
+    def reorder(self, moved: torch.Tensor, sources: torch.Tensor, start: int) -> None:
+        """Rows `moved` take rows `sources`' keys/values from position `start` on, in place."""
+        if self.length > start:
+            for buf in (self.buf_k, self.buf_v):
+                buf[moved, :, start : self.length] = buf[sources, :, start : self.length]  # the right side is a copy
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep (or repeat) the given rows; only the filled part is copied."""
@@ -86,3 +95,15 @@ def select_rows(cache: Cache, rows: torch.Tensor) -> None:
     """Keep (or repeat) the given rows of every layer."""
     for layer in cache.layers:
         layer.select(rows)
+
+
+def reorder_beams(cache: Cache, rows: torch.Tensor, start: int) -> None:
+    """`select_rows(cache, rows)` for beams, in place: row i becomes row rows[i], where every row i and rows[i]
+    hold the same keys/values before position `start` (the beams of one entry share their padded prompt), so
+    only the positions from `start` on - the generated ones - are copied, and only for rows that change."""
+    moved = (rows != torch.arange(len(rows), device=rows.device)).nonzero().squeeze(1)
+    if len(moved) == 0:
+        return
+    sources = rows[moved]
+    for layer in cache.layers:
+        layer.reorder(moved, sources, start)

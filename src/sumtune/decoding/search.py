@@ -22,7 +22,14 @@ from torch import nn
 from transformers.cache_utils import Cache, DynamicCache
 
 from sumtune.config import EvalConfig
-from sumtune.decoding.cache import LayerKV, cache_keyword, left_padded, max_positions, select_rows
+from sumtune.decoding.cache import (
+    LayerKV,
+    cache_keyword,
+    left_padded,
+    max_positions,
+    reorder_beams,
+    select_rows,
+)
 from sumtune.decoding.stopping import StopRule
 from sumtune.decoding.variants import BASE_ADAPTER, KV, Variant
 from sumtune.errors import UserError
@@ -31,14 +38,18 @@ from sumtune.progress import bar as bar_of
 
 
 def ban_repeats(logits: torch.Tensor, seqs: torch.Tensor, n_done: int, n: int) -> torch.Tensor:
-    """Forbid tokens that would repeat an n-gram of the summary so far (seqs[:, :n_done])."""
+    """Forbid tokens that would repeat an n-gram of the summary so far (seqs[:, :n_done]), in place: for
+    every earlier occurrence of a row's last n-1 tokens, the token that followed it."""
     if n <= 0 or n_done + 1 < n:
         return logits
-    for r, seq in enumerate(seqs[:, :n_done].tolist()):
-        tail = seq[n_done - n + 1 :] if n > 1 else []
-        banned = [seq[i + n - 1] for i in range(n_done - n + 1) if seq[i : i + n - 1] == tail]
-        if banned:
-            logits[r, banned] = float("-inf")
+    done = seqs[:, :n_done]
+    if n == 1:
+        rows, at = torch.arange(len(done), device=done.device)[:, None].expand_as(done).reshape(-1), done.reshape(-1)
+    else:
+        grams = done.unfold(1, n - 1, 1)  # [rows, n_done - n + 2, n - 1]: every (n-1)-gram; the last is the tail
+        rows, start = (grams[:, :-1] == grams[:, -1:]).all(-1).nonzero(as_tuple=True)
+        at = done[rows, start + n - 1]
+    logits[rows, at] = float("-inf")
     return logits
 
 
@@ -55,12 +66,14 @@ class _Finished:
         self.best[entry].append((score, tokens))
         self.best[entry] = sorted(self.best[entry], key=lambda h: -h[0])[: self.k]
 
-    def close(self, best_running: torch.Tensor, step: int) -> None:
+    def close(self, entries: torch.Tensor, best_running: torch.Tensor, step: int) -> None:
         """The early-stop heuristic of `generate` (early_stopping=False): an entry is done once the best
-        running score at the current length cannot beat the worst of k finished hypotheses."""
-        full = torch.tensor([len(h) == self.k for h in self.best], device=self.device)
-        worst = torch.tensor([h[-1][0] if h else -1e9 for h in self.best], device=self.device)
-        self.open &= ~full | (best_running / float(step + 1) ** self.lp > worst)
+        running score at the current length cannot beat the worst of k finished hypotheses.
+        `best_running[i]`: the best running score of entry `entries[i]`."""
+        best = [self.best[e] for e in entries.tolist()]
+        full = torch.tensor([len(h) == self.k for h in best], device=self.device)
+        worst = torch.tensor([h[-1][0] if h else -1e9 for h in best], device=self.device)
+        self.open[entries] &= ~full | (best_running / float(step + 1) ** self.lp > worst)
 
     def results(self) -> list[list[int]]:
         return [h[0][1] for h in self.best]
@@ -230,7 +243,9 @@ class Generator:
         """Beam search as `generate` does it: per step the top 2k continuations; those that stop and rank
         within the first k become finished hypotheses scored sum_logprob / generated_len ** length_penalty;
         the best k that do not stop continue; an entry is done once k hypotheses are finished and the best
-        running beam, normalised by the current length, cannot beat the worst of them."""
+        running beam, normalised by the current length, cannot beat the worst of them. Done entries leave
+        the batch (the cache is compacted when a quarter of the entries are done); beams are reordered in
+        place, their generated positions only (`reorder_beams`)."""
         cache, mask, pos, logits, width, limit = self._start(prompts, variants)
         b, dev = len(prompts), self.device
         names = [v.adapter for v in variants for _ in range(k)]  # beams stay in their entry's rows
@@ -243,11 +258,12 @@ class Generator:
         prev = torch.full((b * k,), -1, device=dev)
         started = torch.zeros(b * k, dtype=torch.bool, device=dev)
         done = _Finished(b, k, self.cfg.length_penalty, dev)
+        entries = torch.arange(b, device=dev)  # the original entry of each entry in the batch
         for step in range(limit):
             top, src, tok, stop = self._candidates(logits, scores, seqs, prev, started, step)
             if step == limit - 1:
                 stop = torch.ones_like(stop)
-            self._finish(done, top, src, tok, stop, seqs, step)
+            self._finish(done, entries, top, src, tok, stop, seqs, step)
             if bool(stop.all()):
                 break
             scores, keep = torch.topk(top + stop.float() * -1e9, k, dim=1)
@@ -256,10 +272,18 @@ class Generator:
             seqs = seqs[pick]
             seqs[:, step] = prev
             started = self.stop_rule.update_started(started[pick], prev)
-            select_rows(cache, pick)
-            done.close(scores[:, 0], step)
-            if not bool(done.open.any()):
+            reorder_beams(cache, pick, width)
+            done.close(entries, scores[:, 0], step)
+            still = done.open[entries]
+            if not bool(still.any()):
                 break
+            if int((~still).sum()) * 4 >= len(entries):  # compact: drop the done entries' beams
+                kept = still.nonzero().squeeze(1)
+                rows = (kept[:, None] * k + torch.arange(k, device=dev)).view(-1)
+                entries, scores = entries[kept], scores[kept]
+                seqs, prev, started, mask, pos = seqs[rows], prev[rows], started[rows], mask[rows], pos[rows]
+                names = [names[r] for r in rows.tolist()]
+                select_rows(cache, rows)
             logits = self._step(prev, cache, mask[:, : width + step + 1], pos, names)
             pos = pos + 1
         return done.results()
@@ -278,13 +302,15 @@ class Generator:
         stop = self.stop_rule.stops(tok.view(-1), prev[src.view(-1)], started[src.view(-1)]).view(b, 2 * k)
         return top, src, tok, stop
 
-    def _finish(self, done: _Finished, top: torch.Tensor, src: torch.Tensor, tok: torch.Tensor,
-                stop: torch.Tensor, seqs: torch.Tensor, step: int) -> None:
-        """Candidates that stop and rank within the first k of an entry still open become hypotheses."""
+    def _finish(self, done: _Finished, entries: torch.Tensor, top: torch.Tensor, src: torch.Tensor,
+                tok: torch.Tensor, stop: torch.Tensor, seqs: torch.Tensor, step: int) -> None:
+        """Candidates that stop and rank within the first k of an entry still open become hypotheses
+        (row i of `top` etc. is entry `entries[i]`)."""
         k = done.k
-        new = stop[:, :k] & done.open[:, None]
+        new = stop[:, :k] & done.open[entries][:, None]
         if not bool(new.any()):
             return
         norm = top / float(step + 1) ** done.lp
+        ids = entries.tolist()
         for e, j in new.nonzero().tolist():
-            done.add(e, float(norm[e, j]), seqs[src[e, j], :step].tolist() + [int(tok[e, j])])
+            done.add(ids[e], float(norm[e, j]), seqs[src[e, j], :step].tolist() + [int(tok[e, j])])
