@@ -45,15 +45,18 @@ def mfu(tokens_per_s: float, per_token: float, peak_flops: float) -> float:
     return tokens_per_s * per_token / peak_flops
 
 
-def mfu_fields(result: dict, model_dir, method: str, trainable: int, before: dict, after: dict) -> dict:
+def mfu_fields(result: dict, model_dir, method: str, trainable: int, before: dict, after: dict,
+               precision: str = "bf16") -> dict:
     """throughput.py's MFU keys: model FLOPs per token, the better of the peaks measured before
-    and after the runs (GFLOP/s), and each side's MFU over its bf16 figure."""
+    and after the runs (GFLOP/s), and each side's MFU over the matmul peak of the precision the
+    runs used (an fp32 run against bf16's peak would read as far above 100% on a CPU without bf16)."""
     from transformers import AutoConfig
 
-    peak = after if after["bf16_flops"] > before["bf16_flops"] else before
+    key = "fp32_flops" if precision == "fp32" and "fp32_flops" in before else "bf16_flops"
+    peak = after if after[key] > before[key] else before
     per_token = flops_per_token(AutoConfig.from_pretrained(model_dir), method, trainable)
-    out = {"model_flops_per_token": per_token,
+    out = {"model_flops_per_token": per_token, "mfu_peak": key.removesuffix("_flops"),
            "peak": {k: (round(v / 1e9, 1) if k.endswith("flops") else v) for k, v in peak.items()}}
     for side in ("sumtune", "peer"):
-        out[f"{side}_mfu"] = round(mfu(result[f"{side}_tokens_per_s"], per_token, peak["bf16_flops"]), 4)
+        out[f"{side}_mfu"] = round(mfu(result[f"{side}_tokens_per_s"], per_token, peak[key]), 4)
     return out

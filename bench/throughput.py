@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = summarise(a, precision, rows, runs)
     result.update(mfu_fields(result, model_dir, a.method, runs["sumtune"][0]["trainable_params"],
-                             peak, device_peak(a.peak_seconds)))
+                             peak, device_peak(a.peak_seconds), precision))
     sheet = result["peak"].get("datasheet_bf16_dense_flops")
     if sheet:  # GFLOP/s, as mfu_fields rounds the peak
         for side in ("sumtune", "peer"):
