@@ -12,7 +12,13 @@ import signal
 import pytest
 import torch
 from conftest import write_kaggle_dir
-from test_resume import _events, _start, _wait_for, _weights
+from test_resume import (
+    _events,
+    _start,
+    _wait_for,
+    _weights,
+    one_thread,  # noqa: F401  (autouse: one torch thread here and in the subprocesses)
+)
 from transformers import GPT2Config, GPTNeoConfig, LlamaConfig
 
 from sumtune import flops
@@ -21,21 +27,6 @@ from sumtune.config import build_config
 from sumtune.recipes import experiment
 from sumtune.recipes.experiment import Plan
 from sumtune.tiny import ARCHS, tiny_config
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread here and in the subprocesses (bit-identity across processes, as in test_resume)."""
-    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
-    torch.set_num_threads(1)
-    os.environ["OMP_NUM_THREADS"] = "1"
-    yield
-    torch.set_num_threads(threads)
-    if env is None:
-        os.environ.pop("OMP_NUM_THREADS", None)
-    else:
-        os.environ["OMP_NUM_THREADS"] = env
-
 
 # --- the count ------------------------------------------------------------------
 
