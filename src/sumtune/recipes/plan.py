@@ -140,13 +140,14 @@ def budget_steps(cal: Calibration, cfg: Config) -> int | None:
     budget = budget_of(cfg.train)
     if budget is None:
         return None
-    total = plan_steps(cfg, cal.n_train, 1).total
+    steps = plan_steps(cfg, cal.n_train, 1)
+    total = steps.total
     if budget.kind == "flops":
         spent = itertools.accumulate(cal.step_flops[:total])
         return next((k + 1 for k, f in enumerate(spent) if f >= budget.limit), total)
     per_step = statistics.median(cal.step_seconds)
     warm = statistics.median(cal.cached_step_seconds) if cal.feature_cache else per_step
-    cold = min(total, plan_steps(cfg, cal.n_train, 1).steps_per_epoch) if cal.feature_cache else total
+    cold = min(total, steps.steps_per_epoch) if cal.feature_cache else total
     if budget.limit <= cold * per_step:
         return max(1, min(total, math.ceil(budget.limit / per_step)))
     return min(total, cold + math.ceil((budget.limit - cold * per_step) / warm))
