@@ -91,6 +91,27 @@ def test_a_started_run_is_continued_not_refused(tiny_neo, kaggle_dir, tmp_path, 
     assert (out / "lora/eval/test/metrics.json").stat().st_mtime_ns > old_eval  # retrained, so evaluated again
 
 
+def test_every_method_is_checked_before_the_first_trains(tiny_neo, kaggle_dir, tmp_path, monkeypatch):
+    """A soft prompt that cannot fit the model's positions is refused before LoRA trains, by
+    experiment and by plan alike."""
+    from sumtune.errors import UserError
+    from sumtune.recipes.plan import run_plan
+
+    monkeypatch.setattr(experiment, "METHODS", ("lora", "prompt_tuning"))
+
+    def no_training(*a, **k):
+        raise AssertionError("nothing may train before every method is checked")
+
+    monkeypatch.setattr("sumtune.recipes.train.train", no_training)
+    monkeypatch.setattr("sumtune.recipes.calibrate.Calibrator.calibrate", no_training)
+    out = tmp_path / "exp"
+    cfg = _cfg(out, tiny_neo, kaggle_dir, **{"data.max_length": 1024})
+    for run in (experiment.run_experiment, run_plan):
+        with pytest.raises(UserError, match="1024 \\+ 4 soft-prompt tokens exceeds the 1024 positions"):
+            run(cfg, Plan(eval_limit=2))
+    assert not out.exists()
+
+
 def test_demo_data_is_packaged():
     assert experiment.DEMO_DATA.is_file() and experiment.DEMO_DATA.stat().st_size > 10_000
 

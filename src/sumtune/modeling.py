@@ -71,6 +71,17 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, quantize: str = "n
     return model
 
 
+def load_model_config(name: str):
+    """The base model's config alone (positions, type): enough to refuse a run before any weights load."""
+    from transformers import AutoConfig
+
+    _check_name(name)
+    try:
+        return AutoConfig.from_pretrained(name, **_hub_kwargs(name))
+    except Exception as e:  # noqa: BLE001
+        raise _load_error(name, "model config", e) from None
+
+
 def _load_error(name: str, what: str, e: BaseException) -> UserError:
     if _is_offline_error(e) and not Path(name).is_dir():
         return UserError(

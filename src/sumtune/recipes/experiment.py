@@ -267,6 +267,18 @@ def _check_plan(cfg: Config, plan: Plan) -> None:
         raise UserError(f"--lr names {', '.join(unknown)}, not trained here (methods: {', '.join(plan.methods())})")
     if plan.sweep_lr:
         _sweep_steps(cfg)
+    _check_methods(cfg, plan)
+
+
+def _check_methods(cfg: Config, plan: Plan) -> None:
+    """Each method's own refusals (its keys, its rows against the model's positions), all before the
+    first method trains: a soft prompt's tokens that do not fit must not wait for LoRA's hour."""
+    from sumtune.modeling import load_model_config
+    from sumtune.training.state import check_max_length
+
+    model_config = load_model_config(cfg.model.name)
+    for m in plan.methods():
+        check_max_length(_method_cfg(cfg, m, Path(cfg.output_dir) / m, None), model_config)
 
 
 def _method_lr(cfg: Config, plan: Plan, method: str, record: dict, memo: dict) -> float | None:
