@@ -282,3 +282,33 @@ def test_tensorboard_flag_is_an_alias_and_trackers_never_block_resume():
                              "train.log_predictions=0"])
     assert config_differences(old, new) == []
     assert trackers.hyperparameters(cfg)["train.report_to"] == "mlflow,tensorboard,wandb"
+
+
+@pytest.mark.slow  # two processes started through accelerate launch: about a minute on a loaded core
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU multi-process test")
+def test_under_ddp_only_the_main_process_logs(tiny_gpt2, kaggle_dir, tmp_path, mlflow_store):
+    """Two gloo processes: one MLflow run, its metrics metrics.jsonl's, one table row set per validation
+    (the sample decodes shared out over both processes and gathered)."""
+    import os
+    import subprocess
+
+    import mlflow
+
+    run = tmp_path / "run"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sumtune.cli"]
+    argv = _argv(tiny_gpt2, kaggle_dir, run, "--report-to", "mlflow", "--set", "eval.batch_size=1")
+    argv[argv.index("--batch-size") + 1] = "2"
+    proc = subprocess.run([*launch, *argv], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run / "results.json").read_text())["processes"] == 2
+    client = mlflow.MlflowClient(mlflow_store)
+    (only,) = client.search_runs([client.get_experiment_by_name("sumtune").experiment_id])
+    train_ev, val_ev = _events(run, "train"), _events(run, "validation")
+    assert _history(client, only.info.run_id, "train/loss") == {e["step"]: e["loss"] for e in train_ev}
+    assert _history(client, only.info.run_id, "validation/loss") == {e["step"]: e["loss"] for e in val_ev}
+    path = mlflow.artifacts.download_artifacts(run_id=only.info.run_id, artifact_path="sample_predictions.json",
+                                               dst_path=str(tmp_path / "artifacts"))
+    steps = [r[0] for r in json.loads(Path(path).read_text())["data"]]
+    assert steps == [s for e in val_ev for s in [e["step"]] * N_SAMPLES]

@@ -219,7 +219,7 @@ class Trackers:
                 import mlflow
 
                 mlflow.log_table({c: [row[i] for row in data] for i, c in enumerate(COLUMNS)},
-                                 artifact_file="sample_predictions.json", run_id=tracker.tracker.info.run_id)
+                                 artifact_file="sample_predictions.json")  # into the active run, the tracker's
             elif name == "tensorboard":
                 tracker.log({"validation/predictions": markdown_table(data)}, step=step)
             else:
