@@ -312,3 +312,21 @@ def test_under_ddp_only_the_main_process_logs(tiny_gpt2, kaggle_dir, tmp_path, m
                                                dst_path=str(tmp_path / "artifacts"))
     steps = [r[0] for r in json.loads(Path(path).read_text())["data"]]
     assert steps == [s for e in val_ev for s in [e["step"]] * N_SAMPLES]
+
+
+def test_tensorboard_alias_logs_the_metrics_and_a_text_table(tiny_gpt2, kaggle_dir, tmp_path):
+    """train.tensorboard=true as before: RUN/tensorboard, read back with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    assert main(_argv(tiny_gpt2, kaggle_dir, run, "--set", "train.tensorboard=true")) == 0
+    (events,) = {p.parent for p in (run / "tensorboard").glob("events.out.tfevents.*")}
+    acc = EventAccumulator(str(events), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    for split in ("train", "validation"):
+        logged = {e.step: e.value for e in acc.Scalars(f"{split}/loss")}
+        assert logged == pytest.approx({e["step"]: e["loss"] for e in _events(run, split)}, rel=1e-6)  # float32
+    texts = acc.Tensors("validation/predictions/text_summary")
+    assert [t.step for t in texts] == [e["step"] for e in _events(run, "validation")]
+    table = texts[-1].tensor_proto.string_val[0].decode()
+    assert table.splitlines()[0] == "| " + " | ".join(trackers.COLUMNS) + " |" and len(table.splitlines()) == 2 + N_SAMPLES

@@ -16,6 +16,7 @@ through Accelerate's (`Accelerator(log_with=...)`, `init_trackers`, `log`, `get_
 from __future__ import annotations
 
 import configparser
+import contextlib
 import importlib
 import json
 import netrc
@@ -186,6 +187,10 @@ class Trackers:
             self.accelerator.init_trackers(self.cfg.train.tracker_project,
                                            init_kwargs={"wandb": wandb, "mlflow": mlflow})
         except Exception as e:  # noqa: BLE001 - a tracker's own failure, said in one line
+            for tracker in self.accelerator.trackers:  # close those that started; the failed one has nothing to close
+                with contextlib.suppress(Exception):
+                    tracker.finish()
+            self.accelerator.trackers.clear()
             first = (str(e).strip().splitlines() or [""])[0][:200]
             raise UserError(f"train.report_to: a tracker failed to start ({type(e).__name__}: {first}); fix its "
                             "setting or drop it from train.report_to") from None
@@ -214,16 +219,16 @@ class Trackers:
             return
         data = [[step, r["article"][:ARTICLE_CHARS], r["reference"], r["prediction"], r["rougeL"]] for r in rows]
         for name in (n for n in self.names if n in TABLES):
-            tracker = self.accelerator.get_tracker(name)
-            if name == "mlflow":  # one JSON table artifact, appended at each validation
+            if name == "mlflow":  # one JSON table artifact in the tracker's (active) run, appended each time
                 import mlflow
 
                 mlflow.log_table({c: [row[i] for row in data] for i, c in enumerate(COLUMNS)},
-                                 artifact_file="sample_predictions.json")  # into the active run, the tracker's
+                                 artifact_file="sample_predictions.json")
             elif name == "tensorboard":
-                tracker.log({"validation/predictions": markdown_table(data)}, step=step)
+                self.accelerator.get_tracker(name).log({"validation/predictions": markdown_table(data)}, step=step)
             else:
-                tracker.log_table("validation/predictions", columns=COLUMNS, data=data, step=step)
+                self.accelerator.get_tracker(name).log_table("validation/predictions", columns=COLUMNS, data=data,
+                                                             step=step)
 
     def finish(self) -> None:
         """Close every tracker (not `end_training`, which would also end the process group)."""
