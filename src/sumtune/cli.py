@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from sumtune.config import DECODING_PRESETS, METHODS, PRECISIONS
+from sumtune.config import DECODING_PRESETS, METHODS, PRECISIONS, TRACKERS
 from sumtune.errors import UserError
 from sumtune.offline import apply_offline_env
 from sumtune.quiet import library_output
@@ -92,6 +92,8 @@ def _add_train_flags(p: argparse.ArgumentParser, with_method: bool) -> None:
                         help="train until optimizer steps have taken S seconds (train.budget_seconds)")
     budget.add_argument("--budget-flops", type=_budget, metavar="F",
                         help="train until F training FLOPs are spent, e.g. 1e15 (train.budget_flops)")
+    p.add_argument("--report-to", metavar="NAME,...",
+                   help="experiment trackers (train.report_to): " + ", ".join(TRACKERS))
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set method.r=16 (repeatable)")
 
@@ -105,7 +107,7 @@ def _flags(a: argparse.Namespace) -> dict:
         "data.max_length": a.max_length, "data.max_train_samples": a.max_train_samples,
         "data.max_eval_samples": a.max_eval_samples, "train.precision": a.precision, "train.seed": a.seed,
         "train.save_steps": a.save_steps, "train.budget_seconds": a.budget_seconds,
-        "train.budget_flops": a.budget_flops,
+        "train.budget_flops": a.budget_flops, "train.report_to": a.report_to,
     }
 
 

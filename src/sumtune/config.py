@@ -30,6 +30,8 @@ SELECT_BY = ("loss", "rouge1", "rouge2", "rougeL", "rougeLsum")
 # that order; kept here so validating a config does not import torch).
 FAST_PATH_NAMES = ("sdpa_attention", "blocked_local_attention", "cast_frozen_weights", "fused_gelu", "fast_lora",
                    "few_rows_head", "label_loss", "feature_cache", "fused_adamw")
+# train.report_to: Accelerate's tracker names (its `log_with`); training.trackers checks and starts them
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
 
 
 @dataclass
@@ -104,7 +106,10 @@ class TrainConfig:
     save_steps: int = 0  # 0 = checkpoint at each epoch end only
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     seed: int = 42
-    tensorboard: bool = False
+    tensorboard: bool = False  # the same as "tensorboard" in report_to (older configs)
+    report_to: list[str] = field(default_factory=list)  # experiment trackers (TRACKERS), through Accelerate
+    tracker_project: str = "sumtune"  # the trackers' project (W&B project, MLflow experiment, ...)
+    log_predictions: int = 4  # rows decoded per validation for the trackers' sample-predictions table; 0 = none
     fast: bool = True  # our measured fast paths; false = plain reference path
     fast_paths: list[str] = field(default_factory=list)  # with fast: only these (FAST_PATH_NAMES); empty = all
     fsdp: bool = False  # shard with FSDP2 across processes (also on when launched with accelerate --use_fsdp)
@@ -207,6 +212,8 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.budget_flops": (lambda v: v is None or v > 0, "a number > 0 (training FLOPs) or null"),
     "train.fast_paths": (lambda v: set(v) <= set(FAST_PATH_NAMES),
                          "fast path names from: " + ", ".join(FAST_PATH_NAMES) + " (empty = all)"),
+    "train.report_to": (lambda v: set(v) <= set(TRACKERS), "tracker names from: " + ", ".join(TRACKERS)),
+    "train.log_predictions": (lambda v: v >= 0, "an integer >= 0 (0 = no sample predictions)"),
     "eval.batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "eval.num_beams": (lambda v: v >= 1, "an integer >= 1"),
     "eval.max_new_tokens": (lambda v: v >= 1, "an integer >= 1"),
@@ -332,7 +339,8 @@ def config_from_dict(d: dict[str, Any]) -> Config:
 
 
 # Keys that may change between a run and its continuation: they do not alter the optimisation.
-RESUME_FREE = ("output_dir", "train.save_steps", "train.tensorboard", "data.num_proc")
+RESUME_FREE = ("output_dir", "train.save_steps", "train.tensorboard", "train.report_to", "train.tracker_project",
+               "train.log_predictions", "data.num_proc")
 
 
 def config_differences(old: Config, new: Config, ignore: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
@@ -368,6 +376,6 @@ def load_run_config(run_dir: str | Path) -> Config:
 
 __all__ = [
     "Config", "ModelConfig", "DataConfig", "MethodConfig", "TrainConfig", "EvalConfig",
-    "METHODS", "PRECISIONS", "SELECT_BY", "build_config", "config_from_dict", "save_config", "load_run_config",
+    "METHODS", "PRECISIONS", "SELECT_BY", "TRACKERS", "build_config", "config_from_dict", "save_config", "load_run_config",
     "set_key", "set_keys", "validate", "DECODING_PRESETS", "apply_preset", "decoding_summary",
 ]

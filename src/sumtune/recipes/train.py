@@ -49,6 +49,7 @@ from sumtune.training.state import (
     setup,
 )
 from sumtune.training.step import micro_batches, oom_error, optimizer_step, token_batches
+from sumtune.training.trackers import Trackers, tracker_names
 from sumtune.training.validation import validate, validation_loss
 
 
@@ -89,9 +90,15 @@ def _zero_shot(s: TrainSetup, run: RunDir, memory: PeakMemory) -> Path:
     t0 = time.perf_counter()
     val = validation_loss(s.accelerator, s.model, s.loss_fn, s.val_ds, s.collate, s.cfg.train.batch_size)
     done = Progress(best_val_loss=val, peak_memory_mb=memory.peak_mb(), validation_seconds=time.perf_counter() - t0)
-    if s.accelerator.is_main_process:
-        s.method.save(s.model, run.adapter, s.meta)
-        write_results(s, run.results, done, 0, memory.kind, trained=False)
+    trackers = Trackers(s.accelerator, s.cfg, run.path, tracker_names(s.cfg.train))
+    trackers.start(resume=False)
+    try:
+        if s.accelerator.is_main_process:
+            trackers.log({"step": 0, "split": "validation", "loss": val})
+            s.method.save(s.model, run.adapter, s.meta)
+            write_results(s, run.results, done, 0, memory.kind, trained=False)
+    finally:
+        trackers.finish()
     s.accelerator.print(f"{run}: zero_shot, validation loss {val:.4f} (no training"
                         + (", so no budget spent" if budget_of(s.cfg.train) else "") + f"); results in {run.results}")
     return run.path
@@ -119,7 +126,8 @@ def _train(s: TrainSetup, run: RunDir, resume: bool, memory: PeakMemory) -> Path
         progress = restore(s, run, plan, model, optimizer, scheduler) or progress
         if accelerator.is_main_process:
             save_config(cfg, run.config)  # differs at most in keys that leave the optimisation as it was
-    records = Records(run.metrics, progress.metrics_offset, accelerator.is_main_process)
+    trackers = Trackers(accelerator, cfg, run.path, tracker_names(cfg.train))
+    records = Records(run.metrics, progress.metrics_offset, accelerator.is_main_process, trackers)
     accelerator.print(f"{run}: training {s.method.name}, {s.trainable:,} of {s.total:,} parameters, "
                       f"{len(s.train_ds)} samples, {plan.steps_per_epoch} steps/epoch of {plan.per_step} samples, "
                       f"{plan.total} steps, {s.precision}" + (f", from step {progress.step}" if progress.step else ""))
@@ -129,9 +137,8 @@ def _train(s: TrainSetup, run: RunDir, resume: bool, memory: PeakMemory) -> Path
     if budget:
         accelerator.print(f"{run}: budget {budget.text()}" + (f", reached at step {progress.schedule_steps}"
                           if budget.kind == "flops" else "") + "; warmup and decay fit the budget")
-    if cfg.train.tensorboard:
-        accelerator.init_trackers("tensorboard")
     try:
+        trackers.start(resume)
         with StopOnSignal() as stop:
             while progress.step < plan.total and not progress.early_stopped and not progress.stopped_by_budget:
                 loop.epoch(stop)
@@ -144,8 +151,7 @@ def _train(s: TrainSetup, run: RunDir, resume: bool, memory: PeakMemory) -> Path
         raise _write_failed(e, run) from None
     finally:
         records.close()
-        if cfg.train.tensorboard:
-            accelerator.end_training()
+        trackers.finish()
     if accelerator.is_main_process:
         shutil.rmtree(run.checkpoints, ignore_errors=True)  # the run is complete: nothing to resume
         chosen = (f"best validation {cfg.train.select_by} {100 * progress.best_score:.2f} (loss "
@@ -234,8 +240,6 @@ class _Loop:
                  "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm, "tokens": r.tokens,
                  "tokens_per_s": r.tokens / seconds}
         self.records.write(event)
-        if tc.tensorboard:
-            s.accelerator.log({f"train/{k}": event[k] for k in ("loss", "lr", "grad_norm", "tokens_per_s")}, step=p.step)
         return event
 
     def validate(self) -> dict:

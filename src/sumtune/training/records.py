@@ -18,14 +18,16 @@ from sumtune.io import atomic_write_json, writing
 from sumtune.training.budget import budget_of, budget_record
 from sumtune.training.sharding import distributed_record
 from sumtune.training.state import Progress, TrainSetup
+from sumtune.training.trackers import Trackers
 
 
 class Records:
     """RUN/metrics.jsonl, one JSON object per event, appended and flushed (main process only);
-    opened cut back to `offset` bytes, its length at the checkpoint being resumed."""
+    opened cut back to `offset` bytes, its length at the checkpoint being resumed. Every event
+    also goes to the experiment trackers (`training.trackers`), the same numbers at the same step."""
 
-    def __init__(self, path: Path, offset: int, active: bool):
-        self.active, self.path = active, path
+    def __init__(self, path: Path, offset: int, active: bool, trackers: Trackers | None = None):
+        self.active, self.path, self.trackers = active, path, trackers
         if active:
             with writing(path):
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,6 +40,13 @@ class Records:
             with writing(self.path):
                 self.f.write(json.dumps(event) + "\n")
                 self.f.flush()
+            if self.trackers is not None:
+                self.trackers.log(event)
+
+    def samples(self, step: int, rows: list[dict[str, Any]]) -> None:
+        """Sample predictions of the validation at `step`, for the trackers' tables (not metrics.jsonl)."""
+        if self.active and self.trackers is not None:
+            self.trackers.table(step, rows)
 
     def offset(self) -> int:
         """Bytes written so far, on disk."""

@@ -15,6 +15,10 @@ applied afresh, so it decodes with exactly the weights and set-up `evaluate` wou
 RUN/adapter. Under DDP every process decodes its share of the articles (`generate_summaries`,
 as distributed `evaluate`) and the summaries are gathered, so every process computes the same
 score and takes the same decision.
+
+The experiment trackers' sample predictions (training.trackers) are the first
+train.log_predictions of these decodes; a run selecting by loss makes the same copy to decode
+only those rows (`rows`), when a tracker with tables is on.
 """
 
 from __future__ import annotations
@@ -38,9 +42,13 @@ BOOTSTRAP_RESAMPLES = 1000  # as `evaluate`'s intervals, with the same seed (tra
 class Selection:
     """The decoding copy of a method model and how to score it on the fixed validation subset."""
 
-    def __init__(self, cfg: Config, model: torch.nn.Module, tokenizer, precision: str, accelerator):
-        """`model`: the method model before the training fast paths are applied."""
+    def __init__(self, cfg: Config, model: torch.nn.Module, tokenizer, precision: str, accelerator,
+                 rows: int | None = None):
+        """`model`: the method model before the training fast paths are applied; `rows`: how many
+        validation rows to decode (default eval.select_samples)."""
         self.cfg, self.tokenizer, self.accelerator = cfg, tokenizer, accelerator
+        self.n = cfg.eval.select_samples if rows is None else rows
+        self.examples: list[dict[str, Any]] = []  # the latest decodes: article, reference, prediction, rougeL
         self.autocast = autocast_dtype(precision)
         self.names = [n for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad]
         frozen = {id(p): p for p in model.parameters() if not p.requires_grad}  # shared, not copied
@@ -55,18 +63,27 @@ class Selection:
             raise RuntimeError(f"selection: trained weights not found in the training model: {sorted(missing)[:3]}")
 
     def rows(self, validation) -> tuple[list[str], list[str]]:
-        """(articles, references): the first eval.select_samples rows of the validation split."""
-        subset = validation.select(range(min(self.cfg.eval.select_samples, len(validation))))
+        """(articles, references): the first `n` rows of the validation split."""
+        subset = validation.select(range(min(self.n, len(validation))))
         return list(subset["article"]), list(subset["summary"])
 
-    @torch.no_grad()
     def score(self, model: torch.nn.Module, validation) -> dict[str, Any]:
         """Mean ROUGE F1 (0..1) of the current weights of `model` (as trained, possibly DDP-wrapped) on
         the subset of `validation`, with their 95% bootstrap intervals over the documents (`ci95`),
         `select_n` and `select_seconds` (all of this call)."""
+        t0 = time.perf_counter()
+        per = self.decode(model, validation)
+        seed = self.cfg.train.seed
+        return {**{k: sum(v) / len(v) for k, v in per.items()},
+                "ci95": {k: list(bootstrap_ci(v, BOOTSTRAP_RESAMPLES, seed)) for k, v in per.items()},
+                "select_n": len(per["rougeL"]), "select_seconds": time.perf_counter() - t0}
+
+    @torch.no_grad()
+    def decode(self, model: torch.nn.Module, validation) -> dict[str, list[float]]:
+        """Summarise the subset with the current weights of `model`; the per-document ROUGE F1
+        (`metrics.rouge_per_example`), the rows kept in `examples`."""
         from sumtune.recipes.evaluate import generate_summaries
 
-        t0 = time.perf_counter()
         articles, references = self.rows(validation)
         trained = dict(self.accelerator.unwrap_model(model).named_parameters(remove_duplicate=False))
         for name in self.names:  # into the fp32 weights (no decoding fast path is applied between calls)
@@ -86,7 +103,6 @@ class Selection:
         finally:
             revert_fast_paths(self.decoder)  # frees the decoding casts until the next validation
         per = rouge_per_example(predictions, references)
-        seed = self.cfg.train.seed
-        return {**{k: sum(v) / len(v) for k, v in per.items()},
-                "ci95": {k: list(bootstrap_ci(v, BOOTSTRAP_RESAMPLES, seed)) for k, v in per.items()},
-                "select_n": len(articles), "select_seconds": time.perf_counter() - t0}
+        self.examples = [{"article": a, "reference": r, "prediction": p, "rougeL": s}
+                         for a, r, p, s in zip(articles, references, predictions, per["rougeL"])]
+        return per

@@ -6,6 +6,7 @@ and `Progress`, the resumable state. `setup` is public: the benchmarks build exa
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -41,6 +42,9 @@ from sumtune.quantize import check_quantize
 from sumtune.runs import run_meta
 from sumtune.training.sharding import FSDP_FAST_PATHS, fsdp_plan
 from sumtune.training.step import token_loss_sum
+from sumtune.training.trackers import check_trackers, log_with, wants_samples
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -130,12 +134,8 @@ def accelerator_for(cfg: Config, run: Path):
     mixed = "no" if precision == "fp32" else precision
     if AcceleratorState._shared_state.get("_mixed_precision", mixed) != mixed:
         AcceleratorState._reset_state()  # an earlier train() in this process used another precision
-    if cfg.train.tensorboard:
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            raise UserError("train.tensorboard needs the tensorboard package: pip install tensorboard") from None
-    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed, log_with="tensorboard" if cfg.train.tensorboard else None,
+    trackers = check_trackers(cfg)  # before the model loads: packages, logins
+    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed, log_with=log_with(trackers, run) or None,
                               project_dir=str(run))
     kind = str(accelerator.distributed_type).split(".")[-1]
     if kind == "DEEPSPEED":
@@ -179,6 +179,7 @@ class TrainSetup:
     fsdp: dict = field(default_factory=lambda: {"fsdp": False, "version": None, "offload": False})
     shape: Any = None  # sumtune.flops.ModelShape of the base model: the FLOPs count
     selection: Any = None  # training.selection.Selection when train.select_by is a ROUGE key
+    samples: Any = None  # else a Selection decoding train.log_predictions rows for the trackers' tables
 
     @property
     def train_ds(self):
@@ -206,17 +207,24 @@ def setup(cfg: Config, accelerator, precision: str) -> TrainSetup:
     plan = fsdp_plan(cfg, accelerator)
     check_selection(cfg, plan["fsdp"])
     method, model = prepared_model(cfg, tokenizer, base)
-    selection = None
-    if cfg.train.select_by != "loss" and method.trains:
+    selection = samples = None
+    if method.trains and (cfg.train.select_by != "loss" or wants_samples(cfg)):
         from sumtune.training.selection import Selection
 
-        selection = Selection(cfg, model, tokenizer, precision, accelerator)  # before the training fast paths
+        if cfg.train.select_by != "loss":
+            selection = Selection(cfg, model, tokenizer, precision, accelerator)  # before the training fast paths
+        elif plan["fsdp"]:
+            log.warning("train.log_predictions: no sample predictions under FSDP (they decode with an unsharded "
+                        "copy of the model); the trackers get the metrics only")
+        else:
+            samples = Selection(cfg, model, tokenizer, precision, accelerator, rows=cfg.train.log_predictions)
     fast_paths, loss_fn = with_fast_paths(cfg, model, precision, world, plan["fsdp"])
-    if selection is not None:
-        selection.check_names(model)
+    for decoder in (selection, samples):
+        if decoder is not None:
+            decoder.check_names(model)
     return TrainSetup(cfg, accelerator, precision, tokenizer, dict(data), Collator(tokenizer.pad_token_id), method,
                       model, meta, fast_paths, loss_fn, *count_params(model), fsdp=plan, shape=model_shape(base.config),
-                      selection=selection)
+                      selection=selection, samples=samples)
 
 
 def check_selection(cfg: Config, fsdp: bool) -> None:

@@ -4,6 +4,7 @@ ROUGE of a fixed validation subset) and early stopping, which keeps the best wei
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
@@ -58,7 +59,9 @@ def validate(s: TrainSetup, model, adapter, progress: Progress, records: Records
     """Validation loss, and with train.select_by a ROUGE key the ROUGE of the fixed validation
     subset (training.selection); on improvement of the selection score (the loss: lower is better;
     ROUGE: higher; a tie keeps the earlier) the weights go to RUN/adapter, else count towards
-    patience. Returns the validation event written to metrics.jsonl."""
+    patience. The first train.log_predictions decodes go to the trackers' tables (selecting by loss,
+    `s.samples` decodes them, timed as samples_seconds). Returns the validation event written to
+    metrics.jsonl."""
     accelerator, cfg = s.accelerator, s.cfg
     val = validation_loss(accelerator, model, s.loss_fn, s.val_ds, s.collate, cfg.train.batch_size)
     rouge = s.selection.score(model, s.data["validation"]) if s.selection is not None else {}
@@ -80,8 +83,12 @@ def validate(s: TrainSetup, model, adapter, progress: Progress, records: Records
         progress.early_stopped = progress.bad_evals >= cfg.train.patience
     event = {"step": progress.step, "epoch": round(progress.step / steps_per_epoch, 4),
              "split": "validation", "loss": val, "best": improved, **rouge}
+    samples = s.selection.examples if rouge else []
+    if s.samples is not None:  # selecting by loss: decode the few rows of the trackers' table
+        t0 = time.perf_counter()
+        s.samples.decode(model, s.data["validation"])
+        samples = s.samples.examples
+        event["samples_seconds"] = time.perf_counter() - t0
     records.write(event)
-    if cfg.train.tensorboard:
-        accelerator.log({"validation/loss": val, **{f"validation/{k}": v for k, v in rouge.items()
-                                                    if k.startswith("rouge")}}, step=progress.step)
+    records.samples(progress.step, samples[:cfg.train.log_predictions])
     return event
