@@ -5,6 +5,7 @@ download has to "succeed"."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -166,11 +167,14 @@ def test_model_files_are_enough_to_load(tmp_path, monkeypatch, tiny_gpt2):
     shutil.copytree(tiny_gpt2, repo)
     (repo / "pytorch_model.bin").write_bytes(b"pickle")  # never fetched
     (repo / "flax_model.msgpack").write_bytes(b"x")
+    (repo / "README.md").write_text("---\nlicense: mit\n---\n")  # the card: its license goes into an export's
     calls = _fake_hub(repo, monkeypatch)
     out = download.download_model("someone/tiny", tmp_path / "m")
     assert calls[0]["repo_id"] == "someone/tiny"
     names = {p.name for p in out.iterdir()}
     assert "pytorch_model.bin" not in names and "flax_model.msgpack" not in names and ".cache" not in names
+    assert (out / "README.md").read_text() == (repo / "README.md").read_text()
+    assert json.loads((out / download.DOWNLOAD_RECORD).read_text()) == {"repo_id": "someone/tiny"}
     assert load_model(str(out)).config.n_embd == 64 and load_tokenizer(str(out)).eos_token_id is not None
 
 

@@ -212,9 +212,16 @@ def _add_study_commands(sub) -> None:
 
 def _add_file_commands(sub) -> None:
     """export and download: files in and out."""
-    p = sub.add_parser("export", help="write a plain Hugging Face model directory from a run")
+    p = sub.add_parser("export", help="write a plain Hugging Face model directory (or --adapter: the PEFT "
+                                      "adapter) from a run, with a model card (README.md)")
     p.add_argument("run_dir")
-    p.add_argument("out_dir")
+    p.add_argument("out_dir", nargs="?", help="the output directory (or --output-dir)")
+    p.add_argument("--output-dir", dest="output_dir", help="the output directory")
+    p.add_argument("--adapter", action="store_true", help="the run's PEFT adapter instead of a plain model")
+    p.add_argument("--push-to-hub", metavar="REPO", help="then upload the directory to this Hugging Face Hub repo")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+    p.add_argument("--base-model", metavar="ID", help="the base model's Hub id for the card, when the run "
+                                                      "trained on a local directory")
 
     p = sub.add_parser("download", help="fetch data or a model (needs internet)")
     dsub = p.add_subparsers(dest="what", required=True, parser_class=_Parser)
@@ -268,11 +275,7 @@ def _run(a: argparse.Namespace) -> int:
 
         run_demo(a.output_dir)
     elif a.command == "export":
-        from sumtune.export import export_run
-
-        _offline_for_runs([a.run_dir], None, None)
-
-        export_run(a.run_dir, a.out_dir)
+        _export(a)
     elif a.command == "download":
         from sumtune import download
 
@@ -299,6 +302,20 @@ def _train_config(a: argparse.Namespace):
         raise UserError("the following arguments are required: --method (or a --config that names method.name, "
                         "as a run's config.yaml does)")
     return cfg
+
+
+def _export(a: argparse.Namespace) -> None:
+    out = a.output_dir or a.out_dir
+    if not out or (a.output_dir and a.out_dir and a.output_dir != a.out_dir):
+        raise UserError("export needs one output directory: --output-dir DIR (or the positional OUT)")
+    if a.private and not a.push_to_hub:
+        raise UserError("--private applies to --push-to-hub REPO; add it or drop --private")
+    if not a.push_to_hub:  # a push needs the network: the offline switch would refuse the upload
+        _offline_for_runs([a.run_dir], None, None)
+    from sumtune.export import export_run
+
+    export_run(a.run_dir, out, adapter=a.adapter, push_to_hub=a.push_to_hub, private=a.private,
+               base_model=a.base_model)
 
 
 def _offline_for_runs(runs: list[str], model: str | None, data: str | None, need_data: bool = False) -> None:

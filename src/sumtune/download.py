@@ -11,13 +11,15 @@ import tempfile
 from pathlib import Path
 
 from sumtune.errors import UserError
-from sumtune.io import atomic_dir
+from sumtune.io import atomic_dir, atomic_write_json
 
 KAGGLE_HANDLE = "gowrishankarp/newspaper-text-summarization-cnn-dailymail"
 HF_DATASET = "abisee/cnn_dailymail:3.0.0"
 SPLITS = ("train", "validation", "test")
-# Weights (safetensors only: never pickles), config and tokenizer files.
-MODEL_FILES = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.txt", "*.model"]
+# Weights (safetensors only: never pickles), config and tokenizer files, and the model card
+# (README.md: its license goes into an export's card).
+MODEL_FILES = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.txt", "*.model", "README.md"]
+DOWNLOAD_RECORD = "sumtune_download.json"  # {"repo_id"}: the Hub id an export's card names as base_model
 
 # Exception class names (anywhere in the cause chain) that mean "no network".
 _OFFLINE = {
@@ -171,5 +173,6 @@ def download_model(name: str, out: str | Path | None = None) -> Path:
         if not any(tmp.glob("*.safetensors")):
             raise UserError(f"model '{name}' has no .safetensors weights on the Hub; sumtune does not load "
                             "pickled weights (.bin): convert them to safetensors and pass --model DIR")
+        atomic_write_json(tmp / DOWNLOAD_RECORD, {"repo_id": name})
     print(f"wrote {out}: model {name} (weights, config, tokenizer); use --model {out}")
     return out

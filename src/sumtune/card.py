@@ -1,0 +1,243 @@
+"""The model card (README.md) `sumtune export` writes beside a model or adapter: the Hub's YAML
+metadata (built by huggingface_hub's own `ModelCardData`, so the Hub parses what it wrote) and a
+body that says what the run was: method, base model, data and its fingerprint, the run's
+configuration, the decoding and the test ROUGE with its 95% intervals and n.
+
+Only what the run recorded is stated: no RUN/eval/test/metrics.json, no scores (the card says
+the run was not evaluated, and has no `model-index`). Hub ids:
+- `base_model`: the `--base-model` given, else model.name when it is a Hub name, else the
+  `repo_id` that `sumtune download model` recorded in the model directory (DOWNLOAD_RECORD);
+  a local directory with none of these gets no `base_model` (the body names the path).
+- `license`: from the base model's own card (README.md front matter: `license`, and
+  `license_name`/`license_link` for `other`) in its local directory or the local Hub cache;
+  unknown, the key is left out (not guessed, not "other") and the body says so.
+- `datasets`: the dataset id of an `hf:NAME[:CONFIG]` source; a local file or directory has none.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sumtune.config import Config, DataConfig, decoding_summary
+from sumtune.download import DOWNLOAD_RECORD
+from sumtune.errors import UserError
+from sumtune.io import read_json
+from sumtune.metrics import ROUGE_KEYS
+from sumtune.offline import is_local_model
+from sumtune.runs import RunDir
+
+ROUGE_NAMES = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"}
+LICENSE_KEYS = ("license", "license_name", "license_link")
+
+
+def base_model_id(model_name: str, given: str | None = None) -> str | None:
+    """The base model's Hub id, when it is known (module docstring)."""
+    if given:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(given)
+        except HFValidationError:
+            raise UserError(f"--base-model {given}: not a Hub model id (OWNER/NAME); pass the id the base model "
+                            "has on the Hugging Face Hub") from None
+        return given
+    if not is_local_model(model_name):
+        return model_name
+    record = Path(model_name).expanduser() / DOWNLOAD_RECORD
+    return read_json(record).get("repo_id") if record.is_file() else None
+
+
+def base_card_path(model_name: str, hub_id: str | None) -> Path | None:
+    """The base model's README.md: in its directory, else in the local Hub cache (never fetched)."""
+    local = Path(model_name).expanduser() / "README.md"
+    if is_local_model(model_name) and local.is_file():
+        return local
+    if hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(hub_id, "README.md")
+        if isinstance(cached, str):
+            return Path(cached)
+    return None
+
+
+def base_license(model_name: str, hub_id: str | None) -> dict[str, str]:
+    """{license[, license_name, license_link]} from the base model's card; {} when unknown."""
+    from huggingface_hub import metadata_load
+
+    path = base_card_path(model_name, hub_id)
+    try:
+        meta = (metadata_load(path) or {}) if path else {}
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return {}
+    return {k: str(meta[k]) for k in LICENSE_KEYS if isinstance(meta.get(k), (str, int, float))}
+
+
+def hub_dataset(source: str) -> tuple[str, str | None] | None:
+    """(dataset id, config) of an `hf:NAME[:CONFIG]` source; None for local data."""
+    if not source.strip().startswith("hf:"):
+        return None
+    name, _, conf = source.strip()[3:].partition(":")
+    return name, conf or None
+
+
+def test_metrics(run: Path) -> dict[str, Any] | None:
+    """RUN/eval/test/metrics.json (a complete evaluation), or None when the run was not evaluated."""
+    path = RunDir(run).eval_dir("test") / "metrics.json"
+    return read_json(path) if path.is_file() else None
+
+
+def score(value: float) -> float:
+    """ROUGE F1 as the card states it: x100, two decimals (model-index and the table)."""
+    return round(100 * value, 2)
+
+
+def card_metadata(cfg: Config, method, metrics: dict | None, *, adapter: bool, name: str,
+                  base_id: str | None, license_: dict[str, str]):
+    """The front matter as a huggingface_hub `ModelCardData`."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    dataset = hub_dataset(cfg.data.source)
+    results = None
+    if metrics is not None:
+        evaluated = hub_dataset(metrics.get("data") or cfg.data.source)
+        data_name = evaluated[0] if evaluated else Path(metrics.get("data") or cfg.data.source).name
+        results = [EvalResult(task_type="summarization", task_name="Summarization",
+                              dataset_type=data_name, dataset_name=data_name,
+                              dataset_config=evaluated[1] if evaluated else None, dataset_split="test",
+                              metric_type="rouge", metric_name=f"Test {ROUGE_NAMES[k]}", metric_config=k,
+                              metric_value=score(metrics[k])) for k in ROUGE_KEYS]
+    return ModelCardData(
+        base_model=base_id, datasets=[dataset[0]] if dataset else None,
+        library_name="peft" if adapter else "transformers", pipeline_tag="text-generation",
+        tags=["sumtune", method.name, "summarization"], metrics=["rouge"] if metrics else None,
+        model_name=name if results else None, eval_results=results, **license_,
+    )
+
+
+def _fingerprint_lines(data: dict | None) -> list[str]:
+    fp = (data or {}).get("fingerprint")
+    if not fp:
+        return ["- Data fingerprint: not recorded by this run"]
+    lines = [f"- Data fingerprint ({fp.get('kind')}): sha256 `{fp.get('sha256')}`"]
+    for fname, f in sorted((fp.get("files") or {}).items()):
+        lines.append(f"  - `{fname}`: sha256 `{f['sha256']}`, {f['bytes']} bytes")
+    for split, s in sorted((fp.get("splits") or {}).items()):
+        lines.append(f"  - {split}: datasets fingerprint `{s['fingerprint']}`, {s['rows']} rows")
+    return lines
+
+
+def _evaluation(cfg: Config, metrics: dict | None, run: Path) -> list[str]:
+    if metrics is None:
+        dec = decoding_summary(cfg.eval)
+        return ["## Evaluation", "",
+                f"Not evaluated: the run has no test evaluation ({RunDir(run).eval_dir('test') / 'metrics.json'} "
+                "is absent), so this card reports no scores; `sumtune evaluate RUN` writes one, then export again.",
+                "", f"Configured decoding (not used for any score here): preset `{dec['label']}`, "
+                + ", ".join(f"{k}={v}" for k, v in dec.items() if k not in ("preset", "label", "modified"))]
+    boot = metrics.get("bootstrap") or {}
+    dec = metrics.get("decoding") or {}
+    of = f" of {metrics['split_rows']}" if metrics.get("split_rows") else ""
+    lines = ["## Evaluation", "",
+             f"Test split, n = {metrics['n']}{of} articles; ROUGE F1 x 100 (rouge-score, stemmed; "
+             f"ROUGE-Lsum over sentences split by {metrics.get('sentence_splitter', 'the splitter')}), "
+             f"95% intervals: {boot.get('method', 'bootstrap')}, {boot.get('resamples')} resamples "
+             f"(seed {boot.get('seed')}).", "",
+             "| metric | score | 95% interval | n |", "|---|---|---|---|"]
+    for k in ROUGE_KEYS:
+        lo, hi = metrics["ci95"][k]
+        lines.append(f"| {ROUGE_NAMES[k]} | {score(metrics[k]):.2f} | [{score(lo):.2f}, {score(hi):.2f}] "
+                     f"| {metrics['n']} |")
+    settings = ", ".join(f"{k}={v}" for k, v in dec.items() if k not in ("preset", "label", "modified"))
+    lines += ["", f"Decoding: preset `{dec.get('preset')}`"
+              + (f" with {', '.join(dec['modified'])} changed" if dec.get("modified") else "") + f"; {settings}.",
+              f"Test loss (summary tokens): {metrics['loss']:.4f}."]
+    if metrics.get("data") and not metrics.get("data_is_training_data", True):
+        lines.append(f"Evaluated on other data than the run trained on: `{metrics['data']}`.")
+    return lines
+
+
+def _usage(adapter: bool, where: str, base: str, cfg: DataConfig, dec: dict) -> list[str]:
+    """Python that summarises as sumtune did: the article cut to fit and the separator tokenised
+    apart (`data.encode_prompt`), the decoding settings evaluated (or configured), the summary cut
+    at a blank line or a new separator (`decoding.decode_summary`)."""
+    if adapter:
+        load = ["from peft import PeftModel", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+                f"model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base!r}), {where!r})"]
+    else:
+        load = ["from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+                f"model = AutoModelForCausalLM.from_pretrained({where!r})"]
+    room = cfg.max_length - cfg.max_summary_length - 1  # `_budget`'s room, less the separator (below)
+    settings = ", ".join(f"{k}={dec[k]!r}" for k in ("num_beams", "no_repeat_ngram_size", "length_penalty",
+                                                    "min_new_tokens", "max_new_tokens"))
+    return [*load, f"tokenizer = AutoTokenizer.from_pretrained({where!r})",
+            "",
+            f"separator = tokenizer({cfg.separator!r}, add_special_tokens=False).input_ids",
+            f"ids = tokenizer(article, add_special_tokens=False).input_ids[:{room} - len(separator)] + separator",
+            "inputs = torch.tensor([ids])",
+            "out = model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), do_sample=False,",
+            f"                     {settings})",
+            "text = tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).lstrip().split('\\n\\n')[0]"
+            + (f".split({cfg.separator.strip()!r})[0]" if cfg.separator.strip() else ""),
+            "summary = '\\n'.join(line.strip() for line in text.split('\\n') if line.strip())"]
+
+
+def card_text(run: Path, cfg: Config, method, *, adapter: bool, name: str, where: str,
+              base_model: str | None = None) -> str:
+    """README.md for an export of `run` loaded from `where` (a Hub repo id or the directory);
+    the module docstring says what each field comes from."""
+    results = read_json(RunDir(run).results)
+    meta = read_json(RunDir(run).adapter / "sumtune.json")
+    metrics = test_metrics(run)
+    base_id = base_model_id(cfg.model.name, base_model)
+    license_ = base_license(cfg.model.name, base_id)
+    data = results.get("data") or meta.get("data")
+    fp = results.get("base_model") or meta.get("base_model") or {}
+    opts = method.options(cfg.method)
+    what = "A PEFT adapter" if adapter else "A causal language model"
+    base = f"[{base_id}](https://huggingface.co/{base_id})" if base_id else f"a local model (`{cfg.model.name}`)"
+    sizes = results.get("data_sizes") or (data or {}).get("sizes") or {}
+    config = cfg.to_dict()
+    config.pop("output_dir", None)
+    config["method"] = {"name": method.name, **method.method_config(cfg.method)}  # its own keys only
+    body = [
+        f"# {name}", "",
+        f"{what} for summarization, trained with sumtune's method **{method.name}** ({method.describe(opts)}) "
+        f"from {base}. The prompt is the article followed by `{cfg.data.separator!r}`; the summary follows it.",
+        "", "## Use", "",
+        "`article`: the text" + (" as sumtune cleaned it (`sumtune.data.clean_article`: whitespace, CNN/DM bylines)"
+                                 if cfg.data.clean else "") + "; the decoding settings are the "
+        + ("evaluated" if metrics else "configured") + " ones"
+        + (f" (sumtune then keeps the first {cfg.eval.max_sentences} sentences)" if cfg.eval.max_sentences else "")
+        + ". The scores below come from sumtune's own batched decoder (`sumtune summarize RUN`).", "",
+        "```python", "import torch", *_usage(adapter, where, base_id or cfg.model.name, cfg.data,
+                                               (metrics or {}).get("decoding") or decoding_summary(cfg.eval)),
+        "```", "",
+        "## Training", "",
+        f"- Method: {method.name}: {method.describe(opts)}",
+        f"- Base model: {base_id or cfg.model.name} (config sha `{fp.get('config_sha')}`, "
+        f"weights sha `{fp.get('weights_sha')}`)",
+        f"- Data: `{cfg.data.source}`" + (f" ({', '.join(f'{s} {n}' for s, n in sizes.items())} rows)" if sizes else ""),
+        *_fingerprint_lines(data),
+    ]
+    if results.get("trainable_params") is not None:
+        body.append(f"- Trainable parameters: {results['trainable_params']:,} of {results['total_params']:,} "
+                    f"({results['trainable_pct']:.3f}%)")
+    if results.get("steps") is not None:
+        body.append(f"- Optimizer steps: {results['steps']} (epochs {results.get('epochs_run')}); kept step "
+                    f"{results.get('best_step')} by validation {results.get('select_by', 'loss')}")
+    body += ["", "### Hyper-parameters (the run's configuration; `method`: this method's keys)", "", "```yaml",
+             yaml.safe_dump(config, sort_keys=False).rstrip(), "```", "",
+             *_evaluation(cfg, metrics, run), "", "## License", ""]
+    if license_:
+        body.append(f"`{license_['license']}`, as the base model's card states"
+                    + (f" ({license_.get('license_name')}: {license_.get('license_link')})"
+                       if license_.get("license_link") else "") + ".")
+    else:
+        body.append("Not recorded: the base model's card was not found locally, so no `license` is set; "
+                    "check the base model's license and add it to this card's metadata before publishing.")
+    data_card = card_metadata(cfg, method, metrics, adapter=adapter, name=name, base_id=base_id, license_=license_)
+    return f"---\n{data_card.to_yaml()}\n---\n\n" + "\n".join(body) + "\n"
