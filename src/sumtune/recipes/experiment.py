@@ -153,6 +153,7 @@ def _method_cfg(cfg: Config, method: str, output_dir: Path, lr: float | None, se
 
 
 def _evaluate(run: Path, plan: Plan, cfg: Config, retrained: bool) -> None:
+    from sumtune.bertscore import covers
     from sumtune.config import decoding_summary
     from sumtune.recipes.evaluate import evaluate_run
 
@@ -160,7 +161,7 @@ def _evaluate(run: Path, plan: Plan, cfg: Config, retrained: bool) -> None:
     if done.is_file() and not retrained:
         m = read_json(done)
         if (m.get("limit") == plan.eval_limit and m.get("decoding") == decoding_summary(cfg.eval)
-                and m.get("data") == cfg.data.source):
+                and m.get("data") == cfg.data.source and covers(cfg.eval, m.get("bertscore"))):
             print(f"{run}: evaluated earlier with the same settings, skipped")
             return
     evaluate_run(run, "test", limit=plan.eval_limit, overrides=vars(copy.deepcopy(cfg.eval)))
