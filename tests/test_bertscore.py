@@ -12,13 +12,14 @@ import pytest
 import torch
 from method_utils import make_run
 
-from sumtune.bertscore import BERTSCORE_KEYS, bertscore_per_example, load_scorer, record
+from sumtune.bertscore import BERTSCORE_KEYS, bertscore_per_example, covers, load_scorer, record
 from sumtune.bootstrap import bootstrap_ci, paired_bootstrap
 from sumtune.cli import main
 from sumtune.config import Config, EvalConfig, build_config, set_key
 from sumtune.errors import UserError
 from sumtune.io import atomic_write_json
 from sumtune.recipes import evaluate as evaluate_mod
+from sumtune.recipes import experiment
 from sumtune.recipes.evaluate import evaluate_run
 from sumtune.report import compare_runs
 from sumtune.tiny import build_tiny_encoder, synthetic_news
@@ -114,6 +115,24 @@ def test_metrics_key_is_validated():
             build_config(sets=[f"eval.metrics={bad}"])
     set_key(cfg, "eval.bertscore_layers", "null", text=True)
     assert cfg.eval.bertscore_layers is None
+
+
+def test_an_earlier_evaluation_is_reused_only_with_the_bertscore_asked_for(encoder):
+    rec = record(load_scorer(_ev(encoder)))
+    assert covers(EvalConfig(), None) and covers(_ev(encoder), rec)
+    assert not covers(_ev(encoder), None) and not covers(_ev(encoder, layers=3), rec)
+    assert not covers(_ev(encoder, bertscore_rescale=True), rec)
+
+
+def test_experiment_refuses_an_unavailable_model_before_training(tiny_neo, kaggle_dir, tmp_path, monkeypatch):
+    def trained(*_a, **_k):
+        raise AssertionError("training started before the BERTScore check")
+
+    monkeypatch.setattr(experiment, "_train", trained)
+    cfg = build_config(flags={"model.name": str(tiny_neo), "data.source": str(kaggle_dir),
+                              "output_dir": str(tmp_path / "exp")}, sets=["eval.metrics=[rouge,bertscore]"])
+    with pytest.raises(UserError, match="roberta-large"):
+        experiment.run_experiment(cfg, experiment.Plan())
 
 
 def _finished_run(tmp_path, model_dir, data_dir, method, name):

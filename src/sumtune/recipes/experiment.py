@@ -262,12 +262,17 @@ def _fixed_lr(plan: Plan, method: str) -> float | None:
 
 def _check_plan(cfg: Config, plan: Plan) -> None:
     """Every refusal that needs no training, before anything runs."""
+    from sumtune.bertscore import load_scorer
+    from sumtune.bertscore import wanted as wants_bertscore
+
     if plan.sweep_lr and plan.lr is not None and not isinstance(plan.lr, dict):
         raise UserError("--lr fixes one rate for every method and --sweep-lr searches per method; pass one of them")
     if isinstance(plan.lr, dict) and (unknown := sorted(set(plan.lr) - set(plan.methods()))):
         raise UserError(f"--lr names {', '.join(unknown)}, not trained here (methods: {', '.join(plan.methods())})")
     if plan.sweep_lr:
         _sweep_steps(cfg)
+    if wants_bertscore(cfg.eval):
+        load_scorer(cfg.eval)  # a missing package or model fails now, not after the training
 
 
 def _method_lr(cfg: Config, plan: Plan, method: str, record: dict, memo: dict) -> float | None:
