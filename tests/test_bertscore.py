@@ -107,7 +107,7 @@ def test_missing_package_model_layer_or_baseline_is_one_line(encoder, tmp_path, 
     assert ".[bertscore]" in err(_ev(encoder))
 
 
-def test_metrics_key_is_validated():
+def test_metrics_key_is_validated(tmp_path, capsys):
     cfg = build_config(sets=["eval.metrics=[rouge,bertscore]"])
     assert cfg.eval.metrics == ["rouge", "bertscore"] and Config().eval.metrics == ["rouge"]
     for bad in ("[bertscore]", "[rouge,bleu]"):
@@ -115,6 +115,9 @@ def test_metrics_key_is_validated():
             build_config(sets=[f"eval.metrics={bad}"])
     set_key(cfg, "eval.bertscore_layers", "null", text=True)
     assert cfg.eval.bertscore_layers is None
+    assert main(["evaluate", str(tmp_path), "--set", "train.lr=1"]) == 2  # evaluate's --set: eval.* only
+    err = capsys.readouterr().err.strip()
+    assert "eval.* keys" in err and "\n" not in err
 
 
 def test_an_earlier_evaluation_is_reused_only_with_the_bertscore_asked_for(encoder):
