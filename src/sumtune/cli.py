@@ -130,6 +130,21 @@ def _eval_overrides(a: argparse.Namespace) -> dict:
     }.items() if v is not None}
 
 
+def _eval_sets(sets: list[str]) -> dict:
+    """evaluate's --set items as overrides: eval.* keys only, typed as the configuration types them."""
+    from sumtune.config import Config, parse_set, set_key
+
+    out = {}
+    for item in sets:
+        key, value = parse_set(item)
+        if not key.startswith("eval."):
+            raise UserError(f"evaluate --set takes eval.* keys (decoding, metrics), got '{key}'")
+        typed = Config()
+        set_key(typed, key, value, text=True)
+        out[key.removeprefix("eval.")] = getattr(typed.eval, key.removeprefix("eval."))
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="sumtune", description="Fine-tune GPT-style models for news summarization and compare methods.")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -154,6 +169,8 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--data", help="evaluate on another data source (recorded in metrics.json)")
     p.add_argument("--model", help="the run's base model at another path (must be the same model)")
     _add_eval_flags(p)
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="eval.KEY=VALUE",
+                   help="override an eval.* key, e.g. --set eval.metrics=[rouge,bertscore] (repeatable)")
 
     p = sub.add_parser("summarize", help="print a summary of a text with one or more trained runs")
     p.add_argument("paths", nargs="+", metavar="RUN [RUN ...] [FILE|-]",
@@ -247,8 +264,8 @@ def _run(a: argparse.Namespace) -> int:
 
         _offline_for_runs([a.run_dir], a.model, a.data, need_data=True)
 
-        evaluate_run(a.run_dir, split=a.split, limit=a.limit, overrides=_eval_overrides(a), data=a.data,
-                     base_model=a.model)
+        evaluate_run(a.run_dir, split=a.split, limit=a.limit, overrides={**_eval_overrides(a), **_eval_sets(a.sets)},
+                     data=a.data, base_model=a.model)
     elif a.command == "summarize":
         _summarize(a)
     elif a.command == "serve":

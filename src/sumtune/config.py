@@ -26,6 +26,7 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 # train.select_by: what picks the kept checkpoint and stops early (the ROUGE keys: of summaries decoded
 # from a fixed validation subset at each validation, training.selection)
 SELECT_BY = ("loss", "rouge1", "rouge2", "rougeL", "rougeLsum")
+EVAL_METRICS = ("rouge", "bertscore")  # eval.metrics: what `evaluate` scores (sumtune.bertscore for the second)
 # The fast paths by name, in the order they are applied (sumtune.fastpath.FAST_PATHS, which says why
 # that order; kept here so validating a config does not import torch).
 FAST_PATH_NAMES = ("sdpa_attention", "blocked_local_attention", "cast_frozen_weights", "fused_gelu", "fast_lora",
@@ -147,6 +148,10 @@ class EvalConfig:
     length_penalty: float = 1.0
     max_sentences: int = 0  # keep the first N sentences of a summary; 0 = all
     select_samples: int = 64  # train.select_by other than loss: the first N validation rows decoded each validation
+    metrics: list[str] = field(default_factory=lambda: ["rouge"])  # EVAL_METRICS; rouge always, bertscore optional
+    bertscore_model: str = "roberta-large"  # a Hub name or a local directory (bert-score's default for English)
+    bertscore_layers: int | None = None  # the layer scored; None = bert-score's tuned one (needed for other models)
+    bertscore_rescale: bool = False  # rescale with bert-score's English baseline for the model
 
 
 PRESET_KEY = "eval.preset"
@@ -221,6 +226,9 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "eval.no_repeat_ngram_size": (lambda v: v >= 0, "an integer >= 0"),
     "eval.max_sentences": (lambda v: v >= 0, "an integer >= 0 (0 = all)"),
     "eval.select_samples": (lambda v: v >= 1, "an integer >= 1 (validation rows decoded for train.select_by)"),
+    "eval.metrics": (lambda v: "rouge" in v and set(v) <= set(EVAL_METRICS),
+                     "a list of " + ", ".join(EVAL_METRICS) + " with rouge in it, e.g. [rouge, bertscore]"),
+    "eval.bertscore_layers": (lambda v: v is None or v >= 0, "an integer >= 0 (layers of the model) or null"),
 }
 
 
@@ -340,7 +348,8 @@ def config_from_dict(d: dict[str, Any]) -> Config:
 
 # Keys that may change between a run and its continuation: they do not alter the optimisation.
 RESUME_FREE = ("output_dir", "train.save_steps", "train.tensorboard", "train.report_to", "train.tracker_project",
-               "train.log_predictions", "data.num_proc")
+               "train.log_predictions", "data.num_proc", "eval.metrics",
+               "eval.bertscore_model", "eval.bertscore_layers", "eval.bertscore_rescale")
 
 
 def config_differences(old: Config, new: Config, ignore: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
@@ -376,6 +385,7 @@ def load_run_config(run_dir: str | Path) -> Config:
 
 __all__ = [
     "Config", "ModelConfig", "DataConfig", "MethodConfig", "TrainConfig", "EvalConfig",
-    "METHODS", "PRECISIONS", "SELECT_BY", "TRACKERS", "build_config", "config_from_dict", "save_config", "load_run_config",
+    "METHODS", "PRECISIONS", "SELECT_BY", "TRACKERS", "EVAL_METRICS", "build_config", "config_from_dict",
+    "save_config", "load_run_config",
     "set_key", "set_keys", "validate", "DECODING_PRESETS", "apply_preset", "decoding_summary",
 ]

@@ -96,6 +96,36 @@ def build_tiny_model(
     return out
 
 
+def build_tiny_encoder(out_dir: str | Path, texts: Iterable[str], vocab_size: int = 400, hidden: int = 32,
+                       layers: int = 3, heads: int = 4, seed: int = 0) -> Path:
+    """Write a random-weight tiny RoBERTa encoder and its RoBERTa tokenizer (byte-level BPE trained on
+    `texts`, RoBERTa's special tokens) to `out_dir`: a stand-in for roberta-large where BERTScore runs
+    offline (tests)."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import RobertaConfig, RobertaModel, RobertaTokenizer
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    bpe = json.loads(tok.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in bpe["merges"]]
+    tokenizer = RobertaTokenizer(vocab=bpe["vocab"], merges=merges, model_max_length=512)
+    cfg = RobertaConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=514,
+                        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
+                        eos_token_id=tokenizer.sep_token_id)
+    torch.manual_seed(seed)
+    out = Path(out_dir)
+    RobertaModel(cfg).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 _CITIES = ["Boston", "Denver", "Atlanta", "Seattle", "Houston", "Chicago", "Phoenix", "Miami"]
 _SUBJECTS = ["the mayor", "the police chief", "a local school board", "the city council", "state officials",
              "a hospital spokesman", "the fire department", "a team of scientists"]

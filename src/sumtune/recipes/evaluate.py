@@ -1,8 +1,9 @@
 """`sumtune evaluate` and `sumtune summarize`: the loss over summary tokens, then summaries
-generated for every article (decoding/) and their ROUGE against the references.
+generated for every article (decoding/) and their ROUGE against the references (and their
+BERTScore with eval.metrics: [rouge, bertscore], `sumtune.bertscore`).
 
 Writes RUN/eval/<split>/predictions.jsonl ({"id", "article", "reference", "prediction",
-per-example ROUGE F1 and token lengths} per line) and then RUN/eval/<split>/metrics.json (means, 95%
+per-example ROUGE F1 (BERTScore P/R/F1) and token lengths} per line) and then RUN/eval/<split>/metrics.json (means, 95%
 bootstrap intervals over documents, n, the decoding settings, the data evaluated; the seconds
 of the loss pass and of decoding, and the split's full size `split_rows`, from which the report
 projects the cost of evaluating all of it), each atomically; a metrics.json therefore means a complete evaluation.
@@ -24,6 +25,9 @@ from typing import Any
 
 import torch
 
+from sumtune.bertscore import BERTSCORE_KEYS, bertscore_per_example, load_scorer
+from sumtune.bertscore import record as bertscore_record
+from sumtune.bertscore import wanted as wants_bertscore
 from sumtune.bootstrap import bootstrap_ci
 from sumtune.config import (
     Config,
@@ -156,9 +160,15 @@ def article_text(text: str, cfg: Config) -> str:
     return clean_article(text) if cfg.data.clean else text.strip()
 
 
-def _scores(predictions: list[str], references: list[str], tokenizer, seed: int) -> tuple[dict, dict]:
-    """(metrics: means, intervals, lengths; per-example columns for predictions.jsonl)."""
+def _scores(predictions: list[str], references: list[str], tokenizer, seed: int, scorer=None,
+            device: torch.device | None = None) -> tuple[dict, dict]:
+    """(metrics: means, intervals, lengths; per-example columns for predictions.jsonl); with `scorer`
+    (bertscore.load_scorer) BERTScore too, its intervals from the same bootstrap as ROUGE's."""
     per = rouge_per_example(predictions, references)
+    if scorer is not None:
+        t0 = time.perf_counter()
+        per |= bertscore_per_example(scorer, predictions, references, device or "cpu")
+        bert_seconds = time.perf_counter() - t0
     pred_len = [len(tokenizer(p).input_ids) for p in predictions]
     ref_len = [len(tokenizer(r).input_ids) for r in references]
     metrics: dict[str, Any] = {k: sum(v) / len(v) for k, v in per.items()}
@@ -166,6 +176,8 @@ def _scores(predictions: list[str], references: list[str], tokenizer, seed: int)
     metrics["bootstrap"] = {"resamples": BOOTSTRAP_RESAMPLES, "seed": seed, "level": 0.95,
                             "method": "percentile, documents resampled"}
     metrics["sentence_splitter"] = SPLITTER
+    if scorer is not None:
+        metrics["bertscore"] = {**bertscore_record(scorer), "seconds": bert_seconds}
     metrics["mean_prediction_tokens"] = sum(pred_len) / len(pred_len)
     metrics["mean_reference_tokens"] = sum(ref_len) / len(ref_len)
     columns = {**per, "prediction_tokens": pred_len, "reference_tokens": ref_len}
@@ -198,6 +210,8 @@ def _evaluate(run: Path, split: str, limit: int | None, overrides: dict[str, Any
     with state.main_process_first():  # the main process fills the datasets cache, the others read it
         ds = _split_rows(cfg, split, limit)  # data problems show before the model loads
         split_rows = split_sizes(cfg.data, cfg.data.seed)[split]  # what a full evaluation would cover
+        # every process scores all documents (no process waits on another); before decoding, to fail early
+        scorer = load_scorer(cfg.eval) if wants_bertscore(cfg.eval) else None
     model, tokenizer, autocast = _model(run, cfg, base_model, state.device)
     with state.main_process_first(), writing(datasets_cache(), only=FULL_DISK):
         tokenised = tokenize_splits(DatasetDict({split: ds}), tokenizer, cfg.data)[split]
@@ -206,7 +220,7 @@ def _evaluate(run: Path, split: str, limit: int | None, overrides: dict[str, Any
     loss_seconds = time.perf_counter() - t0
     predictions, seconds = generate_summaries(model, tokenizer, cfg, autocast, list(ds["article"]), True, state)
     references = list(ds["summary"])
-    scores, columns = _scores(predictions, references, tokenizer, cfg.train.seed)
+    scores, columns = _scores(predictions, references, tokenizer, cfg.train.seed, scorer, state.device)
     metrics: dict[str, Any] = {
         "split": split, "loss": loss, **scores, "n": len(predictions), "limit": limit,
         "generation_seconds": seconds, "summaries_per_s": len(predictions) / seconds,
@@ -222,7 +236,7 @@ def _evaluate(run: Path, split: str, limit: int | None, overrides: dict[str, Any
     atomic_write_text(out / "predictions.jsonl", "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows))
     atomic_write_json(out / "metrics.json", metrics)
     scores_line = "  ".join(f"{k} {100 * metrics[k]:.2f} [{100 * metrics['ci95'][k][0]:.2f}, "
-                            f"{100 * metrics['ci95'][k][1]:.2f}]" for k in ROUGE_KEYS)
+                            f"{100 * metrics['ci95'][k][1]:.2f}]" for k in ROUGE_KEYS + BERTSCORE_KEYS if k in metrics)
     print(f"{run} [{split}, n={len(predictions)}, {metrics['decoding']['label']}]: loss {loss:.4f}  {scores_line}  "
           f"({metrics['summaries_per_s']:.2f} summaries/s)")
     print(f"wrote {out / 'metrics.json'} and {out / 'predictions.jsonl'}")

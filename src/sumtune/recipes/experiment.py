@@ -153,6 +153,7 @@ def _method_cfg(cfg: Config, method: str, output_dir: Path, lr: float | None, se
 
 
 def _evaluate(run: Path, plan: Plan, cfg: Config, retrained: bool) -> None:
+    from sumtune.bertscore import covers
     from sumtune.config import decoding_summary
     from sumtune.recipes.evaluate import evaluate_run
 
@@ -160,7 +161,7 @@ def _evaluate(run: Path, plan: Plan, cfg: Config, retrained: bool) -> None:
     if done.is_file() and not retrained:
         m = read_json(done)
         if (m.get("limit") == plan.eval_limit and m.get("decoding") == decoding_summary(cfg.eval)
-                and m.get("data") == cfg.data.source):
+                and m.get("data") == cfg.data.source and covers(cfg.eval, m.get("bertscore"))):
             print(f"{run}: evaluated earlier with the same settings, skipped")
             return
     evaluate_run(run, "test", limit=plan.eval_limit, overrides=vars(copy.deepcopy(cfg.eval)))
@@ -261,12 +262,17 @@ def _fixed_lr(plan: Plan, method: str) -> float | None:
 
 def _check_plan(cfg: Config, plan: Plan) -> None:
     """Every refusal that needs no training, before anything runs."""
+    from sumtune.bertscore import load_scorer
+    from sumtune.bertscore import wanted as wants_bertscore
+
     if plan.sweep_lr and plan.lr is not None and not isinstance(plan.lr, dict):
         raise UserError("--lr fixes one rate for every method and --sweep-lr searches per method; pass one of them")
     if isinstance(plan.lr, dict) and (unknown := sorted(set(plan.lr) - set(plan.methods()))):
         raise UserError(f"--lr names {', '.join(unknown)}, not trained here (methods: {', '.join(plan.methods())})")
     if plan.sweep_lr:
         _sweep_steps(cfg)
+    if wants_bertscore(cfg.eval):
+        load_scorer(cfg.eval)  # a missing package or model fails now, not after the training
     _check_methods(cfg, plan)
 
 

@@ -1,7 +1,7 @@
 """`report.html`: the comparison as one self-contained page - the answer paragraph first, the
 tables (sortable), the cost-quality frontier, the plots (embedded PNGs), the facts, and an
 article browser: per article the reference and every run's
-prediction side by side with per-article ROUGE, shared n-grams highlighted, and filters.
+prediction side by side with per-article ROUGE (and BERTScore F1), shared n-grams highlighted, and filters.
 
 Offline by construction: CSS and JS inline (template.html), plots as data URIs, nothing fetched.
 Untrusted text (articles, references, predictions, run names) never reaches the page as markup:
@@ -30,12 +30,12 @@ from sumtune.errors import UserError
 from sumtune.io import atomic_write_text
 from sumtune.report.frontier import frontier_body, frontier_note
 from sumtune.report.plots import PLOTS
-from sumtune.report.tables import ROUGE_NAMES, cost_body, facts, pair_body, score_body, seed_body
+from sumtune.report.tables import SCORE_NAMES, cost_body, facts, pair_body, pair_note, score_body, seed_body
 
 log = logging.getLogger(__name__)
 
 MAX_ARTICLES = 500
-SCORE_KEYS = ("rouge1", "rouge2", "rougeL")
+SCORE_KEYS = ("rouge1", "rouge2", "rougeL")  # per article in the browser, and BERTScore F1 where scored
 _WORD = re.compile(r"[a-z0-9]+")
 _SLUG = re.compile(r"[^a-z0-9]+")
 
@@ -89,7 +89,8 @@ def _articles_from_data(row: dict, run: Path, split: str) -> dict[str, str]:
 
 def _prediction(p: dict) -> dict:
     text = str(p.get("prediction") or "")
-    return {"text": text, **{k: p.get(k) for k in SCORE_KEYS}, "repeats": repeats_ngram(text)}
+    bert = {"bertscore_f1": p["bertscore_f1"]} if "bertscore_f1" in p else {}
+    return {"text": text, **{k: p.get(k) for k in SCORE_KEYS}, **bert, "repeats": repeats_ngram(text)}
 
 
 def browser_data(rows: Sequence[dict], runs: Sequence[Path], split: str,
@@ -124,8 +125,8 @@ def browser_data(rows: Sequence[dict], runs: Sequence[Path], split: str,
 
 
 def _key(name: str) -> str:
-    """A column's key for #sort=...: rouge1/rouge2/rougeL/rougeLsum, else the header slugged."""
-    reverse = {v: k for k, v in ROUGE_NAMES.items()}
+    """A column's key for #sort=...: rouge1/.../rougeLsum, bertscore_f1/..., else the header slugged."""
+    reverse = {v: k for k, v in SCORE_NAMES.items()}
     return reverse.get(name) or _SLUG.sub("-", name.lower()).strip("-")
 
 
@@ -185,9 +186,7 @@ def _sections(report: dict) -> str:
                   table_html(*seed_body(report["seeds"]), "seed-table"), "</section>"]
     if report["pairs"]:
         parts += ['<section id="pairs"><h2>Pairwise differences (paired bootstrap over documents)</h2>',
-                  "<p>A − B in ROUGE points with its 95% interval and p-value; * = significant at 0.05 after "
-                  "Holm's correction over all pairs. A method with several seeds enters with its per-document "
-                  "mean over seeds.</p>", table_html(*pair_body(report["pairs"], star=" *"), "pair-table"),
+                  f"<p>{escape(pair_note(report['pairs'], '*'))}</p>", table_html(*pair_body(report["pairs"], star=" *"), "pair-table"),
                   "</section>"]
     parts += ['<section id="plots"><h2>Plots</h2>', _plots_html(others), "</section>"]
     return "\n".join(parts)

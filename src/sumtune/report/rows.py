@@ -1,6 +1,6 @@
 """One row per run for `sumtune compare`: what the run is (method, what trained, seed, lr),
-what it cost (time, peak memory and its kind) and how it scored (ROUGE with 95% intervals,
-lengths, n, decoding), read from RUN/results.json and RUN/eval/<split>/."""
+what it cost (time, peak memory and its kind) and how it scored (ROUGE, and BERTScore where
+evaluated, with 95% intervals, lengths, n, decoding), read from RUN/results.json and RUN/eval/<split>/."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sumtune.bertscore import BERTSCORE_KEYS
 from sumtune.config import load_run_config
 from sumtune.errors import UserError
 from sumtune.io import read_json
@@ -25,16 +26,17 @@ def _eval_fields(run: Path, split: str) -> dict[str, Any]:
     metrics = run / "eval" / split / "metrics.json"
     empty = {"evaluated": False, "test_loss": None, "n_test": None, "decoding": None, "ci95": None,
              "mean_prediction_tokens": None, "mean_reference_tokens": None, "eval_data": None,
-             "sentence_splitter": None,
-             **dict.fromkeys(ROUGE_KEYS)}
+             "sentence_splitter": None, "bertscore": None,
+             **dict.fromkeys(ROUGE_KEYS + BERTSCORE_KEYS)}
     if not metrics.is_file():
         return empty
     m = read_json(metrics)
     return {**empty, "evaluated": True, "test_loss": m.get("loss"), "n_test": m.get("n"),
             "decoding": m.get("decoding"), "ci95": m.get("ci95"), "eval_data": m.get("data"),
-            "sentence_splitter": m.get("sentence_splitter"),
+            "sentence_splitter": m.get("sentence_splitter"), "bertscore": m.get("bertscore"),
             "mean_prediction_tokens": m.get("mean_prediction_tokens"),
-            "mean_reference_tokens": m.get("mean_reference_tokens"), **{k: m.get(k) for k in ROUGE_KEYS}}
+            "mean_reference_tokens": m.get("mean_reference_tokens"),
+            **{k: m.get(k) for k in ROUGE_KEYS + BERTSCORE_KEYS}}
 
 
 def run_row(run: Path, split: str = "test", experiment: dict | None = None) -> dict[str, Any]:
@@ -68,7 +70,8 @@ def run_row(run: Path, split: str = "test", experiment: dict | None = None) -> d
 
 
 def predictions(run: Path, split: str) -> dict[str, dict[str, float]]:
-    """Per-document ROUGE F1 of a run's evaluation: {id: {rouge key: F1}} (empty when absent or old)."""
+    """Per-document scores of a run's evaluation: {id: {key: score}}, the ROUGE F1s and, where it was
+    scored, BERTScore P/R/F1 (empty when absent or old)."""
     path = run / "eval" / split / "predictions.jsonl"
     if not path.is_file():
         return {}
@@ -79,5 +82,5 @@ def predictions(run: Path, split: str) -> dict[str, dict[str, float]]:
         except json.JSONDecodeError:
             raise UserError(f"{path}, line {n}: not valid JSON; the file is damaged, re-run sumtune evaluate") from None
         if all(k in row for k in ROUGE_KEYS):
-            out[str(row["id"])] = {k: row[k] for k in ROUGE_KEYS}
+            out[str(row["id"])] = {k: row[k] for k in ROUGE_KEYS + BERTSCORE_KEYS if k in row}
     return out

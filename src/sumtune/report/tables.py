@@ -5,9 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sumtune.bertscore import BERTSCORE_KEYS
 from sumtune.metrics import ROUGE_KEYS
+from sumtune.report.stats import BERTSCORE_TESTED, TESTED_KEYS, bertscore_settings
 
 ROUGE_NAMES = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"}
+BERTSCORE_NAMES = {"bertscore_precision": "BERTScore P", "bertscore_recall": "BERTScore R",
+                   "bertscore_f1": "BERTScore F1"}
+SCORE_NAMES = {**ROUGE_NAMES, **BERTSCORE_NAMES}
 
 
 def _num(v: float | None, fmt: str) -> str:
@@ -92,17 +97,19 @@ def _score(row: dict, key: str) -> str:
 
 
 def score_body(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
-    """The score table's header and cells."""
-    head = ["run", "n", "decoding", "loss", *ROUGE_NAMES.values(), "mean length, generated / reference (tokens)"]
+    """The score table's header and cells; BERTScore P/R/F1 columns when any run has them."""
+    keys = ROUGE_KEYS + (BERTSCORE_KEYS if any(r.get(BERTSCORE_TESTED) is not None for r in rows) else ())
+    head = ["run", "n", "decoding", "loss", *[SCORE_NAMES[k] for k in keys],
+            "mean length, generated / reference (tokens)"]
     body = []
     for r in rows:
         if not r["evaluated"]:
-            body.append([r["run"], "-", "-", "not evaluated", *["-"] * len(ROUGE_KEYS), "-"])
+            body.append([r["run"], "-", "-", "not evaluated", *["-"] * len(keys), "-"])
             continue
         lengths = f"{_num(r['mean_prediction_tokens'], '.1f')} / {_num(r['mean_reference_tokens'], '.1f')}"
         preset = (r["decoding"] or {}).get("label", "-")
         body.append([r["run"], str(r["n_test"]), str(preset), _num(r["test_loss"], ".4f"),
-                     *[_score(r, k) for k in ROUGE_KEYS], lengths])
+                     *[_score(r, k) for k in keys], lengths])
     return head, body
 
 
@@ -110,10 +117,16 @@ def score_table(rows: Sequence[dict]) -> str:
     return _table(*score_body(rows))
 
 
+def _tested(entries: Sequence[dict]) -> tuple[str, ...]:
+    """The ROUGE keys, and BERTScore F1 when any entry (seed summary or pair) has it."""
+    return TESTED_KEYS if any(BERTSCORE_TESTED in e for e in entries) else ROUGE_KEYS
+
+
 def seed_body(seeds: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
-    head = ["method", "seeds", *ROUGE_NAMES.values(), "best val loss"]
+    keys = _tested(seeds)
+    head = ["method", "seeds", *[SCORE_NAMES[k] for k in keys], "best val loss"]
     body = [[s["method"], ", ".join(map(str, s["seeds"])),
-             *[f"{100 * s[k]['mean']:.2f} ± {100 * s[k]['sd']:.2f}" for k in ROUGE_KEYS],
+             *[f"{100 * s[k]['mean']:.2f} ± {100 * s[k]['sd']:.2f}" if k in s else "-" for k in keys],
              f"{s['best_val_loss']['mean']:.4f} ± {s['best_val_loss']['sd']:.4f}"] for s in seeds]
     return head, body
 
@@ -124,12 +137,23 @@ def seed_table(seeds: Sequence[dict]) -> str:
 
 def pair_body(pairs: Sequence[dict], star: str = " **\\***") -> tuple[list[str], list[list[str]]]:
     """The pairwise table's header and cells; `star` marks a significant difference."""
-    def cell(p: dict) -> str:
+    def cell(p: dict | None) -> str:
+        if p is None:
+            return "-"
         return (f"{100 * p['diff']:+.2f} [{100 * p['low']:+.2f}, {100 * p['high']:+.2f}] "
                 f"p={p['p_value']:.3f}" + (star if p["significant"] else ""))
 
-    head = ["A − B", "n", *ROUGE_NAMES.values()]
-    return head, [[f"{p['a']} − {p['b']}", str(p["n"]), *[cell(p[k]) for k in ROUGE_KEYS]] for p in pairs]
+    keys = _tested(pairs)
+    head = ["A − B", "n", *[SCORE_NAMES[k] for k in keys]]
+    return head, [[f"{p['a']} − {p['b']}", str(p["n"]), *[cell(p.get(k)) for k in keys]] for p in pairs]
+
+
+def pair_note(pairs: Sequence[dict], star: str) -> str:
+    """What the pairwise table holds (Markdown and HTML; `star` as the table marks significance)."""
+    points = "ROUGE and BERTScore" if BERTSCORE_TESTED in _tested(pairs) else "ROUGE"
+    return (f"A − B in {points} points with its 95% interval and p-value; {star} = significant at 0.05 after "
+            "Holm's correction over all pairs (of each metric). A method with several seeds enters with its "
+            "per-document mean over seeds.")
 
 
 def pair_table(pairs: Sequence[dict]) -> str:
@@ -177,6 +201,7 @@ def facts(rows: Sequence[dict], split: str) -> list[tuple[str, str]]:
         ("Seeds and lr per method", _seeds_and_lr(rows)),
         ("ROUGE", "F1 × 100, mean over documents (Google rouge-score, stemming), ROUGE-Lsum on "
                   f"{splitters}; [95% bootstrap interval over documents, 1,000 resamples]"),
+        *_bertscore_fact(rows),
         ("Peak memory", f"{distinct('peak_memory_kind')} during training (RSS: the whole process)"),
         ("Times", "train s = optimizer steps only; validation s apart (with the summaries decoded for "
                   "selection by ROUGE); sweep s = the method's lr-sweep runs"),
@@ -185,6 +210,19 @@ def facts(rows: Sequence[dict], split: str) -> list[tuple[str, str]]:
                       "validation ROUGE (F1 × 100) of the first eval.select_samples validation rows; best val "
                       "loss is the loss at that checkpoint"),
     ]
+
+
+def _bertscore_fact(rows: Sequence[dict]) -> list[tuple[str, str]]:
+    """The BERTScore model(s), layer and rescaling, when any run was scored with it."""
+    settings = bertscore_settings(rows)
+    if not settings:
+        return []
+    used = "; ".join(f"{model}, layer {layer}, {'rescaled with its baseline' if rescaled else 'not rescaled'}"
+                     for model, layer, rescaled in settings)
+    tested = ("F1 tested pairwise as ROUGE is" if len(settings) == 1
+              else "not tested pairwise: the runs used different BERTScore settings")
+    return [("BERTScore", f"P / R / F1 × 100, mean over documents (bert-score, {used}, no idf); [95% bootstrap "
+                          f"interval over documents, 1,000 resamples]; {tested}; a blank summary scores 0")]
 
 
 def _budget_fact(rows: Sequence[dict]) -> list[tuple[str, str]]:
@@ -213,7 +251,5 @@ def markdown(rows: Sequence[dict], seeds: Sequence[dict], pairs: Sequence[dict],
         parts += ["## Across seeds (mean ± sd)\n", seed_table(seeds)]
     if pairs:
         parts += ["## Pairwise differences (paired bootstrap over documents)\n",
-                  "A − B in ROUGE points with its 95% interval and p-value; **\\*** = significant at 0.05 after "
-                  "Holm's correction over all pairs. A method with several seeds enters with its per-document "
-                  "mean over seeds.\n", pair_table(pairs)]
+                  pair_note(pairs, "**\\***") + "\n", pair_table(pairs)]
     return "\n".join(parts)
