@@ -103,8 +103,8 @@ def test_fsdp_sigkill_and_resume_equals_uninterrupted(tiny_neo, kaggle_dir, tmp_
     _kill_after(_argv("lora", tiny_neo, kaggle_dir, run, 2, *extra), run, 5)
     kept = list_checkpoints(run / "checkpoints")
     assert kept and not (run / "results.json").exists()
-    names = sorted(p.name for p in kept[-1].iterdir())
-    assert "trainable-rank0.safetensors" in names and "optimizer-rank1.safetensors" in names  # sharded
+    names = sorted(p.name for p in (kept[-1] / "sharded").iterdir())  # sharded: one file per process
+    assert names == ["shard-00001-model-00001-of-00001.safetensors", "shard-00002-model-00001-of-00001.safetensors"]
     proc = subprocess.run([*FSDP_LAUNCH, *_argv("lora", tiny_neo, kaggle_dir, run, 2, *extra), "--resume"],
                           capture_output=True, text=True, env=_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
