@@ -1,10 +1,11 @@
 """Resumable training state.
 
-RUN/checkpoints/step-0000123/ holds safetensors and JSON files (and, under FSDP, a
-`sharded/` directory of each process's shards) plus manifest.json (each file's SHA-256),
-written last inside a directory that is swapped in whole (`io.atomic_dir`); the two newest are
-kept. A checkpoint that fails its manifest, or holds a file it does not list, is skipped. Also: an optimizer's
-state_dict as safetensors + JSON, and the random states as JSON.
+RUN/checkpoints/step-0000123/ holds safetensors and JSON files (under FSDP, a `sharded/`
+directory of each process's shards instead of the tensor files) plus manifest.json (each
+file's SHA-256), written last inside a directory that is swapped in whole (`io.atomic_dir`);
+the two newest are kept. A checkpoint that fails its manifest, or holds a file it does not
+list, is skipped. Also: an optimizer's state_dict as safetensors + JSON, and the random
+states as JSON.
 """
 
 from __future__ import annotations
