@@ -1,7 +1,8 @@
 """FSDP2 on two CPU processes (gloo): `accelerate launch --use_fsdp --fsdp_version 2` shards
 the model (training.sharding) and trains what one process trains on the same samples; a
 sharded run killed with SIGKILL and resumed ends bit-identical to the uninterrupted sharded
-run; the best weights are PEFT's usual adapter.
+run; one saved at 2 processes resumes at 1 and one saved at 1 resumes at 2 (resharded), the
+loss curve continuing within rounding; the best weights are PEFT's usual adapter.
 
 Tolerances: the two-process losses and weights differ from one process's only by the order
 of float32 sums (gloo's reduce-scatter adds the two halves of a gradient, one process adds all
@@ -28,9 +29,15 @@ from sumtune.io import load_tensors
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU multi-process test")
 
-FSDP_LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version", "2",
-               "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "-m", "sumtune.cli"]
+
+
+def _launch(processes: int) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version", "2",
+            "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
+            "--dynamo_backend", "no", "-m", "sumtune.cli"]
+
+
+FSDP_LAUNCH = _launch(2)
 
 
 def _env() -> dict:
@@ -71,10 +78,10 @@ def test_fsdp_two_processes_equalmain_one_thread(method, weights, tiny_neo, kagg
         assert any("lora_B" in n and float(p.abs().max()) > 1e-3 for n, p in model.named_parameters())
 
 
-def _kill_after(argv: list[str], run, step: int) -> None:
-    """Start a 2-process FSDP run in its own process group; SIGKILL the whole group once
+def _kill_after(argv: list[str], run, step: int, processes: int = 2) -> None:
+    """Start an FSDP run in its own process group; SIGKILL the whole group once
     metrics.jsonl shows `step` (mid-epoch, after a checkpoint)."""
-    proc = subprocess.Popen([*FSDP_LAUNCH, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen([*_launch(processes), *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=_env(), start_new_session=True)
     t0 = time.time()
     while time.time() - t0 < 240:
@@ -96,8 +103,8 @@ def test_fsdp_sigkill_and_resume_equals_uninterrupted(tiny_neo, kaggle_dir, tmp_
     _kill_after(_argv("lora", tiny_neo, kaggle_dir, run, 2, *extra), run, 5)
     kept = list_checkpoints(run / "checkpoints")
     assert kept and not (run / "results.json").exists()
-    names = sorted(p.name for p in kept[-1].iterdir())
-    assert "trainable-rank0.safetensors" in names and "optimizer-rank1.safetensors" in names  # sharded
+    names = sorted(p.name for p in (kept[-1] / "sharded").iterdir())  # sharded: one file per process
+    assert names == ["shard-00001-model-00001-of-00001.safetensors", "shard-00002-model-00001-of-00001.safetensors"]
     proc = subprocess.run([*FSDP_LAUNCH, *_argv("lora", tiny_neo, kaggle_dir, run, 2, *extra), "--resume"],
                           capture_output=True, text=True, env=_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -106,17 +113,58 @@ def test_fsdp_sigkill_and_resume_equals_uninterrupted(tiny_neo, kaggle_dir, tmp_
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_fsdp_checkpoint_refuses_an_unsharded_resume(tiny_neo, kaggle_dir, tmp_path):
-    """A sharded checkpoint resumed without FSDP (or another process count) is refused in one line."""
+@pytest.mark.slow
+@pytest.mark.parametrize("before,after", [(2, 1), (1, 2)])
+def test_fsdp_resumes_with_another_number_of_processes(before, after, tiny_neo, kaggle_dir, tmp_path):
+    """Killed at `before` processes, resumed at `after` with the same samples per step
+    (batch 4 // processes x grad_accum 2 x processes = 8): the same rows each step, so the
+    curve continues the uninterrupted `before` run: bit-identical up to the checkpoint, within
+    rel 1e-5 after it (float sums over other processes, as the equal-to-one-process test;
+    dropout off, as per-process generators cannot carry over to other processes)."""
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    extra = ("--set", "method.dropout=0", "--set", "train.save_steps=2")
+    proc = subprocess.run([*_launch(before), *_argv("lora", tiny_neo, kaggle_dir, ref, 4 // before, *extra)],
+                          capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _kill_after(_argv("lora", tiny_neo, kaggle_dir, run, 4 // before, *extra), run, 5, before)
+    last = list_checkpoints(run / "checkpoints")[-1]
+    at = int(last.name.removeprefix("step-"))
+    files = sorted(p.relative_to(last).as_posix() for p in last.rglob("*") if p.is_file())
+    assert all(f.endswith((".json", ".safetensors")) for f in files), files  # nothing pickled (no DCP .metadata)
+    if before == 2:
+        assert "sharded/shard-00002-model-00001-of-00001.safetensors" in files and "trainable.safetensors" not in files
+    else:
+        assert "trainable.safetensors" in files and "shards.json" not in files  # one process trains unsharded
+    if after == 1:  # the batch size unchanged: 4 samples a step, not 8; refused in one line naming the fix
+        proc = subprocess.run([sys.executable, "-m", "sumtune.cli", *_argv("lora", tiny_neo, kaggle_dir, run, 2, *extra),
+                               "--resume"], capture_output=True, text=True, env=_env(), timeout=300)
+        assert proc.returncode == 2 and "a step took 8 samples" in proc.stderr, proc.stderr[-3000:]
+        assert "now 4; keep that product as it was (--batch-size 4 with 1 process)" in proc.stderr
+    proc = subprocess.run([*_launch(after), *_argv("lora", tiny_neo, kaggle_dir, run, 4 // after, *extra), "--resume"],
+                          capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"(step {at}, saved by {before} processes, now {after})" in proc.stdout
+    res = json.loads((run / "results.json").read_text())
+    assert res["distributed"]["processes"] == after and res["steps"] == 6
+    got, want = _events(run), _events(ref)
+    assert [(e["step"], e["split"]) for e in got] == [(e["step"], e["split"]) for e in want]
+    assert [e for e in got if e["step"] <= at] == [e for e in want if e["step"] <= at]
+    for a, b in ((a, b) for a, b in zip(got, want) if a["step"] > at):
+        for key in ("loss", "lr", "grad_norm", "tokens"):
+            if key in b:
+                assert a[key] == pytest.approx(b[key], rel=1e-5), (a, b)
+    w, w_ref = (load_tensors(r / "adapter" / "adapter_model.safetensors") for r in (run, ref))
+    assert w.keys() == w_ref.keys()
+    for k in w:
+        torch.testing.assert_close(w[k], w_ref[k], rtol=0, atol=1e-5)
+
+
+def test_a_checkpoint_in_the_earlier_per_process_format_is_refused(tmp_path):
+    """Per-process files without DCP's offsets cannot be resharded: one line."""
     from sumtune.errors import UserError
     from sumtune.runs import RunDir
-    from sumtune.training.resume import checkpoint_tensors
-
-    class Acc:
-        num_processes, process_index = 1, 0
+    from sumtune.training.resume import load_tensors_into
 
     files = {"shards.json": {"processes": 2, "fsdp_version": 2}}
-    with pytest.raises(UserError, match="FSDP run of 2 processes, this run is without FSDP"):
-        checkpoint_tensors(RunDir(tmp_path), tmp_path / "step-0000002", files, Acc(), sharded=False)
-    with pytest.raises(UserError, match="--num_processes 2"):
-        checkpoint_tensors(RunDir(tmp_path), tmp_path / "step-0000002", files, Acc(), sharded=True)
+    with pytest.raises(UserError, match="per-process format of an earlier sumtune"):
+        load_tensors_into(RunDir(tmp_path), tmp_path / "step-0000002", files, torch.nn.Linear(2, 2), None, None)

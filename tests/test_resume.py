@@ -250,3 +250,19 @@ def test_checkpoints_keep_the_last_two_and_verify_their_manifest(tmp_path, caplo
     with pytest.raises(UserError, match=r"no usable checkpoint .*\(all 2 are corrupt\)"):
         ck.latest_checkpoint(root)
     assert ck.latest_checkpoint(tmp_path / "none") is None
+
+
+def test_staged_shards_move_in_under_the_manifest_and_unlisted_files_are_refused(tmp_path):
+    root, stage = tmp_path / "checkpoints", tmp_path / "checkpoints" / ".shards-0000001"
+    atomic_save_tensors(stage / "sharded" / "shard-1.safetensors", {"w": torch.ones(2)})
+    path = ck.save_checkpoint(root, 1, {"t.safetensors": {"t": torch.zeros(1)}, "s.json": {}}, staged=stage)
+    assert not stage.exists()
+    manifest = json.loads((path / ck.MANIFEST).read_text())
+    assert sorted(manifest) == ["s.json", "sharded/shard-1.safetensors", "t.safetensors"]
+    files = ck.load_checkpoint(path)
+    assert files["sharded/shard-1.safetensors"] == path / "sharded" / "shard-1.safetensors"  # read sliced, not here
+    assert torch.equal(files["t.safetensors"]["t"], torch.zeros(1))
+    assert ck.load_checkpoint(path, tensors=False)["t.safetensors"] == path / "t.safetensors"
+    atomic_save_tensors(path / "sharded" / "shard-2.safetensors", {"w": torch.ones(2)})  # e.g. another run's leftover
+    with pytest.raises(ck.CorruptCheckpoint, match=r"shard-2.safetensors: not in the manifest"):
+        ck.load_checkpoint(path)

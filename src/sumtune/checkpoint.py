@@ -1,9 +1,11 @@
 """Resumable training state.
 
-RUN/checkpoints/step-0000123/ holds safetensors and JSON files plus manifest.json
-(each file's SHA-256), written last inside a directory that is swapped in whole (`io.atomic_dir`);
-the two newest are kept. A checkpoint that fails its manifest is skipped. Also: an optimizer's
-state_dict as safetensors + JSON, and the random states as JSON.
+RUN/checkpoints/step-0000123/ holds safetensors and JSON files (under FSDP, a `sharded/`
+directory of each process's shards instead of the tensor files) plus manifest.json (each
+file's SHA-256), written last inside a directory that is swapped in whole (`io.atomic_dir`);
+the two newest are kept. A checkpoint that fails its manifest, or holds a file it does not
+list, is skipped. Also: an optimizer's state_dict as safetensors + JSON, and the random
+states as JSON.
 """
 
 from __future__ import annotations
@@ -51,24 +53,21 @@ def save_checkpoint(root: Path, step: int, files: dict[str, Any], keep: int = KE
     """Write `files` ({name.safetensors: {name: tensor}, name.json: JSON value}) as
     root/step-XXXXXXX atomically, then delete all but the `keep` newest checkpoints. Files
     already written in `staged` (each process's shards under FSDP) move in too, under the
-    same manifest."""
+    same manifest (files in its subdirectories by their relative paths)."""
     import shutil
 
     path = Path(root) / f"{CHECKPOINT_PREFIX}{step:07d}"
     with atomic_dir(path) as tmp:
         for f in sorted(staged.iterdir()) if staged is not None else ():
             f.replace(tmp / f.name)
-            files = {**files, f.name: None}
         for name, content in files.items():
-            if content is None:
-                continue  # moved in from `staged`
             if name.endswith(".safetensors"):
                 atomic_save_tensors(tmp / name, content, metadata={"format": "pt"})
             elif name.endswith(".json"):
                 atomic_write_json(tmp / name, content)
             else:
                 raise ValueError(f"checkpoint file {name!r}: use .safetensors or .json")
-        atomic_write_json(tmp / MANIFEST, {name: _sha256(tmp / name) for name in files})
+        atomic_write_json(tmp / MANIFEST, {name: _sha256(tmp / name) for name in _files_under(tmp)})
     if staged is not None:
         shutil.rmtree(staged, ignore_errors=True)
     for old in list_checkpoints(root)[:-keep]:
@@ -76,9 +75,17 @@ def save_checkpoint(root: Path, step: int, files: dict[str, Any], keep: int = KE
     return path
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def _files_under(path: Path) -> list[str]:
+    """The files in a checkpoint directory, by their paths relative to it."""
+    return sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+
+
+def load_checkpoint(path: Path, tensors: bool = True) -> dict[str, Any]:
     """The files of one checkpoint ({name: tensors or JSON value}); CorruptCheckpoint if any file
-    is missing, truncated or changed since it was written."""
+    is missing, truncated, changed since it was written or not in the manifest. Tensors are
+    loaded from the top directory only, and only with `tensors`: otherwise (and for the
+    shards in a subdirectory, which `training.reshard` reads slice by slice) the value is
+    the file's path, its contents checked."""
     path = Path(path)
     if not (path / MANIFEST).is_file():
         raise CorruptCheckpoint(f"{path}: no {MANIFEST} (half-written)")
@@ -86,6 +93,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise CorruptCheckpoint(f"{path / MANIFEST}: not valid JSON") from None
+    unlisted = set(_files_under(path)) - set(manifest) - {MANIFEST}
+    if unlisted:
+        raise CorruptCheckpoint(f"{path / min(unlisted)}: not in the manifest")
     out: dict[str, Any] = {}
     for name, digest in manifest.items():
         f = path / name
@@ -93,17 +103,20 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             raise CorruptCheckpoint(f"{f}: missing")
         if _sha256(f) != digest:
             raise CorruptCheckpoint(f"{f}: contents do not match the manifest (corrupt)")
-        out[name] = load_tensors(f) if name.endswith(".safetensors") else json.loads(f.read_text(encoding="utf-8"))
+        if not name.endswith(".safetensors"):
+            out[name] = json.loads(f.read_text(encoding="utf-8"))
+        else:
+            out[name] = load_tensors(f) if tensors and "/" not in name else f
     return out
 
 
-def latest_checkpoint(root: Path, warn=None) -> tuple[Path, dict[str, Any]] | None:
-    """(path, files) of the newest checkpoint that loads; a corrupt one is reported through
-    `warn` (one line) and the previous one is tried. None when there is no checkpoint."""
+def latest_checkpoint(root: Path, warn=None, tensors: bool = True) -> tuple[Path, dict[str, Any]] | None:
+    """(path, files) of the newest checkpoint that loads (`load_checkpoint`); a corrupt one is
+    reported through `warn` (one line) and the previous one is tried. None when there is none."""
     candidates = list_checkpoints(root)
     for path in reversed(candidates):
         try:
-            return path, load_checkpoint(path)
+            return path, load_checkpoint(path, tensors)
         except UserError as e:  # CorruptCheckpoint, or a truncated safetensors file
             if warn is not None:
                 warn(f"checkpoint {path.name} is unusable ({e}); falling back to the previous one")

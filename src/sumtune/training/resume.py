@@ -7,6 +7,14 @@ content fingerprints of the base model and the data); metrics.jsonl is cut back 
 length at the checkpoint. A resume is refused when the configuration (but the keys that
 cannot change the optimisation), the effective batch, the data's content or the base
 weights differ.
+
+Another number of processes: a step takes the same `batch_size x grad_accum x processes`
+samples in the same global order whatever the processes (the resume checks that product),
+so a run resumed with M processes trains step k on the very rows the N-process run would
+have; FSDP shards are resharded on load (`training.reshard`). What cannot carry over are
+the per-process random generators (processes the saved run did not have take process 0's;
+dropout masks differ) and the order of float sums (gradients are reduced over other
+processes): the loss curve continues within rounding, bit-identity holds at an equal N.
 """
 
 from __future__ import annotations
@@ -30,10 +38,10 @@ from sumtune.checkpoint import (
 )
 from sumtune.config import Config, config_differences, load_run_config
 from sumtune.errors import UserError
-from sumtune.io import atomic_save_tensors
 from sumtune.lock import LOCK_NAME
 from sumtune.runs import RunDir
-from sumtune.training.sharding import is_sharded, local, to_dtensors_like
+from sumtune.training.reshard import SHARDED_DIR, STORAGE, load_resharded, save_sharded
+from sumtune.training.sharding import is_sharded
 from sumtune.training.state import Progress, StepPlan, TrainSetup
 
 log = logging.getLogger(__name__)
@@ -41,7 +49,7 @@ log = logging.getLogger(__name__)
 
 # keys that change memory or speed, not the optimisation (batch_size x grad_accum: the checkpoint checks the product)
 IGNORED_ON_RESUME = ("train.batch_size", "train.grad_accum", "train.gradient_checkpointing",
-                     "train.max_tokens_per_batch", "train.cpu_offload")
+                     "train.max_tokens_per_batch", "train.cpu_offload", "train.fsdp")
 
 
 def check_run_dir(run: RunDir, cfg: Config, resume: bool) -> None:
@@ -66,8 +74,11 @@ def check_run_dir(run: RunDir, cfg: Config, resume: bool) -> None:
 
 def save_state(s: TrainSetup, run: RunDir, model, optimizer, scheduler, progress: Progress) -> Path | None:
     """A resumable checkpoint at the current step boundary: every process's RNG; under FSDP
-    every process writes its own shards of the weights and the optimizer state (staged,
-    then moved into the checkpoint under one manifest by the main process)."""
+    every process writes its own shards of the weights and the optimizer state through DCP
+    (`training.reshard`; staged, then moved into the checkpoint under one manifest by the
+    main process)."""
+    import shutil
+
     from accelerate.utils import gather_object
 
     accelerator = s.accelerator
@@ -76,12 +87,11 @@ def save_state(s: TrainSetup, run: RunDir, model, optimizer, scheduler, progress
     opt_tensors, opt_meta = optimizer_to_files(optimizer.state_dict())
     stage = run.checkpoints / f".shards-{progress.step:07d}"
     if sharded:
-        r = accelerator.process_index
-        weights = {k: local(v).detach().cpu().clone() for k, v in s.method.trainable_state(model).items()}
-        atomic_save_tensors(stage / f"trainable-rank{r}.safetensors", weights, metadata={"format": "pt"})
-        atomic_save_tensors(stage / f"optimizer-rank{r}.safetensors", {k: local(v).cpu() for k, v in opt_tensors.items()},
-                            metadata={"format": "pt"})
+        if accelerator.is_main_process:  # a killed save's leftovers (maybe of more processes) would be read as shards
+            shutil.rmtree(stage, ignore_errors=True)
         accelerator.wait_for_everyone()
+        weights = {k: v.detach() for k, v in s.method.trainable_state(model).items()}
+        save_sharded({**weights, **opt_tensors}, stage / SHARDED_DIR)
     path = None
     if accelerator.is_main_process:
         files: dict[str, Any] = {
@@ -89,7 +99,7 @@ def save_state(s: TrainSetup, run: RunDir, model, optimizer, scheduler, progress
             "sources.json": sources(s.meta), **{f"rng-{r}.json": s for r, s in enumerate(rngs)},
         }
         if sharded:
-            files["shards.json"] = {"processes": accelerator.num_processes, "fsdp_version": 2}
+            files["shards.json"] = {"processes": accelerator.num_processes, "fsdp_version": 2, "storage": STORAGE}
         else:
             files["trainable.safetensors"] = {k: v.detach().cpu().clone() for k, v in
                                               s.method.trainable_state(accelerator.unwrap_model(model)).items()}
@@ -99,22 +109,29 @@ def save_state(s: TrainSetup, run: RunDir, model, optimizer, scheduler, progress
     return path
 
 
-def checkpoint_tensors(run: RunDir, path: Path, files: dict, accelerator, sharded: bool) -> tuple[dict, dict]:
-    """(trainable weights, optimizer tensors) of this process in a checkpoint: the whole ones,
-    or under FSDP this process's shards (same number of processes, else a one-line error)."""
+def load_tensors_into(run: RunDir, path: Path, files: dict, net, method, optimizer) -> None:
+    """The checkpoint's trainable weights and optimizer state into this run's: as saved when
+    neither is sharded, else resharded from whatever number of processes wrote them."""
     saved = files.get("shards.json")
-    if sharded != (saved is not None):
-        was = f"an FSDP run of {saved['processes']} processes" if saved else "an unsharded run"
-        now = "FSDP" if sharded else "without FSDP"
-        raise UserError(f"cannot resume {run}: {path.name} was written by {was}, this run is {now}; "
-                        "resume it as it was launched")
-    if not sharded:
-        return files["trainable.safetensors"], files["optimizer.safetensors"]
-    if saved["processes"] != accelerator.num_processes:
-        raise UserError(f"cannot resume {run}: {path.name} holds FSDP shards of {saved['processes']} processes, "
-                        f"this run has {accelerator.num_processes}; launch it with --num_processes {saved['processes']}")
-    r = accelerator.process_index
-    return files[f"trainable-rank{r}.safetensors"], files[f"optimizer-rank{r}.safetensors"]
+    if saved is not None and saved.get("storage") != STORAGE:
+        raise UserError(f"cannot resume {run}: {path.name} holds FSDP shards in the per-process format of an "
+                        "earlier sumtune, which cannot be resharded; start a new --output-dir")
+    params = method.trainable_state(net)
+    if saved is None and not is_sharded(net):
+        weights, opt_tensors = files["trainable.safetensors"], files["optimizer.safetensors"]
+        if set(weights) != set(params):
+            raise UserError(f"{path}: its weights do not match the model being trained; start a new --output-dir")
+        with torch.no_grad():
+            for name, tensor in weights.items():
+                params[name].copy_(tensor)
+    else:
+        opt_tensors = load_resharded(path / SHARDED_DIR if saved else path, params, optimizer)
+    optimizer.load_state_dict(optimizer_from_files(opt_tensors, files["optimizer.json"]))
+
+
+def saved_processes(files: dict) -> int:
+    """How many processes wrote a checkpoint (one RNG file each)."""
+    return sum(name.startswith("rng-") for name in files)
 
 
 def sources(meta: dict) -> dict:
@@ -137,7 +154,8 @@ def check_sources(run: RunDir, saved: dict, now: dict) -> None:
 def restore(s: TrainSetup, run: RunDir, plan: StepPlan, model, optimizer, scheduler) -> Progress | None:
     """Load the newest good checkpoint into the prepared objects; None when there is none yet."""
     accelerator, cfg, method = s.accelerator, s.cfg, s.method
-    found = latest_checkpoint(run.checkpoints, warn=log.warning)
+    sharded = is_sharded(model)
+    found = latest_checkpoint(run.checkpoints, warn=log.warning, tensors=not sharded)  # shards: read as sliced
     if found is None:
         log.warning("%s has no checkpoint yet; training starts from the beginning", run)
         return None
@@ -147,30 +165,24 @@ def restore(s: TrainSetup, run: RunDir, plan: StepPlan, model, optimizer, schedu
     saved = Progress.from_state(files["state.json"])
     per_step, micro = plan.per_step, plan.micro
     if saved.samples_per_step != per_step:
+        keep = saved.samples_per_step / (plan.world * plan.grad_accum)  # the batch size that keeps it
+        hint = (f"--batch-size {int(keep)} with {plan.world} process{'es' * (plan.world > 1)}" if keep.is_integer()
+                else "e.g. halve --batch-size and double --grad-accum")
         raise UserError(
             f"cannot resume {run}: a step took {saved.samples_per_step} samples (batch_size x grad_accum x processes), "
-            f"now {per_step}; keep that product as it was (e.g. halve --batch-size and double --grad-accum)")
+            f"now {per_step}; keep that product as it was ({hint})")
     if cfg.data.group_by_length and saved.micro_samples != micro:
         raise UserError(
             f"cannot resume {run}: with data.group_by_length the order depends on batch_size x processes, "
             f"which was {saved.micro_samples}, now {micro}; keep it as it was")
-    sharded = is_sharded(model)
-    net = model if sharded else accelerator.unwrap_model(model)
-    weights, opt_tensors = checkpoint_tensors(run, path, files, accelerator, sharded)
-    params = dict(net.named_parameters())
-    if set(weights) != set(method.trainable_state(net)):
-        raise UserError(f"{path}: its weights do not match the model being trained; start a new --output-dir")
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            local(params[name]).copy_(tensor)
-    optimizer.load_state_dict(optimizer_from_files(opt_tensors, files["optimizer.json"]))
-    if sharded:
-        to_dtensors_like(optimizer)
+    load_tensors_into(run, path, files, model if sharded else accelerator.unwrap_model(model), method, optimizer)
     scheduler.load_state_dict(files["scheduler.json"])
     # with another number of processes the per-process generators cannot all carry over (dropout masks differ)
     set_rng_state(files.get(f"rng-{accelerator.process_index}.json", files["rng-0.json"]))
     saved.micro_samples = micro
-    print(f"resuming {run} from {path.name} (step {saved.step})")
+    before = saved_processes(files)
+    moved = f", saved by {before} processes, now {accelerator.num_processes}" if before != accelerator.num_processes else ""
+    print(f"resuming {run} from {path.name} (step {saved.step}{moved})")
     return saved
 
 

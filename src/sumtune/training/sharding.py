@@ -18,7 +18,8 @@ What FSDP2 changes elsewhere, each handled where it happens:
   FSDP2 averages gradients over processes as DDP does, so the token normalisation is unchanged;
 - every forward is collective: processes run the same number of passes (fillers in
   `step.micro_batches` and `validation.summed_loss`);
-- checkpoints hold each process's shards (`local`, `resume.save_state`); the best weights
+- checkpoints hold each process's shards through torch.distributed.checkpoint, and load
+  at any number of processes (`training.reshard`, `resume.save_state`); the best weights
   are gathered into the usual RUN/adapter format (`save_gathered`);
 - fast paths that read weights outside a module's own forward (the label-position loss,
   cast frozen weights, the fused AdamW over DTensors) are off: only `FSDP_FAST_PATHS` apply.
@@ -130,32 +131,11 @@ def gradient_sync(accelerator, model, sync: bool):
         model.set_requires_gradient_sync(True)
 
 
-def local(t: torch.Tensor) -> torch.Tensor:
-    """This process's shard of a DTensor (the tensor itself when not sharded)."""
-    from torch.distributed.tensor import DTensor
-
-    return t.to_local() if isinstance(t, DTensor) else t
-
-
 def as_plain(t) -> torch.Tensor:
     """A replicated DTensor (e.g. a gradient norm) as a plain tensor."""
     from torch.distributed.tensor import DTensor
 
     return t.full_tensor() if isinstance(t, DTensor) else t
-
-
-def to_dtensors_like(optimizer) -> None:
-    """After `optimizer.load_state_dict` with local shards: make each state tensor shaped like
-    its parameter's shard a DTensor again, placed as the parameter (AdamW steps DTensors)."""
-    from torch.distributed.tensor import DTensor
-
-    for p, state in optimizer.state.items():
-        if not isinstance(p, DTensor):
-            continue
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor) and not isinstance(value, DTensor) and value.shape == p.to_local().shape:
-                state[key] = DTensor.from_local(value, p.device_mesh, p.placements, run_check=False,
-                                                shape=p.shape, stride=p.stride())
 
 
 def save_gathered(method, model: torch.nn.Module, directory: Path, meta: dict, main: bool) -> None:
