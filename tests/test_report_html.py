@@ -382,6 +382,10 @@ def test_the_answer_comes_first_the_frontier_loads_and_marks(frontier_page, tmp_
     seen = json.loads(out.text(out.by_id("out")))
     assert seen["first"] == "answer" and seen["title"] == "sumtune comparison"
     assert seen["frontierWidth"] > 0 and len(seen["widths"]) == 4 and min(seen["widths"]) > 0
+
+
+@pytest.mark.browser
+@needs_chromium
 def test_the_browser_shows_the_validation_rouge_curve(selected_page, tmp_path):
     dom = _dom(selected_page / "report.html", "", tmp_path)
     figures = dom.all(lambda n: n[0] == "figure", dom.by_id("plots"))
