@@ -151,3 +151,17 @@ def test_evaluation_on_another_dataset_is_recorded_and_labelled_in_the_report(ti
     assert report["pairs"] == []  # zero_shot's CNN/DM rows and lora's SAMSum rows have no document in common
     html = (tmp_path / "cmp" / "report.html").read_text()
     assert "not its training data" in html and file_sha256(samsum)[:12] in html
+
+
+def test_experiment_decodes_with_the_datasets_preset_unless_told(tiny_gpt2, tmp_path):
+    from sumtune.cli import _experiment_setup
+
+    data = _samsum_file(tmp_path / "s.jsonl")
+    base = ["experiment", "--model", str(tiny_gpt2), "--data", str(data)]
+
+    def preset(*extra: str) -> str:
+        return _experiment_setup(build_parser().parse_args([*base, *extra]))[0].eval.preset
+
+    assert preset() == "cnndm"  # as before: the CNN/DM recipe's decoding
+    assert preset("--data-preset", "samsum") == "samsum"
+    assert preset("--data-preset", "xsum", "--decoding", "greedy") == "greedy"
