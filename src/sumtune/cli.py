@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from sumtune.config import DECODING_PRESETS, METHODS, PRECISIONS, TRACKERS
+from sumtune.config import DATA_PRESETS, DECODING_PRESETS, METHODS, PRECISIONS, TRACKERS
 from sumtune.errors import UserError
 from sumtune.offline import apply_offline_env
 from sumtune.quiet import library_output
@@ -71,6 +71,7 @@ def _add_train_flags(p: argparse.ArgumentParser, with_method: bool) -> None:
     p.add_argument("--config", help="YAML preset (see configs/)")
     p.add_argument("--model", help="hub name (e.g. EleutherAI/gpt-neo-125m) or local model directory")
     p.add_argument("--data", help="Kaggle CNN/DM dir | FILE.csv/.jsonl | hf:NAME[:CONFIG]")
+    _add_data_preset_flag(p)
     p.add_argument("--output-dir", help="run directory to write")
     p.add_argument("--epochs", type=_positive_int)
     p.add_argument("--max-steps", type=_positive_int, help="optimizer steps (overrides --epochs)")
@@ -98,9 +99,16 @@ def _add_train_flags(p: argparse.ArgumentParser, with_method: bool) -> None:
                    help="override any config key, e.g. --set method.r=16 (repeatable)")
 
 
+def _add_data_preset_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-preset", choices=tuple(DATA_PRESETS),
+                   help="dataset preset (data.preset): its columns, cleaning, decoding preset and, without --data, "
+                        "its Hub source; explicit keys and flags override it")
+
+
 def _flags(a: argparse.Namespace) -> dict:
     return {
         "method.name": getattr(a, "method", None), "model.name": a.model, "data.source": a.data,
+        "data.preset": a.data_preset,
         "output_dir": a.output_dir, "train.epochs": a.epochs, "train.max_steps": a.max_steps,
         "train.batch_size": a.batch_size, "train.grad_accum": a.grad_accum,
         "train.lr": a.lr if isinstance(a.lr, float) else None,
@@ -167,6 +175,9 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--limit", type=_positive_int,
                    help="the first N rows of the whole split, 0 = all (default: the run's own caps)")
     p.add_argument("--data", help="evaluate on another data source (recorded in metrics.json)")
+    p.add_argument("--data-preset", choices=tuple(DATA_PRESETS),
+                   help="evaluate on another dataset: its columns, cleaning and decoding preset (the decoding flags "
+                        "override it) and, without --data, its Hub source")
     p.add_argument("--model", help="the run's base model at another path (must be the same model)")
     _add_eval_flags(p)
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="eval.KEY=VALUE",
@@ -197,8 +208,9 @@ def _add_experiment_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-limit", type=_positive_int,
                    help="evaluate on the first N test rows, 0 = the whole split (default: data.max_eval_samples)")
     p.add_argument("--seeds", type=_positive_int, default=1, help="train every method with N seeds (default 1)")
-    p.add_argument("--decoding", choices=("greedy", "cnndm"),
-                   help="decoding preset for every method (default cnndm unless eval.* keys are set)")
+    p.add_argument("--decoding", choices=tuple(DECODING_PRESETS),
+                   help="decoding preset for every method (default: the --data-preset's, else cnndm, unless eval.* "
+                        "keys are set)")
 
 
 def _add_study_commands(sub) -> None:
@@ -260,12 +272,14 @@ def _run(a: argparse.Namespace) -> int:
 
         train(cfg, resume=a.resume)
     elif a.command == "evaluate":
-        from sumtune.recipes.evaluate import evaluate_run
+        from sumtune.config import load_run_config
+        from sumtune.recipes.evaluate import evaluate_run, preset_source
 
-        _offline_for_runs([a.run_dir], a.model, a.data, need_data=True)
+        data = a.data if a.data or not a.data_preset else preset_source(load_run_config(a.run_dir), a.data_preset)
+        _offline_for_runs([a.run_dir], a.model, data, need_data=True)
 
         evaluate_run(a.run_dir, split=a.split, limit=a.limit, overrides={**_eval_overrides(a), **_eval_sets(a.sets)},
-                     data=a.data, base_model=a.model)
+                     data=data, base_model=a.model, data_preset=a.data_preset)
     elif a.command == "summarize":
         _summarize(a)
     elif a.command == "serve":
@@ -376,8 +390,9 @@ def _experiment_setup(a: argparse.Namespace):
     sets = list(a.sets)
     named: set[str] = set()
     cfg = build_config(a.config, _flags(a), sets, explicit=named)
-    if a.decoding or not any(k.startswith("eval.") for k in named):  # one decoding for all; cnndm unless told
-        cfg = build_config(a.config, _flags(a), [f"eval.preset={a.decoding or 'cnndm'}", *sets])
+    if a.decoding or not any(k.startswith("eval.") for k in named):  # one decoding for all: the dataset's, or cnndm
+        default = DATA_PRESETS[cfg.data.preset]["decoding"] if cfg.data.preset in DATA_PRESETS else "cnndm"
+        cfg = build_config(a.config, _flags(a), [f"eval.preset={a.decoding or default}", *sets])
     apply_offline_env(cfg.model.name, cfg.data.source)
     plan = Plan(with_full=a.with_full, sweep_lr=a.sweep_lr, eval_limit=a.eval_limit, seeds=max(1, a.seeds),
                 overwrite=getattr(a, "overwrite", False), lr=a.lr, chosen=a.methods)

@@ -2,8 +2,10 @@
 `--set key=value` overrides and validation.
 
 Precedence: defaults < `--config FILE` < explicit CLI flags < `--set key=value`.
-`eval.preset` (DECODING_PRESETS) writes a set of decoding keys when it is set; within one layer
-(a file, the flags, the --set items, a saved config.yaml) it is applied before the other keys.
+`eval.preset` (DECODING_PRESETS) writes a set of decoding keys when it is set, and `data.preset`
+(DATA_PRESETS) a dataset's columns, cleaning, decoding preset and (when data.source is empty) its
+source; within one layer (a file, the flags, the --set items, a saved config.yaml) data.preset is
+applied first, then eval.preset, then the other keys: so defaults < preset < explicit keys.
 Every error names the key and the valid choices, in one line.
 """
 
@@ -41,9 +43,13 @@ class ModelConfig:
     attention: Literal["auto", "sdpa", "eager"] = "auto"  # auto: our SDPA path where it is exact
 
 
+ARTICLE_SLOT = "{article}"  # where data.instruction takes the article
+
+
 @dataclass
 class DataConfig:
     source: str = ""  # Kaggle CNN/DM dir | file.csv/.jsonl | hf:NAME[:CONFIG]
+    preset: Literal["none", "cnndm", "xsum", "samsum"] = "none"  # DATA_PRESETS; later keys override it
     article_column: str = "article"
     summary_column: str = "highlights"
     id_column: str = "id"
@@ -55,7 +61,10 @@ class DataConfig:
     max_length: int = 1024  # prompt + separator + summary + EOS
     max_summary_length: int = 128
     separator: str = "\nTL;DR:\n"
-    clean: bool = True
+    prompt_format: Literal["separator", "chat"] = "separator"  # chat: the tokenizer's chat template
+    system_prompt: str = ""  # chat: the system message; empty = none
+    instruction: str = "Summarize the following text.\n\n{article}"  # chat: the user message
+    clean: bool = True  # the CNN/DM cleaning (data.clean_article); else whitespace stripped only
     num_proc: int = 2
     group_by_length: bool = False
     seed: int = 42  # splits a single file and draws capped subsets; apart from train.seed, so that
@@ -129,17 +138,42 @@ class TrainConfig:
 # points there), the same as facebook/bart-large-cnn's generation config on the Hugging Face Hub
 # (num_beams 4, length_penalty 2.0, no_repeat_ngram_size 3, min_length 56 / max_length 142 counting the
 # decoder's start token). Beam search here keeps `generate`'s early_stopping=False heuristic.
+# "xsum" is the same script's XSUM_KWARGS (beam=6, lenpen=1.0, max_len_b=60, min_len=10,
+# no_repeat_ngram_size=3), as facebook/bart-large-xsum's generation config (num_beams 6, length_penalty
+# 1.0, no_repeat_ngram_size 3, min_length 11 / max_length 62 counting the start token).
+# "samsum" is the decoding with which Tunstall, von Werra and Wolf, "Natural Language Processing with
+# Transformers" (O'Reilly 2022), chapter 6, score PEGASUS fine-tuned on SAMSum (transformersbook/
+# pegasus-samsum): gen_kwargs num_beams 8, length_penalty 0.8, max_length 128; no minimum, no n-gram ban.
 DECODING_PRESETS: dict[str, dict[str, Any]] = {
     "greedy": {"num_beams": 1, "no_repeat_ngram_size": 0, "length_penalty": 1.0,
                "min_new_tokens": 0, "max_new_tokens": 128},
     "cnndm": {"num_beams": 4, "no_repeat_ngram_size": 3, "length_penalty": 2.0,
               "min_new_tokens": 55, "max_new_tokens": 140},
+    "xsum": {"num_beams": 6, "no_repeat_ngram_size": 3, "length_penalty": 1.0,
+             "min_new_tokens": 10, "max_new_tokens": 60},
+    "samsum": {"num_beams": 8, "no_repeat_ngram_size": 0, "length_penalty": 0.8,
+               "min_new_tokens": 0, "max_new_tokens": 128},
+}
+
+# Dataset presets (`data.preset`, `--data-preset`): the dataset's column names, whether the CNN/DM
+# cleaning applies (it removes CNN/Daily Mail bylines and tags: only for cnndm), its decoding preset,
+# and `source_default`, written to data.source only while that is empty (offline: the Hub's
+# one-line error says to pass a local copy with --data). Columns as the Hub copies name them:
+# abisee/cnn_dailymail (article, highlights, id), EdinburghNLP/xsum (document, summary, id),
+# knkarthick/samsum (dialogue, summary, id).
+DATA_PRESETS: dict[str, dict[str, Any]] = {
+    "cnndm": {"article_column": "article", "summary_column": "highlights", "id_column": "id", "clean": True,
+              "decoding": "cnndm", "source_default": "hf:abisee/cnn_dailymail:3.0.0"},
+    "xsum": {"article_column": "document", "summary_column": "summary", "id_column": "id", "clean": False,
+             "decoding": "xsum", "source_default": "hf:EdinburghNLP/xsum"},
+    "samsum": {"article_column": "dialogue", "summary_column": "summary", "id_column": "id", "clean": False,
+               "decoding": "samsum", "source_default": "hf:knkarthick/samsum"},
 }
 
 
 @dataclass
 class EvalConfig:
-    preset: Literal["greedy", "cnndm"] = "greedy"  # see DECODING_PRESETS; later keys override it
+    preset: Literal["greedy", "cnndm", "xsum", "samsum"] = "greedy"  # see DECODING_PRESETS; later keys override it
     batch_size: int = 8
     num_beams: int = 1
     max_new_tokens: int = 128
@@ -155,6 +189,7 @@ class EvalConfig:
 
 
 PRESET_KEY = "eval.preset"
+DATA_PRESET_KEY = "data.preset"
 
 
 def apply_preset(ev: EvalConfig, name: str) -> EvalConfig:
@@ -165,6 +200,23 @@ def apply_preset(ev: EvalConfig, name: str) -> EvalConfig:
     for key, value in DECODING_PRESETS[name].items():
         setattr(ev, key, value)
     return ev
+
+
+def apply_data_preset(cfg: Config, name: str) -> Config:
+    """Set `data.preset` and write that dataset's keys into `cfg` (in place; returned): its columns,
+    cleaning and decoding preset, and its source when data.source is empty. "none" sets nothing else."""
+    if name != "none" and name not in DATA_PRESETS:
+        raise UserError(f"config key 'data.preset': got {name!r}, expected one of none, {', '.join(DATA_PRESETS)}")
+    cfg.data.preset = name
+    if name == "none":
+        return cfg
+    preset = DATA_PRESETS[name]
+    for key in ("article_column", "summary_column", "id_column", "clean"):
+        setattr(cfg.data, key, preset[key])
+    if not cfg.data.source.strip():
+        cfg.data.source = preset["source_default"]
+    apply_preset(cfg.eval, preset["decoding"])
+    return cfg
 
 
 def decoding_summary(cfg: EvalConfig) -> dict[str, Any]:
@@ -263,6 +315,8 @@ def set_key(cfg: Config, key: str, value: Any, text: bool = False) -> None:
             setattr(obj, part, coerce(key, from_text(key, value, hint) if text else value, hint))
             if key == PRESET_KEY:
                 apply_preset(cfg.eval, cfg.eval.preset)
+            elif key == DATA_PRESET_KEY:
+                apply_data_preset(cfg, cfg.data.preset)
         else:
             obj = getattr(obj, part)
             if not dataclasses.is_dataclass(obj):
@@ -270,9 +324,11 @@ def set_key(cfg: Config, key: str, value: Any, text: bool = False) -> None:
 
 
 def set_keys(cfg: Config, items: typing.Iterable[tuple[str, Any]], text: bool = False) -> None:
-    """Set several keys that form one layer of configuration: `eval.preset` first, then the others in
-    order, so a preset never overrides a key given beside it, whatever the order they are written in."""
-    for key, value in sorted(items, key=lambda kv: kv[0] != PRESET_KEY):  # stable: the rest keep their order
+    """Set several keys that form one layer of configuration: `data.preset` first, `eval.preset` next,
+    then the others in order, so a preset never overrides a key given beside it, whatever the order
+    they are written in."""
+    first = {DATA_PRESET_KEY: 0, PRESET_KEY: 1}
+    for key, value in sorted(items, key=lambda kv: first.get(kv[0], 2)):  # stable: the rest keep their order
         set_key(cfg, key, value, text=text)
 
 
@@ -287,6 +343,9 @@ def validate(cfg: Config) -> Config:
     if cfg.train.budget_seconds is not None and cfg.train.budget_flops is not None:
         raise UserError("config keys 'train.budget_seconds' and 'train.budget_flops' are both set; a run has one "
                         "budget: keep one of them")
+    if cfg.data.prompt_format == "chat" and cfg.data.instruction.count(ARTICLE_SLOT) != 1:
+        raise UserError(f"config key 'data.instruction' must hold {ARTICLE_SLOT} once, where the article goes "
+                        f"(got {cfg.data.instruction!r})")
     if cfg.data.val_ratio + cfg.data.test_ratio >= 1:
         raise UserError("config keys 'data.val_ratio' + 'data.test_ratio' must be < 1")
     if cfg.eval.min_new_tokens > cfg.eval.max_new_tokens:
@@ -388,4 +447,5 @@ __all__ = [
     "METHODS", "PRECISIONS", "SELECT_BY", "TRACKERS", "EVAL_METRICS", "build_config", "config_from_dict",
     "save_config", "load_run_config",
     "set_key", "set_keys", "validate", "DECODING_PRESETS", "apply_preset", "decoding_summary",
+    "DATA_PRESETS", "apply_data_preset",
 ]

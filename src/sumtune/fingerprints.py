@@ -141,6 +141,14 @@ def data_fingerprint(cfg, hub: Any = None) -> dict:
     return {"kind": kind, "files": files, "sha256": _combine(files)}
 
 
+def data_label(record: dict) -> str:
+    """A dataset as a report names it: its preset, source and content fingerprint (12 hex digits),
+    e.g. "xsum: hf:EdinburghNLP/xsum (sha256 0123456789ab)"; `record` as `evaluate` writes it."""
+    sha = f"sha256 {record['sha256'][:12]}" if record.get("sha256") else "no fingerprint"
+    preset = record.get("preset")
+    return f"{preset + ': ' if preset and preset != 'none' else ''}{record.get('source')} ({sha})"
+
+
 def _hub_fingerprint(src: str, hub: Any) -> dict:
     name, _, conf = src[3:].partition(":")
     if hub is None:

@@ -226,12 +226,17 @@ class RunSet:
             for (m, a, _), p in zip(run.swap, old):
                 setattr(m, a, p)
 
-    @staticmethod
-    def group_key(row: Row) -> tuple:
-        """Rows with equal keys decode in one batch: the same weights (a swapping run alone)
-        and the same decoding settings (max_sentences only trims the text afterwards)."""
+    def group_key(self, row: Row) -> tuple:
+        """Rows with equal keys decode in one batch: the same weights (a swapping run alone),
+        the same decoding settings (max_sentences only trims the text afterwards) and stop tokens."""
         ev = replace(row.cfg.eval, preset="greedy", batch_size=0, max_sentences=0)
-        return (row.run.name if row.run.swap is not None else None, astuple(ev), row.run.autocast)
+        return (row.run.name if row.run.swap is not None else None, astuple(ev), row.run.autocast,
+                self.stop_ids(row))
+
+    def stop_ids(self, row: Row) -> tuple[int, ...]:
+        from sumtune.data import stop_ids
+
+        return stop_ids(self.tokenizer, row.cfg.data)
 
     def decode(self, rows: list[Row], max_batch: int = 8, mode: str = "mixed") -> list[tuple[list[int], float]]:
         """(generated tokens, seconds of the batch it was decoded in) per row, in order. `mode`:
@@ -247,7 +252,7 @@ class RunSet:
         for idx in groups.values():
             first = rows[idx[0]]
             ev = replace(first.cfg.eval, batch_size=max_batch * first.cfg.eval.num_beams)
-            gen = self.generator.with_config(ev)
+            gen = self.generator.with_config(ev, self.stop_ids(first))
             t0 = time.perf_counter()
             with self._swapped(first.run) if first.run.swap is not None else nullcontext():
                 tokens = gen.generate([rows[i].prompt for i in idx], variants=[rows[i].run.variant for i in idx])

@@ -14,10 +14,16 @@ from pathlib import Path
 import torch
 
 EOS = "<|endoftext|>"
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+# ChatML, the turn format of Qwen2's and SmolLM2's chat templates (without their default system message).
+# Its end of turn is not EOS, as in a base Qwen2.5 tokenizer.
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+          "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 512):
-    """A GPT-2-style byte-level BPE tokenizer trained on `texts`, as a fast HF tokenizer."""
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, chat: bool = False):
+    """A GPT-2-style byte-level BPE tokenizer trained on `texts`, as a fast HF tokenizer; `chat`:
+    with the ChatML special tokens and chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -26,12 +32,15 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[EOS],
+        special_tokens=[EOS, IM_START, IM_END] if chat else [EOS],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=EOS)
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=EOS)
+    if chat:
+        out.chat_template = CHATML
+    return out
 
 
 # The decoder-only families the support matrix covers (README "Supported models and methods").
@@ -81,13 +90,14 @@ def build_tiny_model(
     layers: int = 2,
     heads: int = 4,
     seed: int = 0,
+    chat: bool = False,
 ) -> Path:
     """Write a random-weight tiny causal LM of family `arch` (ARCHS) plus its tokenizer to `out_dir`
-    (HF layout)."""
+    (HF layout); `chat`: a tokenizer with a ChatML chat template (`train_tokenizer`)."""
     from transformers import AutoModelForCausalLM
 
     out = Path(out_dir)
-    tokenizer = train_tokenizer(texts, vocab_size)
+    tokenizer = train_tokenizer(texts, vocab_size, chat)
     cfg = tiny_config(arch, len(tokenizer), tokenizer.eos_token_id, hidden, layers, heads)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg)

@@ -1,6 +1,8 @@
 """Token examples: prompt = article cut to fit + separator; target = summary + EOS;
-labels -100 on the prompt. ``tokenize_splits`` maps whole splits with explicit
-fingerprints, so a re-run loads the cached Arrow files instead of tokenising again."""
+labels -100 on the prompt. With ``data.prompt_format: chat`` the prompt is the tokenizer's
+chat template around the (cut) article and the target ends with the template's end of turn
+(``prompts``). ``tokenize_splits`` maps whole splits with explicit fingerprints, so a re-run
+loads the cached Arrow files instead of tokenising again."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import json
 from pathlib import Path
 
 from sumtune.config import DataConfig
+from sumtune.data.prompts import ChatFormat, chat_format
 from sumtune.data.sources import cache_key, num_workers
 from sumtune.errors import UserError
 
@@ -38,10 +41,34 @@ def _budget(tokenizer, cfg: DataConfig) -> tuple[list[int], int]:
     return sep, room
 
 
+def _chat(tokenizer, cfg: DataConfig) -> ChatFormat:
+    """The chat format, checked to leave room for an article beside the longest target."""
+    chat = chat_format(tokenizer, cfg)
+    if chat.overhead + cfg.max_summary_length + len(chat.end_ids) + 1 > cfg.max_length:
+        raise UserError(
+            f"config key 'data.max_length' ({cfg.max_length}) leaves no room for an article in the chat template "
+            f"({chat.overhead} tokens) beside 'data.max_summary_length' ({cfg.max_summary_length}) + end of turn"
+        )
+    return chat
+
+
+def stop_ids(tokenizer, cfg: DataConfig) -> tuple[int, ...]:
+    """The tokens that end a generated summary: EOS; with the chat format also the turn's end."""
+    return _chat(tokenizer, cfg).stop_ids if cfg.prompt_format == "chat" else (tokenizer.eos_token_id,)
+
+
+def summary_marker(cfg: DataConfig) -> str:
+    """Text at which a decoded summary is cut, should the model start another (the separator's)."""
+    return cfg.separator if cfg.prompt_format == "separator" else ""
+
+
 def encode_batch(tokenizer, articles: list[str], summaries: list[str], cfg: DataConfig) -> dict[str, list]:
     """Token examples: prompt = article (cut to fit) + separator; target = summary (cut only
     beyond ``max_summary_length``) + EOS; labels are -100 on the prompt. One tokenizer call
-    per column, so the fast tokenizer encodes the batch in Rust."""
+    per column, so the fast tokenizer encodes the batch in Rust. Chat format: the prompt is
+    the template around the cut article, the target ends with the turn's end."""
+    if cfg.prompt_format == "chat":
+        return _encode_chat(tokenizer, articles, summaries, cfg)
     sep, room = _budget(tokenizer, cfg)
     eos = tokenizer.eos_token_id
     arts = tokenizer(list(articles), add_special_tokens=False)["input_ids"]
@@ -55,11 +82,32 @@ def encode_batch(tokenizer, articles: list[str], summaries: list[str], cfg: Data
     return out
 
 
+def _encode_chat(tokenizer, articles: list[str], summaries: list[str], cfg: DataConfig) -> dict[str, list]:
+    chat = _chat(tokenizer, cfg)
+    targets = [s[: cfg.max_summary_length] + chat.end_ids
+               for s in tokenizer(list(summaries), add_special_tokens=False)["input_ids"]]
+    prompts = chat.prompts(articles, [cfg.max_length - len(t) for t in targets])
+    return {"input_ids": [p + t for p, t in zip(prompts, targets)],
+            "labels": [[-100] * len(p) + t for p, t in zip(prompts, targets)]}
+
+
 def encode_prompt(tokenizer, article: str, cfg: DataConfig) -> list[int]:
-    """The generation input: the article cut to leave room for the longest summary, + separator."""
+    """The generation input: the article cut to leave room for the longest summary, + separator
+    (chat format: in the template, up to the assistant's turn)."""
+    if cfg.prompt_format == "chat":
+        return encode_prompts(tokenizer, [article], cfg)[0]
     sep, room = _budget(tokenizer, cfg)
     art = tokenizer(article, add_special_tokens=False)["input_ids"][: room - cfg.max_summary_length - 1]
     return art + sep
+
+
+def encode_prompts(tokenizer, articles: list[str], cfg: DataConfig) -> list[list[int]]:
+    """`encode_prompt` of each article (the chat format renders them in one batch)."""
+    if cfg.prompt_format != "chat":
+        return [encode_prompt(tokenizer, a, cfg) for a in articles]
+    chat = _chat(tokenizer, cfg)
+    limit = cfg.max_length - cfg.max_summary_length - len(chat.end_ids)
+    return chat.prompts(articles, [limit] * len(articles))
 
 
 def datasets_cache() -> Path:
@@ -72,13 +120,19 @@ def datasets_cache() -> Path:
 def tokenize_splits(splits, tokenizer, cfg: DataConfig):
     """Add input_ids and labels (-100 on the prompt) to every split.
 
-    Each ``map`` carries a fingerprint of (rows, tokenizer, lengths, separator), so a
-    re-run with the same inputs loads the cached Arrow file instead of tokenising again.
+    Each ``map`` carries a fingerprint of (rows, tokenizer, lengths, separator, or chat template
+    and messages), so a re-run with the same inputs loads the cached Arrow file instead of
+    tokenising again.
     """
     import datasets
 
-    _budget(tokenizer, cfg)  # fail here, not inside a worker process
-    sig = cache_key(tokenizer_id(tokenizer), cfg.max_length, cfg.max_summary_length, cfg.separator, "tok-v3")
+    if cfg.prompt_format == "chat":  # fail here, not inside a worker process
+        chat = _chat(tokenizer, cfg)
+        sig = cache_key(tokenizer_id(tokenizer), cfg.max_length, cfg.max_summary_length, "chat", chat.template,
+                        chat.system_prompt, chat.instruction, "tok-chat-v1")
+    else:
+        _budget(tokenizer, cfg)
+        sig = cache_key(tokenizer_id(tokenizer), cfg.max_length, cfg.max_summary_length, cfg.separator, "tok-v3")
 
     def fn(batch: dict[str, list]) -> dict[str, list]:
         return encode_batch(tokenizer, batch["article"], batch["summary"], cfg)

@@ -83,9 +83,11 @@ class Generator:
     """Decode summaries for token prompts with a method model (see `sumtune.decoding`)."""
 
     def __init__(self, model: nn.Module, tokenizer, cfg: EvalConfig, autocast: torch.dtype | None = None,
-                 stop_at_blank_line: bool = True, router: Callable[[list[str]], None] | None = None):
+                 stop_at_blank_line: bool = True, router: Callable[[list[str]], None] | None = None,
+                 stop_ids: Sequence[int] | None = None):
         """`router`: called with each row's adapter name before every forward (rows of a batch may
-        use different LoRA adapters: see `Variant`); None for a single method model."""
+        use different LoRA adapters: see `Variant`); None for a single method model. `stop_ids`: the
+        tokens that end a summary (`data.stop_ids`; default EOS)."""
         self.router = router
         self.autocast = autocast
         device = next(model.parameters()).device
@@ -97,15 +99,18 @@ class Generator:
         self.cache_kw = cache_keyword(self.lm)
         self.max_pos = max_positions(self.lm)
         vocab = self.lm.get_output_embeddings().weight.shape[0]
-        self.stop_rule = StopRule(tokenizer, vocab, self.device, stop_at_blank_line, cfg.min_new_tokens)
+        self.stop_rule = StopRule(tokenizer, vocab, self.device, stop_at_blank_line, cfg.min_new_tokens, stop_ids)
         kv = self.prompt_kv(soft) if soft is not None else self.cache_dtype(prefix)
         self.own = Variant(kv)
 
-    def with_config(self, cfg: EvalConfig) -> Generator:
-        """This generator with other decoding settings (the stop tables and soft prompt are shared)."""
+    def with_config(self, cfg: EvalConfig, stop_ids: Sequence[int] | None = None) -> Generator:
+        """This generator with other decoding settings and, when given, other stop tokens (the stop
+        tables and soft prompt are shared)."""
         other = copy.copy(self)
         other.cfg = cfg
         other.stop_rule = self.stop_rule.with_min_new_tokens(cfg.min_new_tokens)
+        if stop_ids is not None:
+            other.stop_rule.stop_ids = torch.tensor(list(stop_ids), dtype=torch.long, device=self.device)
         return other
 
     # --- model calls ---------------------------------------------------------

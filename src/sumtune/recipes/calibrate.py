@@ -222,7 +222,7 @@ class Calibrator:
         test rows the experiment would evaluate."""
         from datasets import DatasetDict
 
-        from sumtune.data import encode_prompt, tokenize_splits
+        from sumtune.data import encode_prompts, stop_ids, tokenize_splits
         from sumtune.decoding import Generator
         from sumtune.recipes.evaluate import _model, _scores, _split_rows, summary_loss, summary_text
 
@@ -246,9 +246,10 @@ class Calibrator:
             cal.loss_first_seconds = loss(loss_batches[0])  # the real pass's first batch, one-time costs included
             cal.loss_batch_seconds = [loss(b) for b in strata(loss_batches[1:], self.batches)]
             if "prompts" not in self._prompts:
-                self._prompts["prompts"] = [encode_prompt(tokenizer, a, cfg.data) for a in ds["article"]]
+                self._prompts["prompts"] = encode_prompts(tokenizer, list(ds["article"]), cfg.data)
             prompts = self._prompts["prompts"]
-            generator, build = _timed(Generator, model, tokenizer, cfg.eval, autocast=autocast)  # evaluate times it too
+            generator, build = _timed(Generator, model, tokenizer, cfg.eval, autocast=autocast,  # evaluate times it too
+                                      stop_ids=stop_ids(tokenizer, cfg.data))
             per_batch = max(1, cfg.eval.batch_size // cfg.eval.num_beams)  # as Generator.generate batches
             batches = longest_first_batches([len(p) for p in prompts], per_batch)
             predictions, references, seconds = [], [], []

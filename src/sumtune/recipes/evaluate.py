@@ -30,6 +30,7 @@ from sumtune.bertscore import record as bertscore_record
 from sumtune.bertscore import wanted as wants_bertscore
 from sumtune.bootstrap import bootstrap_ci
 from sumtune.config import (
+    DATA_PRESETS,
     Config,
     absolute_source,
     decoding_summary,
@@ -40,7 +41,8 @@ from sumtune.config import (
 )
 from sumtune.decoding import Generator, decode_summary
 from sumtune.errors import UserError
-from sumtune.io import FULL_DISK, atomic_write_json, atomic_write_text, writing
+from sumtune.fingerprints import data_fingerprint, data_label
+from sumtune.io import FULL_DISK, atomic_write_json, atomic_write_text, read_json, writing
 from sumtune.lock import DirLock
 from sumtune.metrics import ROUGE_KEYS, rouge_per_example
 from sumtune.runs import RunDir, check_finished_run
@@ -51,15 +53,29 @@ log = logging.getLogger(__name__)
 BOOTSTRAP_RESAMPLES = 1000
 
 
-def _config(run: Path, overrides: dict[str, Any] | None, data: str | None = None) -> Config:
+def _config(run: Path, overrides: dict[str, Any] | None, data: str | None = None,
+            data_preset: str | None = None) -> Config:
     """The run's configuration with the decoding overrides (eval.*) applied; `data` replaces
-    the data source (evaluating on other data is allowed and recorded)."""
-    return with_overrides(load_run_config(run), overrides, data)
+    the data source and `data_preset` sets another dataset's columns, cleaning and decoding
+    (evaluating on other data is allowed and recorded)."""
+    return with_overrides(load_run_config(run), overrides, data, data_preset)
 
 
-def with_overrides(cfg: Config, overrides: dict[str, Any] | None, data: str | None = None) -> Config:
-    """`cfg` (changed in place) with decoding overrides and `data` applied, validated: shared by
-    `_config` and `sumtune serve`, which keeps each run's configuration in memory."""
+def preset_source(cfg: Config, data_preset: str) -> str:
+    """What an evaluation with `data_preset` and no --data reads: the run's own source for the
+    run's own preset, else the preset's Hub copy (DATA_PRESETS)."""
+    if data_preset == cfg.data.preset:
+        return cfg.data.source
+    return DATA_PRESETS.get(data_preset, {}).get("source_default", cfg.data.source)
+
+
+def with_overrides(cfg: Config, overrides: dict[str, Any] | None, data: str | None = None,
+                   data_preset: str | None = None) -> Config:
+    """`cfg` (changed in place) with `data_preset`, then decoding overrides, then `data` applied,
+    validated: shared by `_config` and `sumtune serve`, which keeps each run's configuration in memory."""
+    if data_preset is not None:
+        data = data if data is not None else preset_source(cfg, data_preset)
+        set_key(cfg, "data.preset", data_preset)  # its decoding preset first: the overrides follow
     set_keys(cfg, [(f"eval.{key}", value) for key, value in (overrides or {}).items()])  # preset first
     if data is not None:
         set_key(cfg, "data.source", absolute_source(data))
@@ -130,16 +146,16 @@ def generate_summaries(model, tokenizer, cfg: Config, autocast: torch.dtype | No
     """(summary texts, generation seconds): decode, cut at the stop rule, keep eval.max_sentences.
     With `state` (several processes): each generates whole batches (`distributed.batch_shard`),
     gathered back in article order."""
-    from sumtune.data import encode_prompt
+    from sumtune.data import encode_prompts, stop_ids
     from sumtune.distributed import batch_shard, gather_in_order
 
-    prompts = [encode_prompt(tokenizer, a, cfg.data) for a in articles]
+    prompts = encode_prompts(tokenizer, articles, cfg.data)
     rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
     per_batch = max(1, cfg.eval.batch_size // cfg.eval.num_beams)  # as Generator.generate batches
     mine = batch_shard([len(p) for p in prompts], per_batch, rank, world) if world > 1 else list(range(len(prompts)))
     t0 = time.perf_counter()
-    generated = Generator(model, tokenizer, cfg.eval, autocast=autocast).generate([prompts[i] for i in mine],
-                                                                                  progress and rank == 0)
+    generator = Generator(model, tokenizer, cfg.eval, autocast=autocast, stop_ids=stop_ids(tokenizer, cfg.data))
+    generated = generator.generate([prompts[i] for i in mine], progress and rank == 0)
     if world > 1:
         generated = gather_in_order(generated, mine, len(prompts), state)
     seconds = time.perf_counter() - t0
@@ -149,7 +165,9 @@ def generate_summaries(model, tokenizer, cfg: Config, autocast: torch.dtype | No
 def summary_text(tokenizer, generated: list[int], cfg: Config) -> str:
     """The summary of generated tokens: cut at the stop rule, the first eval.max_sentences kept
     (shared with `sumtune serve`, whose summaries must equal `summarize`'s)."""
-    text = decode_summary(tokenizer, generated, cfg.data.separator)
+    from sumtune.data import stop_ids, summary_marker
+
+    text = decode_summary(tokenizer, generated, summary_marker(cfg.data), stop_ids(tokenizer, cfg.data))
     return first_sentences(text, cfg.eval.max_sentences) if cfg.eval.max_sentences else text
 
 
@@ -186,9 +204,10 @@ def _scores(predictions: list[str], references: list[str], tokenizer, seed: int,
 
 def evaluate_run(run_dir: str | Path, split: str = "test", limit: int | None = None,
                  overrides: dict[str, Any] | None = None, data: str | None = None,
-                 base_model: str | None = None) -> dict[str, Any]:
+                 base_model: str | None = None, data_preset: str | None = None) -> dict[str, Any]:
     """Loss, generated summaries and ROUGE (with intervals) of a finished run on `split`; returns
-    the metrics written. `data`/`base_model` override the run's data source and model path.
+    the metrics written. `data`/`base_model` override the run's data source and model path,
+    `data_preset` its dataset preset (`with_overrides`); metrics.json records the dataset.
     One writer per RUN/eval/<split>/: a second evaluation of it is refused at once. Under
     `accelerate launch` the articles are shared out over the processes (`sumtune.distributed`)
     and the main process writes what one process would."""
@@ -197,21 +216,34 @@ def evaluate_run(run_dir: str | Path, split: str = "test", limit: int | None = N
     run = check_finished_run(run_dir)
     state = process_state()
     with DirLock(RunDir(run).eval_dir(split), "evaluation directory"):  # the main process's
-        return _evaluate(run, split, limit, overrides, data, base_model, state)
+        return _evaluate(run, split, limit, _config(run, overrides, data, data_preset), base_model, state)
 
 
-def _evaluate(run: Path, split: str, limit: int | None, overrides: dict[str, Any] | None, data: str | None,
-              base_model: str | None, state) -> dict[str, Any]:
+def dataset_record(cfg: Config, run: Path) -> dict[str, Any]:
+    """Which data a test figure is on: source, dataset preset, content fingerprint, columns, and
+    whether it is the data the run trained on (same content fingerprint; same source where a
+    fingerprint is missing)."""
+    sha = data_fingerprint(cfg.data).get("sha256")
+    trained = (read_json(RunDir(run).results).get("data") or {}) if RunDir(run).results.is_file() else {}
+    trained_sha = (trained.get("fingerprint") or {}).get("sha256")
+    same = sha == trained_sha if sha and trained_sha else cfg.data.source == load_run_config(run).data.source
+    d = cfg.data
+    return {"source": d.source, "preset": d.preset, "sha256": sha, "clean": d.clean,
+            "columns": {"article": d.article_column, "summary": d.summary_column, "id": d.id_column},
+            "is_training_data": same}
+
+
+def _evaluate(run: Path, split: str, limit: int | None, cfg: Config, base_model: str | None, state) -> dict[str, Any]:
     from datasets import DatasetDict
 
     from sumtune.data import datasets_cache, split_sizes, tokenize_splits
 
-    cfg = _config(run, overrides, data)
     with state.main_process_first():  # the main process fills the datasets cache, the others read it
         ds = _split_rows(cfg, split, limit)  # data problems show before the model loads
         split_rows = split_sizes(cfg.data, cfg.data.seed)[split]  # what a full evaluation would cover
         # every process scores all documents (no process waits on another); before decoding, to fail early
         scorer = load_scorer(cfg.eval) if wants_bertscore(cfg.eval) else None
+        dataset = dataset_record(cfg, run)
     model, tokenizer, autocast = _model(run, cfg, base_model, state.device)
     with state.main_process_first(), writing(datasets_cache(), only=FULL_DISK):
         tokenised = tokenize_splits(DatasetDict({split: ds}), tokenizer, cfg.data)[split]
@@ -225,8 +257,8 @@ def _evaluate(run: Path, split: str, limit: int | None, overrides: dict[str, Any
         "split": split, "loss": loss, **scores, "n": len(predictions), "limit": limit,
         "generation_seconds": seconds, "summaries_per_s": len(predictions) / seconds,
         "loss_seconds": loss_seconds, "split_rows": split_rows, "processes": state.num_processes,
-        "decoding": decoding_summary(cfg.eval), "data": cfg.data.source,
-        "data_is_training_data": cfg.data.source == load_run_config(run).data.source,
+        "decoding": decoding_summary(cfg.eval), "data": cfg.data.source, "dataset": dataset,
+        "data_is_training_data": dataset["is_training_data"],
     }
     out = RunDir(run).eval_dir(split)
     if not state.is_main_process:
@@ -237,7 +269,8 @@ def _evaluate(run: Path, split: str, limit: int | None, overrides: dict[str, Any
     atomic_write_json(out / "metrics.json", metrics)
     scores_line = "  ".join(f"{k} {100 * metrics[k]:.2f} [{100 * metrics['ci95'][k][0]:.2f}, "
                             f"{100 * metrics['ci95'][k][1]:.2f}]" for k in ROUGE_KEYS + BERTSCORE_KEYS if k in metrics)
-    print(f"{run} [{split}, n={len(predictions)}, {metrics['decoding']['label']}]: loss {loss:.4f}  {scores_line}  "
+    on = "" if dataset["is_training_data"] else f", on {data_label(dataset)}"
+    print(f"{run} [{split}{on}, n={len(predictions)}, {metrics['decoding']['label']}]: loss {loss:.4f}  {scores_line}  "
           f"({metrics['summaries_per_s']:.2f} summaries/s)")
     print(f"wrote {out / 'metrics.json'} and {out / 'predictions.jsonl'}")
     return metrics

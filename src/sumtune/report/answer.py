@@ -106,7 +106,7 @@ def _better(t: dict | None) -> bool:
 
 def _phrase(t: dict | None, a: str, b: str) -> str:
     if t is None:
-        return f"{a} and {b} have no paired test (per-document scores missing)"
+        return f"{a} and {b} have no paired test (per-document scores missing, or no document in common)"
     figures = f"{100 * t['diff']:+.2f} points [{100 * t['low']:+.2f}, {100 * t['high']:+.2f}]"
     test = f"n = {t['n']}, p = {t['p_holm']:.3g} after Holm's correction"
     if t["significant"]:
@@ -214,8 +214,8 @@ def answer(rows: Sequence[dict], pairs: Sequence[dict], split: str, demo: bool =
         paragraphs.append(f"Only {methods[0]['method']} was evaluated: there is nothing to compare it with.")
     elif not any(versus(pairs, a["method"], b["method"]) for a in methods for b in methods if a is not b):
         facts["verdict"] = "untested"
-        paragraphs.append("No paired test could be made (the evaluations lack per-document scores; re-run sumtune "
-                          "evaluate), so no winner is named.")
+        paragraphs.append("No paired test could be made (the evaluations lack per-document scores, or share no "
+                          "document: re-run sumtune evaluate on the same data), so no winner is named.")
     elif beats_zero == []:
         facts["verdict"] = "none_beats_zero_shot"
         paragraphs.append("No trained method is significantly better than zero_shot: the data do not show that "

@@ -77,8 +77,10 @@ def _articles_from_data(row: dict, run: Path, split: str) -> dict[str, str]:
     from sumtune.data import load_splits
 
     cfg = load_run_config(run)
+    recorded = row.get("eval_dataset") or {}  # another dataset's columns and cleaning, when evaluated on one
+    columns = {f"{k}_column": v for k, v in (recorded.get("columns") or {}).items()}
     data = replace(cfg.data, source=row.get("eval_data") or cfg.data.source, max_eval_samples=0,
-                   max_test_samples=0)
+                   max_test_samples=0, **columns, clean=recorded.get("clean", cfg.data.clean))
     try:
         ds = load_splits(data, cfg.data.seed)[split]
     except (UserError, OSError, ValueError) as e:

@@ -11,6 +11,7 @@ from typing import Any
 from sumtune.bertscore import BERTSCORE_KEYS
 from sumtune.config import load_run_config
 from sumtune.errors import UserError
+from sumtune.fingerprints import data_label
 from sumtune.io import read_json
 from sumtune.metrics import ROUGE_KEYS
 from sumtune.runs import check_finished_run
@@ -26,13 +27,15 @@ def _eval_fields(run: Path, split: str) -> dict[str, Any]:
     metrics = run / "eval" / split / "metrics.json"
     empty = {"evaluated": False, "test_loss": None, "n_test": None, "decoding": None, "ci95": None,
              "mean_prediction_tokens": None, "mean_reference_tokens": None, "eval_data": None,
-             "sentence_splitter": None, "bertscore": None,
-             **dict.fromkeys(ROUGE_KEYS + BERTSCORE_KEYS)}
+             "eval_dataset": None, "eval_data_label": None, "eval_on_training_data": None, "sentence_splitter": None,
+             "bertscore": None, **dict.fromkeys(ROUGE_KEYS + BERTSCORE_KEYS)}
     if not metrics.is_file():
         return empty
     m = read_json(metrics)
     return {**empty, "evaluated": True, "test_loss": m.get("loss"), "n_test": m.get("n"),
             "decoding": m.get("decoding"), "ci95": m.get("ci95"), "eval_data": m.get("data"),
+            "eval_dataset": m.get("dataset"), "eval_data_label": data_label(m["dataset"]) if m.get("dataset") else m.get("data"),
+            "eval_on_training_data": m.get("data_is_training_data", True),
             "sentence_splitter": m.get("sentence_splitter"), "bertscore": m.get("bertscore"),
             "mean_prediction_tokens": m.get("mean_prediction_tokens"),
             "mean_reference_tokens": m.get("mean_reference_tokens"),

@@ -1,6 +1,6 @@
 """Across runs: mean ± sd over seeds per method, and paired bootstrap tests between methods.
 
-Methods are compared on the documents they were all evaluated on (matched by id). A method
+Methods are compared on the documents they were all evaluated on (matched by dataset and id). A method
 trained with several seeds enters with its per-document score averaged over its seeds, so a
 difference is between methods, not between two lucky seeds. Each pair's p-value is the
 paired bootstrap's (bootstrap.paired_bootstrap, documents resampled, the same resamples for
@@ -68,7 +68,8 @@ def _method_scores(rows: Sequence[dict], runs: Sequence[Path], split: str) -> di
     per_run: dict[str, list[dict]] = defaultdict(list)
     for row, run in zip(rows, runs):
         if row["evaluated"]:
-            scores = predictions(run, split)
+            data = (row.get("eval_dataset") or {}).get("sha256") or row.get("eval_data")
+            scores = {f"{data}/{i}": v for i, v in predictions(run, split).items()}  # no pair across datasets
             if scores:
                 per_run[row["method"]].append(scores)
     out = {}

@@ -96,8 +96,22 @@ def _score(row: dict, key: str) -> str:
     return f"{100 * value:.2f}" + (f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else "")
 
 
+def _cross_data(rows: Sequence[dict]) -> bool:
+    """Whether any run was evaluated on other data than it trained on."""
+    return any(r["evaluated"] and r.get("eval_on_training_data") is False for r in rows)
+
+
+def _test_data(row: dict) -> str:
+    if not row["evaluated"]:
+        return "-"
+    return "its training data" if row.get("eval_on_training_data") is not False else \
+        f"{row.get('eval_data_label')} (not its training data)"
+
+
 def score_body(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
-    """The score table's header and cells; BERTScore P/R/F1 columns when any run has them."""
+    """The score table's header and cells; BERTScore P/R/F1 columns when any run has them; when a run
+    was evaluated on other data than it trained on, a column names each row's test data (preset, source,
+    fingerprint)."""
     keys = ROUGE_KEYS + (BERTSCORE_KEYS if any(r.get(BERTSCORE_TESTED) is not None for r in rows) else ())
     head = ["run", "n", "decoding", "loss", *[SCORE_NAMES[k] for k in keys],
             "mean length, generated / reference (tokens)"]
@@ -110,6 +124,10 @@ def score_body(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
         preset = (r["decoding"] or {}).get("label", "-")
         body.append([r["run"], str(r["n_test"]), str(preset), _num(r["test_loss"], ".4f"),
                      *[_score(r, k) for k in keys], lengths])
+    if _cross_data(rows):
+        head.insert(1, "test data")
+        for cells, r in zip(body, rows):
+            cells.insert(1, _test_data(r))
     return head, body
 
 
@@ -196,6 +214,9 @@ def facts(rows: Sequence[dict], split: str) -> list[tuple[str, str]]:
     return [
         ("Data", f"{distinct('data')} ({size_text}); evaluated on the {split} split, n = "
                  f"{', '.join(map(str, ns)) or '-'} documents"),
+        *([("Test data", "some runs were evaluated on other data than they trained on: "
+                          + "; ".join(sorted({_test_data(r) for r in rows if r["evaluated"]}))
+                          + "; pairwise tests pair documents of the same data only")] if _cross_data(rows) else []),
         ("Model", f"{distinct('model')}; precision {distinct('precision')}"),
         ("Decoding (same for every run)", "; ".join(sorted(decodings)) or "-"),
         ("Seeds and lr per method", _seeds_and_lr(rows)),
