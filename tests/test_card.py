@@ -271,3 +271,31 @@ def test_push_uploads_the_exported_directory(runs, tmp_path, capsys, monkeypatch
     meta, body = _card(out)
     assert meta["model-index"][0]["name"] == "card" and "from_pretrained('someone/tiny-neo'), 'me/card')" in body
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"pushed {out} to https://huggingface.co/me/card"
+
+
+def test_card_code_of_a_chat_format_run_summarises_as_sumtune(tmp_path):
+    """With `data.prompt_format: chat` the card's Python builds the template's prompt and stops at the
+    turn's end: `sumtune summarize`'s summaries again."""
+    from sumtune.config import load_run_config
+    from sumtune.recipes.evaluate import article_text, summarize_text
+    from sumtune.tiny import build_tiny_model, synthetic_news
+
+    rows = synthetic_news(60, seed=1)
+    texts = [f"<|im_start|>user\n{r['article']}<|im_end|>\n<|im_start|>assistant\n{r['highlights']}<|im_end|>"
+             for r in rows]
+    model = build_tiny_model(tmp_path / "chat_model", texts, arch="gpt2", chat=True)
+    data = write_kaggle_dir(tmp_path / "data", sizes=(8, 4, 4))
+    run, out = tmp_path / "run", tmp_path / "plain"
+    main_one_thread(["train", "--method", "lora", "--model", str(model), "--data", str(data), "--output-dir", str(run),
+                     *SMALL, *STEPS["lora"], "--set", "data.prompt_format=chat",
+                     "--set", "data.system_prompt=You write one-line news summaries."])
+    main_one_thread(["evaluate", str(run), "--limit", "3", "--max-new-tokens", "24"])
+    main_one_thread(["export", str(run), "--output-dir", str(out)])
+    _, body = _card(out)
+    assert "chat template" in body
+    code = body.split("```python\n", 1)[1].split("```", 1)[0]
+    cfg = load_run_config(run)
+    for row in synthetic_news(3, seed=5):
+        scope = {"article": article_text(row["article"], cfg)}
+        exec(code, scope)
+        assert scope["summary"] == summarize_text(run, row["article"], overrides={"max_new_tokens": 24})

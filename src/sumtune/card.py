@@ -160,10 +160,10 @@ def _evaluation(cfg: Config, metrics: dict | None, run: Path) -> list[str]:
     return lines
 
 
-def _usage(adapter: bool, where: str, base: str, cfg: DataConfig, dec: dict) -> list[str]:
+def _usage(adapter: bool, where: str, base: str, cfg: DataConfig, dec: dict, model_name: str) -> list[str]:
     """Python that summarises as sumtune did: the article cut to fit and the separator tokenised
-    apart (`data.encode_prompt`), the decoding settings evaluated (or configured), the summary cut
-    at a blank line or a new separator (`decoding.decode_summary`)."""
+    apart (`data.encode_prompt`; or the chat template's prompt), the decoding settings evaluated (or
+    configured), the summary cut at a blank line or a new separator (`decoding.decode_summary`)."""
     if adapter:
         load = ["from peft import PeftModel", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
                 f"model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base!r}), {where!r})"]
@@ -173,16 +173,45 @@ def _usage(adapter: bool, where: str, base: str, cfg: DataConfig, dec: dict) -> 
     room = cfg.max_length - cfg.max_summary_length - 1  # `_budget`'s room, less the separator (below)
     settings = ", ".join(f"{k}={dec[k]!r}" for k in ("num_beams", "no_repeat_ngram_size", "length_penalty",
                                                     "min_new_tokens", "max_new_tokens"))
-    return [*load, f"tokenizer = AutoTokenizer.from_pretrained({where!r})",
-            "",
+    head = [*load, f"tokenizer = AutoTokenizer.from_pretrained({where!r})", ""]
+    generate = ["inputs = torch.tensor([ids])",
+                "out = model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), do_sample=False,",
+                f"                     {settings}" + (", eos_token_id=stop)" if cfg.prompt_format == "chat" else ")")]
+    if cfg.prompt_format == "chat":
+        return [*head, *_chat_prompt(cfg, model_name), *generate,
+                "summary = tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip()"]
+    return [*head,
             f"separator = tokenizer({cfg.separator!r}, add_special_tokens=False).input_ids",
             f"ids = tokenizer(article, add_special_tokens=False).input_ids[:{room} - len(separator)] + separator",
-            "inputs = torch.tensor([ids])",
-            "out = model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), do_sample=False,",
-            f"                     {settings})",
+            *generate,
             "text = tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).lstrip().split('\\n\\n')[0]"
             + (f".split({cfg.separator.strip()!r})[0]" if cfg.separator.strip() else ""),
             "summary = '\\n'.join(line.strip() for line in text.split('\\n') if line.strip())"]
+
+
+def _chat_prompt(cfg: DataConfig, model_name: str) -> list[str]:
+    """The chat-format prompt (`data.prompts`): the messages in the tokenizer's template up to the
+    assistant's turn, stopping at the turn's end token or EOS."""
+    from sumtune.data.prompts import chat_format
+    from sumtune.modeling import load_tokenizer
+
+    fmt = chat_format(load_tokenizer(model_name), cfg)  # the run's tokenizer is its base model's
+    system = [f"        {{'role': 'system', 'content': {cfg.system_prompt!r}}},"] if cfg.system_prompt else []
+    limit = cfg.max_length - cfg.max_summary_length - len(fmt.end_ids)  # `encode_prompts`' limit
+    return ["def prompt(text):",
+            "    messages = [", *system,
+            f"        {{'role': 'user', 'content': {cfg.instruction!r}.replace('{{article}}', text)}},", "    ]",
+            "    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)",
+            "    return tokenizer(rendered, add_special_tokens=False).input_ids",
+            "",
+            "# the article cut in tokens to fit, never the template (sumtune.data.prompts.ChatFormat.prompts)",
+            f"limit, art = {limit}, tokenizer(article, add_special_tokens=False).input_ids",
+            "keep = limit - len(prompt(''))",
+            "ids = prompt(article if len(art) <= keep else tokenizer.decode(art[:max(keep, 0)]))",
+            "while len(ids) > limit and keep > 0:  # the cut text tokenised longer: cut more",
+            "    keep = min(keep, len(art)) - (len(ids) - limit)",
+            "    ids = prompt(tokenizer.decode(art[:max(keep, 0)]))",
+            f"stop = {list(fmt.stop_ids)!r}  # the assistant turn's end token, EOS"]
 
 
 def card_text(run: Path, cfg: Config, method, *, adapter: bool, name: str, where: str,
@@ -206,7 +235,9 @@ def card_text(run: Path, cfg: Config, method, *, adapter: bool, name: str, where
     body = [
         f"# {name}", "",
         f"{what} for summarization, trained with sumtune's method **{method.name}** ({method.describe(opts)}) "
-        f"from {base}. The prompt is the article followed by `{cfg.data.separator!r}`; the summary follows it.",
+        f"from {base}. " + (f"The prompt is the article followed by `{cfg.data.separator!r}`; the summary follows it."
+                            if cfg.data.prompt_format != "chat" else
+                            "The prompt is the tokenizer's chat template up to the assistant's turn; the summary is that turn."),
         "", "## Use", "",
         "`article`: the text" + (" as sumtune cleaned it (`sumtune.data.clean_article`: whitespace, CNN/DM bylines)"
                                  if cfg.data.clean else "") + "; the decoding settings are the "
@@ -214,7 +245,7 @@ def card_text(run: Path, cfg: Config, method, *, adapter: bool, name: str, where
         + (f" (sumtune then keeps the first {cfg.eval.max_sentences} sentences)" if cfg.eval.max_sentences else "")
         + ". The scores below come from sumtune's own batched decoder (`sumtune summarize RUN`).", "",
         "```python", "import torch", *_usage(adapter, where, base_id or cfg.model.name, cfg.data,
-                                               (metrics or {}).get("decoding") or decoding_summary(cfg.eval)),
+                                               (metrics or {}).get("decoding") or decoding_summary(cfg.eval), cfg.model.name),
         "```", "",
         "## Training", "",
         f"- Method: {method.name}: {method.describe(opts)}",
