@@ -22,7 +22,7 @@ import copy
 import logging
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import astuple, dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -35,6 +35,8 @@ from sumtune.methods import get_method
 from sumtune.methods.base import decoding_parts
 
 log = logging.getLogger(__name__)
+# eval keys that score summaries after decoding, not how they are decoded
+SCORING_KEYS = ("metrics", "bertscore_model", "bertscore_layers", "bertscore_rescale")
 
 BASE_KEYS = ("model_type", "config_sha", "weights_sha")
 
@@ -229,8 +231,10 @@ class RunSet:
     def group_key(self, row: Row) -> tuple:
         """Rows with equal keys decode in one batch: the same weights (a swapping run alone),
         the same decoding settings (max_sentences only trims the text afterwards) and stop tokens."""
-        ev = replace(row.cfg.eval, preset="greedy", batch_size=0, max_sentences=0)
-        return (row.run.name if row.run.swap is not None else None, astuple(ev), row.run.autocast,
+        ev = asdict(replace(row.cfg.eval, preset="greedy", batch_size=0, max_sentences=0))
+        decoding = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in ev.items()
+                         if k not in SCORING_KEYS)
+        return (row.run.name if row.run.swap is not None else None, decoding, row.run.autocast,
                 self.stop_ids(row))
 
     def stop_ids(self, row: Row) -> tuple[int, ...]:
