@@ -48,6 +48,29 @@ def test_plan_prints_projections_and_writes_nothing(tiny_neo, kaggle_dir, tmp_pa
     assert not out.exists()
 
 
+def test_plan_counts_bertscore_in_the_scoring(tiny_neo, kaggle_dir, tmp_path, capsys, monkeypatch):
+    """With eval.metrics [rouge, bertscore] the calibration scores its summaries with BERTScore too
+    (its model loaded once, as evaluate loads it), so the projected scoring includes it."""
+    from sumtune.recipes import evaluate
+    from sumtune.tiny import build_tiny_encoder, synthetic_news
+
+    encoder = build_tiny_encoder(tmp_path / "roberta", [r["article"] for r in synthetic_news(40, seed=3)], layers=2)
+    real, calls = evaluate.bertscore_per_example, []
+
+    def slow(*a, **k):  # a scorer that takes 0.5 s a call, to see it in the projection
+        calls.append(len(a[1]))
+        time.sleep(0.5)
+        return real(*a, **k)
+
+    monkeypatch.setattr(evaluate, "bertscore_per_example", slow)
+    bert = ["--set", "eval.metrics=[rouge,bertscore]", "--set", f"eval.bertscore_model={encoder}",
+            "--set", "eval.bertscore_layers=2"]
+    assert main(_argv(tiny_neo, kaggle_dir, tmp_path / "exp", "--methods", "lora", "--json", *bert)) == 0
+    lora, = json.loads(capsys.readouterr().out)["methods"]
+    assert len(calls) == 2 and calls[0] == calls[1] > 0  # the set-up call, then the timed one, on the decoded articles
+    assert lora["eval_score_seconds"] >= 0.5 * lora["eval_articles"] / calls[0]
+
+
 @pytest.mark.parametrize("extra, expected", [
     (["--calibration-steps", "0"], "--calibration-steps and --calibration-articles must be >= 1"),
     (["--lr", "1e-3", "--sweep-lr"], "--lr fixes one rate"),

@@ -104,6 +104,17 @@ class Calibrator:
         self.root, self.steps, self.batches, self.articles, self.eval_limit = root, steps, batches, articles, eval_limit
         self.bar = bar
         self._prompts: dict[str, list[list[int]]] = {}  # test prompts, shared by the methods
+        self._scorer: tuple[Any, float] | None = None  # (BERTScore scorer, its load seconds), shared likewise
+
+    def _bertscore(self, cfg: Config) -> tuple[Any, float]:
+        """(scorer, seconds `evaluate` spends loading it) with eval.metrics bertscore, else (None, 0)."""
+        from sumtune.bertscore import load_scorer, wanted
+
+        if not wanted(cfg.eval):
+            return None, 0.0
+        if self._scorer is None:
+            self._scorer = _timed(load_scorer, cfg.eval)
+        return self._scorer
 
     @staticmethod
     def tasks(steps: int, articles: int, trains: bool, cached: bool = False) -> int:
@@ -261,8 +272,10 @@ class Calibrator:
                 self.bar.update(len(b))
             cal.decode_first_seconds, cal.decode_batch_seconds = build + seconds[0], seconds[1:]
             cal.articles_decoded = len(predictions)
-            _scores(predictions, references, tokenizer, cfg.train.seed)  # once: the scorers' one-time set-up
-            cal.score_seconds = _timed(_scores, predictions, references, tokenizer, cfg.train.seed)[1]
+            scorer, load_s = self._bertscore(cfg)  # every evaluation loads it once
+            cal.eval_load_seconds += load_s
+            _scores(predictions, references, tokenizer, cfg.train.seed, scorer, device)  # the scorers' one-time set-up
+            cal.score_seconds = _timed(_scores, predictions, references, tokenizer, cfg.train.seed, scorer, device)[1]
             cal.eval_peak_mb = memory.peak_mb()
         finally:
             memory.stop()
