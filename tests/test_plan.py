@@ -119,6 +119,23 @@ def test_step_counts_follow_the_trainer_schedule():
     assert project_training(cal, cfg, steps=4).steps == 4  # a budget's step count plugs in
 
 
+def test_validations_count_the_decoding_they_do():
+    """Selecting by ROUGE decodes eval.select_samples rows a validation; a tracker with tables (by
+    loss) decodes train.log_predictions rows; no tracker, or log_predictions 0, none."""
+    cal = Calibration("lora", True, step_seconds=[1.0], val_batch_seconds=[1.0], n_train=8, n_val=40,
+                      decode_first_seconds=3.0, decode_batch_seconds=[1.0], articles_decoded=4)  # 1 s an article
+    flags = {"train.epochs": 2, "train.batch_size": 4, "train.grad_accum": 2}  # 1 step an epoch, 2 validations
+    base = project_training(cal, build_config(flags=flags)).validation_seconds
+
+    def extra(**keys) -> float:
+        return project_training(cal, build_config(flags={**flags, **keys})).validation_seconds - base
+
+    assert extra(**{"train.select_by": "rougeL", "eval.select_samples": 16}) == 2 * 16
+    assert extra(**{"train.report_to": ["mlflow"], "train.log_predictions": 4}) == 2 * 4
+    assert extra(**{"train.report_to": ["mlflow"], "train.log_predictions": 0}) == 0
+    assert extra(**{"train.select_by": "rougeL", "eval.select_samples": 100}) == 2 * 40  # capped by the rows
+
+
 def test_a_seconds_budget_projects_the_step_that_reaches_it():
     """The trainer stops after the step at which the budget is reached: the cold first epoch at
     its rate, the cached later ones at theirs, capped by the configured steps."""

@@ -48,6 +48,7 @@ from sumtune.recipes.experiment import (
 )
 from sumtune.training.budget import KINDS, budget_of
 from sumtune.training.state import plan_steps
+from sumtune.training.trackers import wants_samples
 
 HEADROOM = 0.10  # a projected peak within 10% of the device's memory is "tight"
 DEFAULT_STEPS = 3
@@ -121,10 +122,12 @@ def project_training(cal: Calibration, cfg: Config, steps: int | None = None) ->
     first_pass = mean(cal.val_batch_seconds) * val_batches
     later_pass = mean(cal.cached_val_batch_seconds or cal.val_batch_seconds) * val_batches
     checkpoints = _count_until(total - 1, tc.save_steps, epoch_ends)
-    if tc.select_by != "loss" and cal.articles_decoded:  # each validation also decodes the selection subset
+    # each validation also decodes the selection subset, or else the trackers' sample predictions
+    decoded = cfg.eval.select_samples if tc.select_by != "loss" else tc.log_predictions if wants_samples(cfg) else 0
+    if decoded and cal.articles_decoded:
         per_article = (cal.decode_first_seconds + sum(cal.decode_batch_seconds)) / cal.articles_decoded
-        later_pass += min(cfg.eval.select_samples, cal.n_val) * per_article
-        first_pass += min(cfg.eval.select_samples, cal.n_val) * per_article
+        later_pass += min(decoded, cal.n_val) * per_article
+        first_pass += min(decoded, cal.n_val) * per_article
     return TrainingProjection(
         steps=total, step_seconds=cold * per_step + (total - cold) * warm, validations=validations,
         validation_seconds=first_pass + max(0, validations - 1) * later_pass + validations * cal.save_seconds,
