@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import statistics
 import time
 
 import pytest
@@ -157,14 +158,17 @@ def test_strata_are_evenly_spaced_longest_first():
 
 def _projected_and_measured(model, data, out) -> dict[str, tuple[float, float]]:
     """(projected, measured) per figure: `run_plan`, then the same configuration trained and evaluated."""
+    import torch
+
     from sumtune.recipes.evaluate import evaluate_run
     from sumtune.recipes.train import train
 
+    torch.set_num_threads(1)  # both sides alike; two threads on a 2-core machine time sub-second passes ~30% apart
     cfg = build_config(flags={
         "model.name": str(model), "data.source": str(data), "output_dir": str(out),
         "method.name": "lora", "method.r": 4, "train.epochs": 1, "train.batch_size": 2, "train.grad_accum": 1,
         "train.lr": 1e-3, "train.precision": "fp32", "data.max_length": 128, "data.max_summary_length": 32,
-        "eval.batch_size": 4, "eval.max_new_tokens": 12, "eval.min_new_tokens": 12})
+        "eval.batch_size": 4, "eval.max_new_tokens": 32, "eval.min_new_tokens": 32})
     record = run_plan(cfg, Plan(chosen=("lora",)), steps=12, articles=8, progress=False)
     (p,) = record["methods"]
     run = train(cfg)
@@ -172,7 +176,7 @@ def _projected_and_measured(model, data, out) -> dict[str, tuple[float, float]]:
     metrics = evaluate_run(run, "test", overrides=vars(cfg.eval))
     eval_wall = time.perf_counter() - t0
     results = json.loads((run / "results.json").read_text())
-    assert p["training"]["steps"] == results["steps"] == 48 and p["eval_articles"] == metrics["n"] == 16
+    assert p["training"]["steps"] == results["steps"] == 48 and p["eval_articles"] == metrics["n"] == 32
     assert results["peak_memory_kind"] == p["memory_kind"] and "lora" in format_plan(record)
     return {"train_seconds": (p["training"]["step_seconds"], results["train_seconds"]),
             "evaluation wall": (p["eval_seconds"], eval_wall),
@@ -188,24 +192,24 @@ def test_projection_matches_a_measured_run(tiny_neo, tmp_path):
       the projected evaluation seconds, and metrics.json's generation_seconds against the
       projected decoding seconds, within 25%;
     - peak memory: results.json's peak RSS against the projected training peak, within 15%.
-    Every summary is held at 12 tokens (min = max new tokens): the tiny random model's stopping
+    Every summary is held at 32 tokens (min = max new tokens): the tiny random model's stopping
     is noise, and which articles it would stop early on is not what the projection is tested for.
     A machine shared with other work can change speed between the calibration and the run (seen:
-    the same decoding batch re-timed 40% apart under a load of 13 on 2 cores), so a second
-    attempt is made when the first misses; a projection off by more than the bounds misses both.
+    the same decoding batch re-timed 40% apart under a load of 13 on 2 cores), so
+    three attempts are made and each figure's median projected/measured ratio is held to the bound
+    (sub-second passes on a fast, quiet 2-core machine were also seen 30-50% apart run to run, in
+    either direction): a systematic error shows in the median, the noise of one attempt does not.
     Each attempt runs in a fresh process, as `sumtune plan` and the runs it projects do: after
     the rest of the suite in one process, decoding was measured ~40% slower than projected in
-    both attempts (not so alone), state of earlier tests that no user's `plan` inherits."""
-    data = write_kaggle_dir(tmp_path / "data", sizes=(96, 8, 16))
+    every attempt (not so alone), state of earlier tests that no user's `plan` inherits."""
+    data = write_kaggle_dir(tmp_path / "data", sizes=(96, 8, 32))
     bounds = {"train_seconds": 0.25, "evaluation wall": 0.25, "generation_seconds": 0.25, "peak RSS": 0.15}
-    attempts = []
-    for attempt in range(2):
+    ratios: dict[str, list[float]] = {k: [] for k in bounds}  # projected / measured, per attempt
+    for attempt in range(3):
         with multiprocessing.get_context("spawn").Pool(1) as pool:  # a fresh process, as `sumtune plan` runs in
             figures = pool.apply(_projected_and_measured, (tiny_neo, data, tmp_path / f"exp{attempt}"))
-        errors = {k: abs(proj - meas) / meas for k, (proj, meas) in figures.items()}
-        attempts.append({k: (round(figures[k][0], 3), round(figures[k][1], 3), f"{100 * e:.0f}%")
-                         for k, e in errors.items()})
-        if all(errors[k] < bounds[k] for k in bounds):
-            return
-    raise AssertionError(f"projection off by more than {bounds} in both attempts (projected, measured, error): "
-                         f"{attempts}")
+        for k, (proj, meas) in figures.items():
+            ratios[k].append(proj / meas)
+    medians = {k: statistics.median(v) for k, v in ratios.items()}
+    missed = {k: m for k, m in medians.items() if abs(m - 1) >= bounds[k]}
+    assert not missed, f"median projected/measured off by more than {bounds}: {missed} (each attempt: {ratios})"

@@ -231,7 +231,7 @@ def _add_study_commands(sub) -> None:
                    help="timed optimizer steps (and loss batches) per method, after one warm-up step (default 3)")
     p.add_argument("--calibration-articles", type=_positive_int, default=8,
                    help="test articles decoded per method, in whole decoding batches, the first (longest) "
-                        "included (default 8)")
+                        "included, and at least one batch after it (default 8)")
     p.add_argument("--json", action="store_true", help="print the projection as JSON")
     p.add_argument("--output", metavar="FILE", help="also write the JSON to FILE")
 
