@@ -158,12 +158,9 @@ def test_strata_are_evenly_spaced_longest_first():
 
 def _projected_and_measured(model, data, out) -> dict[str, tuple[float, float]]:
     """(projected, measured) per figure: `run_plan`, then the same configuration trained and evaluated."""
-    import torch
-
     from sumtune.recipes.evaluate import evaluate_run
     from sumtune.recipes.train import train
 
-    torch.set_num_threads(1)  # both sides alike; two threads on a 2-core machine time sub-second passes ~30% apart
     cfg = build_config(flags={
         "model.name": str(model), "data.source": str(data), "output_dir": str(out),
         "method.name": "lora", "method.r": 4, "train.epochs": 1, "train.batch_size": 2, "train.grad_accum": 1,
@@ -184,6 +181,7 @@ def _projected_and_measured(model, data, out) -> dict[str, tuple[float, float]]:
             "peak RSS": (p["train_peak_memory_mb"], results["peak_memory_mb"])}
 
 
+@pytest.mark.slow  # three trainings and evaluations, ~35 s; bench/plan_accuracy.py is the full-size check
 def test_projection_matches_a_measured_run(tiny_neo, tmp_path):
     """Projected against measured, same configuration, same process, one after the other:
     - training: results.json's train_seconds (optimizer steps only) against the projected
@@ -198,7 +196,8 @@ def test_projection_matches_a_measured_run(tiny_neo, tmp_path):
     the same decoding batch re-timed 40% apart under a load of 13 on 2 cores), so
     three attempts are made and each figure's median projected/measured ratio is held to the bound
     (sub-second passes on a fast, quiet 2-core machine were also seen 30-50% apart run to run, in
-    either direction): a systematic error shows in the median, the noise of one attempt does not.
+    either direction; inside the whole suite one median came out 0.71 for decoding): a systematic
+    error shows in the median, the noise of one attempt does not.
     Each attempt runs in a fresh process, as `sumtune plan` and the runs it projects do: after
     the rest of the suite in one process, decoding was measured ~40% slower than projected in
     every attempt (not so alone), state of earlier tests that no user's `plan` inherits."""
