@@ -111,22 +111,27 @@ def test_card_states_the_run_and_its_test_scores(runs, tmp_path, capsys):
     assert not (out / "adapter_config.json").exists()
 
 
-def test_card_code_summarises_as_sumtune(runs, tmp_path):
-    """The card's Python, run as it stands on the exported model, gives `sumtune summarize`'s summaries
-    with the evaluated decoding (fp32 greedy)."""
+def _card_code_summarises_as_sumtune(run: Path, body: str) -> None:
+    """The card's Python, run as it stands, gives `sumtune summarize`'s summaries (24 new tokens)."""
     from sumtune.config import load_run_config
     from sumtune.recipes.evaluate import article_text, summarize_text
     from sumtune.tiny import synthetic_news
 
-    run, out = runs["lora"], tmp_path / "plain"
-    main_one_thread(["export", str(run), "--output-dir", str(out)])
-    _, body = _card(out)
     code = body.split("```python\n", 1)[1].split("```", 1)[0]
     cfg = load_run_config(run)
     for row in synthetic_news(3, seed=5):
         scope = {"article": article_text(row["article"], cfg)}
         exec(code, scope)
         assert scope["summary"] == summarize_text(run, row["article"], overrides={"max_new_tokens": 24})
+
+
+def test_card_code_summarises_as_sumtune(runs, tmp_path):
+    """The card's Python, run as it stands on the exported model, gives `sumtune summarize`'s summaries
+    with the evaluated decoding (fp32 greedy)."""
+    run, out = runs["lora"], tmp_path / "plain"
+    main_one_thread(["export", str(run), "--output-dir", str(out)])
+    _, body = _card(out)
+    _card_code_summarises_as_sumtune(run, body)
 
 
 def test_lora_adapter_export_loads_with_peft(runs, hub_model, tmp_path):
@@ -276,8 +281,6 @@ def test_push_uploads_the_exported_directory(runs, tmp_path, capsys, monkeypatch
 def test_card_code_of_a_chat_format_run_summarises_as_sumtune(tmp_path):
     """With `data.prompt_format: chat` the card's Python builds the template's prompt and stops at the
     turn's end: `sumtune summarize`'s summaries again."""
-    from sumtune.config import load_run_config
-    from sumtune.recipes.evaluate import article_text, summarize_text
     from sumtune.tiny import build_tiny_model, synthetic_news
 
     rows = synthetic_news(60, seed=1)
@@ -293,9 +296,4 @@ def test_card_code_of_a_chat_format_run_summarises_as_sumtune(tmp_path):
     main_one_thread(["export", str(run), "--output-dir", str(out)])
     _, body = _card(out)
     assert "chat template" in body
-    code = body.split("```python\n", 1)[1].split("```", 1)[0]
-    cfg = load_run_config(run)
-    for row in synthetic_news(3, seed=5):
-        scope = {"article": article_text(row["article"], cfg)}
-        exec(code, scope)
-        assert scope["summary"] == summarize_text(run, row["article"], overrides={"max_new_tokens": 24})
+    _card_code_summarises_as_sumtune(run, body)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import one_thread  # noqa: F401  (autouse: one torch thread)
 
 from sumtune.cli import main
 from sumtune.config import build_config, config_differences, config_from_dict
@@ -21,14 +22,6 @@ from sumtune.recipes import train as recipe
 from sumtune.training import state, trackers
 
 N_SAMPLES = 2  # train.log_predictions in these runs
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _argv(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
