@@ -139,3 +139,34 @@ def test_demo_runs_offline(tmp_path, capsys):
     assert lines[-1] == str(tmp_path / "demo/report.html") and lines[-3].startswith("plot: ")
     assert _read(tmp_path / "demo/experiment.json")["demo"] is True
     assert report["answer"]["facts"]["verdict"] == "demo" and DEMO_TEXT in printed  # no winner implied
+
+
+def test_choose_decoding_on_validation_rows(tiny_neo, kaggle_dir, tmp_path, monkeypatch, capsys):
+    """--choose-decoding scores each preset on validation rows (never test), decodes the test rows
+    with the best by ROUGE-L, records the choice, and reuses it when nothing changed."""
+    from sumtune.recipes import evaluate
+
+    out = tmp_path / "exp"
+    splits: list[str] = []
+    real = evaluate.evaluate_run
+
+    def spy(run, split="test", *a, **k):
+        splits.append(split)
+        return real(run, split, *a, **k)
+
+    monkeypatch.setattr(evaluate, "evaluate_run", spy)
+    plan = Plan(eval_limit=2, chosen=("zero_shot",), decodings=("greedy", "xsum"), choose_rows=3)
+    experiment.run_experiment(_cfg(out, tiny_neo, kaggle_dir), plan)
+    assert splits == ["validation", "validation", "test"]
+    choice = _read(out / "zero_shot/eval/decoding_choice.json")
+    scores = {n: c["rougeL"] for n, c in choice["candidates"].items()}
+    assert choice["split"] == "validation" and choice["rows"] == 3 and set(scores) == {"greedy", "xsum"}
+    assert all(c["n"] == 3 for c in choice["candidates"].values())
+    assert choice["chosen"] == max(["greedy", "xsum"], key=lambda n: scores[n])
+    test = _read(out / "zero_shot/eval/test/metrics.json")
+    assert test["decoding"]["preset"] == choice["chosen"] and test["n"] == 2
+    assert _read(out / "experiment.json")["decoding_choice"][str(out / "zero_shot")]["chosen"] == choice["chosen"]
+    assert "decoding chosen on validation" in capsys.readouterr().out
+    splits.clear()
+    experiment.run_experiment(_cfg(out, tiny_neo, kaggle_dir), plan)  # unchanged: nothing decoded again
+    assert splits == []

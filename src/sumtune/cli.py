@@ -65,6 +65,16 @@ def _methods_choice(text: str) -> tuple[str, ...]:
     return names
 
 
+def _presets_choice(text: str) -> tuple[str, ...]:
+    """experiment --choose-decoding: comma-separated decoding presets."""
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in DECODING_PRESETS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown decoding preset {unknown[0]!r} in {text!r} (presets: "
+                                         f"{', '.join(DECODING_PRESETS)})" if unknown else "expected preset names")
+    return names
+
+
 def _add_train_flags(p: argparse.ArgumentParser, with_method: bool) -> None:
     if with_method:
         p.add_argument("--method", choices=METHODS, help="fine-tuning method (default: method.name of --config)")
@@ -211,6 +221,11 @@ def _add_experiment_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decoding", choices=tuple(DECODING_PRESETS),
                    help="decoding preset for every method (default: the --data-preset's, else cnndm, unless eval.* "
                         "keys are set)")
+    p.add_argument("--choose-decoding", type=_presets_choice, metavar="PRESET,PRESET",
+                   help="per method, score these decoding presets on validation rows and decode the test rows "
+                        "with the best (ROUGE-L); never chosen on test")
+    p.add_argument("--choose-rows", type=_positive_int, default=16,
+                   help="validation rows each --choose-decoding preset is scored on (default 16)")
 
 
 def _add_study_commands(sub) -> None:
@@ -395,7 +410,8 @@ def _experiment_setup(a: argparse.Namespace):
         cfg = build_config(a.config, _flags(a), [f"eval.preset={a.decoding or default}", *sets])
     apply_offline_env(cfg.model.name, cfg.data.source)
     plan = Plan(with_full=a.with_full, sweep_lr=a.sweep_lr, eval_limit=a.eval_limit, seeds=max(1, a.seeds),
-                overwrite=getattr(a, "overwrite", False), lr=a.lr, chosen=a.methods)
+                overwrite=getattr(a, "overwrite", False), lr=a.lr, chosen=a.methods,
+                decodings=a.choose_decoding or (), choose_rows=a.choose_rows)
     return cfg, plan
 
 

@@ -69,6 +69,8 @@ class Plan:
     lr_grid: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(LR_GRID))
     chosen: tuple[str, ...] | None = None  # --methods; None: METHODS
     demo: bool = False  # the demo's tiny random model: the report names no winner
+    decodings: tuple[str, ...] = ()  # --choose-decoding: presets tried per method on validation rows
+    choose_rows: int = 16  # validation rows each candidate decoding is scored on
 
     def methods(self) -> tuple[str, ...]:
         base = tuple(self.chosen) if self.chosen else METHODS
@@ -165,6 +167,38 @@ def _evaluate(run: Path, plan: Plan, cfg: Config, retrained: bool) -> None:
             print(f"{run}: evaluated earlier with the same settings, skipped")
             return
     evaluate_run(run, "test", limit=plan.eval_limit, overrides=vars(copy.deepcopy(cfg.eval)))
+
+
+def _choose_decoding(run: Path, plan: Plan, cfg: Config, retrained: bool) -> tuple[Config, dict]:
+    """(cfg with the candidate decoding preset that scores best on the run's first `plan.choose_rows`
+    validation rows, the record of the choice). Never test rows: the test figures stay unbiased. The
+    record (RUN/eval/decoding_choice.json) is reused while the run and the candidates are unchanged."""
+    from sumtune.config import apply_preset, decoding_summary
+    from sumtune.recipes.evaluate import evaluate_run
+    from sumtune.report.frontier import HEADLINE
+
+    path = RunDir(run).path / "eval" / "decoding_choice.json"
+    old = read_json(path) if path.is_file() and not retrained else {}
+    old = old.get("candidates", {}) if old.get("rows") == plan.choose_rows else {}
+    configs, scores = {}, {}
+    for name in plan.decodings:
+        c = configs[name] = copy.deepcopy(cfg)
+        apply_preset(c.eval, name)
+        if (old.get(name) or {}).get("decoding") == decoding_summary(c.eval):
+            scores[name] = old[name]
+            continue
+        print(f"{run}: decoding {name} on {plan.choose_rows} validation rows")
+        m = evaluate_run(run, "validation", limit=plan.choose_rows, overrides=vars(copy.deepcopy(c.eval)))
+        scores[name] = {"decoding": m["decoding"], "n": m["n"], HEADLINE: m[HEADLINE], "ci95": m["ci95"][HEADLINE],
+                        "mean_prediction_tokens": m["mean_prediction_tokens"],
+                        "mean_reference_tokens": m["mean_reference_tokens"]}
+    chosen = max(plan.decodings, key=lambda n: scores[n][HEADLINE])  # a tie keeps the first listed
+    record = {"split": "validation", "rows": plan.choose_rows, "metric": HEADLINE, "chosen": chosen,
+              "candidates": scores}
+    atomic_write_json(path, record)
+    shown = ", ".join(f"{n} {100 * s[HEADLINE]:.2f}" for n, s in scores.items())
+    print(f"{run}: decoding chosen on validation ({HEADLINE}, n={scores[chosen]['n']}): {chosen} ({shown})")
+    return configs[chosen], record
 
 
 # --- learning rates -------------------------------------------------------------
@@ -310,7 +344,7 @@ def run_experiment(cfg: Config, plan: Plan | None = None) -> dict:
     seeds = [cfg.train.seed + i for i in range(plan.seeds)]
     budget = budget_of(cfg.train)
     record: dict = {"methods": list(plan.methods()), "seeds": seeds, "lr": {}, "sweep": {}, "runs": {},
-                    "budget": budget and {"kind": budget.kind, "limit": budget.limit,
+                    "decoding_choice": {}, "budget": budget and {"kind": budget.kind, "limit": budget.limit,
                                           "sweep_fraction": SWEEP_BUDGET_FRACTION if plan.sweep_lr else None},
                     "demo": plan.demo}
     runs = []
@@ -323,6 +357,8 @@ def run_experiment(cfg: Config, plan: Plan | None = None) -> dict:
                 c = _method_cfg(cfg, method, out / (method if i == 0 else f"{method}-seed{seed}"), lr, seed)
                 print(f"== {method}" + (f" (lr {lr:g})" if lr is not None else "") + f", seed {seed} -> {c.output_dir}")
                 run, trained = _train(c, plan.overwrite, memo)
+                if plan.decodings and get_method(method).decodes:
+                    c, record["decoding_choice"][str(run)] = _choose_decoding(run, plan, c, trained)
                 _evaluate(run, plan, c, retrained=trained)
                 runs.append(run)
                 record["runs"][method].append(str(run))
