@@ -118,6 +118,14 @@ def test_seeds_give_runs_per_method_and_mean_sd_in_the_report(tiny_neo, kaggle_d
     assert "## Pairwise differences" in md and "Holm" in md
     assert "peak RSS" in md and "evaluated on the test split, n = 4" in md
     assert "train 24, validation 4, test 4" in md and "Decoding (same for every run):** greedy" in md
+    # example summaries: the first two documents, the reference and every run's own summary beside it
+    first = [json.loads(x) for x in (out / "lora/eval/test/predictions.jsonl").read_text().splitlines()][:2]
+    shown = report["examples"]
+    assert [e["id"] for e in shown] == [str(r["id"]) for r in first] and "## Example summaries (test split" in md
+    assert shown[0]["summaries"]["lora-seed43"] == json.loads(
+        (out / "lora-seed43/eval/test/predictions.jsonl").read_text().splitlines()[0])["prediction"]
+    assert set(shown[0]["summaries"]) == {r["run"] for r in report["rows"]}
+    assert f"- *reference*: {' / '.join(first[0]['reference'].splitlines())}" in md
 
 
 def test_report_marks_an_lr_at_the_grid_edge_and_the_sweep_cost(tiny_neo, kaggle_dir, tmp_path, monkeypatch):

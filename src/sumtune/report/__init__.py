@@ -1,6 +1,6 @@
 """`sumtune compare`: the runs side by side - compare.md (the answer paragraph, a header saying
 what the figures are, costs, scores with 95% intervals, the cost-quality frontier, seeds, pairwise
-tests), compare.json (the same data), the PNG plots and report.html (all of it in one offline
+tests, example summaries beside their references), compare.json (the same data), the PNG plots and report.html (all of it in one offline
 page, with an article browser)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from sumtune.errors import UserError
 from sumtune.io import atomic_write_json, atomic_write_text, read_json
 from sumtune.lock import DirLock, is_main_process
 from sumtune.report.answer import answer, answer_markdown, is_demo
+from sumtune.report.examples import examples, examples_markdown
 from sumtune.report.frontier import frontier, frontier_markdown
 from sumtune.report.html import MAX_ARTICLES, write_html
 from sumtune.report.plots import loss_curves, plots
@@ -49,8 +50,10 @@ def compare_runs(run_dirs: Sequence[str | Path], output: str | Path | None = Non
             row["run"] = str(run.resolve().relative_to(parent))
     seeds, pairs = seed_summary(rows), pairwise(rows, runs, split)
     front, ans = frontier(rows, split), answer(rows, pairs, split, is_demo(record, runs))
+    shown = examples(runs, [r["run"] for r in rows], split)
     text = markdown(rows, seeds, pairs, split, answer_markdown(ans), frontier_markdown(front))
-    extra = {"frontier": front, "answer": ans}
+    text += "\n" + examples_markdown(shown, split) if shown else ""
+    extra = {"frontier": front, "answer": ans, "examples": shown}
     if not is_main_process():  # under accelerate launch (experiment) the main process writes
         return {"split": split, "rows": rows, "seeds": seeds, "pairs": pairs, "plots": [], **extra}
     with DirLock(out, "comparison directory"):
