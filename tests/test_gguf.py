@@ -131,6 +131,31 @@ def test_train_export_and_reload_on_a_gguf(tiny_gguf, tmp_path, cache):
     assert [p.name for p in (cache / "gguf").iterdir() if p.is_dir()] == [sha]
 
 
+def test_an_adapter_export_loads_its_base_from_the_gguf_file(tiny_gguf, tmp_path):
+    """The card of a PEFT adapter trained on a GGUF base loads that base with Transformers' own GGUF
+    reader, whose weights are the ones sumtune trained on."""
+    from method_utils import padded_batch
+
+    from sumtune.runs import load_run
+
+    gguf, _ = tiny_gguf
+    run, out = tmp_path / "run", tmp_path / "adapter"
+    main_one_thread(["train", "--method", "lora", "--model", str(gguf), "--data",
+                     str(write_kaggle_dir(tmp_path / "data", sizes=(4, 2, 2))), "--output-dir", str(run),
+                     "--max-steps", "1", "--lr", "0.05", "--set", "method.r=2", *SMALL])
+    main_one_thread(["export", str(run), str(out), "--adapter"])
+    code = (out / "README.md").read_text().split("```python\n", 1)[1].split("```", 1)[0]
+    load = f"model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({str(gguf.parent)!r}, " \
+           f"gguf_file={gguf.name!r}), {str(out)!r})"
+    assert load in code.splitlines()
+    scope: dict = {}
+    exec("import torch\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n" + load, scope)
+    _, _, model, tok = load_run(run)
+    batch = padded_batch(tok)
+    with torch.no_grad():
+        torch.testing.assert_close(scope["model"].eval()(**batch).logits, model(**batch).logits, rtol=0, atol=1e-5)
+
+
 def _bad_files(tmp_path: Path, gguf: Path, hf_dir: Path) -> dict[str, Path]:
     data = gguf.read_bytes()
     (tmp_path / "half.gguf").write_bytes(data[: len(data) // 2])
