@@ -16,6 +16,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # datasets' cache goes to a throwaway directory, never the user's ~/.cache
 os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="sumtune-test-hf-"))
+# sumtune's own cache (converted GGUF files, named models) likewise
+os.environ.setdefault("SUMTUNE_CACHE", tempfile.mkdtemp(prefix="sumtune-test-cache-"))
 
 import torch  # noqa: E402
 

@@ -12,6 +12,10 @@ the run was not evaluated, and has no `model-index`). Hub ids:
   `license_name`/`license_link` for `other`) in its local directory or the local Hub cache;
   unknown, the key is left out (not guessed, not "other") and the body says so.
 - `datasets`: the dataset id of an `hf:NAME[:CONFIG]` source; a local file or directory has none.
+
+A base model from a GGUF file (or a named real model, `sumtune.gguf_files`) gets no `base_model`
+id; the body names the file, its sha256 and its quantization (from the run's fingerprint), and the
+`license` is the one the file's metadata states (general.license), when it states one.
 """
 
 from __future__ import annotations
@@ -65,8 +69,15 @@ def base_card_path(model_name: str, hub_id: str | None) -> Path | None:
 
 
 def base_license(model_name: str, hub_id: str | None) -> dict[str, str]:
-    """{license[, license_name, license_link]} from the base model's card; {} when unknown."""
+    """{license[, license_name, license_link]} from the base model's card (a GGUF file: its
+    general.license); {} when unknown."""
     from huggingface_hub import metadata_load
+
+    from sumtune.gguf_files import is_gguf_model, source_record
+
+    if is_gguf_model(model_name):
+        license_ = (source_record(model_name) or {}).get("license")
+        return {"license": str(license_)} if license_ else {}
 
     path = base_card_path(model_name, hub_id)
     try:
@@ -160,13 +171,35 @@ def _evaluation(cfg: Config, metrics: dict | None, run: Path) -> list[str]:
     return lines
 
 
+def _base_load(base: str, model_name: str, gguf: dict | None) -> str:
+    """The Python that loads the base model: by Hub id or directory, or a GGUF file with Transformers'
+    own reader (its dequantized weights are the ones sumtune converted)."""
+    if gguf:
+        from sumtune.gguf_files import NAMED_MODELS, named_model_dir
+
+        path = (named_model_dir(model_name) / NAMED_MODELS[model_name].filename if model_name in NAMED_MODELS
+                else Path(model_name))
+        return f"AutoModelForCausalLM.from_pretrained({str(path.parent)!r}, gguf_file={path.name!r})"
+    return f"AutoModelForCausalLM.from_pretrained({base!r})"
+
+
+def _gguf_lines(gguf: dict | None) -> list[str]:
+    if not gguf:
+        return []
+    return [f"- GGUF source: `{gguf.get('file')}` (sha256 `{gguf.get('sha256')}`, {gguf.get('bytes'):,} bytes, "
+            f"quantization {gguf.get('quantization')}, architecture {gguf.get('architecture')})"
+            + (f", named model `{gguf['named_model']}`" if gguf.get("named_model") else "")
+            + "; its tensors dequantized to fp32 by Transformers' GGUF reader, which the method trained on"]
+
+
 def _usage(adapter: bool, where: str, base: str, cfg: DataConfig, dec: dict, model_name: str) -> list[str]:
     """Python that summarises as sumtune did: the article cut to fit and the separator tokenised
     apart (`data.encode_prompt`; or the chat template's prompt), the decoding settings evaluated (or
-    configured), the summary cut at a blank line or a new separator (`decoding.decode_summary`)."""
+    configured), the summary cut at a blank line or a new separator (`decoding.decode_summary`).
+    `base`: the Python expression that loads the base model (`_base_load`)."""
     if adapter:
         load = ["from peft import PeftModel", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-                f"model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base!r}), {where!r})"]
+                f"model = PeftModel.from_pretrained({base}, {where!r})"]
     else:
         load = ["from transformers import AutoModelForCausalLM, AutoTokenizer", "",
                 f"model = AutoModelForCausalLM.from_pretrained({where!r})"]
@@ -225,9 +258,12 @@ def card_text(run: Path, cfg: Config, method, *, adapter: bool, name: str, where
     license_ = base_license(cfg.model.name, base_id)
     data = results.get("data") or meta.get("data")
     fp = results.get("base_model") or meta.get("base_model") or {}
+    gguf = fp.get("gguf")
     opts = method.options(cfg.method)
     what = "A PEFT adapter" if adapter else "A causal language model"
     base = f"[{base_id}](https://huggingface.co/{base_id})" if base_id else f"a local model (`{cfg.model.name}`)"
+    if gguf and not base_id:
+        base = f"the GGUF file `{gguf.get('file')}` ({gguf.get('quantization')}, dequantized to fp32)"
     sizes = results.get("data_sizes") or (data or {}).get("sizes") or {}
     config = cfg.to_dict()
     config.pop("output_dir", None)
@@ -244,13 +280,15 @@ def card_text(run: Path, cfg: Config, method, *, adapter: bool, name: str, where
         + ("evaluated" if metrics else "configured") + " ones"
         + (f" (sumtune then keeps the first {cfg.eval.max_sentences} sentences)" if cfg.eval.max_sentences else "")
         + ". The scores below come from sumtune's own batched decoder (`sumtune summarize RUN`).", "",
-        "```python", "import torch", *_usage(adapter, where, base_id or cfg.model.name, cfg.data,
+        "```python", "import torch", *_usage(adapter, where, _base_load(base_id or cfg.model.name, cfg.model.name, gguf),
+                                               cfg.data,
                                                (metrics or {}).get("decoding") or decoding_summary(cfg.eval), cfg.model.name),
         "```", "",
         "## Training", "",
         f"- Method: {method.name}: {method.describe(opts)}",
         f"- Base model: {base_id or cfg.model.name} (config sha `{fp.get('config_sha')}`, "
         f"weights sha `{fp.get('weights_sha')}`)",
+        *_gguf_lines(gguf),
         f"- Data: `{cfg.data.source}`" + (f" ({', '.join(f'{s} {n}' for s, n in sizes.items())} rows)" if sizes else ""),
         *_fingerprint_lines(data),
     ]
@@ -264,7 +302,8 @@ def card_text(run: Path, cfg: Config, method, *, adapter: bool, name: str, where
              yaml.safe_dump(config, sort_keys=False).rstrip(), "```", "",
              *_evaluation(cfg, metrics, run), "", "## License", ""]
     if license_:
-        body.append(f"`{license_['license']}`, as the base model's card states"
+        body.append(f"`{license_['license']}`, as the base model's "
+                    + ("GGUF file states (general.license)" if gguf else "card states")
                     + (f" ({license_.get('license_name')}: {license_.get('license_link')})"
                        if license_.get("license_link") else "") + ".")
     else:

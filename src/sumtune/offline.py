@@ -26,10 +26,14 @@ _probed: dict[tuple[str, int], bool] = {}
 
 
 def is_local_model(name: str | None) -> bool:
-    """A model directory (or something written as a path) rather than a Hub name."""
+    """A model directory or file (or something written as a path), or a named real model
+    (sumtune.gguf_files.NAMED_MODELS, a file in sumtune's cache), rather than a Hub name."""
     if not name:
         return False
-    return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
+    from sumtune.gguf_files import NAMED_MODELS
+
+    return (Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
+            or name in NAMED_MODELS)
 
 
 def is_local_data(source: str | None) -> bool:
