@@ -256,7 +256,8 @@ def test_method_section_is_built_from_each_methods_own_config():
 
 def test_every_method_that_trains_declares_its_lr_grids():
     from sumtune.methods import CONFIGS, get_method
-    from sumtune.recipes.experiment import DEMO_LR_GRID, LR_GRID, grid_key
+    from sumtune.recipes.demo import TINY_LR_GRID as DEMO_LR_GRID
+    from sumtune.recipes.experiment import LR_GRID, grid_key
 
     for name, cls in CONFIGS.items():
         cfg = build_config(sets=[f"method.name={name}"])

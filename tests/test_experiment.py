@@ -10,7 +10,6 @@ import pytest
 from sumtune.config import build_config, load_run_config
 from sumtune.recipes import experiment
 from sumtune.recipes.experiment import Plan
-from sumtune.report.answer import DEMO_TEXT
 
 
 def _cfg(out, model_dir, data_dir, **sets):
@@ -110,35 +109,6 @@ def test_every_method_is_checked_before_the_first_trains(tiny_neo, kaggle_dir, t
         with pytest.raises(UserError, match="1024 \\+ 4 soft-prompt tokens exceeds the 1024 positions"):
             run(cfg, Plan(eval_limit=2))
     assert not out.exists()
-
-
-def test_demo_data_is_packaged():
-    assert experiment.DEMO_DATA.is_file() and experiment.DEMO_DATA.stat().st_size > 10_000
-
-
-def test_the_demo_marks_itself_so_the_report_names_no_winner(tmp_path, monkeypatch):
-    seen = {}
-    monkeypatch.setattr(experiment, "run_experiment", lambda cfg, plan: seen.setdefault("plan", plan))
-    experiment.run_demo(tmp_path / "demo")
-    assert seen["plan"].demo is True and Plan().demo is False
-
-
-@pytest.mark.slow
-def test_demo_runs_offline(tmp_path, capsys):
-    report = experiment.run_demo(tmp_path / "demo")
-    printed = capsys.readouterr().out
-    assert printed.splitlines()[0].startswith("NOTE: this demo trains a tiny random model")
-    assert experiment.REAL_COMMAND in printed.splitlines()[0]
-    assert printed.index("PROJECTIONS") < printed.index("wrote ") < printed.index("== zero_shot")  # the plan first
-    plan = _read(tmp_path / "demo/plan.json")
-    assert [m["method"] for m in plan["methods"]] == ["zero_shot", "prompt_tuning", "lora", "last_layers", "full"]
-    methods = ["zero_shot", "prompt_tuning", "lora", "last_layers", "full"]
-    assert list(dict.fromkeys(r["method"] for r in report["rows"])) == methods  # 2 seeds: a method's runs together
-    assert all(r["evaluated"] for r in report["rows"])
-    lines = printed.rstrip().splitlines()
-    assert lines[-1] == str(tmp_path / "demo/report.html") and lines[-3].startswith("plot: ")
-    assert _read(tmp_path / "demo/experiment.json")["demo"] is True
-    assert report["answer"]["facts"]["verdict"] == "demo" and DEMO_TEXT in printed  # no winner implied
 
 
 def test_choose_decoding_on_validation_rows(tiny_neo, kaggle_dir, tmp_path, monkeypatch, capsys):

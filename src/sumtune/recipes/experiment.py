@@ -1,5 +1,5 @@
-"""`sumtune experiment` - the whole study in one command - and `sumtune demo`, the same on a
-tiny offline model and the bundled news sample.
+"""`sumtune experiment`: the whole study in one command (`sumtune demo` runs it on a small sample,
+recipes/demo.py).
 
 Every method trains on the same data with the same budget (epochs/steps, batch, precision; with
 `train.budget_seconds`/`budget_flops`, the same seconds or FLOPs of training, the steps capped as
@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sumtune.config import Config, build_config, config_differences, load_run_config
+from sumtune.config import Config, config_differences, load_run_config
 from sumtune.errors import UserError
-from sumtune.io import atomic_dir, atomic_write_json, read_json
+from sumtune.io import atomic_write_json, read_json
 from sumtune.lock import DirLock
 from sumtune.methods import CONFIGS as METHOD_CONFIGS
 from sumtune.methods import get_method
@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 METHODS = ("zero_shot", "prompt_tuning", "lora", "last_layers")
 # Learning-rate grids by grid name, each declared (with its sources) by its method's config
 LR_GRID = {key: grid for cls in METHOD_CONFIGS.values() for key, grid in cls.LR_GRIDS.items()}
-DEMO_LR_GRID = {key: grid for cls in METHOD_CONFIGS.values() for key, grid in cls.DEMO_LR_GRIDS.items()}
 # A sweep run must take this many optimizer steps after warmup: under warmup the first step's
 # rate is 0, and a run of one or two steps leaves every rate at the zero-shot loss, so the sweep
 # would "choose" the first rate of a tie.
@@ -52,8 +51,6 @@ MIN_SWEEP_STEPS = 5
 # Under a seconds/FLOPs budget each lr-sweep run gets this fraction of it (as a sweep run gets a
 # quarter of --max-steps), spent beside the main run's budget.
 SWEEP_BUDGET_FRACTION = 0.25
-DEMO_DATA = Path(__file__).parent.parent / "demo" / "news.jsonl"
-REAL_COMMAND = "sumtune experiment --model EleutherAI/gpt-neo-125m --data hf:abisee/cnn_dailymail:3.0.0"
 
 
 @dataclass
@@ -365,33 +362,3 @@ def run_experiment(cfg: Config, plan: Plan | None = None) -> dict:
             atomic_write_json(out / "experiment.json", record)
         return compare_runs(runs, out, experiment=record)
 
-
-def _demo_texts() -> list[str]:
-    import json
-
-    rows = [json.loads(line) for line in DEMO_DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [r["article"] + "\n" + r["highlights"] for r in rows]
-
-
-def run_demo(output_dir: str | Path = "demo_runs") -> dict:
-    """The experiment on a tiny random GPT-Neo (built here, offline) and the bundled news sample:
-    first its projected cost (`sumtune plan`, saved as OUT/plan.json), then the experiment."""
-    from sumtune.recipes.plan import print_plan, run_plan
-    from sumtune.tiny import build_tiny_model
-
-    print("NOTE: this demo trains a tiny random model, so its summaries are meaningless; it only shows the whole "
-          f"pipeline running offline. The real study: {REAL_COMMAND}")
-    out = Path(output_dir)
-    model_dir = out / "tiny-model"
-    if not (model_dir / "config.json").is_file():
-        with atomic_dir(model_dir) as tmp:
-            build_tiny_model(tmp, _demo_texts(), arch="gpt_neo", vocab_size=1024)
-    cfg = build_config(flags={
-        "model.name": str(model_dir), "data.source": str(DEMO_DATA), "output_dir": str(out),
-        "train.epochs": 10, "train.batch_size": 4, "train.grad_accum": 1, "train.precision": "fp32",
-        "data.max_length": 384, "data.max_summary_length": 64, "eval.preset": "cnndm",
-    })
-    plan = Plan(with_full=True, sweep_lr=True, lr_grid=dict(DEMO_LR_GRID), demo=True)
-    print("== plan: what the experiment below will cost here, projected from a short calibration")
-    print_plan(run_plan(cfg, plan, steps=1, articles=1), output=out / "plan.json")  # tiny: the demo stays short
-    return run_experiment(cfg, plan)  # ends with the answer paragraph (which names no winner), the table, plots
