@@ -213,7 +213,8 @@ def _add_experiment_flags(p: argparse.ArgumentParser) -> None:
     """experiment's flags (also plan's): train's without --method, and what the study adds."""
     _add_train_flags(p, with_method=False)
     p.add_argument("--methods", type=_methods_choice,
-                   help="comma-separated methods to run (default: zero_shot,prompt_tuning,lora,last_layers)")
+                   help="comma-separated methods to run (default: zero_shot,prompt_tuning,lora,last_layers, "
+                        "after lead3 with data.preset cnndm or xsum)")
     p.add_argument("--with-full", action="store_true", help="include full fine-tuning")
     p.add_argument("--sweep-lr", action="store_true", help="short runs over a small lr grid per method first")
     p.add_argument("--eval-limit", type=_positive_int,

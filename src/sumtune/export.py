@@ -38,6 +38,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, adapter: bool = Fals
     cfg = load_run_config(run)
     method = get_method(cfg.method.name)
     peft_dir = RunDir(run).adapter
+    if not method.needs_model:
+        raise UserError(f"a {method.name} run cannot be exported: {method.not_exportable}; "
+                        f"`sumtune summarize {run} FILE` makes its summary")
     if adapter and not (peft_dir / PEFT_CONFIG).is_file():
         raise UserError(f"a {method.name} run has no PEFT adapter ({peft_dir / PEFT_CONFIG} is absent: the method "
                         "trains the model's own weights or none); export it without --adapter")

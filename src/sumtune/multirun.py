@@ -103,15 +103,15 @@ class RunSet:
 
         runs = [check_finished_run(p) for p in paths]
         metas = [read_meta(r / "adapter") for r in runs]
-        check_same_base(runs, metas)
         cfgs = [load_run_config(r) for r in runs]
-        for run, cfg in zip(runs, cfgs):
+        for run, cfg in zip(runs, cfgs):  # before the base models are compared: a lead3 run records none
             method = get_method(cfg.method.name)
             what = method.serve_refusal(method.options(cfg.method))
             if what:
                 servable = ", ".join(m for m in METHODS if get_method(m).serving)
                 raise UserError(f"{run}: sumtune serve batches {servable} runs (no DoRA, unquantised); "
                                 f"use `sumtune evaluate` or `summarize` for a {what} run")
+        check_same_base(runs, metas)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._load_base(base_model or cfgs[0].model.name, runs, metas)
         self.runs: dict[str, ServedRun] = {}

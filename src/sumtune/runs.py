@@ -104,6 +104,14 @@ def run_meta(cfg: Config, model: torch.nn.Module, **extra) -> dict:
     }
 
 
+def modelless_meta(cfg: Config, **extra) -> dict:
+    """`run_meta` of a method that loads no model (`Method.needs_model` False): the base model by
+    name only, marked not loaded (no fingerprint: no weights were read)."""
+    method = get_method(cfg.method.name)
+    return {"method": method.name, "base_model": {"name": cfg.model.name, "loaded": False},
+            "method_config": method.method_config(cfg.method), **extra}
+
+
 def check_method(meta: dict, method: Method, where: Path) -> None:
     """One-line error when `where` was saved by another method."""
     if meta["method"] != method.name:
@@ -150,6 +158,10 @@ def load_run(run_dir: str | Path, dtype: torch.dtype = torch.float32,
     meta = read_meta(adapter)
     method = get_method(cfg.method.name)
     check_method(meta, method, adapter)
+    if not method.needs_model:
+        raise UserError(f"{run} is a {method.name} run, which has no model to load "
+                        f"({method.describe(method.options(cfg.method))}); "
+                        "`sumtune evaluate` and `sumtune summarize` make its summaries without one")
     if method.weights_file:
         weights_path(adapter, method.weights_file)  # fail before loading the base model
     name = base_model or cfg.model.name

@@ -31,3 +31,20 @@ def split_sentences(text: str) -> list[str]:
         if line.strip():
             out.extend(s.strip() for s in _segmenter().segment(line) if s.strip())
     return out
+
+
+def leading_sentences(text: str, n: int) -> list[str]:
+    """The first `n` sentences of `text` as `split_sentences` sees each of them alone: pySBD leaves
+    some spans of a long text whole that it splits when given alone (after a closing quote, e.g.
+    '... "could do better." He said ...'), so a span it splits is split again until it does not. Joined
+    with newlines, the result is what ROUGE-Lsum splits it into: `n` sentences, not more."""
+    out: list[str] = []
+    pending = split_sentences(text)
+    while pending and len(out) < n:
+        sentence = pending.pop(0)
+        parts = split_sentences(sentence)
+        if len(parts) > 1:
+            pending[:0] = parts  # each part is shorter: this ends
+        else:
+            out.append(sentence)
+    return out

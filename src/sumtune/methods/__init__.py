@@ -15,6 +15,7 @@ from sumtune.errors import UserError
 from sumtune.methods.full.config import FullConfig
 from sumtune.methods.ia3.config import IA3Config
 from sumtune.methods.last_layers.config import LastLayersConfig
+from sumtune.methods.lead3.config import Lead3Config
 from sumtune.methods.lora.config import LoraConfig
 from sumtune.methods.p_tuning.config import PTuningConfig
 from sumtune.methods.prefix_tuning.config import PrefixTuningConfig
@@ -34,6 +35,7 @@ CONFIGS: dict[str, type] = {
     "ia3": IA3Config,
     "last_layers": LastLayersConfig,
     "full": FullConfig,
+    "lead3": Lead3Config,
 }
 
 
@@ -42,6 +44,7 @@ def get_method(name: str) -> Method:
     from sumtune.methods.full.method import Full
     from sumtune.methods.ia3.method import IA3
     from sumtune.methods.last_layers.method import LastLayers
+    from sumtune.methods.lead3.method import Lead3
     from sumtune.methods.lora.method import Lora
     from sumtune.methods.p_tuning.method import PTuning
     from sumtune.methods.prefix_tuning.method import PrefixTuning
@@ -49,7 +52,7 @@ def get_method(name: str) -> Method:
     from sumtune.methods.zero_shot.method import ZeroShot
 
     registry = {m.name: m for m in (ZeroShot(), PromptTuning(), PrefixTuning(), PTuning(), Lora(), IA3(),
-                                     LastLayers(), Full())}
+                                     LastLayers(), Full(), Lead3())}
     if name not in registry:
         raise UserError(f"unknown method '{name}'; choose one of: {', '.join(registry)}")
     return registry[name]

@@ -15,7 +15,8 @@ reads it from the `method:` section of a run's config, and `prepare`, `load`, `d
 The hooks the trainer and the decoder use, so that neither knows a method by name: `decays`
 (which trained tensors AdamW decays), `virtual_tokens` (positions put before every prompt), and a
 method model's `decoding_parts()` (what the batched decoder puts in front of a prompt: see
-`decoding_parts` here).
+`decoding_parts` here). A method without a model (`needs_model` False: Lead-3) has `summarize`
+instead, and `prepare`/`load` refuse.
 
 `load` rebuilds the method model for inference: nothing requires grad afterwards.
 
@@ -80,6 +81,9 @@ class Method(ABC):
     # "soft_prompt" (its keys/values per row), "adapter" (a named PEFT adapter), "weights" (its
     # trained tensors swapped in per batch); "" = not servable yet
     serving: str = ""
+    # False: an extractive method (lead3) that makes its summaries from the article alone (`summarize`);
+    # nothing loads a model for it (train, evaluate, summarize, plan), and it has none to serve or export
+    needs_model: bool = True
 
     @abstractmethod
     def prepare(self, model: torch.nn.Module, tokenizer, cfg: MethodConfigBase) -> torch.nn.Module:
@@ -100,6 +104,10 @@ class Method(ABC):
     def merged(self, model: torch.nn.Module) -> torch.nn.Module:
         """A plain Hugging Face model equivalent to the method model (for export)."""
         raise UserError(f"a {self.name} run cannot be exported as a plain model: {self.not_exportable}")
+
+    def summarize(self, articles: list[str], cfg: MethodConfigBase) -> list[str]:
+        """The summaries of `articles` without a model (a method whose `needs_model` is False)."""
+        raise NotImplementedError(f"{self.name} summarises with a model")
 
     def virtual_tokens(self, cfg: MethodConfigBase) -> int:
         """Positions the method puts before every prompt (soft prompts, prefixes): they count against

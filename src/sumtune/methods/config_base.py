@@ -22,6 +22,9 @@ class MethodConfigBase:
     # tiny random model, which learns only at far larger rates than a pretrained one.
     LR_GRIDS: ClassVar[dict[str, tuple[float, ...]]] = {}
     DEMO_LR_GRIDS: ClassVar[dict[str, tuple[float, ...]]] = {}
+    # the data presets (data.preset) on which `sumtune experiment` runs this method without --methods,
+    # besides its default methods: a baseline those datasets' papers report
+    EXPERIMENT_PRESETS: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def of(cls, section: Any) -> MethodConfigBase:

@@ -31,6 +31,7 @@ import torch
 
 from sumtune.config import Config, save_config
 from sumtune.memory import PeakMemory
+from sumtune.methods import get_method
 from sumtune.runs import RunDir
 
 
@@ -128,6 +129,8 @@ class Calibrator:
         run = RunDir(self.root / cfg.method.name)
         cfg.output_dir = str(run.path)
         cal = Calibration(cfg.method.name, trains=cfg.method.name != "zero_shot")
+        if not get_method(cfg.method.name).needs_model:
+            return self._without_model(cfg, cal)
         try:
             self._training(cfg, run, cal)
             _release()
@@ -137,6 +140,18 @@ class Calibrator:
                 raise
             cal.error = f"out of memory during the calibration ({str(e).splitlines()[0][:120]})"
         _release()
+        return cal
+
+    def _without_model(self, cfg: Config, cal: Calibration) -> Calibration:
+        """A method without a model (lead3) costs no model time: nothing is timed or loaded, its times are
+        0; only the rows it would read are counted."""
+        from sumtune.data import load_splits
+        from sumtune.recipes.evaluate import _split_rows
+
+        splits = load_splits(cfg.data, cfg.data.seed)
+        cal.trains, cal.memory_kind = False, "no model"
+        cal.n_train, cal.n_val = len(splits["train"]), len(splits["validation"])
+        cal.n_test = len(_split_rows(cfg, "test", self.eval_limit))
         return cal
 
     def _training(self, cfg: Config, run: RunDir, cal: Calibration) -> None:

@@ -1,6 +1,7 @@
 """`sumtune evaluate` and `sumtune summarize`: the loss over summary tokens, then summaries
 generated for every article (decoding/) and their ROUGE against the references (and their
-BERTScore with eval.metrics: [rouge, bertscore], `sumtune.bertscore`).
+BERTScore with eval.metrics: [rouge, bertscore], `sumtune.bertscore`). A method without a model
+(lead3) has no loss (None) and makes its summaries from the articles (`Method.summarize`).
 
 Writes RUN/eval/<split>/predictions.jsonl ({"id", "article", "reference", "prediction",
 per-example ROUGE F1 (BERTScore P/R/F1) and token lengths} per line) and then RUN/eval/<split>/metrics.json (means, 95%
@@ -44,7 +45,9 @@ from sumtune.errors import UserError
 from sumtune.fingerprints import data_fingerprint, data_label
 from sumtune.io import FULL_DISK, atomic_write_json, atomic_write_text, read_json, writing
 from sumtune.lock import DirLock
+from sumtune.methods import get_method
 from sumtune.metrics import ROUGE_KEYS, rouge_per_example
+from sumtune.modeling import load_tokenizer
 from sumtune.runs import RunDir, check_finished_run
 from sumtune.sentences import SPLITTER, split_sentences
 
@@ -219,6 +222,15 @@ def evaluate_run(run_dir: str | Path, split: str = "test", limit: int | None = N
         return _evaluate(run, split, limit, _config(run, overrides, data, data_preset), base_model, state)
 
 
+def decoding_record(cfg: Config) -> dict[str, Any]:
+    """What made a run's summaries, as metrics.json records it: the decoding settings, or for a method
+    without a model (lead3) its rule, labelled "extractive"."""
+    method = get_method(cfg.method.name)
+    if method.needs_model:
+        return decoding_summary(cfg.eval)
+    return {"label": "extractive", "rule": method.describe(method.options(cfg.method))}
+
+
 def dataset_record(cfg: Config, run: Path) -> dict[str, Any]:
     """Which data a test figure is on: source, dataset preset, content fingerprint, columns, and
     whether it is the data the run trained on (same content fingerprint; same source where a
@@ -244,20 +256,28 @@ def _evaluate(run: Path, split: str, limit: int | None, cfg: Config, base_model:
         # every process scores all documents (no process waits on another); before decoding, to fail early
         scorer = load_scorer(cfg.eval) if wants_bertscore(cfg.eval) else None
         dataset = dataset_record(cfg, run)
-    model, tokenizer, autocast = _model(run, cfg, base_model, state.device)
-    with state.main_process_first(), writing(datasets_cache(), only=FULL_DISK):
-        tokenised = tokenize_splits(DatasetDict({split: ds}), tokenizer, cfg.data)[split]
-    t0 = time.perf_counter()
-    loss = summary_loss(model, tokenised, tokenizer.pad_token_id, cfg.eval.batch_size, autocast, state)
-    loss_seconds = time.perf_counter() - t0
-    predictions, seconds = generate_summaries(model, tokenizer, cfg, autocast, list(ds["article"]), True, state)
+    method = get_method(cfg.method.name)
+    if method.needs_model:
+        model, tokenizer, autocast = _model(run, cfg, base_model, state.device)
+        with state.main_process_first(), writing(datasets_cache(), only=FULL_DISK):
+            tokenised = tokenize_splits(DatasetDict({split: ds}), tokenizer, cfg.data)[split]
+        t0 = time.perf_counter()
+        loss = summary_loss(model, tokenised, tokenizer.pad_token_id, cfg.eval.batch_size, autocast, state)
+        loss_seconds = time.perf_counter() - t0
+        predictions, seconds = generate_summaries(model, tokenizer, cfg, autocast, list(ds["article"]), True, state)
+    else:  # no model (lead3): no loss; the summaries come from the articles alone
+        tokenizer = load_tokenizer(base_model or cfg.model.name)  # the lengths in the run's tokens, as the others'
+        loss = loss_seconds = None
+        t0 = time.perf_counter()
+        predictions = method.summarize(list(ds["article"]), method.options(cfg.method))
+        seconds = time.perf_counter() - t0
     references = list(ds["summary"])
     scores, columns = _scores(predictions, references, tokenizer, cfg.train.seed, scorer, state.device)
     metrics: dict[str, Any] = {
         "split": split, "loss": loss, **scores, "n": len(predictions), "limit": limit,
         "generation_seconds": seconds, "summaries_per_s": len(predictions) / seconds,
         "loss_seconds": loss_seconds, "split_rows": split_rows, "processes": state.num_processes,
-        "decoding": decoding_summary(cfg.eval), "data": cfg.data.source, "dataset": dataset,
+        "decoding": decoding_record(cfg), "data": cfg.data.source, "dataset": dataset,
         "data_is_training_data": dataset["is_training_data"],
     }
     out = RunDir(run).eval_dir(split)
@@ -270,7 +290,8 @@ def _evaluate(run: Path, split: str, limit: int | None, cfg: Config, base_model:
     scores_line = "  ".join(f"{k} {100 * metrics[k]:.2f} [{100 * metrics['ci95'][k][0]:.2f}, "
                             f"{100 * metrics['ci95'][k][1]:.2f}]" for k in ROUGE_KEYS + BERTSCORE_KEYS if k in metrics)
     on = "" if dataset["is_training_data"] else f", on {data_label(dataset)}"
-    print(f"{run} [{split}{on}, n={len(predictions)}, {metrics['decoding']['label']}]: loss {loss:.4f}  {scores_line}  "
+    loss_text = "-" if loss is None else f"{loss:.4f}"
+    print(f"{run} [{split}{on}, n={len(predictions)}, {metrics['decoding']['label']}]: loss {loss_text}  {scores_line}  "
           f"({metrics['summaries_per_s']:.2f} summaries/s)")
     print(f"wrote {out / 'metrics.json'} and {out / 'predictions.jsonl'}")
     return metrics
@@ -310,6 +331,9 @@ def summarize_text(run_dir: str | Path, text: str, overrides: dict[str, Any] | N
     """The summary of one article by a finished run, cleaned and truncated as in training."""
     run = check_finished_run(run_dir)
     cfg = _config(run, overrides)
+    method = get_method(cfg.method.name)
+    if not method.needs_model:  # lead3: from the article alone
+        return method.summarize([article_text(text, cfg)], method.options(cfg.method))[0]
     model, tokenizer, autocast = _model(run, cfg, base_model)
     return generate_summaries(model, tokenizer, cfg, autocast, [article_text(text, cfg)], progress=False)[0][0]
 

@@ -4,7 +4,8 @@ recipes/demo.py).
 Every method trains on the same data with the same budget (epochs/steps, batch, precision; with
 `train.budget_seconds`/`budget_flops`, the same seconds or FLOPs of training, the steps capped as
 configured) into OUT/<method> (with --seeds N, also OUT/<method>-seed<S> for the further seeds), is
-evaluated on the test split with one decoding for all, and the runs are compared into OUT.
+evaluated on the test split with one decoding for all, and the runs are compared into OUT. Without
+--methods on a news preset (data.preset cnndm or xsum) the Lead-3 baseline runs first (`for_data`).
 
 Learning rates: one rate for all methods would be unfair (soft prompts need a far larger one
 than LoRA), so each method has its own grid (LR_GRIDS in its config.py, with sources). Without --sweep-lr each
@@ -23,6 +24,7 @@ refused in one line naming the keys, unless `overwrite`, which starts those runs
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import shutil
@@ -74,6 +76,13 @@ class Plan:
         return base + (("full",) if self.with_full and "full" not in base else ())
 
 
+def for_data(plan: Plan, cfg: Config) -> Plan:
+    """`plan` with the default methods for `cfg`'s data: without --methods, METHODS after the baselines
+    that the data preset's papers report (a method's EXPERIMENT_PRESETS, e.g. lead3 on cnndm and xsum)."""
+    baselines = tuple(m for m, c in METHOD_CONFIGS.items() if cfg.data.preset in c.EXPERIMENT_PRESETS and m not in METHODS)
+    return plan if plan.chosen or not baselines else dataclasses.replace(plan, chosen=baselines + METHODS)
+
+
 def grid_key(cfg: Config) -> str:
     """The LR grid a method's configuration uses (a variant may have its own: `MethodConfigBase.grid`)."""
     return METHOD_CONFIGS[cfg.method.name].of(cfg.method).grid(cfg.method.name)
@@ -82,13 +91,14 @@ def grid_key(cfg: Config) -> str:
 # --- one run ------------------------------------------------------------------
 
 
-def _current_sources(cfg: Config, memo: dict) -> dict:
-    """The base model's and the data's content fingerprints now (once per experiment: `memo`)."""
+def _current_sources(cfg: Config, memo: dict, weights: bool = True) -> dict:
+    """The data's and (with `weights`) the base model's content fingerprints now (once per experiment: `memo`)."""
     from sumtune.fingerprints import data_fingerprint, fingerprint
     from sumtune.modeling import load_model
 
-    if not memo:
+    if "data_sha" not in memo:
         memo["data_sha"] = data_fingerprint(cfg.data).get("sha256")
+    if weights and "weights_sha" not in memo:  # a run without a model (lead3) records none to compare
         memo["weights_sha"] = fingerprint(cfg.model.name, load_model(cfg.model.name))["weights_sha"]
     return memo
 
@@ -101,7 +111,7 @@ def _source_differences(run: Path, cfg: Config, memo: dict) -> list[tuple[str, A
     saved_weights = base.get("weights_sha") if base.get("fingerprint") else None  # old scheme: load_run refuses
     if not saved_data and not saved_weights:
         return []
-    now = _current_sources(cfg, memo)
+    now = _current_sources(cfg, memo, weights=bool(saved_weights))
     diffs = []
     if saved_data and saved_data != now["data_sha"]:
         diffs.append(("data content (sha256)", saved_data[:12], str(now["data_sha"])[:12]))
@@ -153,13 +163,12 @@ def _method_cfg(cfg: Config, method: str, output_dir: Path, lr: float | None, se
 
 def _evaluate(run: Path, plan: Plan, cfg: Config, retrained: bool) -> None:
     from sumtune.bertscore import covers
-    from sumtune.config import decoding_summary
-    from sumtune.recipes.evaluate import evaluate_run
+    from sumtune.recipes.evaluate import decoding_record, evaluate_run
 
     done = RunDir(run).eval_dir("test") / "metrics.json"
     if done.is_file() and not retrained:
         m = read_json(done)
-        if (m.get("limit") == plan.eval_limit and m.get("decoding") == decoding_summary(cfg.eval)
+        if (m.get("limit") == plan.eval_limit and m.get("decoding") == decoding_record(cfg)
                 and m.get("data") == cfg.data.source and covers(cfg.eval, m.get("bertscore"))):
             print(f"{run}: evaluated earlier with the same settings, skipped")
             return
@@ -335,7 +344,7 @@ def run_experiment(cfg: Config, plan: Plan | None = None) -> dict:
     it runs); returns the comparison."""
     from sumtune.report import compare_runs
 
-    plan = plan or Plan()
+    plan = for_data(plan or Plan(), cfg)
     _check_plan(cfg, plan)
     out = Path(cfg.output_dir)
     seeds = [cfg.train.seed + i for i in range(plan.seeds)]

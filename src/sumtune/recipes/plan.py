@@ -37,6 +37,7 @@ from sumtune.config import Config, decoding_summary
 from sumtune.errors import UserError
 from sumtune.io import atomic_write_json
 from sumtune.memory import current_rss_mb
+from sumtune.methods import get_method
 from sumtune.recipes.calibrate import Calibration, Calibrator, mean
 from sumtune.recipes.experiment import (
     LR_GRID,
@@ -44,6 +45,7 @@ from sumtune.recipes.experiment import (
     Plan,
     _check_plan,
     _sweep_steps,
+    for_data,
     grid_key,
 )
 from sumtune.training.budget import KINDS, budget_of
@@ -236,7 +238,7 @@ def _method_cfg(cfg: Config, plan: Plan, method: str) -> Config:
     c = copy.deepcopy(cfg)
     c.method.name = method
     lr = _fixed_lr(plan, method)
-    if lr is None and method != "zero_shot":
+    if lr is None and get_method(method).trains:
         grid = plan.lr_grid.get(grid_key(c)) or LR_GRID[grid_key(c)]
         lr = grid[len(grid) // 2]
     if lr is not None:
@@ -250,7 +252,7 @@ def run_plan(cfg: Config, plan: Plan | None = None, steps: int = DEFAULT_STEPS, 
     from sumtune.modeling import resolve_precision
     from sumtune.progress import bar
 
-    plan = plan or Plan()
+    plan = for_data(plan or Plan(), cfg)
     _check_plan(cfg, plan)
     if steps < 1 or articles < 1:
         raise UserError("--calibration-steps and --calibration-articles must be >= 1")
@@ -262,7 +264,8 @@ def run_plan(cfg: Config, plan: Plan | None = None, steps: int = DEFAULT_STEPS, 
     methods = plan.methods()
     projections, calibrations = [], []
     try:
-        total = sum(Calibrator.tasks(steps, articles, m != "zero_shot", cached=m == "last_layers") for m in methods)
+        total = sum(Calibrator.tasks(steps, articles, m != "zero_shot", cached=m == "last_layers")
+                    for m in methods if get_method(m).needs_model)  # lead3: nothing to calibrate
         with bar("calibrating", total, "task", enabled=progress) as b:
             calibrator = Calibrator(root, steps, steps, articles, plan.eval_limit, b)
             for m in methods:

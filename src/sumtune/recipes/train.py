@@ -4,7 +4,8 @@ Read top to bottom: lock and check the run directory -> `training.setup` (data, 
 method, fast paths; every input checked before anything is written) -> AdamW + schedule ->
 (resume from the newest good checkpoint) -> optimizer steps with exact accumulation
 (`training.step`), validation and early stopping (`training.validation`), checkpoints
-(`training.resume`) -> results.json (`training.records`).
+(`training.resume`) -> results.json (`training.records`). A method without a model (lead3) only
+records its run directory (`_without_model`).
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from pathlib import Path
 import torch
 
 from sumtune.config import Config, save_config
+from sumtune.data import load_splits
 from sumtune.errors import UserError
-from sumtune.io import WriteError
-from sumtune.lock import DirLock
+from sumtune.fingerprints import data_fingerprint
+from sumtune.io import WriteError, atomic_write_json, atomic_write_text
+from sumtune.lock import DirLock, is_main_process
 from sumtune.memory import PeakMemory
-from sumtune.runs import RunDir
-from sumtune.training.budget import BudgetSchedule, StepFlops, budget_of, flops_steps
+from sumtune.methods import get_method
+from sumtune.runs import RunDir, modelless_meta
+from sumtune.training.budget import BudgetSchedule, StepFlops, budget_of, budget_record, flops_steps
 from sumtune.training.records import (
     Records,
     StopOnSignal,
@@ -60,6 +64,8 @@ def train(cfg: Config, resume: bool = False) -> Path:
     if resume and run.is_finished():
         print(f"{run}: the run finished earlier; nothing to resume")
         return run.path
+    if not get_method(cfg.method.name).needs_model:
+        return _without_model(cfg, run, resume)
     accelerator, precision = accelerator_for(cfg, run.path)
     main = accelerator.is_main_process
     created = not run.path.exists()
@@ -101,6 +107,43 @@ def _zero_shot(s: TrainSetup, run: RunDir, memory: PeakMemory) -> Path:
         trackers.finish()
     s.accelerator.print(f"{run}: zero_shot, validation loss {val:.4f} (no training"
                         + (", so no budget spent" if budget_of(s.cfg.train) else "") + f"); results in {run.results}")
+    return run.path
+
+
+def _without_model(cfg: Config, run: RunDir, resume: bool) -> Path:
+    """A method without a model (lead3): nothing loads or trains. The data is read and checked as for
+    training, and the run directory records the method and the data (the base model by name only), so
+    that evaluate and compare treat the baseline like any other run."""
+    method, main = get_method(cfg.method.name), is_main_process()
+    created = not run.path.exists()
+    with DirLock(run.path):
+        try:
+            check_run_dir(run, cfg, resume)
+            t0 = time.perf_counter()
+            splits = load_splits(cfg.data, cfg.data.seed)  # the data's problems show as a training run's do
+            data = {"source": cfg.data.source, "sizes": {k: len(v) for k, v in splits.items()},
+                    "fingerprint": data_fingerprint(cfg.data)}
+            meta = modelless_meta(cfg, data=data)
+            if main:
+                save_config(cfg, run.config)
+                method.save(None, run.adapter, meta)
+                atomic_write_text(run.metrics, "")  # nothing trains: no event
+                atomic_write_json(run.results, {
+                    "method": method.name, "base_model": meta["base_model"], "data": data,
+                    "data_sizes": data["sizes"], "trainable_params": 0, "total_params": None, "trainable_pct": None,
+                    "train_seconds": 0.0, "validation_seconds": 0.0, "checkpoint_seconds": 0.0,
+                    "wall_seconds": time.perf_counter() - t0, "epochs_run": 0, "steps": 0, "best_val_loss": None,
+                    "best_step": 0, "select_by": cfg.train.select_by, "best_score": None, "peak_memory_mb": None,
+                    "peak_memory_kind": "no model", "tokens_per_s": None, "early_stopped": False,
+                    "precision": None, "processes": 1, "fast_paths": [], "distributed": None, "train_flops": 0,
+                    "budget": budget_record(budget_of(cfg.train), Progress(), 0, trained=False), "finished": True,
+                })
+        except BaseException:
+            if main and not resume:
+                remove_failed_start(run, created)
+            raise
+    print(f"{run}: {method.name}, {method.describe(method.options(cfg.method))} (no model loaded, no training); "
+          f"results in {run.results}")
     return run.path
 
 

@@ -16,7 +16,9 @@ best method is compared with the tier's runner-up, and with the best of every ch
 No winner is named when the runs are the demo's (a tiny random model: meaningless summaries),
 when no trained method is significantly better than zero_shot, or when no two methods differ
 significantly; the paragraph then says so. Otherwise it names the cheapest method (by training
-time) that no other method beats significantly.
+time) that no other method beats significantly. An extractive baseline without a model (lead3) is
+a method of tier 0; when one is compared, a paragraph says which methods are significantly better
+than it, which worse, and which the data cannot tell from it.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ def methods_summary(rows: Sequence[dict]) -> list[dict]:
         out.append({"method": method, "runs": [r["run"] for r in runs], "seeds": [r["seed"] for r in runs],
                     "score": statistics.fmean(r[HEADLINE] for r in runs),
                     "ci95": (runs[0].get("ci95") or {}).get(HEADLINE) if len(runs) == 1 else None,
-                    "train_seconds": None if None in secs else statistics.fmean(secs)})
+                    "train_seconds": None if None in secs else statistics.fmean(secs),
+                    "extractive": bool(runs[0].get("extractive")), "what": runs[0].get("trained")})
     return out
 
 
@@ -170,6 +173,34 @@ def _tier_sentence(tier: dict, by: dict[str, dict], pairs: Sequence[dict], cheap
     return text + ".", facts
 
 
+def _baseline_sentence(base: dict, methods: Sequence[dict], pairs: Sequence[dict]) -> tuple[str, dict]:
+    """How every other method compares with an extractive baseline (lead3), from the paired tests."""
+    name, groups = base["method"], {"better": [], "worse": [], "no_difference": [], "untested": []}
+    tests = {}
+    for m in methods:
+        if m is base:
+            continue
+        t = tests[m["method"]] = versus(pairs, m["method"], name)
+        key = "untested" if t is None else "no_difference" if not t["significant"] else \
+            "better" if t["diff"] > 0 else "worse"
+        groups[key].append(m["method"])
+
+    def listed(names: list[str]) -> str:
+        return ", ".join(f"{n} ({100 * tests[n]['diff']:+.2f} points [{100 * tests[n]['low']:+.2f}, "
+                         f"{100 * tests[n]['high']:+.2f}], p = {tests[n]['p_holm']:.3g})" for n in names)
+
+    text = f"Against {name}, the extractive baseline ({base['what']}; {_score_text(base)}): "
+    parts = [f"significantly better: {listed(groups['better'])}" if groups["better"]
+             else f"no method is significantly better than {name}"]
+    if groups["no_difference"]:
+        parts.append(f"not distinguishable from it: {', '.join(groups['no_difference'])}")
+    if groups["worse"]:
+        parts.append(f"significantly worse: {listed(groups['worse'])}")
+    if groups["untested"]:
+        parts.append(f"no paired test: {', '.join(groups['untested'])}")
+    return text + "; ".join(parts) + " (differences in ROUGE-L points, Holm-corrected p).", {"method": name, **groups}
+
+
 def _recommended(methods: Sequence[dict], pairs: Sequence[dict]) -> str | None:
     """The cheapest method (by training time; unknown last) that no other method significantly beats."""
     order = sorted(methods, key=lambda m: (m["train_seconds"] is None, m["train_seconds"] or 0, -m["score"]))
@@ -203,8 +234,14 @@ def answer(rows: Sequence[dict], pairs: Sequence[dict], split: str, demo: bool =
     if demo:
         intro.append("What the rules compute on these numbers (not a finding):")
     paragraphs += [" ".join(intro + lines[:1]), *lines[1:]]  # a paragraph per tier
+    facts["versus_baselines"] = []
+    if len(methods) > 1:
+        for base in (m for m in methods if m["extractive"]):  # lead3: how the others compare with it
+            text, base_facts = _baseline_sentence(base, methods, pairs)
+            paragraphs.append(text)
+            facts["versus_baselines"].append(base_facts)
     any_sig = any(p[HEADLINE]["significant"] for p in pairs if HEADLINE in p)
-    beats_zero = ([m["method"] for m in methods if _better(versus(pairs, m["method"], "zero_shot"))]
+    beats_zero = ([m["method"] for m in methods if not m["extractive"] and _better(versus(pairs, m["method"], "zero_shot"))]
                   if "zero_shot" in by else None)
     facts.update(any_significant=any_sig, beats_zero_shot=beats_zero, recommended=None)
     if demo:

@@ -55,6 +55,7 @@ def run_row(run: Path, split: str = "test", experiment: dict | None = None) -> d
     m = _method(cfg)
     return {
         "run": run.name, "path": str(run), "method": method, "trained": m.describe(m.options(cfg.method)), "seed": cfg.train.seed,
+        "extractive": not m.needs_model,  # a baseline without a model (lead3): no loss, no decoding
         "trainable_params": trainable, "total_params": total,
         "trainable_pct": 100.0 * trainable / total if trainable is not None and total else None,
         "train_seconds": seconds, "validation_seconds": res.get("validation_seconds"),

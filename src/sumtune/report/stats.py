@@ -57,7 +57,8 @@ def seed_summary(rows: Sequence[dict]) -> list[dict]:
         bert = (BERTSCORE_TESTED,) if all(r.get(BERTSCORE_TESTED) is not None for r in runs) else ()
         for key in (*ROUGE_KEYS, *bert, "best_val_loss"):
             values = [r[key] for r in runs if r[key] is not None]
-            entry[key] = {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
+            entry[key] = {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0} \
+                if values else None  # no loss: a method without a model (lead3)
         out.append(entry)
     return out
 

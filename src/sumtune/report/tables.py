@@ -145,7 +145,8 @@ def seed_body(seeds: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
     head = ["method", "seeds", *[SCORE_NAMES[k] for k in keys], "best val loss"]
     body = [[s["method"], ", ".join(map(str, s["seeds"])),
              *[f"{100 * s[k]['mean']:.2f} ± {100 * s[k]['sd']:.2f}" if k in s else "-" for k in keys],
-             f"{s['best_val_loss']['mean']:.4f} ± {s['best_val_loss']['sd']:.4f}"] for s in seeds]
+             f"{s['best_val_loss']['mean']:.4f} ± {s['best_val_loss']['sd']:.4f}" if s["best_val_loss"] else "-"]
+            for s in seeds]
     return head, body
 
 
@@ -182,6 +183,8 @@ def _decoding_text(decoding: dict | None) -> str:
     if not decoding:
         return "-"
     d = decoding
+    if "rule" in d:  # no decoding: an extractive baseline's rule (lead3)
+        return f"{d.get('label')} ({d['rule']})"
     return (f"{d.get('label', '?')} (beams {d.get('num_beams')}, no repeated {d.get('no_repeat_ngram_size')}-gram, "
             f"length penalty {d.get('length_penalty')}, {d.get('min_new_tokens', 0)}–{d.get('max_new_tokens')} new "
             f"tokens" + (f", first {d['max_sentences']} sentences" if d.get("max_sentences") else "") + ")")
@@ -218,7 +221,8 @@ def facts(rows: Sequence[dict], split: str) -> list[tuple[str, str]]:
                           + "; ".join(sorted({_test_data(r) for r in rows if r["evaluated"]}))
                           + "; pairwise tests pair documents of the same data only")] if _cross_data(rows) else []),
         ("Model", f"{distinct('model')}; precision {distinct('precision')}"),
-        ("Decoding (same for every run)", "; ".join(sorted(decodings)) or "-"),
+        ("Decoding (same for every run" + (" with a model)" if any(r.get("extractive") for r in rows) else ")"),
+         "; ".join(sorted(decodings)) or "-"),
         ("Seeds and lr per method", _seeds_and_lr(rows)),
         ("ROUGE", "F1 × 100, mean over documents (Google rouge-score, stemming), ROUGE-Lsum on "
                   f"{splitters}; [95% bootstrap interval over documents, 1,000 resamples]"),
