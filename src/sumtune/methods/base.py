@@ -72,7 +72,6 @@ def decoding_parts(model: torch.nn.Module) -> DecodingParts:
 class Method(ABC):
     name: str = ""
     trains: bool = True  # zero_shot: False
-    decodes: bool = True  # its summaries come from the model's decoder (an extractive baseline: False)
     weights_file: str | None = None  # inside RUN/adapter; None: the method saves no weights
     config_class: type[MethodConfigBase] = MethodConfigBase  # its keys (recorded in the metadata)
     not_exportable: str = ""  # why a plain model cannot hold what this method trains ("" = it can)

@@ -363,7 +363,7 @@ def run_experiment(cfg: Config, plan: Plan | None = None) -> dict:
                 c = _method_cfg(cfg, method, out / (method if i == 0 else f"{method}-seed{seed}"), lr, seed)
                 print(f"== {method}" + (f" (lr {lr:g})" if lr is not None else "") + f", seed {seed} -> {c.output_dir}")
                 run, trained = _train(c, plan.overwrite, memo)
-                if plan.decodings and get_method(method).decodes:
+                if plan.decodings and get_method(method).needs_model:  # an extractive baseline decodes nothing
                     c, record["decoding_choice"][str(run)] = _choose_decoding(run, plan, c, trained)
                 _evaluate(run, plan, c, retrained=trained)
                 runs.append(run)
