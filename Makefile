@@ -20,7 +20,7 @@ demo: venv
 # The real study (hours on a 2-core CPU; re-running resumes it): configs/study_smollm2_cnndm.yaml
 study: venv
 	$(BIN)/sumtune experiment --config configs/study_smollm2_cnndm.yaml --eval-limit 100 \
-	    --lr prompt_tuning=0.3,lora=1e-3,last_layers=1e-3 --choose-decoding greedy,cnndm --choose-rows 12
+	    --choose-decoding greedy,cnndm --choose-rows 12
 
 test: venv
 	$(BIN)/python -m pytest
