@@ -143,3 +143,31 @@ def test_bad_input(tiny_neo, kaggle_dir, tmp_path, capsys, monkeypatch):
     run2, _, _ = _finished_run(tmp_path, tiny_neo, kaggle_dir, name="run2")
     (kaggle_dir / "test.csv").unlink()  # the data no longer has a test split
     assert "test.csv" in _one_line_error(["evaluate", str(run2), "--split", "test"], capsys)
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+def test_adapters_are_merged_for_evaluation_with_the_same_outputs(method, tiny_neo, kaggle_dir, tmp_path):
+    """evaluate decodes an adapter merged into the base weights (a plain model: no extra matmuls per
+    step); its logits equal the unmerged PEFT model's up to rounding, and so do its summaries."""
+    from peft import PeftModel
+
+    from sumtune.data import encode_prompts
+    from sumtune.decoding import Generator
+    from sumtune.modeling import load_model
+    from sumtune.recipes.evaluate import _model
+    from sumtune.runs import load_run
+
+    run, _, _ = _finished_run(tmp_path, tiny_neo, kaggle_dir, method=method)
+    cfg = load_run_config(run)
+    cfg.eval.max_new_tokens, cfg.eval.batch_size = 12, 4
+    merged, tokenizer, autocast = _model(run, cfg, device=torch.device("cpu"))
+    _cfg, _m, unmerged, _tok = load_run(run)
+    assert not isinstance(merged, PeftModel) and isinstance(unmerged, PeftModel)
+    prompts = encode_prompts(tokenizer, [r["article"] for r in _test_rows(kaggle_dir)[:4]], cfg.data)
+    ids = torch.tensor([prompts[0]])
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, unmerged(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+        base = load_model(str(tiny_neo)).eval()(input_ids=ids).logits
+        assert not torch.allclose(merged(input_ids=ids).logits, base, atol=1e-4)  # the adapter is in the weights
+    assert (Generator(merged, tokenizer, cfg.eval, autocast=autocast).generate(prompts)
+            == Generator(unmerged, tokenizer, cfg.eval, autocast=autocast).generate(prompts))

@@ -93,7 +93,11 @@ def _model(run: Path, cfg: Config, base_model: str | None = None, device: torch.
     from sumtune.modeling import autocast_dtype, resolve_precision
     from sumtune.runs import load_run
 
-    _cfg, _method, model, tokenizer = load_run(run, base_model=base_model)
+    _cfg, method, model, tokenizer = load_run(run, base_model=base_model)
+    if not method.not_exportable and cfg.method.quantize == "none":
+        # an adapter (LoRA, DoRA, IA³) merged into the base weights: each step one matmul per layer, not
+        # two more; equal to the unmerged model up to rounding (tested). QLoRA's 4-bit base stays unmerged.
+        model = method.merged(model)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     autocast = autocast_dtype(resolve_precision(cfg.train.precision, device))
