@@ -179,7 +179,7 @@ def test_few_rows_head_keeps_f_linear_where_that_measures_faster(tiny_neo, monke
         monkeypatch.setattr(head_mod, "time_both", lambda *a, t=(linear_s, shortcut_s): measured.append(1) or t)
         measured.clear()
         shortcut_calls.clear()
-        with caplog.at_level(logging.INFO, logger="sumtune.fastpath.head"):
+        with caplog.at_level(logging.DEBUG, logger="sumtune.fastpath.head"):
             outs = [head(x) for x in xs]
         assert len(measured) == 2  # rows 8 and 7 share a bucket; rows 2 has its own
         assert len(shortcut_calls) == (3 if expect else 0)
@@ -694,7 +694,7 @@ def test_fast_paths_config_selects_and_logs(tiny_gpt2, caplog):
         on = head_only if name == "feature_cache" else model
         applied = apply_fast_paths(on, CONTEXTS["infer" if name == "few_rows_head" else "train"], from_config(cfg.train))
         assert applied == [name]
-    with caplog.at_level(logging.INFO, logger="sumtune.fastpath"):
+    with caplog.at_level(logging.DEBUG, logger="sumtune.fastpath"):
         applied = apply_fast_paths(model, ctx, from_config(build_config(flags={}).train))
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == [f"fast path: {n}" for n in applied]
     assert apply_fast_paths(model, ctx, from_config(build_config(flags={"train.fast": False}).train)) == []

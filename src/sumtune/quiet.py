@@ -30,6 +30,9 @@ QUIET_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
 
 # chatty loggers: their warnings still show, their info/debug lines do not
 _NOISY_LOGGERS = ("httpx", "urllib3", "filelock", "fsspec", "datasets")
+# transformers looks up optional hub kernels when a model loads; offline, `kernels` warns once per
+# kernel that it skips a publisher check for a kernel sumtune never fetches: nothing to act on
+_SILENT_UNLESS_VERBOSE = ("kernels",)
 
 
 class _DropMessages(logging.Filter):
@@ -51,6 +54,8 @@ def library_output(verbose: bool) -> Iterator[None]:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s")
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name in _SILENT_UNLESS_VERBOSE:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.ERROR)
     # offline, the Hub client logs a warning per retry before our one-line error says it all
     # (the library sets its level when first imported, from HF_HUB_VERBOSITY)
     os.environ.setdefault("HF_HUB_VERBOSITY", "debug" if verbose else "error")

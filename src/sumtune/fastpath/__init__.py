@@ -95,7 +95,7 @@ def apply_fast_paths(model: nn.Module, ctx: FastPathContext, enabled: bool | Col
     for path in FAST_PATHS:
         if path.name in names and path.applies_to(model, ctx):
             path.apply(model, ctx)
-            log.info("fast path: %s (%s)", path.name, path.why.format(**asdict(ctx)))
+            log.debug("fast path: %s (%s)", path.name, path.why.format(**asdict(ctx)))
             applied.append(path.name)
     if ATTENTION.name not in applied:
         ATTENTION.use_reference(model)

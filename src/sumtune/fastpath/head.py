@@ -94,7 +94,7 @@ def use_shortcut(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
             linear_s, shortcut_s = time_both(lambda: F.linear(x2d, weight, bias),
                                              lambda: _shortcut(x2d, weight, bias), device)
         choice = _CHOICES[key] = pick_shortcut(linear_s, shortcut_s)
-        log.info("few_rows_head: %s %s, %d thread(s), rows <= %d: F.linear %.2f ms, (W @ x.T).T %.2f ms -> %s",
+        log.debug("few_rows_head: %s %s, %d thread(s), rows <= %d: F.linear %.2f ms, (W @ x.T).T %.2f ms -> %s",
                  device, str(x2d.dtype).removeprefix("torch."), threads, bucket, min(linear_s) * 1e3,
                  min(shortcut_s) * 1e3, "(W @ x.T).T" if choice else "F.linear")
     return choice

@@ -26,7 +26,7 @@ DEMO_DATA = PACKAGE / "demo" / "news.jsonl"  # the tiny demo's made-up news
 DEMO_MODEL = "smollm2-135m-instruct"
 DEMO_METHODS = ("zero_shot", "lead3", "prompt_tuning", "lora", "last_layers")
 DEMO_BUDGET_SECONDS = 25  # of optimizer steps, per trained method
-DEMO_TEST_ROWS = 10  # of the 16 shipped: with the loss pass and decoding, the demo's largest cost
+DEMO_TEST_ROWS = 8  # of the 16 shipped: with the loss pass and decoding, the demo's largest cost
 STUDY_COMMAND = "make study (configs/study_smollm2_cnndm.yaml)"
 INSTRUCTION = "Summarize the following news article in three short sentences.\n\n{article}"  # the study's
 TINY_LR_GRID = {key: grid for cls in METHOD_CONFIGS.values() for key, grid in cls.DEMO_LR_GRIDS.items()}
@@ -39,7 +39,7 @@ def run_demo(output_dir: str | Path = "demo_runs", tiny: bool = False) -> dict:
 
 def demo_config(model: str | Path, out: Path):
     """The demo's configuration: the study's chat prompt (configs/study_smollm2_cnndm.yaml) on shorter
-    rows (articles cut to about 300 tokens), 10 test rows, greedy decoding of at most 72 tokens."""
+    rows (articles cut to about 300 tokens), 8 test rows (one decoding batch), greedy decoding of at most 72 tokens."""
     return build_config(flags={
         "model.name": str(model), "data.source": str(DEMO_NEWS), "data.preset": "cnndm", "output_dir": str(out),
         "data.prompt_format": "chat", "data.instruction": INSTRUCTION, "data.max_length": 384,
