@@ -43,7 +43,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, chat: bool = Fa
     return out
 
 
-# The decoder-only families the support matrix covers (README "Supported models and methods").
+# The decoder-only families the support matrix covers (docs/models.md "Supported models and methods").
 ARCHS = ("gpt_neo", "gpt2", "gpt_neox", "opt", "llama", "qwen2", "phi3", "gemma")
 
 
