@@ -51,7 +51,9 @@ def test_the_count_equals_a_hand_computation():
     assert flops.step_flops(shape, "prompt_tuning", trainable, tokens) == tokens * (4 * n + 2 * trainable)
     head_only = vocab * d
     assert flops.flops_per_token(shape, "last_layers", head_only) == 2 * n + 2 * head_only  # bench/mfu.py's rule
-    assert flops.flops_per_token(shape, "last_layers", trainable, last_k_blocks=2, below_head=True) == (
+    from sumtune.methods.last_layers.config import LastLayersConfig
+
+    assert flops.flops_per_token(shape, "last_layers", trainable, LastLayersConfig(last_k_blocks=2)) == (
         2 * n + 2 * (vocab * d + 2 * block) + 2 * trainable)
     assert flops.flops_per_token(shape, "zero_shot", 0) == 0
 

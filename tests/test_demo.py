@@ -36,7 +36,10 @@ def test_real_demo_trains_every_method_for_the_same_seconds(tmp_path, monkeypatc
     demo.run_demo(tmp_path / "demo")
     cfg, plan = seen["cfg"], seen["plan"]
     assert seen["model"] == demo.DEMO_MODEL and cfg.model.name == str(tmp_path / "model.gguf")
-    assert plan.chosen == demo.DEMO_METHODS and "lead3" in plan.chosen and plan.demo is False
+    from sumtune.recipes.experiment import for_data
+
+    assert for_data(plan, cfg).methods() == ("lead3", "zero_shot", "prompt_tuning", "lora", "last_layers")
+    assert plan.demo is False
     assert cfg.train.budget_seconds == demo.DEMO_BUDGET_SECONDS and plan.eval_limit is None
     assert cfg.data.max_test_samples == demo.DEMO_TEST_ROWS and "three short sentences" in cfg.data.instruction
     assert cfg.data.prompt_format == "chat" and cfg.data.source == str(demo.DEMO_NEWS)

@@ -33,7 +33,7 @@ def _row(run, method, score, seconds, params, memory=300.0, kind="peak RSS", eva
             "ci95": {"rougeL": [score - 0.01, score + 0.01]} if evaluated else None,
             "trainable_params": params, "train_seconds": seconds, "peak_memory_mb": memory,
             "peak_memory_kind": kind, "n_test": N_DOCS if evaluated else None,
-            "decoding": {"label": "cnndm"} if evaluated else None, **extra}
+            "decoding": {"label": "cnndm"} if evaluated else None, "base_as_is": method == "zero_shot", **extra}
 
 
 def test_marks_per_axis_kind_and_missing_costs():

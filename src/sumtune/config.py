@@ -22,6 +22,7 @@ import yaml
 from sumtune.config_values import coerce, flatten, from_text, load_yaml, parse_set
 from sumtune.errors import UserError
 from sumtune.methods import CONFIGS as METHOD_CONFIGS
+from sumtune.methods import DEFAULT_METHOD
 
 METHODS = tuple(METHOD_CONFIGS)
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -89,7 +90,7 @@ def method_section(configs: dict[str, type]) -> type:
                 raise TypeError(f"method key {f.name!r}: {cls.__name__} and {same[0]} declare it differently")
     names = tuple(configs)
     section = dataclasses.make_dataclass(
-        "MethodConfig", [("name", Literal[names], field(default="lora"))] + [(n, t, f) for n, (_, t, f) in fields.items()],
+        "MethodConfig", [("name", Literal[names], field(default=DEFAULT_METHOD))] + [(n, t, f) for n, (_, t, f) in fields.items()],
     )
     section.__module__ = __name__
     section.__doc__ = "The `method:` section: the chosen method's name and the keys of every method."

@@ -51,33 +51,19 @@ def model_shape(config) -> ModelShape:
     return ModelShape(len(decoder_parts(model).blocks), block, vocab * hidden)
 
 
-def gradient_span(shape: ModelShape, method: str, last_k_blocks: int = 0, below_head: bool = False) -> int:
-    """Multiply-accumulates per token that the activation gradients cross. `last_k_blocks` and
-    `below_head` (anything under the head trains: blocks or the final norm) only for last_layers."""
-    if method == "zero_shot":
+def flops_per_token(shape: ModelShape, method: str, trainable: int, options=None) -> int:
+    """Training model FLOPs per real input token (see the module docstring); 0 when nothing trains.
+    `options`: the method's own config (its `options(...)`); None: its defaults. How far the activation
+    gradients reach is the method's own answer (`Method.gradient_span`)."""
+    from sumtune.methods import get_method
+
+    m = get_method(method)
+    if not m.trains:
         return 0
-    if method == "last_layers":
-        return shape.head + last_k_blocks * shape.block if below_head or last_k_blocks else 0
-    return shape.matmul
+    span = m.gradient_span(shape, options if options is not None else m.config_class())
+    return 2 * shape.matmul + 2 * span + 2 * trainable
 
 
-def flops_per_token(shape: ModelShape, method: str, trainable: int, last_k_blocks: int = 0,
-                    below_head: bool = False) -> int:
-    """Training model FLOPs per real input token (see the module docstring); 0 when nothing trains."""
-    if method == "zero_shot":
-        return 0
-    return 2 * shape.matmul + 2 * gradient_span(shape, method, last_k_blocks, below_head) + 2 * trainable
-
-
-def step_flops(shape: ModelShape, method: str, trainable: int, tokens: int, last_k_blocks: int = 0,
-               below_head: bool = False) -> int:
+def step_flops(shape: ModelShape, method: str, trainable: int, tokens: int, options=None) -> int:
     """Training FLOPs of one optimizer step over `tokens` real input tokens (all processes)."""
-    return tokens * flops_per_token(shape, method, trainable, last_k_blocks, below_head)
-
-
-def method_flops_options(method_cfg) -> dict:
-    """`flops_per_token`'s last_layers keywords from a config's `method:` section."""
-    if method_cfg.name != "last_layers":
-        return {}
-    return {"last_k_blocks": method_cfg.last_k_blocks,
-            "below_head": method_cfg.last_k_blocks > 0 or method_cfg.train_final_norm}
+    return tokens * flops_per_token(shape, method, trainable, options)

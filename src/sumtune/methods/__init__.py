@@ -1,61 +1,60 @@
 """The fine-tuning methods, one package each, as PEFT's tuners: `<name>/config.py` declares the
-method's keys (a dataclass, torch-free) and `<name>/method.py` the `Method` (base.py) that prepares,
-saves and loads it.
+method's keys (a dataclass, torch-free), `<name>/method.py` the `Method` (base.py) that prepares,
+saves and loads it, and `<name>/__init__.py` registers the two under the method's name
+(`registry.register`).
 
-Adding a method: its package (config.py, method.py), one line in CONFIGS and one in `get_method`,
-and an LR grid in `recipes/experiment.py`. `sumtune.config` builds the `method:` section of every
-run's config from CONFIGS, so a new key is declared once, in the method's own config.
+Adding a method: its package, found here by itself (every sub-package of `sumtune.methods` is
+imported), and a README row; a method that lives outside sumtune is its own importable package that
+calls `register`, named in $SUMTUNE_METHODS (comma-separated modules). `sumtune.config` builds the
+`method:` section of every run's config from CONFIGS, so a new key is declared once, in the
+method's own config; its LR grids (`LR_GRIDS`) reach `sumtune experiment` from there too.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
+import pkgutil
 from typing import TYPE_CHECKING
 
 from sumtune.errors import UserError
-from sumtune.methods.full.config import FullConfig
-from sumtune.methods.ia3.config import IA3Config
-from sumtune.methods.last_layers.config import LastLayersConfig
-from sumtune.methods.lead3.config import Lead3Config
-from sumtune.methods.lora.config import LoraConfig
-from sumtune.methods.p_tuning.config import PTuningConfig
-from sumtune.methods.prefix_tuning.config import PrefixTuningConfig
-from sumtune.methods.prompt_tuning.config import PromptTuningConfig
-from sumtune.methods.zero_shot.config import ZeroShotConfig
+from sumtune.methods.registry import REGISTERED
 
 if TYPE_CHECKING:
     from sumtune.methods.base import Method
 
+PLUGINS_ENV = "SUMTUNE_METHODS"
+DEFAULT_METHOD = "lora"  # config.py's method.name default
+EXPERIMENT_METHODS = ("zero_shot", "prompt_tuning", "lora", "last_layers")  # experiment's default methods
+OPT_IN = {"with_full": "full"}  # experiment flags that add a method (--with-full)
+
+
+def _discover() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        if info.ispkg:
+            importlib.import_module(f"{__name__}.{info.name}")
+    for module in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise UserError(f"${PLUGINS_ENV} names {module!r}, which cannot be imported ({e}); "
+                            "fix the module name or PYTHONPATH") from None
+
+
+_discover()
+
 # name -> the method's config dataclass, in the order the CLI lists the methods
-CONFIGS: dict[str, type] = {
-    "zero_shot": ZeroShotConfig,
-    "prompt_tuning": PromptTuningConfig,
-    "prefix_tuning": PrefixTuningConfig,
-    "p_tuning": PTuningConfig,
-    "lora": LoraConfig,
-    "ia3": IA3Config,
-    "last_layers": LastLayersConfig,
-    "full": FullConfig,
-    "lead3": Lead3Config,
-}
+CONFIGS: dict[str, type] = {r.name: r.config_class for r in sorted(REGISTERED.values(), key=lambda r: (r.order, r.name))}
 
 
 def get_method(name: str) -> Method:
-    """The method named `name` (imported on first use: the methods need torch, their configs do not)."""
-    from sumtune.methods.full.method import Full
-    from sumtune.methods.ia3.method import IA3
-    from sumtune.methods.last_layers.method import LastLayers
-    from sumtune.methods.lead3.method import Lead3
-    from sumtune.methods.lora.method import Lora
-    from sumtune.methods.p_tuning.method import PTuning
-    from sumtune.methods.prefix_tuning.method import PrefixTuning
-    from sumtune.methods.prompt_tuning.method import PromptTuning
-    from sumtune.methods.zero_shot.method import ZeroShot
-
-    registry = {m.name: m for m in (ZeroShot(), PromptTuning(), PrefixTuning(), PTuning(), Lora(), IA3(),
-                                     LastLayers(), Full(), Lead3())}
-    if name not in registry:
-        raise UserError(f"unknown method '{name}'; choose one of: {', '.join(registry)}")
-    return registry[name]
+    """The method named `name`, a new instance (its module imported on first use: the methods need
+    torch, their configs do not)."""
+    entry = REGISTERED.get(name)
+    if entry is None:
+        raise UserError(f"unknown method '{name}'; choose one of: {', '.join(CONFIGS)}")
+    module, _, cls = entry.implementation.partition(":")
+    return getattr(importlib.import_module(module), cls)()
 
 
-__all__ = ["CONFIGS", "get_method"]
+__all__ = ["CONFIGS", "DEFAULT_METHOD", "EXPERIMENT_METHODS", "OPT_IN", "get_method"]

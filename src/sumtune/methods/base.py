@@ -113,6 +113,16 @@ class Method(ABC):
         the model's position limit."""
         return 0
 
+    def gradient_span(self, shape, cfg: MethodConfigBase) -> int:
+        """Multiply-accumulates per token that the activation gradients cross (`sumtune.flops`, for a
+        `flops.ModelShape`): the whole model when anything below the head trains."""
+        return shape.matmul if self.trains else 0
+
+    def caches_features(self, cfg: MethodConfigBase) -> bool:
+        """Whether only the head trains, so the frozen body's features can be cached after the first
+        epoch (the feature_cache fast path; `sumtune plan` times those steps apart)."""
+        return False
+
     def decays(self, name: str) -> bool:
         """Whether AdamW's weight decay applies to the trained matrix `name` (biases and norms
         never decay; a method excludes what is not a layer weight)."""

@@ -128,7 +128,7 @@ class Calibrator:
         `error`, not raised (the plan flags the method)."""
         run = RunDir(self.root / cfg.method.name)
         cfg.output_dir = str(run.path)
-        cal = Calibration(cfg.method.name, trains=cfg.method.name != "zero_shot")
+        cal = Calibration(cfg.method.name, trains=get_method(cfg.method.name).trains)
         if not get_method(cfg.method.name).needs_model:
             return self._without_model(cfg, cal)
         try:

@@ -37,13 +37,13 @@ from sumtune.errors import UserError
 from sumtune.io import atomic_write_json, read_json
 from sumtune.lock import DirLock
 from sumtune.methods import CONFIGS as METHOD_CONFIGS
-from sumtune.methods import get_method
+from sumtune.methods import EXPERIMENT_METHODS, OPT_IN, get_method
 from sumtune.runs import RunDir
 from sumtune.training.budget import KINDS, budget_of
 
 log = logging.getLogger(__name__)
 
-METHODS = ("zero_shot", "prompt_tuning", "lora", "last_layers")
+METHODS = EXPERIMENT_METHODS  # the default methods (the registry names them)
 # Learning-rate grids by grid name, each declared (with its sources) by its method's config
 LR_GRID = {key: grid for cls in METHOD_CONFIGS.values() for key, grid in cls.LR_GRIDS.items()}
 # A sweep run must take this many optimizer steps after warmup: under warmup the first step's
@@ -73,7 +73,8 @@ class Plan:
 
     def methods(self) -> tuple[str, ...]:
         base = tuple(self.chosen) if self.chosen else METHODS
-        return base + (("full",) if self.with_full and "full" not in base else ())
+        added = tuple(m for flag, m in OPT_IN.items() if getattr(self, flag) and m not in base)
+        return base + added
 
 
 def for_data(plan: Plan, cfg: Config) -> Plan:

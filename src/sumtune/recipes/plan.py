@@ -264,8 +264,9 @@ def run_plan(cfg: Config, plan: Plan | None = None, steps: int = DEFAULT_STEPS, 
     methods = plan.methods()
     projections, calibrations = [], []
     try:
-        total = sum(Calibrator.tasks(steps, articles, m != "zero_shot", cached=m == "last_layers")
-                    for m in methods if get_method(m).needs_model)  # lead3: nothing to calibrate
+        total = sum(Calibrator.tasks(steps, articles, method.trains,
+                                     cached=method.caches_features(method.options(_method_cfg(cfg, plan, m).method)))
+                    for m in methods if (method := get_method(m)).needs_model)  # lead3: nothing to calibrate
         with bar("calibrating", total, "task", enabled=progress) as b:
             calibrator = Calibrator(root, steps, steps, articles, plan.eval_limit, b)
             for m in methods:

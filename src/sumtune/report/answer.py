@@ -64,7 +64,8 @@ def methods_summary(rows: Sequence[dict]) -> list[dict]:
                     "score": statistics.fmean(r[HEADLINE] for r in runs),
                     "ci95": (runs[0].get("ci95") or {}).get(HEADLINE) if len(runs) == 1 else None,
                     "train_seconds": None if None in secs else statistics.fmean(secs),
-                    "extractive": bool(runs[0].get("extractive")), "what": runs[0].get("trained")})
+                    "extractive": bool(runs[0].get("extractive")), "base_as_is": bool(runs[0].get("base_as_is")),
+                    "what": runs[0].get("trained")})
     return out
 
 
@@ -241,8 +242,9 @@ def answer(rows: Sequence[dict], pairs: Sequence[dict], split: str, demo: bool =
             paragraphs.append(text)
             facts["versus_baselines"].append(base_facts)
     any_sig = any(p[HEADLINE]["significant"] for p in pairs if HEADLINE in p)
-    beats_zero = ([m["method"] for m in methods if not m["extractive"] and _better(versus(pairs, m["method"], "zero_shot"))]
-                  if "zero_shot" in by else None)
+    zero = next((m["method"] for m in methods if m["base_as_is"]), None)  # zero_shot
+    beats_zero = ([m["method"] for m in methods if not m["extractive"] and _better(versus(pairs, m["method"], zero))]
+                  if zero else None)
     facts.update(any_significant=any_sig, beats_zero_shot=beats_zero, recommended=None)
     if demo:
         facts["verdict"] = "demo"
@@ -255,7 +257,7 @@ def answer(rows: Sequence[dict], pairs: Sequence[dict], split: str, demo: bool =
                           "document: re-run sumtune evaluate on the same data), so no winner is named.")
     elif beats_zero == []:
         facts["verdict"] = "none_beats_zero_shot"
-        paragraphs.append("No trained method is significantly better than zero_shot: the data do not show that "
+        paragraphs.append(f"No trained method is significantly better than {zero}: the data do not show that "
                           "fine-tuning helps here, so no winner is named.")
     elif not any_sig:
         facts["verdict"] = "no_difference"

@@ -56,6 +56,7 @@ def run_row(run: Path, split: str = "test", experiment: dict | None = None) -> d
     return {
         "run": run.name, "path": str(run), "method": method, "trained": m.describe(m.options(cfg.method)), "seed": cfg.train.seed,
         "extractive": not m.needs_model,  # a baseline without a model (lead3): no loss, no decoding
+        "base_as_is": m.needs_model and not m.trains,  # the base model untrained (zero_shot): what tuning must beat
         "trainable_params": trainable, "total_params": total,
         "trainable_pct": 100.0 * trainable / total if trainable is not None and total else None,
         "train_seconds": seconds, "validation_seconds": res.get("validation_seconds"),

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sumtune.flops import ModelShape, method_flops_options, step_flops
+from sumtune.flops import ModelShape, step_flops
 
 if TYPE_CHECKING:  # no torch import for the CLI and `experiment`'s planning
     from sumtune.training.state import Progress, StepPlan
@@ -59,12 +59,14 @@ class StepFlops:
     """Training FLOPs of a step from its sample indices (every process's rows; real tokens only)."""
 
     def __init__(self, shape: ModelShape, method_cfg, trainable: int, lengths: Sequence[int]):
+        from sumtune.methods import get_method
+
         self.shape, self.method, self.trainable, self.lengths = shape, method_cfg.name, trainable, lengths
-        self.options = method_flops_options(method_cfg)
+        self.options = get_method(method_cfg.name).options(method_cfg)
 
     def __call__(self, chunk: Sequence[int]) -> int:
         tokens = sum(self.lengths[i] for i in chunk)
-        return step_flops(self.shape, self.method, self.trainable, tokens, **self.options)
+        return step_flops(self.shape, self.method, self.trainable, tokens, self.options)
 
 
 def planned_step_flops(plan: StepPlan, n: int, order_lengths: list[int] | None, flops: StepFlops) -> Iterator[int]:

@@ -63,6 +63,14 @@ class LastLayers(Method):
             return " + ".join(parts) + " (head tied, frozen)"
         return " + ".join(["LM head (untied)", *parts]) if parts else "LM head (untied copy)"
 
+    def gradient_span(self, shape, cfg: LastLayersConfig) -> int:
+        """The head and the last k blocks, when anything under the head trains; nothing for the head alone."""
+        below_head = cfg.last_k_blocks > 0 or cfg.train_final_norm
+        return shape.head + cfg.last_k_blocks * shape.block if below_head else 0
+
+    def caches_features(self, cfg: LastLayersConfig) -> bool:
+        return cfg.train_head and not cfg.last_k_blocks and not cfg.train_final_norm
+
     def prepare(self, model, tokenizer, cfg: LastLayersConfig):
         freeze(model)
         blocks, norm = blocks_and_norm(model, need_norm=cfg.train_final_norm)
