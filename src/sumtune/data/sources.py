@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 KAGGLE_FILES = {s: f"{s}.csv" for s in SPLITS}
+FILE_KINDS = {".csv": "csv", ".jsonl": "json", ".json": "json"}  # a single-file source, by suffix
 # Below this many rows, starting worker processes costs more than it saves.
 MIN_PARALLEL_ROWS = 2000
 
@@ -112,23 +113,23 @@ def directory_kind(cfg: DataConfig) -> str:
             "xsum": "an xsum directory"}.get(cfg.preset, f"a {cfg.preset} directory")
 
 
-def _read_source(cfg: DataConfig, seed: int, only: str | None = None, whole_file: bool = False) -> dict[str, Any]:
-    """{"train", "validation", "test"} -> raw Dataset with the configured columns (and an id); with
-    `only`, just that split ({only: Dataset}), read from its own file where the source has one per
-    split; with `whole_file` (and `only`), a single file's every row as that split."""
+def check_source(cfg: DataConfig, only: str | None = None) -> None:
+    """The one-line error of a local source that does not exist, is no dataset, or (a directory)
+    lacks a split's file (with `only`: that split's file only), before anything is read; each
+    names the preset in use (`directory_kind`). Hub sources are checked when loaded."""
     src = cfg.source.strip()
     if not src:
         raise UserError("no data source; pass --data DIR|FILE.csv|FILE.jsonl|hf:NAME[:CONFIG]")
     if src.startswith("hf:"):
-        return _read_hub(src, cfg, seed, only)
+        return
     path = Path(src).expanduser()
     kind_of_dir = directory_kind(cfg)
     if not path.exists():
         raise UserError(f"data path does not exist: {src}; pass {kind_of_dir}, a .csv/.jsonl file or hf:NAME")
     if path.is_dir():
-        wanted = {only: KAGGLE_FILES[only]} if only else KAGGLE_FILES
-        names = ", ".join(wanted.values())
-        missing = [f for f in wanted.values() if not (path / f).is_file()]
+        wanted = [KAGGLE_FILES[only]] if only else list(KAGGLE_FILES.values())
+        names = ", ".join(wanted)
+        missing = [f for f in wanted if not (path / f).is_file()]
         if only and missing:
             raise UserError(f"{src}: missing {names}; {kind_of_dir} with {names} is needed for its {only} split, "
                             "or pass one .csv/.jsonl file")
@@ -137,16 +138,28 @@ def _read_source(cfg: DataConfig, seed: int, only: str | None = None, whole_file
                             "or pass one .csv/.jsonl file")
         if missing:
             raise UserError(f"{src}: missing {', '.join(missing)}; {kind_of_dir} has {names}")
-        raw = {}
-        for split, name in wanted.items():
-            ds = _load_file(path / name, "csv", cfg)
-            _check_columns(ds, str(path / name), cfg)
-            raw[split] = _with_ids(ds, cfg)
-        return raw
-    kind = {".csv": "csv", ".jsonl": "json", ".json": "json"}.get(path.suffix.lower())
-    if kind is None:
+    elif path.suffix.lower() not in FILE_KINDS:
         raise UserError(f"{src} is not a dataset: use a .csv or .jsonl file, {kind_of_dir} or hf:NAME")
-    ds = _load_file(path, kind, cfg)
+
+
+def _read_source(cfg: DataConfig, seed: int, only: str | None = None, whole_file: bool = False) -> dict[str, Any]:
+    """{"train", "validation", "test"} -> raw Dataset with the configured columns (and an id); with
+    `only`, just that split ({only: Dataset}), read from its own file where the source has one per
+    split; with `whole_file` (and `only`), a single file's every row as that split."""
+    check_source(cfg, only)
+    src = cfg.source.strip()
+    if src.startswith("hf:"):
+        return _read_hub(src, cfg, seed, only)
+    path = Path(src).expanduser()
+    if path.is_dir():
+        raw = {}
+        for split, name in KAGGLE_FILES.items():
+            if only in (None, split):
+                ds = _load_file(path / name, "csv", cfg)
+                _check_columns(ds, str(path / name), cfg)
+                raw[split] = _with_ids(ds, cfg)
+        return raw
+    ds = _load_file(path, FILE_KINDS[path.suffix.lower()], cfg)
     _check_columns(ds, src, cfg)
     if whole_file and only:
         return {only: _with_ids(ds, cfg)}

@@ -227,11 +227,13 @@ def evaluate_run(run_dir: str | Path, split: str = "test", limit: int | None = N
     One writer per evaluation directory: a second evaluation of it is refused at once. Under
     `accelerate launch` the articles are shared out over the processes (`sumtune.distributed`)
     and the main process writes what one process would."""
+    from sumtune.data.sources import check_source
     from sumtune.distributed import process_state
 
     run = check_finished_run(run_dir)
     state = process_state()
     cfg = _config(run, overrides, data, data_preset)
+    check_source(cfg.data, split)  # a missing file or split in one line, before its fingerprint is taken
     with state.main_process_first():  # the main process fills the datasets cache (a Hub source's fingerprint)
         dataset = dataset_record(cfg, run)
     source = Path(cfg.data.source).expanduser()
