@@ -99,6 +99,16 @@ def default_mode(path: str | Path, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
+def default_modes(directory: str | Path) -> None:
+    """`default_mode` for `directory` and everything in it (what a library wrote through its own
+    temporary files, e.g. Transformers' weight shards, is private too), links left alone."""
+    for root, _dirs, files in os.walk(directory):  # a linked directory is not entered
+        default_mode(root, directory=True)
+        for path in (os.path.join(root, name) for name in files):
+            if not os.path.islink(path):
+                default_mode(path)
+
+
 def _atomic(path: Path, write, needed: int | None = None) -> None:
     with writing(path, needed):
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -319,8 +319,10 @@ def _evaluate(run: Path, split: str, limit: int | None, cfg: Config, base_model:
     loss_text = "-" if loss is None else f"{loss:.4f}"
     print(f"{run} [{split}{on}, n={len(predictions)}, {metrics['decoding']['label']}]: loss {loss_text}  {scores_line}  "
           f"({metrics['summaries_per_s']:.2f} summaries/s)")
+    own = RunDir(run).eval_dir(split)
     beside = ("" if dataset["is_training_data"] else
-              f" (beside the run's own {split} results in {RunDir(run).eval_dir(split)}, left as they were)")
+              f" (beside the run's own {split} results in {own}, left as they were)" if (own / "metrics.json").is_file()
+              else f" (other data: the run's own {split} results go to {own})")
     print(f"wrote {out / 'metrics.json'} and {out / 'predictions.jsonl'}{beside}")
     return metrics
 

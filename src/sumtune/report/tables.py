@@ -256,7 +256,7 @@ def facts(rows: Sequence[dict], split: str) -> list[tuple[str, str]]:
                           + "; pairwise tests pair documents of the same data only")] if _cross_data(rows) else []),
         *([("Other data", "evaluations on other data than the runs trained on ("
                            + "; ".join(sorted({o["data_label"] for o in other_data(rows)})) + ") are listed apart, "
-                           f"labelled; every score above them is on the run's own {split} split")]
+                           f"labelled; the scores, tests and answer are on each run's own {split} split")]
           if other_data(rows) else []),
         ("Model", f"{distinct('model')}; precision {distinct('precision')}"),
         ("Decoding (same for every run" + (" with a model)" if any(r.get("extractive") for r in rows) else ")"),

@@ -106,7 +106,7 @@ def epoch_label(epoch: int, total: int, steps_per_epoch: int) -> str:
     when the run ends inside its first epoch, its steps and the fraction of an epoch they cover
     ("8 steps (0.016 of an epoch)"), not "epoch 1/1"."""
     if total < steps_per_epoch:
-        return f"{total} steps ({total / steps_per_epoch:.3g} of an epoch)"
+        return f"{total} step{'s' if total != 1 else ''} ({total / steps_per_epoch:.3g} of an epoch)"
     return f"epoch {epoch + 1}/{math.ceil(total / steps_per_epoch)}"
 
 
