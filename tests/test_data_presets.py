@@ -1,17 +1,31 @@
 """Dataset presets (`data.preset`, `--data-preset`): what they set, their precedence, a SAMSum-shaped
-file trained and evaluated with `--data-preset samsum`, the offline message, and an evaluation on
-another dataset labelled in the report."""
+file trained and evaluated with `--data-preset samsum`, the offline message, and evaluations on
+another dataset: kept beside the run's own (RUN/eval/on-<label>/), a file scored whole, labelled in
+the report and the model card; an old run whose eval/test holds one still compares as before."""
 
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
 from sumtune.cli import build_parser, main
-from sumtune.config import DATA_PRESETS, DECODING_PRESETS, build_config, load_run_config, save_config
+from sumtune.config import (
+    DATA_PRESETS,
+    DECODING_PRESETS,
+    DataConfig,
+    build_config,
+    load_run_config,
+    save_config,
+)
 from sumtune.data import load_splits
+from sumtune.errors import UserError
 from sumtune.fingerprints import file_sha256
+from sumtune.runs import RunDir
+
+SHARED_XSUM = Path(__file__).resolve().parents[2] / "shared" / "data" / "xsum" / "test.jsonl"
 
 DIALOGUES = [
     ("Amanda: I baked cookies. Do you want some?\r\nJerry: Sure!\r\nAmanda: I'll bring you tomorrow :-)",
@@ -102,6 +116,10 @@ def test_samsum_file_trains_and_evaluates_with_the_preset(tiny_gpt2, tmp_path):
     assert m["dataset"] == {"source": str(data), "preset": "samsum", "sha256": file_sha256(data), "clean": False,
                             "columns": {"article": "dialogue", "summary": "summary", "id": "id"},
                             "is_training_data": True}
+    # the run's own file given with --data is its own data: its test split carved as in training, in eval/test/
+    assert main(["evaluate", str(run), "--data", str(data), "--limit", "2", "--max-new-tokens", "6"]) == 0
+    m = json.loads((run / "eval/test/metrics.json").read_text())
+    assert m["split_rows"] == 2 and "whole_file" not in m["dataset"] and RunDir(run).other_evals("test") == []
 
 
 def test_a_preset_hub_source_offline_is_one_line(tiny_gpt2, tmp_path, capsys, monkeypatch):
@@ -117,7 +135,9 @@ def test_a_preset_hub_source_offline_is_one_line(tiny_gpt2, tmp_path, capsys, mo
 
 def test_evaluation_on_another_dataset_is_recorded_and_labelled_in_the_report(tiny_gpt2, kaggle_dir, tmp_path):
     """Train on CNN/DM-shaped data, evaluate one run on a SAMSum-shaped file too: metrics.json names
-    that dataset, compare.md and report.html label the row, and no pair crosses datasets."""
+    that dataset and goes beside the run's own results, compare.md and report.html list it apart,
+    labelled, and no pair crosses datasets. Then the same evaluation where an older sumtune put it,
+    in eval/test/: compare labels the row's test data as it did."""
     samsum = _samsum_file(tmp_path / "samsum.jsonl")
     runs = []
     for method in ("zero_shot", "lora"):
@@ -131,26 +151,126 @@ def test_evaluation_on_another_dataset_is_recorded_and_labelled_in_the_report(ti
     assert main(["evaluate", str(runs[0]), *common]) == 0
     assert main(["evaluate", str(runs[1]), "--data", str(samsum), "--data-preset", "samsum", *common]) == 0
     own = json.loads((runs[0] / "eval/test/metrics.json").read_text())
-    other = json.loads((runs[1] / "eval/test/metrics.json").read_text())
+    assert not (runs[1] / "eval/test").exists()  # other data never lands in the run's own eval/test/
+    [(label, where)] = RunDir(runs[1]).other_evals("test")
+    assert label == f"samsum-{file_sha256(samsum)[:8]}" and where == runs[1] / "eval" / f"on-{label}" / "test"
+    other = json.loads((where / "metrics.json").read_text())
     assert own["dataset"]["is_training_data"] is True and own["dataset"]["preset"] == "none"
     assert other["dataset"]["is_training_data"] is False and other["data_is_training_data"] is False
     assert (other["dataset"]["source"], other["dataset"]["preset"], other["dataset"]["sha256"]) == (
         str(samsum), "samsum", file_sha256(samsum))
+    assert other["dataset"]["whole_file"] is True and other["split_rows"] == 24 and other["n"] == 3  # not carved
     assert other["decoding"]["preset"] == "greedy"  # --decoding over the preset's decoding
-    preds = [json.loads(line) for line in (runs[1] / "eval/test/predictions.jsonl").read_text().splitlines()]
+    preds = [json.loads(line) for line in (where / "predictions.jsonl").read_text().splitlines()]
     assert all(p["article"].startswith(tuple(d for d, _ in DIALOGUES)) for p in preds)
 
+    data = f"samsum: {samsum} (sha256 {file_sha256(samsum)[:12]})"
     assert main(["compare", *map(str, runs), "--output", str(tmp_path / "cmp")]) == 0
     md = (tmp_path / "cmp" / "compare.md").read_text()
-    label = f"samsum: {samsum} (sha256 {file_sha256(samsum)[:12]}) (not its training data)"
-    score_rows = [line for line in md.splitlines() if line.startswith("| lora |") and "not evaluated" not in line]
-    assert any(label in line for line in score_rows)
-    assert any(line.startswith("| zero_shot | its training data |") for line in md.splitlines())
-    assert "**Test data:**" in md
+    scores = md.split("## Scores on the test split")[1].split("## ")[0]
+    assert any(line.startswith("| lora | - | - | not evaluated |") for line in scores.splitlines())
+    assert "not its training data" not in scores and "**Test data:**" not in md and "**Other data:**" in md
+    section = md.split("## Evaluations on other data (test split)")[1].split("\n## ")[0]
+    assert f"| lora | {data} (the whole file) | {label} | 3 of 24 | greedy* |" in section  # * max_new_tokens set
     report = json.loads((tmp_path / "cmp" / "compare.json").read_text())
-    assert report["pairs"] == []  # zero_shot's CNN/DM rows and lora's SAMSum rows have no document in common
+    assert [(o["run"], o["label"], o["n"]) for o in report["other_data"]] == [("lora", label, 3)]
+    assert report["pairs"] == []
     html = (tmp_path / "cmp" / "report.html").read_text()
+    assert 'id="other-data"' in html and label in html and file_sha256(samsum)[:12] in html
+
+    # an older run directory: its eval/test/ holds the evaluation on other data
+    (runs[1] / "eval" / "test").mkdir()
+    for f in ("metrics.json", "predictions.jsonl"):
+        shutil.move(where / f, runs[1] / "eval" / "test" / f)
+    shutil.rmtree(where.parent)
+    assert main(["compare", *map(str, runs), "--output", str(tmp_path / "cmp-old")]) == 0
+    md = (tmp_path / "cmp-old" / "compare.md").read_text()
+    score_rows = [line for line in md.splitlines() if line.startswith("| lora |") and "not evaluated" not in line]
+    assert any(f"{data} (not its training data)" in line for line in score_rows)
+    assert any(line.startswith("| zero_shot | its training data |") for line in md.splitlines())
+    assert "**Test data:**" in md and "## Evaluations on other data" not in md
+    report = json.loads((tmp_path / "cmp-old" / "compare.json").read_text())
+    assert report["pairs"] == [] and report["other_data"] == []  # no document in common
+    html = (tmp_path / "cmp-old" / "report.html").read_text()
     assert "not its training data" in html and file_sha256(samsum)[:12] in html
+
+
+def _xsum_file(tmp_path) -> Path:
+    """../shared/data/xsum/test.jsonl where present (500 rows), else a small file of its shape."""
+    if SHARED_XSUM.is_file():
+        return SHARED_XSUM
+    from sumtune.tiny import synthetic_news
+
+    rows = [{"id": f"xsum-test-{i:04d}", "document": r["article"], "summary": r["highlights"].split("\n")[0]}
+            for i, r in enumerate(synthetic_news(40, seed=5))]
+    path = tmp_path / "xsum" / "test.jsonl"
+    path.parent.mkdir()
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_evaluating_on_xsum_leaves_the_runs_own_test_results_and_adds_a_labelled_one(tiny_gpt2, kaggle_dir,
+                                                                                     tmp_path, capsys):
+    """The issue's case: `evaluate RUN --data xsum/test.jsonl --data-preset xsum --limit 4` after the run's
+    own test evaluation. eval/test/ stays byte for byte; the XSum result goes beside it, the whole file
+    as the test split (not its 80/10/10 test tenth); compare and the exported card show both, labelled."""
+    from sumtune.export import export_run
+    from sumtune.recipes.evaluate import _split_rows, with_overrides
+
+    xsum = _xsum_file(tmp_path)
+    rows = [json.loads(line) for line in xsum.read_text(encoding="utf-8").splitlines() if line.strip()]
+    run = tmp_path / "run"
+    assert main(["train", "--method", "lora", "--model", str(tiny_gpt2), "--data", str(kaggle_dir),
+                 "--output-dir", str(run), "--max-steps", "1", "--batch-size", "4", "--grad-accum", "1",
+                 "--max-length", "192", "--precision", "fp32", "--set", "data.max_summary_length=48",
+                 "--set", "method.r=4"]) == 0
+    fast = ["--max-new-tokens", "6", "--decoding", "greedy"]
+    assert main(["evaluate", str(run), *fast]) == 0
+    own = {f: (run / "eval/test" / f).read_bytes() for f in ("metrics.json", "predictions.jsonl")}
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--data", str(xsum), "--data-preset", "xsum", "--limit", "4", *fast]) == 0
+    out = capsys.readouterr().out
+    assert f"all {len(rows)} rows of {xsum} as the test split" in out and "left as they were" in out
+    assert {f: (run / "eval/test" / f).read_bytes() for f in own} == own  # unchanged
+    label = f"xsum-{file_sha256(xsum)[:8]}"
+    assert RunDir(run).other_evals("test") == [(label, run / "eval" / f"on-{label}" / "test")]
+    m = json.loads((run / "eval" / f"on-{label}" / "test" / "metrics.json").read_text())
+    assert (m["n"], m["split_rows"], m["dataset"]["preset"], m["dataset"]["whole_file"]) == (4, len(rows), "xsum", True)
+    # without --limit every row of the file is scored (counted by the loader, not decoded)
+    cfg = with_overrides(load_run_config(run), None, str(xsum), "xsum")
+    assert len(_split_rows(cfg, "test", None, whole_file=True)) == len(rows)
+
+    assert main(["compare", str(run), "--output", str(tmp_path / "cmp")]) == 0
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    n_own = json.loads(own["metrics.json"])["n"]
+    assert f"| run | {n_own} | greedy* |" in md.split("## Scores on the test split")[1]  # the headline: its own
+    assert f"| run | xsum: {xsum} (sha256 {file_sha256(xsum)[:12]}) (the whole file) | {label} | 4 of {len(rows):,} |" in md
+
+    export_run(run, tmp_path / "export")
+    card = (tmp_path / "export" / "README.md").read_text(encoding="utf-8")
+    evaluation = card.split("## Evaluation")[1]
+    assert f"Test split, n = {n_own}" in evaluation and "### On other data" in evaluation
+    assert evaluation.index(f"Test split, n = {n_own}") < evaluation.index(f"`{label}` | 4 of {len(rows)}")
+
+
+def test_a_directory_needs_only_the_split_read_and_messages_name_the_preset(tmp_path, kaggle_dir):
+    only_test = tmp_path / "only_test"
+    only_test.mkdir()
+    shutil.copy(kaggle_dir / "test.csv", only_test / "test.csv")
+    cfg = DataConfig(source=str(only_test))
+    assert len(load_splits(cfg, 0, only="test")["test"]) == 8
+    with pytest.raises(UserError, match="missing train.csv, validation.csv"):
+        load_splits(cfg, 0)  # training still needs every split
+    for source, split in ((tmp_path / "empty", "test"), (only_test, "validation")):
+        source.mkdir(exist_ok=True)
+        with pytest.raises(UserError) as e:
+            load_splits(DataConfig(source=str(source), preset="samsum"), 0, only=split)
+        msg = str(e.value)
+        assert f"a samsum directory with {split}.csv" in msg and "Kaggle" not in msg and "\n" not in msg
+    with pytest.raises(UserError, match="an xsum directory has train.csv"):
+        load_splits(DataConfig(source=str(tmp_path / "empty"), preset="xsum"), 0)
+    with pytest.raises(UserError, match="does not exist.*a samsum directory"):
+        load_splits(DataConfig(source=str(tmp_path / "nowhere"), preset="samsum"), 0)
 
 
 def test_experiment_decodes_with_the_datasets_preset_unless_told(tiny_gpt2, tmp_path):

@@ -145,6 +145,28 @@ def test_bad_input(tiny_neo, kaggle_dir, tmp_path, capsys, monkeypatch):
     assert "test.csv" in _one_line_error(["evaluate", str(run2), "--split", "test"], capsys)
 
 
+def test_data_dir_with_only_the_split_evaluated(tiny_neo, kaggle_dir, tmp_path, capsys):
+    """`evaluate --data DIR` reads only DIR/<split>.csv; a missing one is one line naming the preset."""
+    from sumtune.fingerprints import file_sha256
+    from sumtune.runs import RunDir
+
+    run, _, _ = _finished_run(tmp_path, tiny_neo, kaggle_dir)
+    only = tmp_path / "only_test"
+    only.mkdir()
+    shutil.copy(kaggle_dir / "test.csv", only / "test.csv")
+    assert main(["evaluate", str(run), "--data", str(only), "--limit", "2", "--max-new-tokens", "4"]) == 0
+    [(label, where)] = RunDir(run).other_evals("test")  # other content (one file of three): beside the run's own
+    assert label.startswith("only_test-") and not (run / "eval" / "test").exists()
+    m = json.loads((where / "metrics.json").read_text())
+    assert m["n"] == 2 and m["split_rows"] == 8 and m["dataset"]["sha256"] and "whole_file" not in m["dataset"]
+    assert file_sha256(only / "test.csv") == file_sha256(kaggle_dir / "test.csv")
+    err = _one_line_error(["evaluate", str(run), "--data", str(only), "--split", "validation"], capsys)
+    assert "validation.csv" in err and "train.csv" not in err
+    err = _one_line_error(["evaluate", str(run), "--data", str(tmp_path / "nothing_here"), "--data-preset", "samsum"],
+                          capsys)
+    assert "samsum" in err and "Kaggle" not in err
+
+
 @pytest.mark.parametrize("method", ["lora", "ia3"])
 def test_adapters_are_merged_for_evaluation_with_the_same_outputs(method, tiny_neo, kaggle_dir, tmp_path):
     """evaluate decodes an adapter merged into the base weights (a plain model: no extra matmuls per

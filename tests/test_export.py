@@ -69,3 +69,21 @@ def test_export_replaces_its_own_output_but_no_other_directory(tiny_neo, tmp_pat
     export_run(run, tmp_path / "export")
     export_run(run, tmp_path / "export")
     assert (tmp_path / "export" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("umask,file_mode,dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_exported_files_are_as_shareable_as_the_umask_allows(tiny_neo, tmp_path, umask, file_mode, dir_mode):
+    """mkstemp/mkdtemp make private files (0600/0700); an export gets what `open` would give: 0644 under
+    umask 022, and stays private under 077."""
+    import os
+
+    run, *_ = make_run(tmp_path / "run", tiny_neo, "lora", ("method.r=2",))
+    old = os.umask(umask)
+    try:
+        out = export_run(run, tmp_path / "export")
+    finally:
+        os.umask(old)
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert {"README.md", "model.safetensors", "config.json"} <= {p.name for p in files}
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(file_mode) for p in files}
+    assert oct(out.stat().st_mode & 0o777) == oct(dir_mode)

@@ -16,6 +16,7 @@ from sumtune.config import build_config, load_run_config
 from sumtune.errors import UserError
 from sumtune.recipes import experiment
 from sumtune.recipes.experiment import Plan
+from sumtune.runs import RunDir
 
 
 def _flags(out, model_dir, data, **extra):
@@ -128,8 +129,10 @@ def test_relative_paths_are_stored_absolute_and_runs_travel(tiny_neo, kaggle_dir
 
     other.write_text("".join(json.dumps(r) + "\n" for r in synthetic_news(30, seed=9)), encoding="utf-8")
     assert main(["evaluate", run, "--data", str(other), "--limit", "2", "--max-new-tokens", "4"]) == 0
-    m = json.loads((kaggle_dir.parent / "run/eval/test/metrics.json").read_text())
+    [(_, where)] = RunDir(run).other_evals("test")  # beside the run's own eval/test/
+    m = json.loads((where / "metrics.json").read_text())
     assert m["data"] == str(other) and m["data_is_training_data"] is False and m["n"] == 2
+    assert m["split_rows"] == 30  # the whole file as the test split
     import shutil
 
     moved = tmp_path / "moved-model"

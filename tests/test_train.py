@@ -184,6 +184,22 @@ def test_zero_shot_records_the_base_model(tiny_neo, kaggle_dir, tmp_path):
     assert res["best_val_loss"] == pytest.approx(ref, rel=1e-6)
 
 
+def test_a_run_ending_inside_its_first_epoch_shows_steps_and_the_fraction(tiny_gpt2, kaggle_dir, tmp_path, capsys):
+    """8 steps of a 500-step epoch are not "epoch 1/1": the bar and the epoch's line say how much ran."""
+    from sumtune.training.records import epoch_label
+
+    assert epoch_label(0, 8, 500) == "8 steps (0.016 of an epoch)"
+    assert epoch_label(1, 1000, 500) == "epoch 2/2" and epoch_label(0, 500, 500) == "epoch 1/1"
+    # 24 samples / (4 x 1) = 6 steps per epoch; 2 of them run
+    assert main(["train", "--method", "lora", "--model", str(tiny_gpt2), "--data", str(kaggle_dir),
+                 "--output-dir", str(tmp_path / "run"), "--max-steps", "2", "--batch-size", "4", "--grad-accum", "1",
+                 "--max-length", "192", "--precision", "fp32", "--set", "data.max_summary_length=48",
+                 "--set", "method.r=4"]) == 0
+    io = capsys.readouterr()
+    assert "2 steps (0.333 of an epoch)" in io.err and "epoch 1/1" not in io.err  # the tqdm bar
+    assert "epoch 1/1 (2 of its 6 steps, 0.333 of the epoch): train loss" in io.out
+
+
 def test_never_clobbers_a_run(tiny_neo, kaggle_dir, tmp_path, capsys):
     cfg = _cfg(tiny_neo, kaggle_dir, tmp_path / "run", **{"train.max_steps": 1})
     run = recipe.train(cfg)

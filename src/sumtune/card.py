@@ -4,7 +4,9 @@ body that says what the run was: method, base model, data and its fingerprint, t
 configuration, the decoding and the test ROUGE with its 95% intervals and n.
 
 Only what the run recorded is stated: no RUN/eval/test/metrics.json, no scores (the card says
-the run was not evaluated, and has no `model-index`). Hub ids:
+the run was not evaluated, and has no `model-index`). The run's own test split is the headline (and
+the only `model-index` result); its evaluations on other data (RUN/eval/on-<label>/test/) follow it,
+each labelled with its data. Hub ids:
 - `base_model`: the `--base-model` given, else model.name when it is a Hub name, else the
   `repo_id` that `sumtune download model` recorded in the model directory (DOWNLOAD_RECORD);
   a local directory with none of these gets no `base_model` (the body names the path).
@@ -101,6 +103,11 @@ def test_metrics(run: Path) -> dict[str, Any] | None:
     return read_json(path) if path.is_file() else None
 
 
+def other_test_metrics(run: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(label, metrics.json) of each test evaluation on other data than the run trained on, by label."""
+    return [(label, read_json(d / "metrics.json")) for label, d in RunDir(run).other_evals("test")]
+
+
 def score(value: float) -> float:
     """ROUGE F1 as the card states it: x100, two decimals (model-index and the table)."""
     return round(100 * value, 2)
@@ -141,14 +148,38 @@ def _fingerprint_lines(data: dict | None) -> list[str]:
     return lines
 
 
-def _evaluation(cfg: Config, metrics: dict | None, run: Path) -> list[str]:
+def _other_data_lines(others: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """The test evaluations on other data, one table row each, labelled with the data."""
+    from sumtune.fingerprints import data_label
+
+    if not others:
+        return []
+    lines = ["", "### On other data", "",
+             "Test evaluations on data other than the run's training data (each in `eval/on-<label>/test/`); "
+             "not the scores above, and not in the metadata.", "",
+             "| data | label | n | " + " | ".join(ROUGE_NAMES[k] for k in ROUGE_KEYS) + " | decoding |",
+             "|" + "---|" * (len(ROUGE_KEYS) + 4)]
+    for label, m in others:
+        data = data_label(m["dataset"]) if m.get("dataset") else str(m.get("data"))
+        whole = " (the whole file)" if (m.get("dataset") or {}).get("whole_file") else ""
+        of = f" of {m['split_rows']}" if m.get("split_rows") else ""
+        cells = [f"{score(m[k]):.2f} [{score(m['ci95'][k][0]):.2f}, {score(m['ci95'][k][1]):.2f}]" for k in ROUGE_KEYS]
+        lines.append(f"| {data.replace('|', '/')}{whole} | `{label}` | {m['n']}{of} | " + " | ".join(cells)
+                     + f" | {(m.get('decoding') or {}).get('label', '-')} |")
+    return lines
+
+
+def _evaluation(cfg: Config, metrics: dict | None, run: Path,
+                others: list[tuple[str, dict[str, Any]]] = ()) -> list[str]:
+    others = list(others)
     if metrics is None:
         dec = decoding_summary(cfg.eval)
         return ["## Evaluation", "",
                 f"Not evaluated: the run has no test evaluation ({RunDir(run).eval_dir('test') / 'metrics.json'} "
                 "is absent), so this card reports no scores; `sumtune evaluate RUN` writes one, then export again.",
                 "", f"Configured decoding (not used for any score here): preset `{dec['label']}`, "
-                + ", ".join(f"{k}={v}" for k, v in dec.items() if k not in ("preset", "label", "modified"))]
+                + ", ".join(f"{k}={v}" for k, v in dec.items() if k not in ("preset", "label", "modified")),
+                *_other_data_lines(others)]
     boot = metrics.get("bootstrap") or {}
     dec = metrics.get("decoding") or {}
     of = f" of {metrics['split_rows']}" if metrics.get("split_rows") else ""
@@ -168,7 +199,7 @@ def _evaluation(cfg: Config, metrics: dict | None, run: Path) -> list[str]:
               f"Test loss (summary tokens): {metrics['loss']:.4f}."]
     if metrics.get("data") and not metrics.get("data_is_training_data", True):
         lines.append(f"Evaluated on other data than the run trained on: `{metrics['data']}`.")
-    return lines
+    return lines + _other_data_lines(others)
 
 
 def _base_load(base: str, model_name: str, gguf: dict | None) -> str:
@@ -300,7 +331,7 @@ def card_text(run: Path, cfg: Config, method, *, adapter: bool, name: str, where
                     f"{results.get('best_step')} by validation {results.get('select_by', 'loss')}")
     body += ["", "### Hyper-parameters (the run's configuration; `method`: this method's keys)", "", "```yaml",
              yaml.safe_dump(config, sort_keys=False).rstrip(), "```", "",
-             *_evaluation(cfg, metrics, run), "", "## License", ""]
+             *_evaluation(cfg, metrics, run, other_test_metrics(run)), "", "## License", ""]
     if license_:
         body.append(f"`{license_['license']}`, as the base model's "
                     + ("GGUF file states (general.license)" if gguf else "card states")

@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 
 from sumtune.errors import UserError
-from sumtune.io import atomic_dir, atomic_write_json, read_json
+from sumtune.io import atomic_dir, atomic_write_json, default_mode, read_json
 
 KAGGLE_HANDLE = "gowrishankarp/newspaper-text-summarization-cnn-dailymail"
 HF_DATASET = "abisee/cnn_dailymail:3.0.0"
@@ -150,6 +150,7 @@ def _hub_dataset(spec: str, out: Path) -> Path:
         os.close(fd)
         try:
             ds.select_columns(["id", "article", "highlights"]).to_csv(tmp, index=False)
+            default_mode(tmp)
             os.replace(tmp, out / f"{split}.csv")
         finally:
             Path(tmp).unlink(missing_ok=True)

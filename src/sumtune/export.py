@@ -17,7 +17,7 @@ from pathlib import Path
 from sumtune.card import base_model_id, card_text
 from sumtune.config import load_run_config
 from sumtune.errors import UserError
-from sumtune.io import atomic_dir, atomic_write_json, atomic_write_text, read_json
+from sumtune.io import atomic_dir, atomic_write_json, atomic_write_text, default_modes, read_json
 from sumtune.methods import get_method
 from sumtune.methods.peft_io import PEFT_WEIGHTS
 from sumtune.runs import RunDir, check_finished_run, load_run
@@ -66,6 +66,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, adapter: bool = Fals
             _write_tokenizer(cfg.model.name, tmp)
             atomic_write_text(tmp / "README.md", card)
             atomic_write_json(tmp / MARKER, record)
+            default_modes(tmp)  # to share: 0644 files under umask 022, as the user's umask allows
         print(f"wrote {out}: the {method.name} PEFT adapter with the tokenizer and a model card "
               f"(PeftModel.from_pretrained(base_model, '{out}'))")
     else:
@@ -76,6 +77,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, adapter: bool = Fals
             tokenizer.save_pretrained(tmp)
             atomic_write_text(tmp / "README.md", card)
             atomic_write_json(tmp / MARKER, record)
+            default_modes(tmp)
         print(f"wrote {out}: a plain {model.config.model_type} model with the tokenizer and a model card "
               f"(AutoModelForCausalLM.from_pretrained('{out}'))")
     if push_to_hub:

@@ -119,7 +119,7 @@ def data_fingerprint(cfg, hub: Any = None) -> dict:
 
     - a file: {"kind": "file", "bytes": N, "sha256": of its bytes} (its name is not content);
     - a Kaggle directory: {"kind": "kaggle_dir", "files": {NAME: {"sha256", "bytes"}} for
-      train.csv, validation.csv and test.csv, "sha256": over the names and their hashes};
+      those of train.csv, validation.csv and test.csv it holds, "sha256": over the names and their hashes};
     - ``hf:NAME[:CONFIG]``: {"kind": "hf", "dataset", "config", "splits": {split:
       {"fingerprint", "rows"}}, "sha256"} from the dataset as `datasets` loaded it:
       `hub` (the DatasetDict / {split: Dataset} `datasets.load_dataset` returned), else
@@ -135,13 +135,15 @@ def data_fingerprint(cfg, hub: Any = None) -> dict:
         from sumtune.data import KAGGLE_FILES
 
         files = {n: {"sha256": file_sha256(path / n), "bytes": (path / n).stat().st_size}
-                 for n in sorted(KAGGLE_FILES.values())}
+                 for n in sorted(KAGGLE_FILES.values()) if (path / n).is_file()}  # e.g. only test.csv to evaluate
+        if not files:
+            raise UserError(f"{src} is not a dataset directory: it has none of {', '.join(KAGGLE_FILES.values())}")
         kind = "kaggle_dir"
     elif path.is_file():
         files = {path.name: {"sha256": file_sha256(path), "bytes": path.stat().st_size}}
         kind = "file"
     else:
-        raise UserError(f"data path does not exist: {src}; pass a Kaggle CNN/DM directory, a .csv/.jsonl file or hf:NAME")
+        raise UserError(f"data path does not exist: {src}; pass a dataset directory, a .csv/.jsonl file or hf:NAME")
     if kind == "file":  # the name is not content: the same bytes elsewhere, or renamed, are the same data
         return {"kind": kind, "bytes": files[path.name]["bytes"], "sha256": files[path.name]["sha256"]}
     return {"kind": kind, "files": files, "sha256": _combine(files)}

@@ -5,6 +5,10 @@ renamed over the target, so a killed process never leaves a half-written file. A
 that fails (no space left, permission denied, a read-only file system, a path part that is
 a file) removes its temporary file and raises `WriteError`: one line naming the path, the
 reason and the bytes it needed; what was written before is untouched.
+
+Modes: a temporary file from `tempfile` is private (0600, a directory 0700); before it is renamed
+into place it gets the mode an ordinary `open` would give it, 0666 (0777 for a directory) less the
+process's umask, so written files are as shareable as the user's umask allows (0644 under 022).
 """
 
 from __future__ import annotations
@@ -70,6 +74,41 @@ def writing(path: Path, needed: int | None = None, only: tuple[int, ...] | None 
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # what only a write can hit
 
 
+_UMASK: int | None = None  # where /proc cannot tell it: read once
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux: /proc/self/status); elsewhere read once
+    by setting and restoring it (`os.umask` can only be read that way), then remembered."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0o022)
+        os.umask(_UMASK)
+    return _UMASK
+
+
+def default_mode(path: str | Path, directory: bool = False) -> None:
+    """Give a file (or directory) made by `tempfile` the mode `open` (`mkdir`) would have given it."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+def default_modes(directory: str | Path) -> None:
+    """`default_mode` for `directory` and everything in it (what a library wrote through its own
+    temporary files, e.g. Transformers' weight shards, is private too), links left alone."""
+    for root, _dirs, files in os.walk(directory):  # a linked directory is not entered
+        default_mode(root, directory=True)
+        for path in (os.path.join(root, name) for name in files):
+            if not os.path.islink(path):
+                default_mode(path)
+
+
 def _atomic(path: Path, write, needed: int | None = None) -> None:
     with writing(path, needed):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,6 +118,7 @@ def _atomic(path: Path, write, needed: int | None = None) -> None:
                 write(f)
                 f.flush()
                 os.fsync(f.fileno())
+            default_mode(tmp)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -108,6 +148,7 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: 
             save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
+            default_mode(tmp)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -154,6 +195,7 @@ class atomic_dir:
         with writing(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+            default_mode(self.tmp, directory=True)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:

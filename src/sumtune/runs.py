@@ -1,7 +1,8 @@
 """A run directory's metadata and loading a finished run back.
 
 Layout (see DESIGN.md): RUN/config.yaml, RUN/adapter/ (the method's weights plus
-`sumtune.json`, the metadata below). Writing, in the trainer:
+`sumtune.json`, the metadata below), RUN/eval/<split>/ (evaluations on the run's own data) and
+RUN/eval/on-<label>/<split>/ (on other data, `other_data_label`). Writing, in the trainer:
 
     base = modeling.load_model(cfg.model.name)
     meta = run_meta(cfg, base)                 # before method.prepare
@@ -14,7 +15,9 @@ Reading, everywhere else: `cfg, method, model, tokenizer = load_run(run)`.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -25,6 +28,28 @@ from sumtune.fingerprints import FINGERPRINT_VERSION, fingerprint
 from sumtune.methods import get_method
 from sumtune.methods.base import Method, read_meta, weights_path
 from sumtune.modeling import load_model, load_tokenizer
+
+OTHER_DATA_PREFIX = "on-"  # RUN/eval/on-<label>/: never a split's name
+_UNSAFE = re.compile(r"[^a-z0-9._]+")
+
+
+def other_data_label(dataset: dict) -> str:
+    """A file-system-safe name for other data (a dataset record as `evaluate` writes it): its
+    preset, else the source's name (file stem, directory or Hub dataset), then the first 8 hex
+    digits of its content SHA-256, e.g. "xsum-1a2b3c4d"."""
+    preset = dataset.get("preset")
+    source = str(dataset.get("source") or "data").strip()
+    if preset and preset != "none":
+        name = preset
+    elif source.startswith("hf:"):
+        name = source[3:].split(":")[0].rsplit("/", 1)[-1]
+    else:
+        name = Path(source).stem or Path(source).name
+    slug = _UNSAFE.sub("-", name.lower()).strip("-.")[:40] or "data"
+    sha = dataset.get("sha256")
+    if not sha:  # no content fingerprint: the source's text stands in for it
+        sha = hashlib.sha256(source.encode("utf-8")).hexdigest()
+    return f"{slug}-{sha[:8]}"
 
 
 class RunDir:
@@ -52,8 +77,29 @@ class RunDir:
         same = Path(config_file).name == run.config.name
         return run if same and (run.metrics.is_file() or run.checkpoints.is_dir()) else None
 
-    def eval_dir(self, split: str) -> Path:
-        return self.path / "eval" / split
+    def eval_dir(self, split: str, other_data: str | None = None) -> Path:
+        """RUN/eval/<split>/: the evaluation on the run's own data (its headline); with `other_data`
+        (a label, `other_data_label`) RUN/eval/on-<label>/<split>/: one on other data, beside it."""
+        if other_data is None:
+            return self.path / "eval" / split
+        return self.path / "eval" / f"{OTHER_DATA_PREFIX}{other_data}" / split
+
+    def eval_dir_for(self, split: str, dataset: dict) -> Path:
+        """Where an evaluation of `split` on `dataset` (the record `evaluate` writes, with
+        "is_training_data") goes: the run's own data to eval/<split>/, other data beside it."""
+        if dataset.get("is_training_data", True):
+            return self.eval_dir(split)
+        return self.eval_dir(split, other_data_label(dataset))
+
+    def other_evals(self, split: str) -> list[tuple[str, Path]]:
+        """(label, directory) of each complete evaluation of `split` on other data (its metrics.json
+        written), by label."""
+        root = self.path / "eval"
+        if not root.is_dir():
+            return []
+        found = [(d.name[len(OTHER_DATA_PREFIX):], d / split) for d in root.iterdir()
+                 if d.is_dir() and d.name.startswith(OTHER_DATA_PREFIX) and (d / split / "metrics.json").is_file()]
+        return sorted(found)
 
     def present(self) -> list[str]:
         """The run files already there (a new run must find none)."""

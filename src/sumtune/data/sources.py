@@ -1,8 +1,10 @@
 """Reading data sources into cleaned train/validation/test rows (id, article, summary).
 
 Sources (``DataConfig.source``):
-- a Kaggle CNN/DailyMail directory with ``train.csv``, ``validation.csv``, ``test.csv``;
-- one ``.csv`` / ``.jsonl`` / ``.json`` file, split by ratio with the seed;
+- a directory with ``train.csv``, ``validation.csv``, ``test.csv`` (the Kaggle CNN/DailyMail
+  layout); reading one split (``only``, as `evaluate` does) needs only that split's file;
+- one ``.csv`` / ``.jsonl`` / ``.json`` file, split by ratio with the seed; or, with
+  ``whole_file`` (a file given to `evaluate` to score), all its rows as the one split read;
 - ``hf:NAME[:CONFIG]`` through ``datasets`` (e.g. ``hf:abisee/cnn_dailymail:3.0.0``).
 
 Files are read (``readers``) into memory-mapped Arrow tables (cached on disk), so
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 KAGGLE_FILES = {s: f"{s}.csv" for s in SPLITS}
+FILE_KINDS = {".csv": "csv", ".jsonl": "json", ".json": "json"}  # a single-file source, by suffix
 # Below this many rows, starting worker processes costs more than it saves.
 MIN_PARALLEL_ROWS = 2000
 
@@ -103,37 +106,68 @@ def _with_ids(ds, cfg: DataConfig):
     return ds.add_column(cfg.id_column, ids, new_fingerprint=cache_key(ds._fingerprint, "row-ids", cfg.id_column))
 
 
-def _read_source(cfg: DataConfig, seed: int) -> dict[str, Any]:
-    """{"train", "validation", "test"} -> raw Dataset with the configured columns (and an id)."""
+def directory_kind(cfg: DataConfig) -> str:
+    """What a data directory is called under the configured preset, for messages."""
+    return {"none": "a dataset directory (the Kaggle CNN/DM layout)",
+            "cnndm": "a cnndm directory (the Kaggle CNN/DM layout)",
+            "xsum": "an xsum directory"}.get(cfg.preset, f"a {cfg.preset} directory")
+
+
+def check_source(cfg: DataConfig, only: str | None = None) -> None:
+    """The one-line error of a local source that does not exist, is no dataset, or (a directory)
+    lacks a split's file (with `only`: that split's file only), before anything is read; each
+    names the preset in use (`directory_kind`). Hub sources are checked when loaded."""
     src = cfg.source.strip()
     if not src:
         raise UserError("no data source; pass --data DIR|FILE.csv|FILE.jsonl|hf:NAME[:CONFIG]")
     if src.startswith("hf:"):
-        return _read_hub(src, cfg, seed)
+        return
     path = Path(src).expanduser()
+    kind_of_dir = directory_kind(cfg)
     if not path.exists():
-        raise UserError(f"data path does not exist: {src}; pass a Kaggle CNN/DM directory, a .csv/.jsonl file or hf:NAME")
+        raise UserError(f"data path does not exist: {src}; pass {kind_of_dir}, a .csv/.jsonl file or hf:NAME")
     if path.is_dir():
-        missing = [f for f in KAGGLE_FILES.values() if not (path / f).is_file()]
-        if len(missing) == len(KAGGLE_FILES):
-            raise UserError(
-                f"{src} is not a dataset directory: expected train.csv, validation.csv and test.csv "
-                "(Kaggle CNN/DM layout), or pass one .csv/.jsonl file"
-            )
+        wanted = [KAGGLE_FILES[only]] if only else list(KAGGLE_FILES.values())
+        names = ", ".join(wanted)
+        missing = [f for f in wanted if not (path / f).is_file()]
+        if only and missing:
+            raise UserError(f"{src}: missing {names}; {kind_of_dir} with {names} is needed for its {only} split, "
+                            "or pass one .csv/.jsonl file")
+        if len(missing) == len(wanted):
+            raise UserError(f"{src} is not a dataset directory: {kind_of_dir} has {names}; "
+                            "or pass one .csv/.jsonl file")
         if missing:
-            raise UserError(f"{src}: missing {', '.join(missing)}; a Kaggle CNN/DM directory has train.csv, validation.csv, test.csv")
+            raise UserError(f"{src}: missing {', '.join(missing)}; {kind_of_dir} has {names}")
+    elif path.suffix.lower() not in FILE_KINDS:
+        raise UserError(f"{src} is not a dataset: use a .csv or .jsonl file, {kind_of_dir} or hf:NAME")
+
+
+def _read_source(cfg: DataConfig, seed: int, only: str | None = None, whole_file: bool = False) -> dict[str, Any]:
+    """{"train", "validation", "test"} -> raw Dataset with the configured columns (and an id); with
+    `only`, just that split ({only: Dataset}), read from its own file where the source has one per
+    split; with `whole_file` (and `only`), a single file's every row as that split."""
+    check_source(cfg, only)
+    src = cfg.source.strip()
+    if src.startswith("hf:"):
+        return _read_hub(src, cfg, seed, only)
+    path = Path(src).expanduser()
+    if path.is_dir():
         raw = {}
         for split, name in KAGGLE_FILES.items():
-            ds = _load_file(path / name, "csv", cfg)
-            _check_columns(ds, str(path / name), cfg)
-            raw[split] = _with_ids(ds, cfg)
+            if only in (None, split):
+                ds = _load_file(path / name, "csv", cfg)
+                _check_columns(ds, str(path / name), cfg)
+                raw[split] = _with_ids(ds, cfg)
         return raw
-    kind = {".csv": "csv", ".jsonl": "json", ".json": "json"}.get(path.suffix.lower())
-    if kind is None:
-        raise UserError(f"{src} is not a dataset: use a .csv or .jsonl file, a Kaggle CNN/DM directory or hf:NAME")
-    ds = _load_file(path, kind, cfg)
+    ds = _load_file(path, FILE_KINDS[path.suffix.lower()], cfg)
     _check_columns(ds, src, cfg)
-    return _split_missing({"train": _with_ids(ds, cfg)}, cfg, seed)
+    if whole_file and only:
+        return {only: _with_ids(ds, cfg)}
+    return _only(_split_missing({"train": _with_ids(ds, cfg)}, cfg, seed), only)
+
+
+def _only(raw: dict[str, Any], only: str | None) -> dict[str, Any]:
+    return {only: raw[only]} if only and only in raw else raw
 
 
 # hf:NAME[:CONFIG] -> the DatasetDict loaded in this process (`hub_dataset` returns it)
@@ -169,8 +203,11 @@ def hub_dataset(src: str):
     return loaded if loaded is not None else _load_hub(src)
 
 
-def _read_hub(src: str, cfg: DataConfig, seed: int) -> dict[str, Any]:
+def _read_hub(src: str, cfg: DataConfig, seed: int, only: str | None = None) -> dict[str, Any]:
     raw = _load_hub(src)
+    if only and only in raw:  # the one split read: the others need not be there
+        _check_columns(raw[only], f"{src} ({only})", cfg)
+        return {only: _with_ids(raw[only], cfg)}
     if "train" not in raw:
         raise UserError(f"{src} has splits {', '.join(raw)}; sumtune needs a 'train' split (validation/test optional)")
     out = {}
@@ -178,7 +215,7 @@ def _read_hub(src: str, cfg: DataConfig, seed: int) -> dict[str, Any]:
         if split in raw:
             _check_columns(raw[split], f"{src} ({split})", cfg)
             out[split] = _with_ids(raw[split], cfg)
-    return _split_missing(out, cfg, seed)
+    return _only(_split_missing(out, cfg, seed), only)
 
 
 def _split_missing(raw: dict[str, Any], cfg: DataConfig, seed: int) -> dict[str, Any]:
@@ -233,26 +270,28 @@ def _standardise(ds, split: str, cfg: DataConfig):
                   num_proc=num_workers(cfg, len(ds)), desc=f"cleaning {split}")
 
 
-def split_sizes(cfg: DataConfig, seed: int) -> dict[str, int]:
+def split_sizes(cfg: DataConfig, seed: int, only: str | None = None, whole_file: bool = False) -> dict[str, int]:
     """Rows per split of the whole source, before subsets and before empty rows are skipped: the
     size a projection to the full split scales to (reads what `load_splits` reads, from its cache)."""
-    return {split: len(ds) for split, ds in _read_source(cfg, seed).items()}
+    return {split: len(ds) for split, ds in _read_source(cfg, seed, only, whole_file).items()}
 
 
-def load_splits(cfg: DataConfig, seed: int):
+def load_splits(cfg: DataConfig, seed: int, only: str | None = None, whole_file: bool = False):
     """Cleaned train/validation/test with columns id, article, summary (str); subsets are seeded.
 
     ``max_train_samples`` limits train, ``max_eval_samples`` validation and test,
     ``max_test_samples`` (when > 0) test instead. Rows with an empty article or summary
-    are skipped and counted in one log line; a split left empty is an error.
+    are skipped and counted in one log line; a split left empty is an error. `only` reads just
+    that split (a directory needs only its file), `whole_file` a single file whole as that split
+    (`_read_source`).
     """
     import datasets
 
-    raw = _read_source(cfg, seed)
+    raw = _read_source(cfg, seed, only, whole_file)
     limits = {"train": cfg.max_train_samples, "validation": cfg.max_eval_samples,
               "test": cfg.max_test_samples or cfg.max_eval_samples}
     out, skipped = {}, {}
-    for split in SPLITS:
+    for split in (s for s in SPLITS if s in raw):
         ds = _subset(raw[split], limits[split], seed, split)
         out[split] = _standardise(ds, split, cfg)
         skipped[split] = len(ds) - len(out[split])
@@ -264,5 +303,3 @@ def load_splits(cfg: DataConfig, seed: int):
         log.warning("skipped %d examples with an empty or missing article/summary (%s)", sum(skipped.values()),
                     ", ".join(f"{s} {n}" for s, n in skipped.items()))
     return datasets.DatasetDict(out)
-
-

@@ -9,9 +9,15 @@ bootstrap intervals over documents, n, the decoding settings, the data evaluated
 of the loss pass and of decoding, and the split's full size `split_rows`, from which the report
 projects the cost of evaluating all of it), each atomically; a metrics.json therefore means a complete evaluation.
 
+Other data than the run trained on (by content fingerprint, `dataset_record`) is written beside
+the run's own results, never over them: RUN/eval/on-<label>/<split>/ (`RunDir.eval_dir_for`,
+`runs.other_data_label`: preset or source name + 8 hex digits of its SHA-256). A single .csv/.jsonl
+file given as other data is scored whole, all its rows as the split evaluated (not carved 80/10/10
+as a training source is); the record says so ("whole_file": true) and so does the printed line.
+
 How many rows: `limit=None` evaluates what the run's caps select (data.max_eval_samples /
-max_test_samples); `limit=N` the first N rows of the whole split, whatever those caps were;
-`limit=0` the whole split.
+max_test_samples; a whole file: all its rows); `limit=N` the first N rows of the whole split,
+whatever those caps were; `limit=0` the whole split.
 """
 
 from __future__ import annotations
@@ -128,13 +134,15 @@ def summary_loss(model, rows, pad_id: int, batch_size: int, autocast: torch.dtyp
     return loss_sum / n
 
 
-def _split_rows(cfg: Config, split: str, limit: int | None):
+def _split_rows(cfg: Config, split: str, limit: int | None, whole_file: bool = False):
     """The rows to evaluate: the run's caps when `limit` is None, else the first `limit` rows
-    of the uncapped split (0 = all of it)."""
+    of the uncapped split (0 = all of it); only `split` is read (a directory needs only its file).
+    `whole_file`: a single file's every row is the split, uncapped (`limit` still cuts it)."""
     from sumtune.data import load_splits
 
-    data = cfg.data if limit is None else replace(cfg.data, max_eval_samples=0, max_test_samples=0)
-    splits = load_splits(data, cfg.data.seed)
+    capped = limit is None and not whole_file
+    data = cfg.data if capped else replace(cfg.data, max_eval_samples=0, max_test_samples=0)
+    splits = load_splits(data, cfg.data.seed, only=split, whole_file=whole_file)
     if split not in splits:
         raise UserError(f"data {cfg.data.source} has no '{split}' split (it has {', '.join(splits)})")
     ds = splits[split]
@@ -214,16 +222,27 @@ def evaluate_run(run_dir: str | Path, split: str = "test", limit: int | None = N
                  base_model: str | None = None, data_preset: str | None = None) -> dict[str, Any]:
     """Loss, generated summaries and ROUGE (with intervals) of a finished run on `split`; returns
     the metrics written. `data`/`base_model` override the run's data source and model path,
-    `data_preset` its dataset preset (`with_overrides`); metrics.json records the dataset.
-    One writer per RUN/eval/<split>/: a second evaluation of it is refused at once. Under
+    `data_preset` its dataset preset (`with_overrides`); metrics.json records the dataset, and other
+    data than the run's own goes to RUN/eval/on-<label>/<split>/ (module docstring).
+    One writer per evaluation directory: a second evaluation of it is refused at once. Under
     `accelerate launch` the articles are shared out over the processes (`sumtune.distributed`)
     and the main process writes what one process would."""
+    from sumtune.data.sources import check_source
     from sumtune.distributed import process_state
 
     run = check_finished_run(run_dir)
     state = process_state()
-    with DirLock(RunDir(run).eval_dir(split), "evaluation directory"):  # the main process's
-        return _evaluate(run, split, limit, _config(run, overrides, data, data_preset), base_model, state)
+    cfg = _config(run, overrides, data, data_preset)
+    check_source(cfg.data, split)  # a missing file or split in one line, before its fingerprint is taken
+    with state.main_process_first():  # the main process fills the datasets cache (a Hub source's fingerprint)
+        dataset = dataset_record(cfg, run)
+    source = Path(cfg.data.source).expanduser()
+    if ((data is not None or data_preset is not None) and not dataset["is_training_data"]
+            and not cfg.data.source.startswith("hf:") and source.is_file()):
+        dataset["whole_file"] = True  # a file given to score: all of it, not the test tenth of a training split
+    out = RunDir(run).eval_dir_for(split, dataset)  # other data beside the run's own results, never over them
+    with DirLock(out, "evaluation directory"):  # the main process's
+        return _evaluate(run, split, limit, cfg, base_model, state, dataset, out)
 
 
 def decoding_record(cfg: Config) -> dict[str, Any]:
@@ -238,7 +257,7 @@ def decoding_record(cfg: Config) -> dict[str, Any]:
 def dataset_record(cfg: Config, run: Path) -> dict[str, Any]:
     """Which data a test figure is on: source, dataset preset, content fingerprint, columns, and
     whether it is the data the run trained on (same content fingerprint; same source where a
-    fingerprint is missing)."""
+    fingerprint is missing). `evaluate_run` adds "whole_file": true when a single file was scored whole."""
     sha = data_fingerprint(cfg.data).get("sha256")
     trained = (read_json(RunDir(run).results).get("data") or {}) if RunDir(run).results.is_file() else {}
     trained_sha = (trained.get("fingerprint") or {}).get("sha256")
@@ -249,17 +268,21 @@ def dataset_record(cfg: Config, run: Path) -> dict[str, Any]:
             "is_training_data": same}
 
 
-def _evaluate(run: Path, split: str, limit: int | None, cfg: Config, base_model: str | None, state) -> dict[str, Any]:
+def _evaluate(run: Path, split: str, limit: int | None, cfg: Config, base_model: str | None, state,
+              dataset: dict[str, Any], out: Path) -> dict[str, Any]:
     from datasets import DatasetDict
 
     from sumtune.data import datasets_cache, split_sizes, tokenize_splits
 
+    whole = bool(dataset.get("whole_file"))
     with state.main_process_first():  # the main process fills the datasets cache, the others read it
-        ds = _split_rows(cfg, split, limit)  # data problems show before the model loads
-        split_rows = split_sizes(cfg.data, cfg.data.seed)[split]  # what a full evaluation would cover
+        ds = _split_rows(cfg, split, limit, whole)  # data problems show before the model loads
+        split_rows = split_sizes(cfg.data, cfg.data.seed, split, whole)[split]  # what a full evaluation would cover
         # every process scores all documents (no process waits on another); before decoding, to fail early
         scorer = load_scorer(cfg.eval) if wants_bertscore(cfg.eval) else None
-        dataset = dataset_record(cfg, run)
+    if whole and state.is_main_process:
+        first = f" (the first {len(ds)} scored: --limit {limit})" if limit and len(ds) < split_rows else ""
+        print(f"{run}: evaluating on all {split_rows} rows of {cfg.data.source} as the {split} split{first}")
     method = get_method(cfg.method.name)
     if method.needs_model:
         model, tokenizer, autocast = _model(run, cfg, base_model, state.device)
@@ -284,7 +307,6 @@ def _evaluate(run: Path, split: str, limit: int | None, cfg: Config, base_model:
         "decoding": decoding_record(cfg), "data": cfg.data.source, "dataset": dataset,
         "data_is_training_data": dataset["is_training_data"],
     }
-    out = RunDir(run).eval_dir(split)
     if not state.is_main_process:
         return metrics
     rows = ({"id": i, "article": a, "reference": r, "prediction": p, **{k: v[j] for k, v in columns.items()}}
@@ -297,7 +319,11 @@ def _evaluate(run: Path, split: str, limit: int | None, cfg: Config, base_model:
     loss_text = "-" if loss is None else f"{loss:.4f}"
     print(f"{run} [{split}{on}, n={len(predictions)}, {metrics['decoding']['label']}]: loss {loss_text}  {scores_line}  "
           f"({metrics['summaries_per_s']:.2f} summaries/s)")
-    print(f"wrote {out / 'metrics.json'} and {out / 'predictions.jsonl'}")
+    own = RunDir(run).eval_dir(split)
+    beside = ("" if dataset["is_training_data"] else
+              f" (beside the run's own {split} results in {own}, left as they were)" if (own / "metrics.json").is_file()
+              else f" (other data: the run's own {split} results go to {own})")
+    print(f"wrote {out / 'metrics.json'} and {out / 'predictions.jsonl'}{beside}")
     return metrics
 
 

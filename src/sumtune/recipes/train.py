@@ -32,6 +32,7 @@ from sumtune.training.records import (
     StopOnSignal,
     any_process,
     epoch_bar,
+    epoch_label,
     epoch_summary,
     write_results,
 )
@@ -232,7 +233,7 @@ class _Loop:
         epoch, first, last = plan.epoch_bounds(p.step)
         order = plan.order(len(self.train_ds), epoch, self.lengths)
         val = None
-        with epoch_bar(f"epoch {epoch + 1}/{plan.epochs}", last - first, p.step - first, main) as bar:
+        with epoch_bar(epoch_label(epoch, plan.total, plan.steps_per_epoch), last - first, p.step - first, main) as bar:
             while p.step < last and not p.early_stopped and not p.stopped_by_budget:
                 k = p.step - first
                 event = self.step(order[k * plan.per_step:(k + 1) * plan.per_step], epoch)
@@ -245,7 +246,8 @@ class _Loop:
                     val = self.validate()
                 self.maybe_checkpoint(at_end=p.step == last, stopping=any_process(self.s.accelerator, stop.requested))
             if main:
-                epoch_summary(epoch + 1, plan.epochs, p, val, bar, self.s.cfg.train.select_by)
+                epoch_summary(epoch + 1, plan.epochs, p, val, bar, self.s.cfg.train.select_by,
+                              (p.step - first, plan.steps_per_epoch))
         p.epoch_loss, p.epoch_targets = 0.0, 0
 
     def step(self, chunk: list[int], epoch: int) -> dict:

@@ -1,5 +1,6 @@
 """`sumtune compare`: the runs side by side - compare.md (the answer paragraph, a header saying
-what the figures are, costs, scores with 95% intervals, the cost-quality frontier, seeds, pairwise
+what the figures are, costs, scores with 95% intervals, evaluations on other data (labelled, apart
+from the run's own split, which stays the headline), the cost-quality frontier, seeds, pairwise
 tests, example summaries beside their references), compare.json (the same data), the PNG plots and report.html (all of it in one offline
 page, with an article browser)."""
 
@@ -20,7 +21,7 @@ from sumtune.report.html import MAX_ARTICLES, write_html
 from sumtune.report.plots import loss_curves, plots
 from sumtune.report.rows import run_row
 from sumtune.report.stats import pairwise, seed_summary
-from sumtune.report.tables import markdown
+from sumtune.report.tables import markdown, other_data
 
 __all__ = ["compare_runs", "loss_curves", "run_row", "write_html"]
 
@@ -53,7 +54,7 @@ def compare_runs(run_dirs: Sequence[str | Path], output: str | Path | None = Non
     shown = examples(runs, [r["run"] for r in rows], split)
     text = markdown(rows, seeds, pairs, split, answer_markdown(ans), frontier_markdown(front))
     text += "\n" + examples_markdown(shown, split) if shown else ""
-    extra = {"frontier": front, "answer": ans, "examples": shown}
+    extra = {"frontier": front, "answer": ans, "examples": shown, "other_data": other_data(rows)}
     if not is_main_process():  # under accelerate launch (experiment) the main process writes
         return {"split": split, "rows": rows, "seeds": seeds, "pairs": pairs, "plots": [], **extra}
     with DirLock(out, "comparison directory"):

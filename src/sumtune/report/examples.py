@@ -7,11 +7,13 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from sumtune.runs import RunDir
+
 ARTICLE_CHARS = 300  # the article's opening shown above its summaries
 
 
 def _predictions(run: Path, split: str) -> dict[str, dict]:
-    path = run / "eval" / split / "predictions.jsonl"
+    path = RunDir(run).eval_dir(split) / "predictions.jsonl"
     if not path.is_file():
         return {}
     rows = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())

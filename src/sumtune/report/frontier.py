@@ -19,11 +19,11 @@ are 0, whatever else the record holds.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from sumtune.io import read_json
 from sumtune.report.tables import _num, _table
+from sumtune.runs import RunDir
 
 HEADLINE = "rougeL"
 AXES = {"train_seconds": "training seconds", "peak_memory_mb": "peak memory MB", "trainable_params": "trainable parameters"}
@@ -67,7 +67,7 @@ def projected_eval(row: dict, split: str) -> dict[str, Any]:
     """The projected seconds to evaluate the whole split (loss pass + decoding), scaled from the
     run's own evaluation: seconds per document measured on n documents x the split's rows.
     `seconds` is None, with `why`, when the evaluation did not record what it needs."""
-    path = Path(row["path"]) / "eval" / split / "metrics.json"
+    path = RunDir(row["path"]).eval_dir(split) / "metrics.json"
     if not path.is_file():
         return {"seconds": None, "why": "not evaluated"}
     m = read_json(path)

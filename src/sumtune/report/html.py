@@ -30,7 +30,18 @@ from sumtune.errors import UserError
 from sumtune.io import atomic_write_text
 from sumtune.report.frontier import frontier_body, frontier_note
 from sumtune.report.plots import PLOTS
-from sumtune.report.tables import SCORE_NAMES, cost_body, facts, pair_body, pair_note, score_body, seed_body
+from sumtune.report.tables import (
+    SCORE_NAMES,
+    cost_body,
+    facts,
+    other_data_body,
+    other_data_note,
+    pair_body,
+    pair_note,
+    score_body,
+    seed_body,
+)
+from sumtune.runs import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +72,7 @@ def repeats_ngram(text: str, n: int = 3) -> bool:
 
 
 def _read_predictions(run: Path, split: str) -> list[dict]:
-    path = run / "eval" / split / "predictions.jsonl"
+    path = RunDir(run).eval_dir(split) / "predictions.jsonl"
     if not path.is_file():
         return []
     try:
@@ -174,6 +185,16 @@ def _frontier_html(report: dict) -> list[str]:
             table_html(*frontier_body(front), "frontier-table"), "</section>"]
 
 
+def _other_data_html(rows: Sequence[dict], split: str) -> list[str]:
+    """The runs' evaluations on other data, labelled, apart from the scores (none: no section)."""
+    head, body = other_data_body(rows)
+    if not body:
+        return []
+    return [f'<section id="other-data"><h2>Evaluations on other data ({escape(split)} split)</h2>',
+            f'<p class="note">{escape(other_data_note(split))}</p>', table_html(head, body, "other-data-table"),
+            "</section>"]
+
+
 def _sections(report: dict) -> str:
     rows, split = report["rows"], report["split"]
     others = [p for p in report["plots"] if Path(p).name != PLOTS["frontier"]]  # shown in its own section
@@ -182,7 +203,8 @@ def _sections(report: dict) -> str:
              '<section id="costs"><h2>Runs: what trained and what it cost</h2>',
              table_html(*cost_body(rows), "cost-table"), "</section>",
              f'<section id="scores"><h2>Scores on the {escape(split)} split</h2>',
-             table_html(*score_body(rows), "score-table"), "</section>", *_frontier_html(report)]
+             table_html(*score_body(rows), "score-table"), "</section>", *_other_data_html(rows, split),
+             *_frontier_html(report)]
     if report["seeds"]:
         parts += ['<section id="seeds"><h2>Across seeds (mean ± sd)</h2>',
                   table_html(*seed_body(report["seeds"]), "seed-table"), "</section>"]

@@ -1,6 +1,7 @@
 """One row per run for `sumtune compare`: what the run is (method, what trained, seed, lr),
 what it cost (time, peak memory and its kind) and how it scored (ROUGE, and BERTScore where
-evaluated, with 95% intervals, lengths, n, decoding), read from RUN/results.json and RUN/eval/<split>/."""
+evaluated, with 95% intervals, lengths, n, decoding), read from RUN/results.json and RUN/eval/<split>/;
+and its evaluations on other data (RUN/eval/on-<label>/<split>/, `other_evaluations`), listed apart."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from sumtune.errors import UserError
 from sumtune.fingerprints import data_label
 from sumtune.io import read_json
 from sumtune.metrics import ROUGE_KEYS
-from sumtune.runs import check_finished_run
+from sumtune.runs import RunDir, check_finished_run
 
 
 def _method(cfg):
@@ -24,7 +25,7 @@ def _method(cfg):
 
 
 def _eval_fields(run: Path, split: str) -> dict[str, Any]:
-    metrics = run / "eval" / split / "metrics.json"
+    metrics = RunDir(run).eval_dir(split) / "metrics.json"
     empty = {"evaluated": False, "test_loss": None, "n_test": None, "decoding": None, "ci95": None,
              "mean_prediction_tokens": None, "mean_reference_tokens": None, "eval_data": None,
              "eval_dataset": None, "eval_data_label": None, "eval_on_training_data": None, "sentence_splitter": None,
@@ -42,8 +43,25 @@ def _eval_fields(run: Path, split: str) -> dict[str, Any]:
             **{k: m.get(k) for k in ROUGE_KEYS + BERTSCORE_KEYS}}
 
 
+def other_evaluations(run: Path, split: str) -> list[dict[str, Any]]:
+    """The run's evaluations of `split` on other data than it trained on, by label: per evaluation
+    its label (the directory, `runs.other_data_label`), the data (`data_label`), n of the split's
+    rows, whether a file was scored whole, loss, ROUGE (and BERTScore) with intervals, decoding."""
+    out = []
+    for label, directory in RunDir(run).other_evals(split):
+        m = read_json(directory / "metrics.json")
+        dataset = m.get("dataset") or {}
+        out.append({"label": label, "path": str(directory), "data": m.get("data"),
+                    "data_label": data_label(dataset) if dataset else m.get("data"),
+                    "whole_file": bool(dataset.get("whole_file")), "n": m.get("n"), "split_rows": m.get("split_rows"),
+                    "loss": m.get("loss"), "decoding": m.get("decoding"), "ci95": m.get("ci95"),
+                    **{k: m.get(k) for k in ROUGE_KEYS + BERTSCORE_KEYS}})
+    return out
+
+
 def run_row(run: Path, split: str = "test", experiment: dict | None = None) -> dict[str, Any]:
-    """One table row: the run's results.json and RUN/eval/<split>/metrics.json (None where absent);
+    """One table row: the run's results.json and RUN/eval/<split>/metrics.json (None where absent),
+    its evaluations on other data under "other_data" (`other_evaluations`);
     `experiment` (OUT/experiment.json) adds the lr sweep's edge and cost for the run's method."""
     check_finished_run(run)
     cfg = load_run_config(run)
@@ -70,14 +88,14 @@ def run_row(run: Path, split: str = "test", experiment: dict | None = None) -> d
         "select_by": res.get("select_by", "loss"), "best_score": res.get("best_score"),
         "model": cfg.model.name, "data": cfg.data.source, "data_sizes": res.get("data_sizes"),
         "train_flops": res.get("train_flops"), "budget": res.get("budget"),  # results.json's (training.budget)
-        **_eval_fields(run, split),
+        **_eval_fields(run, split), "other_data": other_evaluations(run, split),
     }
 
 
 def predictions(run: Path, split: str) -> dict[str, dict[str, float]]:
     """Per-document scores of a run's evaluation: {id: {key: score}}, the ROUGE F1s and, where it was
     scored, BERTScore P/R/F1 (empty when absent or old)."""
-    path = run / "eval" / split / "predictions.jsonl"
+    path = RunDir(run).eval_dir(split) / "predictions.jsonl"
     if not path.is_file():
         return {}
     out = {}

@@ -1,5 +1,6 @@
 """The Markdown of `sumtune compare`: a header saying what the figures are, the runs' costs,
-their scores with 95% intervals, seeds (mean ± sd) and the pairwise tests."""
+their scores with 95% intervals, their evaluations on other data (labelled, apart), seeds
+(mean ± sd) and the pairwise tests."""
 
 from __future__ import annotations
 
@@ -135,6 +136,39 @@ def score_table(rows: Sequence[dict]) -> str:
     return _table(*score_body(rows))
 
 
+def other_data(rows: Sequence[dict]) -> list[dict]:
+    """Every run's evaluations on other data (`rows.other_evaluations`), each with its run's name."""
+    return [{"run": r["run"], **o} for r in rows for o in r.get("other_data") or []]
+
+
+def _rows_of(o: dict) -> str:
+    n = str(o["n"]) if o.get("n") is not None else "-"
+    return f"{n} of {o['split_rows']:,}" if o.get("split_rows") else n
+
+
+def other_data_body(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+    """The table of evaluations on other data: per run and data its label (the directory), n of the
+    split's rows, decoding, loss and ROUGE (BERTScore where scored) with intervals."""
+    others = other_data(rows)
+    keys = ROUGE_KEYS + (BERTSCORE_KEYS if any(o.get(BERTSCORE_TESTED) is not None for o in others) else ())
+    head = ["run", "data", "label", "n", "decoding", "loss", *[SCORE_NAMES[k] for k in keys]]
+    body = [[o["run"], str(o["data_label"]) + (" (the whole file)" if o.get("whole_file") else ""), o["label"],
+             _rows_of(o), str((o.get("decoding") or {}).get("label", "-")), _num(o.get("loss"), ".4f"),
+             *[_score(o, k) for k in keys]] for o in others]
+    return head, body
+
+
+def other_data_note(split: str) -> str:
+    """What the table of evaluations on other data holds (Markdown and HTML)."""
+    return (f"Each run's evaluations of the {split} split of other data than it trained on (RUN/eval/on-LABEL/{split}/), "
+            f"kept beside its own: the scores above stay on each run's own {split} split, and these enter no "
+            "pairwise test, frontier or answer. n of the rows of that data's split; ROUGE as above.")
+
+
+def other_data_table(rows: Sequence[dict]) -> str:
+    return _table(*other_data_body(rows))
+
+
 def _tested(entries: Sequence[dict]) -> tuple[str, ...]:
     """The ROUGE keys, and BERTScore F1 when any entry (seed summary or pair) has it."""
     return TESTED_KEYS if any(BERTSCORE_TESTED in e for e in entries) else ROUGE_KEYS
@@ -220,6 +254,10 @@ def facts(rows: Sequence[dict], split: str) -> list[tuple[str, str]]:
         *([("Test data", "some runs were evaluated on other data than they trained on: "
                           + "; ".join(sorted({_test_data(r) for r in rows if r["evaluated"]}))
                           + "; pairwise tests pair documents of the same data only")] if _cross_data(rows) else []),
+        *([("Other data", "evaluations on other data than the runs trained on ("
+                           + "; ".join(sorted({o["data_label"] for o in other_data(rows)})) + ") are listed apart, "
+                           f"labelled; the scores, tests and answer are on each run's own {split} split")]
+          if other_data(rows) else []),
         ("Model", f"{distinct('model')}; precision {distinct('precision')}"),
         ("Decoding (same for every run" + (" with a model)" if any(r.get("extractive") for r in rows) else ")"),
          "; ".join(sorted(decodings)) or "-"),
@@ -271,7 +309,11 @@ def markdown(rows: Sequence[dict], seeds: Sequence[dict], pairs: Sequence[dict],
     """compare.md's text; `answer` (the answer paragraph's section) leads, `frontier` follows the scores."""
     parts = ["# sumtune comparison\n", *([answer] if answer else []), header(rows, split),
              "## Runs: what trained and what it cost\n", cost_table(rows), f"## Scores on the {split} split\n",
-             score_table(rows), *([frontier] if frontier else [])]
+             score_table(rows)]
+    if other_data(rows):
+        parts += [f"## Evaluations on other data ({split} split)\n", other_data_note(split) + "\n",
+                  other_data_table(rows)]
+    parts += [frontier] if frontier else []
     if seeds:
         parts += ["## Across seeds (mean ± sd)\n", seed_table(seeds)]
     if pairs:

@@ -4,6 +4,7 @@ lines, results.json, and the Ctrl-C/SIGTERM request to stop at a step boundary."
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -100,10 +101,29 @@ def epoch_bar(desc: str, total: int, initial: int, main: bool):
     return progress_bars.bar(desc, total, "step", initial=initial, enabled=main)
 
 
-def epoch_summary(epoch: int, n_epochs: int, progress: Progress, val: dict | None, bar, select_by: str = "loss") -> None:
-    """The epoch's line; `val`: its last validation event (with the selection score, if any)."""
+def epoch_label(epoch: int, total: int, steps_per_epoch: int) -> str:
+    """The progress bar's label for `epoch` (0-based) of a run of `total` steps: "epoch E/N", or,
+    when the run ends inside its first epoch, its steps and the fraction of an epoch they cover
+    ("8 steps (0.016 of an epoch)"), not "epoch 1/1"."""
+    if total < steps_per_epoch:
+        return f"{total} step{'s' if total != 1 else ''} ({total / steps_per_epoch:.3g} of an epoch)"
+    return f"epoch {epoch + 1}/{math.ceil(total / steps_per_epoch)}"
+
+
+def _part(done: int, steps_per_epoch: int | None) -> str:
+    """" (8 of its 500 steps, 0.016 of the epoch)" for an epoch left before its end, else ""."""
+    if not steps_per_epoch or done >= steps_per_epoch:
+        return ""
+    return f" ({done} of its {steps_per_epoch} steps, {done / steps_per_epoch:.3g} of the epoch)"
+
+
+def epoch_summary(epoch: int, n_epochs: int, progress: Progress, val: dict | None, bar, select_by: str = "loss",
+                  steps: tuple[int, int] | None = None) -> None:
+    """The epoch's line; `val`: its last validation event (with the selection score, if any);
+    `steps`: (steps run in the epoch, steps per epoch), to say how much of an epoch ran when it
+    stopped before its end (max steps, a budget, early stopping, a stop request)."""
     train_loss = progress.epoch_loss / progress.epoch_targets if progress.epoch_targets else float("nan")
-    line = f"epoch {epoch}/{n_epochs}: train loss {train_loss:.4f}"
+    line = f"epoch {epoch}/{n_epochs}{_part(*steps) if steps else ''}: train loss {train_loss:.4f}"
     if val is not None:
         line += f", val loss {val['loss']:.4f}"
         if select_by != "loss" and select_by in val:
