@@ -58,7 +58,8 @@ def _chat_prompts(tokenizer, n: int) -> tuple[list[list[int]], tuple[int, ...]]:
     data = build_config(flags={"data.prompt_format": "chat", "data.max_length": 384,
                                "data.max_summary_length": 64}).data
     rows = _articles("test", n)
-    return encode_prompts(tokenizer, [r["article"] for r in rows], data), stop_ids(tokenizer, data)
+    texts = [r["article"][: 500 + 300 * i] for i, r in enumerate(rows)]  # of different lengths: a padded batch
+    return encode_prompts(tokenizer, texts, data), stop_ids(tokenizer, data)
 
 
 def _generate(model, prompt: list[int], stops: tuple[int, ...], **kw) -> list[int]:
@@ -88,6 +89,11 @@ def test_decoder_equals_generate_on_the_real_model(real_model):
     cfg = EvalConfig(batch_size=12, num_beams=4, max_new_tokens=NEW, length_penalty=2.0)
     assert Generator(model, tokenizer, cfg, stop_at_blank_line=False, stop_ids=stops).generate(prompts) == beam
     assert beam != greedy
+    # a summary ends at the chat template's end of turn: it never runs into another turn
+    for tokens in greedy + beam:
+        text = tokenizer.decode(tokens)
+        assert "<|im_start|>" not in text and not any(line.strip().lower().startswith(("user", "assistant"))
+                                                       for line in text.splitlines())
 
 
 def _train(tmp_path: Path, real_model: Path, method: str, steps: int, extra: list[str] = ()) -> Path:
