@@ -96,12 +96,14 @@ def test_decoder_equals_generate_on_the_real_model(real_model):
                                                        for line in text.splitlines())
 
 
-def _train(tmp_path: Path, real_model: Path, method: str, steps: int, extra: list[str] = ()) -> Path:
+def _train(tmp_path: Path, real_model: Path, method: str, steps: int, extra: list[str] = (), length: int = 384) -> Path:
     from sumtune.cli import main
+    from sumtune.recipes.demo import INSTRUCTION
 
     out = tmp_path / method
     argv = ["train", "--method", method, "--model", str(real_model), "--data", str(NEWS), "--data-preset", "cnndm",
-            "--set", "data.prompt_format=chat", "--max-length", "384", "--set", "data.max_summary_length=64",
+            "--set", "data.prompt_format=chat", "--set", f"data.instruction={json.dumps(INSTRUCTION)}",
+            "--max-length", str(length), "--set", "data.max_summary_length=64",
             "--max-eval-samples", "8", "--batch-size", "4", "--grad-accum", "1", "--max-steps", str(steps),
             "--precision", "fp32", "--output-dir", str(out), "--set", "train.warmup_ratio=0", *extra]
     assert main(argv) == 0
@@ -130,10 +132,10 @@ def test_lora_on_the_gguf_base_loads_in_peft_with_the_same_logits(real_model, tm
 def test_a_short_lora_run_beats_zero_shot_on_validation(real_model, tmp_path):
     from sumtune.recipes.evaluate import evaluate_run
 
-    zero = _train(tmp_path, real_model, "zero_shot", 1)
-    lora = _train(tmp_path, real_model, "lora", 16, ["--lr", "1e-3"])
+    zero = _train(tmp_path, real_model, "zero_shot", 1, length=256)
+    lora = _train(tmp_path, real_model, "lora", 24, ["--lr", "2e-3"], length=256)
     res = json.loads((lora / "results.json").read_text())
     assert res["best_val_loss"] < json.loads((zero / "results.json").read_text())["best_val_loss"]
-    scores = {run.name: evaluate_run(run, "validation", limit=8, overrides={"max_new_tokens": 64})
+    scores = {run.name: evaluate_run(run, "validation", limit=12, overrides={"max_new_tokens": 96})
               for run in (zero, lora)}
     assert scores["lora"]["rougeL"] > scores["zero_shot"]["rougeL"], {k: v["rougeL"] for k, v in scores.items()}
