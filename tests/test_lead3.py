@@ -10,6 +10,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+from test_comparison import _flags as comparison_flags
 
 from sumtune.cli import main
 from sumtune.config import build_config
@@ -39,11 +40,7 @@ def no_model(monkeypatch):
 
 
 def _flags(out, model_dir, data, **extra):
-    flags = {"model.name": str(model_dir), "data.source": str(data), "output_dir": str(out),
-             "train.batch_size": 4, "train.grad_accum": 1, "train.precision": "fp32", "data.max_length": 192,
-             "data.max_summary_length": 48, "eval.max_new_tokens": 6, "eval.min_new_tokens": 0, "train.max_steps": 2}
-    flags.update(extra)
-    return flags
+    return comparison_flags(out, model_dir, data, **{"train.max_steps": 2, "eval.min_new_tokens": 0, **extra})
 
 
 def _lead3_run(out, model_dir, data, **extra):
