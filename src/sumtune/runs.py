@@ -69,6 +69,7 @@ class RunDir:
     results = property(lambda self: self.path / "results.json")
     adapter = property(lambda self: self.path / "adapter")
     checkpoints = property(lambda self: self.path / "checkpoints")
+    decoding_choice = property(lambda self: self.path / "eval" / "decoding_choice.json")  # experiment --choose-decoding
 
     @classmethod
     def of_config(cls, config_file: str | Path) -> RunDir | None:

@@ -184,7 +184,7 @@ def _choose_decoding(run: Path, plan: Plan, cfg: Config, retrained: bool) -> tup
     from sumtune.recipes.evaluate import evaluate_run
     from sumtune.report.frontier import HEADLINE
 
-    path = RunDir(run).path / "eval" / "decoding_choice.json"
+    path = RunDir(run).decoding_choice
     old = read_json(path) if path.is_file() and not retrained else {}
     old = old.get("candidates", {}) if old.get("rows") == plan.choose_rows else {}
     configs, scores = {}, {}
