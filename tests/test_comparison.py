@@ -117,7 +117,8 @@ def test_seeds_give_runs_per_method_and_mean_sd_in_the_report(tiny_neo, kaggle_d
     assert "## Across seeds (mean ± sd)" in md and " ± " in md
     assert "## Pairwise differences" in md and "Holm" in md
     assert "peak RSS" in md and "evaluated on the test split, n = 4" in md
-    assert "train 24, validation 4, test 4" in md and "Decoding (same for every run):** greedy" in md
+    assert "(train 24, validation 4 rows in training); evaluated on the test split, n = 4" in md
+    assert "Decoding (same for every run):** greedy* (beams 1, no n-gram ban," in md
     # example summaries: the first two documents, the reference and every run's own summary beside it
     first = [json.loads(x) for x in (out / "lora/eval/test/predictions.jsonl").read_text().splitlines()][:2]
     shown = report["examples"]

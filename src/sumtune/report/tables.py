@@ -219,7 +219,8 @@ def _decoding_text(decoding: dict | None) -> str:
     d = decoding
     if "rule" in d:  # no decoding: an extractive baseline's rule (lead3)
         return f"{d.get('label')} ({d['rule']})"
-    return (f"{d.get('label', '?')} (beams {d.get('num_beams')}, no repeated {d.get('no_repeat_ngram_size')}-gram, "
+    ban = f"no repeated {d['no_repeat_ngram_size']}-gram" if d.get("no_repeat_ngram_size") else "no n-gram ban"
+    return (f"{d.get('label', '?')} (beams {d.get('num_beams')}, {ban}, "
             f"length penalty {d.get('length_penalty')}, {d.get('min_new_tokens', 0)}–{d.get('max_new_tokens')} new "
             f"tokens" + (f", first {d['max_sentences']} sentences" if d.get("max_sentences") else "") + ")")
 
@@ -244,7 +245,10 @@ def facts(rows: Sequence[dict], split: str) -> list[tuple[str, str]]:
         return ", ".join(values) or "-"
 
     sizes = next((r["data_sizes"] for r in rows if r.get("data_sizes")), None)
-    size_text = ", ".join(f"{k} {v:,}" for k, v in sizes.items()) if sizes else "sizes not recorded"
+    # the rows training read (train, validation); the test rows scored are the n below, which an
+    # evaluation's --limit sets apart from the training run's caps
+    size_text = (", ".join(f"{k} {v:,}" for k, v in sizes.items() if k != "test") + " rows in training"
+                 if sizes else "sizes not recorded")
     ns = sorted({r["n_test"] for r in rows if r["evaluated"]})
     decodings = {_decoding_text(r["decoding"]) for r in rows if r["evaluated"]}
     splitters = f"sentences split by {distinct('sentence_splitter')}"
