@@ -294,7 +294,8 @@ def _run(a: argparse.Namespace) -> int:
         train(cfg, resume=a.resume)
     elif a.command == "evaluate":
         from sumtune.config import load_run_config
-        from sumtune.recipes.evaluate import evaluate_run, preset_source
+        from sumtune.recipes.evaluate import evaluate_run
+        from sumtune.runs import preset_source
 
         data = a.data if a.data or not a.data_preset else preset_source(load_run_config(a.run_dir), a.data_preset)
         _offline_for_runs([a.run_dir], a.model, data, need_data=True)

@@ -250,7 +250,8 @@ class Calibrator:
 
         from sumtune.data import encode_prompts, stop_ids, tokenize_splits
         from sumtune.decoding import Generator
-        from sumtune.recipes.evaluate import _model, _scores, _split_rows, summary_loss, summary_text
+        from sumtune.decoding.summaries import summary_text
+        from sumtune.recipes.evaluate import _model, _scores, _split_rows, summary_loss
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         memory = PeakMemory(device).start()
