@@ -3,7 +3,7 @@
 Read top to bottom: `train` locks and checks the run directory and builds the run with
 `training.setup` (data, model, method, fast paths and the loss; every input checked before
 anything is written); `_train` adds AdamW and its schedule, resumes from the newest good
-checkpoint and runs the loop, `_Loop.run`; then results.json (`training.records`). The loop:
+checkpoint and runs the loop, `_Loop.fit`; then results.json (`training.records`). The loop:
 
     for each epoch (its order depends only on (seed, epoch): a resumed run goes on mid-epoch)
         for each optimizer step                                        (_Loop.step)
@@ -195,7 +195,7 @@ def _train(s: TrainSetup, run: RunDir, resume: bool, memory: PeakMemory) -> Path
     try:
         trackers.start(resume)
         with StopOnSignal() as stop:
-            loop.run(stop)
+            loop.fit(stop)
         progress.peak_memory_mb = max(progress.peak_memory_mb, memory.peak_mb())
         if accelerator.is_main_process:
             records.offset()
@@ -219,7 +219,7 @@ def _train(s: TrainSetup, run: RunDir, resume: bool, memory: PeakMemory) -> Path
 
 
 class _Loop:
-    """The training loop of one run (`run`) and what one step does (`step`)."""
+    """The training loop of one run (`fit`) and what one step does (`step`)."""
 
     def __init__(self, s: TrainSetup, run: RunDir, plan: StepPlan, model, optimizer, scheduler,
                  progress: Progress, records: Records, memory: PeakMemory, flops: StepFlops,
@@ -236,7 +236,7 @@ class _Loop:
         if schedule is not None:
             schedule.progress = progress
 
-    def run(self, stop: StopOnSignal) -> None:
+    def fit(self, stop: StopOnSignal) -> None:
         """Optimizer steps until the planned total, early stopping, a spent budget or a stop request
         (a checkpoint, then KeyboardInterrupt)."""
         p, plan, tc, main = self.progress, self.plan, self.s.cfg.train, self.s.accelerator.is_main_process
