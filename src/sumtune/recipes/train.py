@@ -12,7 +12,8 @@ checkpoint and runs the loop, `_Loop.fit`; then results.json (`training.records`
               on `s.loss_fn`, the token loss (training.step.token_loss_sum, or its exact fast
               path fastpath/loss.py: `setup` picks it once)
             record the step                                            training.records
-            validate: loss (ROUGE), best weights, early stopping       training.validation
+            validate (epoch end, train.eval_steps): the loss, ROUGE    training.validation
+              with train.select_by; the best weights kept; early stopping
             checkpoint: epoch end, train.save_steps, a stop request    training.resume
 
 A method that does not train (zero_shot) records its validation loss only (`_zero_shot`); a method
