@@ -41,9 +41,9 @@ def _train_step(a, precision: str):
     from datasets import Dataset
 
     from sumtune.config import build_config
-    from sumtune.data import Collator, epoch_order
+    from sumtune.data import Collator, epoch_order, micro_batches
     from sumtune.modeling import load_model, load_tokenizer
-    from sumtune.training import accelerator_for, make_optimizer, method_model, micro_batches, optimizer_step
+    from sumtune.training import accelerator_for, make_optimizer, method_model, optimizer_step
 
     work = Path(tempfile.mkdtemp(prefix="sumtune-profile-"))
     model_dir = str(write_model_dir(a.model, work / "model"))

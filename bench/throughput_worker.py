@@ -52,8 +52,8 @@ def bench_config(a: argparse.Namespace):
 def train_epochs(cfg, accelerator, method, model, applied, loss_fn, ds, pad_id: int, epochs: int):
     """Train `epochs` epochs over `ds` with the trainer's pieces; (seconds at each epoch's end, step
     losses, trained parameters), timed from the optimizer's creation as the peer's Trainer.train() is."""
-    from sumtune.data import Collator, epoch_order
-    from sumtune.training import make_optimizer, micro_batches, optimizer_step
+    from sumtune.data import Collator, epoch_order, micro_batches
+    from sumtune.training import make_optimizer, optimizer_step
 
     tc = cfg.train
     collate = Collator(pad_id)

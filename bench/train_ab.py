@@ -46,10 +46,10 @@ def main(argv: list[str] | None = None) -> dict:
     from datasets import Dataset
 
     from sumtune.config import build_config
-    from sumtune.data import Collator, epoch_order
+    from sumtune.data import Collator, epoch_order, micro_batches
     from sumtune.fastpath import FastPathContext, apply_fast_paths, select_loss
     from sumtune.modeling import autocast_dtype, load_model, load_tokenizer
-    from sumtune.training import accelerator_for, make_optimizer, micro_batches, optimizer_step
+    from sumtune.training import accelerator_for, make_optimizer, optimizer_step
     from sumtune.training.step import token_loss_sum
 
     work = Path(tempfile.mkdtemp(prefix="sumtune-train-ab-"))

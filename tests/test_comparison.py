@@ -88,7 +88,7 @@ def test_evaluate_limit_ignores_the_runs_cap_and_records_intervals(tiny_neo, kag
 
 
 def test_max_sentences_keeps_the_first_sentences():
-    from sumtune.recipes.evaluate import first_sentences
+    from sumtune.decoding.summaries import first_sentences
 
     assert first_sentences("Mr. Smith went to Washington. He met the U.S. president. Then he left.", 2) == \
         "Mr. Smith went to Washington.\nHe met the U.S. president."

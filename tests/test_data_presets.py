@@ -215,7 +215,8 @@ def test_evaluating_on_xsum_leaves_the_runs_own_test_results_and_adds_a_labelled
     own test evaluation. eval/test/ stays byte for byte; the XSum result goes beside it, the whole file
     as the test split (not its 80/10/10 test tenth); compare and the exported card show both, labelled."""
     from sumtune.export import export_run
-    from sumtune.recipes.evaluate import _split_rows, with_overrides
+    from sumtune.recipes.evaluate import _split_rows
+    from sumtune.runs import with_overrides
 
     xsum = _xsum_file(tmp_path)
     rows = [json.loads(line) for line in xsum.read_text(encoding="utf-8").splitlines() if line.strip()]

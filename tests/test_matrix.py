@@ -87,7 +87,7 @@ def _hf(lm, prompt: list[int], eos: int, soft=None, prefix=None) -> list[int]:
 def _reference(model):
     """What `generate` runs on for a loaded method model: the base model with the method's virtual
     tokens (PEFT's `generate` itself drops a prefix under Transformers 5), else the model itself."""
-    from sumtune.methods.base import decoding_parts
+    from sumtune.decoding.parts import decoding_parts
 
     lm, soft, prefix = decoding_parts(model)
     if soft is None and prefix is None:

@@ -13,11 +13,11 @@ import torch
 from sumtune.cli import main
 from sumtune.config import build_config
 from sumtune.data import Collator
+from sumtune.data.batching import micro_batches, pack_by_tokens, token_batches
 from sumtune.errors import UserError
 from sumtune.io import load_tensors
 from sumtune.modeling import load_model, load_tokenizer
 from sumtune.training.state import method_model
-from sumtune.training.step import micro_batches, pack_by_tokens, token_batches
 
 
 def _loss_and_grads(model_dir, method: str, checkpointing: bool):

@@ -8,8 +8,9 @@ import yaml
 from method_utils import make_run, padded_batch
 
 from sumtune.errors import UserError
+from sumtune.fingerprints import fingerprint
 from sumtune.methods import get_method
-from sumtune.modeling import fingerprint, load_model, load_tokenizer
+from sumtune.modeling import load_model, load_tokenizer
 from sumtune.runs import load_run, run_meta
 
 METHODS = [

@@ -7,6 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from sumtune.cli_types import budget_value, lr_choice, methods_choice, number, positive_int, presets_choice
 from sumtune.config import DATA_PRESETS, DECODING_PRESETS, METHODS, PRECISIONS, TRACKERS
 from sumtune.errors import UserError
 from sumtune.offline import apply_offline_env
@@ -18,63 +19,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
-
-
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-
-
-def _budget(text: str) -> float:
-    v = _float(text)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return v
-
-
-def _lr_choice(text: str) -> float | dict[str, float]:
-    """experiment --lr: one rate for every method, or per method as lora=1e-4,prompt_tuning=0.1."""
-    if "=" not in text:
-        return _float(text)
-    rates = {}
-    for item in text.split(","):
-        name, _, value = item.partition("=")
-        if name.strip() not in METHODS:
-            raise argparse.ArgumentTypeError(f"unknown method {name.strip()!r} in {text!r} (methods: {', '.join(METHODS)})")
-        rates[name.strip()] = _float(value)
-    return rates
-
-
-def _methods_choice(text: str) -> tuple[str, ...]:
-    """experiment --methods: a comma-separated list of method names."""
-    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    unknown = [n for n in names if n not in METHODS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown method {unknown[0]!r} in {text!r} (methods: {', '.join(METHODS)})"
-                                         if unknown else "expected method names, e.g. lora,ia3")
-    return names
-
-
-def _presets_choice(text: str) -> tuple[str, ...]:
-    """experiment --choose-decoding: comma-separated decoding presets."""
-    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    unknown = [n for n in names if n not in DECODING_PRESETS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown decoding preset {unknown[0]!r} in {text!r} (presets: "
-                                         f"{', '.join(DECODING_PRESETS)})" if unknown else "expected preset names")
-    return names
-
-
 def _add_train_flags(p: argparse.ArgumentParser, with_method: bool) -> None:
     if with_method:
         p.add_argument("--method", choices=METHODS, help="fine-tuning method (default: method.name of --config)")
@@ -84,25 +28,25 @@ def _add_train_flags(p: argparse.ArgumentParser, with_method: bool) -> None:
     p.add_argument("--data", help="Kaggle CNN/DM dir | FILE.csv/.jsonl | hf:NAME[:CONFIG]")
     _add_data_preset_flag(p)
     p.add_argument("--output-dir", help="run directory to write")
-    p.add_argument("--epochs", type=_positive_int)
-    p.add_argument("--max-steps", type=_positive_int, help="optimizer steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=_positive_int, help="micro-batch per process")
-    p.add_argument("--grad-accum", type=_positive_int, help="micro-batches per optimizer step")
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--max-steps", type=positive_int, help="optimizer steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=positive_int, help="micro-batch per process")
+    p.add_argument("--grad-accum", type=positive_int, help="micro-batches per optimizer step")
     if with_method:
-        p.add_argument("--lr", type=_float)
+        p.add_argument("--lr", type=number)
     else:
-        p.add_argument("--lr", type=_lr_choice, metavar="F|METHOD=F,...",
+        p.add_argument("--lr", type=lr_choice, metavar="F|METHOD=F,...",
                        help="fix the rate: one for every method, or per method (others use their grid)")
-    p.add_argument("--max-length", type=_positive_int, help="prompt + summary tokens (default 1024)")
-    p.add_argument("--max-train-samples", type=_positive_int)
-    p.add_argument("--max-eval-samples", type=_positive_int)
+    p.add_argument("--max-length", type=positive_int, help="prompt + summary tokens (default 1024)")
+    p.add_argument("--max-train-samples", type=positive_int)
+    p.add_argument("--max-eval-samples", type=positive_int)
     p.add_argument("--precision", choices=PRECISIONS)
-    p.add_argument("--seed", type=_positive_int)
-    p.add_argument("--save-steps", type=_positive_int, help="also checkpoint every N optimizer steps")
+    p.add_argument("--seed", type=positive_int)
+    p.add_argument("--save-steps", type=positive_int, help="also checkpoint every N optimizer steps")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--budget-seconds", type=_budget, metavar="S",
+    budget.add_argument("--budget-seconds", type=budget_value, metavar="S",
                         help="train until optimizer steps have taken S seconds (train.budget_seconds)")
-    budget.add_argument("--budget-flops", type=_budget, metavar="F",
+    budget.add_argument("--budget-flops", type=budget_value, metavar="F",
                         help="train until F training FLOPs are spent, e.g. 1e15 (train.budget_flops)")
     p.add_argument("--report-to", metavar="NAME,...",
                    help="experiment trackers (train.report_to): " + ", ".join(TRACKERS))
@@ -133,12 +77,12 @@ def _flags(a: argparse.Namespace) -> dict:
 def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decoding", choices=tuple(DECODING_PRESETS),
                    help="decoding preset (eval.preset); the other decoding flags override its values")
-    p.add_argument("--batch-size", type=_positive_int)
-    p.add_argument("--num-beams", type=_positive_int)
-    p.add_argument("--max-new-tokens", type=_positive_int)
-    p.add_argument("--min-new-tokens", type=_positive_int, help="no stop before this many new tokens")
-    p.add_argument("--no-repeat-ngram-size", type=_positive_int)
-    p.add_argument("--length-penalty", type=_float)
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--num-beams", type=positive_int)
+    p.add_argument("--max-new-tokens", type=positive_int)
+    p.add_argument("--min-new-tokens", type=positive_int, help="no stop before this many new tokens")
+    p.add_argument("--no-repeat-ngram-size", type=positive_int)
+    p.add_argument("--length-penalty", type=number)
 
 
 def _eval_overrides(a: argparse.Namespace) -> dict:
@@ -183,7 +127,7 @@ def _add_run_commands(sub) -> None:
     p = sub.add_parser("evaluate", help="loss + ROUGE of generated summaries for a run")
     p.add_argument("run_dir")
     p.add_argument("--split", choices=("validation", "test"), default="test")
-    p.add_argument("--limit", type=_positive_int,
+    p.add_argument("--limit", type=positive_int,
                    help="the first N rows of the whole split, 0 = all (default: the run's own caps)")
     p.add_argument("--data", help="evaluate on another data source (recorded in metrics.json)")
     p.add_argument("--data-preset", choices=tuple(DATA_PRESETS),
@@ -203,30 +147,30 @@ def _add_run_commands(sub) -> None:
     p = sub.add_parser("serve", help="a web page + JSON API with every run's summary of an article")
     p.add_argument("paths", nargs="+", metavar="RUN", help="run directories on one base model (others are skipped)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=_positive_int, default=8000)
+    p.add_argument("--port", type=positive_int, default=8000)
     p.add_argument("--model", help="the runs' base model at another path (must be the same model)")
-    p.add_argument("--timeout", type=_float, default=120.0, help="seconds per request, queue included (504 after)")
-    p.add_argument("--max-queue", type=_positive_int, default=32, help="requests waiting at most (503 beyond)")
+    p.add_argument("--timeout", type=number, default=120.0, help="seconds per request, queue included (504 after)")
+    p.add_argument("--max-queue", type=positive_int, default=32, help="requests waiting at most (503 beyond)")
 
 
 def _add_experiment_flags(p: argparse.ArgumentParser) -> None:
     """experiment's flags (also plan's): train's without --method, and what the study adds."""
     _add_train_flags(p, with_method=False)
-    p.add_argument("--methods", type=_methods_choice,
+    p.add_argument("--methods", type=methods_choice,
                    help="comma-separated methods to run (default: zero_shot,prompt_tuning,lora,last_layers, "
                         "after lead3 with data.preset cnndm or xsum)")
     p.add_argument("--with-full", action="store_true", help="include full fine-tuning")
     p.add_argument("--sweep-lr", action="store_true", help="short runs over a small lr grid per method first")
-    p.add_argument("--eval-limit", type=_positive_int,
+    p.add_argument("--eval-limit", type=positive_int,
                    help="evaluate on the first N test rows, 0 = the whole split (default: data.max_eval_samples)")
-    p.add_argument("--seeds", type=_positive_int, default=1, help="train every method with N seeds (default 1)")
+    p.add_argument("--seeds", type=positive_int, default=1, help="train every method with N seeds (default 1)")
     p.add_argument("--decoding", choices=tuple(DECODING_PRESETS),
                    help="decoding preset for every method (default: the --data-preset's, else cnndm, unless eval.* "
                         "keys are set)")
-    p.add_argument("--choose-decoding", type=_presets_choice, metavar="PRESET,PRESET",
+    p.add_argument("--choose-decoding", type=presets_choice, metavar="PRESET,PRESET",
                    help="per method, score these decoding presets on validation rows and decode the test rows "
                         "with the best (ROUGE-L); never chosen on test")
-    p.add_argument("--choose-rows", type=_positive_int, default=16,
+    p.add_argument("--choose-rows", type=positive_int, default=16,
                    help="validation rows each --choose-decoding preset is scored on (default 16)")
 
 
@@ -244,9 +188,9 @@ def _add_study_commands(sub) -> None:
     p = sub.add_parser("plan", help="projected time and memory of `experiment` with the same flags, from a short "
                                     "calibration here (writes nothing unless --output)")
     _add_experiment_flags(p)
-    p.add_argument("--calibration-steps", type=_positive_int, default=3,
+    p.add_argument("--calibration-steps", type=positive_int, default=3,
                    help="timed optimizer steps (and loss batches) per method, after one warm-up step (default 3)")
-    p.add_argument("--calibration-articles", type=_positive_int, default=8,
+    p.add_argument("--calibration-articles", type=positive_int, default=8,
                    help="test articles decoded per method, in whole decoding batches, the first (longest) "
                         "included, and at least one batch after it (default 8)")
     p.add_argument("--json", action="store_true", help="print the projection as JSON")
@@ -294,7 +238,8 @@ def _run(a: argparse.Namespace) -> int:
         train(cfg, resume=a.resume)
     elif a.command == "evaluate":
         from sumtune.config import load_run_config
-        from sumtune.recipes.evaluate import evaluate_run, preset_source
+        from sumtune.recipes.evaluate import evaluate_run
+        from sumtune.runs import preset_source
 
         data = a.data if a.data or not a.data_preset else preset_source(load_run_config(a.run_dir), a.data_preset)
         _offline_for_runs([a.run_dir], a.model, data, need_data=True)

@@ -28,7 +28,11 @@ from typing import Any
 
 import torch
 
+from sumtune.config import load_run_config
 from sumtune.errors import UserError
+from sumtune.io import atomic_write_json
+from sumtune.methods.base import META_FILE, read_meta
+from sumtune.modeling import load_model
 
 FINGERPRINT_VERSION = 2
 # config keys that say how the model was saved or is run, not what it computes
@@ -176,11 +180,6 @@ def upgrade_run(run_dir: str | Path, base_model: str | None = None) -> dict:
     what scheme 1 can check (model type, config, weight file sizes and tensor shapes).
     The caller asserts the base model is the one the run was trained on: scheme 1 never
     recorded the weight values, so nothing can prove it. Returns the new fingerprint."""
-    from sumtune.config import load_run_config
-    from sumtune.io import atomic_write_json
-    from sumtune.methods.base import META_FILE, read_meta
-    from sumtune.modeling import load_model
-
     run = Path(run_dir)
     adapter = run / "adapter"
     meta = read_meta(adapter)

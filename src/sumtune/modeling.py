@@ -1,6 +1,6 @@
 """Load the base model and tokenizer (hub name, local directory, a FILE.gguf or a named real model:
-`sumtune.gguf_files` turns those two into a converted directory in sumtune's cache), describe it
-(`fingerprint`, from sumtune.fingerprints: what runs record), and pick the compute precision."""
+`sumtune.gguf_files` turns those two into a converted directory in sumtune's cache) and pick the
+compute precision. What identifies a loaded base model is `fingerprints.fingerprint`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 import torch
 
 from sumtune.errors import UserError
-from sumtune.fingerprints import fingerprint  # noqa: F401 - re-exported: runs record it
 
 
 def _is_offline_error(e: BaseException) -> bool:

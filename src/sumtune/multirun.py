@@ -30,9 +30,9 @@ from torch import nn
 
 from sumtune.config import METHODS, Config, load_run_config
 from sumtune.decoding import BASE_ADAPTER, Generator, Variant
+from sumtune.decoding.parts import decoding_parts
 from sumtune.errors import UserError
 from sumtune.methods import get_method
-from sumtune.methods.base import decoding_parts
 
 log = logging.getLogger(__name__)
 # eval keys that score summaries after decoding, not how they are decoded

@@ -10,7 +10,8 @@ RUN/eval/on-<label>/<split>/ (on other data, `other_data_label`). Writing, in th
     ...train...
     method.save(model, run / "adapter", meta)  # writes the weights + sumtune.json
 
-Reading, everywhere else: `cfg, method, model, tokenizer = load_run(run)`.
+Reading, everywhere else: `cfg, method, model, tokenizer = load_run(run)`; a run's configuration
+with the decoding settings and data of an evaluation applied: `with_overrides`.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import hashlib
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from sumtune.config import Config, load_run_config
+from sumtune.config import DATA_PRESETS, Config, absolute_source, load_run_config, set_key, set_keys, validate
 from sumtune.errors import UserError
 from sumtune.fingerprints import FINGERPRINT_VERSION, fingerprint
 from sumtune.methods import get_method
@@ -220,3 +222,24 @@ def load_run(run_dir: str | Path, dtype: torch.dtype = torch.float32,
     model = method.load(model, tokenizer, adapter, method.options(cfg.method))
     model.eval()
     return cfg, method, model, tokenizer
+
+
+def preset_source(cfg: Config, data_preset: str) -> str:
+    """What an evaluation with `data_preset` and no --data reads: the run's own source for the
+    run's own preset, else the preset's Hub copy (DATA_PRESETS)."""
+    if data_preset == cfg.data.preset:
+        return cfg.data.source
+    return DATA_PRESETS.get(data_preset, {}).get("source_default", cfg.data.source)
+
+
+def with_overrides(cfg: Config, overrides: dict[str, Any] | None, data: str | None = None,
+                   data_preset: str | None = None) -> Config:
+    """`cfg` (changed in place) with `data_preset`, then decoding overrides, then `data` applied,
+    validated: shared by `evaluate` and `sumtune serve`, which keeps each run's configuration in memory."""
+    if data_preset is not None:
+        data = data if data is not None else preset_source(cfg, data_preset)
+        set_key(cfg, "data.preset", data_preset)  # its decoding preset first: the overrides follow
+    set_keys(cfg, [(f"eval.{key}", value) for key, value in (overrides or {}).items()])  # preset first
+    if data is not None:
+        set_key(cfg, "data.source", absolute_source(data))
+    return validate(cfg)

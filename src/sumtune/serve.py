@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from sumtune.config import DECODING_PRESETS
+from sumtune.decoding.summaries import NotUTF8Error, article_text, check_text, summary_text
 from sumtune.errors import UserError
-from sumtune.recipes.evaluate import NotUTF8Error, article_text, check_text, summary_text, with_overrides
+from sumtune.runs import with_overrides
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,11 @@
 - ``tokenize``: prompt + target token examples with labels (``tokenize_splits``,
   ``encode_prompt(s)`` for generation, ``stop_ids`` and ``summary_marker`` to end it);
 - ``prompts``: the chat-template prompt format (``data.prompt_format: chat``);
-- ``batching``: dynamic padding (``Collator``) and the epoch order (``epoch_order``).
+- ``batching``: dynamic padding (``Collator``), the epoch order (``epoch_order``) and one optimizer
+  step's micro-batches for this process (``micro_batches``, ``token_batches``).
 """
 
-from sumtune.data.batching import Collator, epoch_order
+from sumtune.data.batching import Collator, epoch_order, micro_batches, token_batches
 from sumtune.data.clean import clean_article, clean_summary
 from sumtune.data.sources import KAGGLE_FILES, SPLITS, hub_dataset, load_splits, split_sizes
 from sumtune.data.tokenize import (
@@ -26,6 +27,6 @@ from sumtune.data.tokenize import (
 
 __all__ = [
     "KAGGLE_FILES", "SPLITS", "Collator", "clean_article", "clean_summary", "datasets_cache", "encode_batch", "encode_prompt",
-    "encode_prompts", "epoch_order", "hub_dataset", "load_splits", "split_sizes", "stop_ids", "summary_marker",
-    "tokenize_splits", "tokenizer_id",
+    "encode_prompts", "epoch_order", "hub_dataset", "load_splits", "micro_batches", "split_sizes", "stop_ids",
+    "summary_marker", "token_batches", "tokenize_splits", "tokenizer_id",
 ]

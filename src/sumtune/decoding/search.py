@@ -30,10 +30,10 @@ from sumtune.decoding.cache import (
     reorder_beams,
     select_rows,
 )
+from sumtune.decoding.parts import decoding_parts
 from sumtune.decoding.stopping import StopRule
 from sumtune.decoding.variants import BASE_ADAPTER, KV, Variant
 from sumtune.errors import UserError
-from sumtune.methods.base import decoding_parts
 from sumtune.progress import bar as bar_of
 
 

@@ -14,9 +14,9 @@ reads it from the `method:` section of a run's config, and `prepare`, `load`, `d
 
 The hooks the trainer and the decoder use, so that neither knows a method by name: `decays`
 (which trained tensors AdamW decays), `virtual_tokens` (positions put before every prompt), and a
-method model's `decoding_parts()` (what the batched decoder puts in front of a prompt: see
-`decoding_parts` here). A method without a model (`needs_model` False: Lead-3) has `summarize`
-instead, and `prepare`/`load` refuse.
+method model's `decoding_parts()` (what the batched decoder puts in front of a prompt:
+`DecodingParts`, as `decoding.parts` reads them). A method without a model (`needs_model` False:
+Lead-3) has `summarize` instead, and `prepare`/`load` refuse.
 
 `load` rebuilds the method model for inference: nothing requires grad afterwards.
 
@@ -55,18 +55,6 @@ class DecodingParts(NamedTuple):
     lm: torch.nn.Module  # the plain causal LM it runs
     soft_prompt: torch.Tensor | None  # [n, hidden] input vectors before every prompt (prompt tuning, P-tuning)
     prefix_kv: list[LayerKV] | None  # keys/values per layer put in the cache before the prompt (prefix tuning)
-
-
-def decoding_parts(model: torch.nn.Module) -> DecodingParts:
-    """The decoding parts of a method model: a method's own model class gives them
-    (`model.decoding_parts()`); a PEFT model (LoRA, IA³, or PEFT's own prompt learning loaded with
-    `PeftModel.from_pretrained`) as `peft_io.peft_decoding_parts` reads them; any other model decodes as it is."""
-    own = getattr(model, "decoding_parts", None)
-    if callable(own):
-        return own()
-    from sumtune.methods.peft_io import peft_decoding_parts
-
-    return peft_decoding_parts(model) or DecodingParts(model, None, None)
 
 
 class Method(ABC):

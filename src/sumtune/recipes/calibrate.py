@@ -173,11 +173,12 @@ class Calibrator:
             memory.stop()
 
     def _train_part(self, s, run: RunDir, cal: Calibration, memory: PeakMemory) -> None:
+        from sumtune.data import micro_batches, token_batches
         from sumtune.fastpath.features import CachedHeadLoss
         from sumtune.training.budget import StepFlops, budget_of, planned_step_flops
         from sumtune.training.resume import save_state
         from sumtune.training.state import Progress, make_optimizer, plan_steps
-        from sumtune.training.step import micro_batches, optimizer_step, token_batches
+        from sumtune.training.step import optimizer_step
 
         cfg, accelerator, tc = s.cfg, s.accelerator, s.cfg.train
         plan = plan_steps(cfg, len(s.train_ds), accelerator.num_processes)
@@ -250,7 +251,8 @@ class Calibrator:
 
         from sumtune.data import encode_prompts, stop_ids, tokenize_splits
         from sumtune.decoding import Generator
-        from sumtune.recipes.evaluate import _model, _scores, _split_rows, summary_loss, summary_text
+        from sumtune.decoding.summaries import summary_text
+        from sumtune.recipes.evaluate import _model, _scores, _split_rows, summary_loss
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         memory = PeakMemory(device).start()

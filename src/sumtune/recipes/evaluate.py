@@ -1,5 +1,5 @@
 """`sumtune evaluate` and `sumtune summarize`: the loss over summary tokens, then summaries
-generated for every article (decoding/) and their ROUGE against the references (and their
+generated for every article (`decoding.summaries`) and their ROUGE against the references (and their
 BERTScore with eval.metrics: [rouge, bertscore], `sumtune.bertscore`). A method without a model
 (lead3) has no loss (None) and makes its summaries from the articles (`Method.summarize`).
 
@@ -36,26 +36,23 @@ from sumtune.bertscore import BERTSCORE_KEYS, bertscore_per_example, load_scorer
 from sumtune.bertscore import record as bertscore_record
 from sumtune.bertscore import wanted as wants_bertscore
 from sumtune.bootstrap import bootstrap_ci
-from sumtune.config import (
-    DATA_PRESETS,
-    Config,
-    absolute_source,
-    decoding_summary,
-    load_run_config,
-    set_key,
-    set_keys,
-    validate,
-)
-from sumtune.decoding import Generator, decode_summary
+from sumtune.config import Config, decoding_summary, load_run_config
+from sumtune.data import Collator, datasets_cache, load_splits, split_sizes, tokenize_splits
+from sumtune.data.sources import check_source
+from sumtune.decoding.summaries import article_text, check_text, generate_summaries
+from sumtune.distributed import process_state, sum_over_processes
 from sumtune.errors import UserError
+from sumtune.fastpath import fast_paths_for_decoding
 from sumtune.fingerprints import data_fingerprint, data_label
 from sumtune.io import FULL_DISK, atomic_write_json, atomic_write_text, read_json, writing
 from sumtune.lock import DirLock
 from sumtune.methods import get_method
 from sumtune.metrics import ROUGE_KEYS, rouge_per_example
-from sumtune.modeling import load_tokenizer
-from sumtune.runs import RunDir, check_finished_run
-from sumtune.sentences import SPLITTER, split_sentences
+from sumtune.modeling import autocast_dtype, load_tokenizer, resolve_precision
+from sumtune.runs import RunDir, check_finished_run, load_run, with_overrides
+from sumtune.sentences import SPLITTER
+from sumtune.training.step import token_loss_sum
+from sumtune.training.validation import summed_loss
 
 log = logging.getLogger(__name__)
 
@@ -70,35 +67,10 @@ def _config(run: Path, overrides: dict[str, Any] | None, data: str | None = None
     return with_overrides(load_run_config(run), overrides, data, data_preset)
 
 
-def preset_source(cfg: Config, data_preset: str) -> str:
-    """What an evaluation with `data_preset` and no --data reads: the run's own source for the
-    run's own preset, else the preset's Hub copy (DATA_PRESETS)."""
-    if data_preset == cfg.data.preset:
-        return cfg.data.source
-    return DATA_PRESETS.get(data_preset, {}).get("source_default", cfg.data.source)
-
-
-def with_overrides(cfg: Config, overrides: dict[str, Any] | None, data: str | None = None,
-                   data_preset: str | None = None) -> Config:
-    """`cfg` (changed in place) with `data_preset`, then decoding overrides, then `data` applied,
-    validated: shared by `_config` and `sumtune serve`, which keeps each run's configuration in memory."""
-    if data_preset is not None:
-        data = data if data is not None else preset_source(cfg, data_preset)
-        set_key(cfg, "data.preset", data_preset)  # its decoding preset first: the overrides follow
-    set_keys(cfg, [(f"eval.{key}", value) for key, value in (overrides or {}).items()])  # preset first
-    if data is not None:
-        set_key(cfg, "data.source", absolute_source(data))
-    return validate(cfg)
-
-
 def _model(run: Path, cfg: Config, base_model: str | None = None, device: torch.device | None = None):
     """(model on the device, tokenizer, autocast dtype or None); `base_model` loads the run onto
     another copy of its base model (the fingerprint check refuses a different one); `device`:
     this process's under `accelerate launch`."""
-    from sumtune.fastpath import fast_paths_for_decoding
-    from sumtune.modeling import autocast_dtype, resolve_precision
-    from sumtune.runs import load_run
-
     _cfg, method, model, tokenizer = load_run(run, base_model=base_model)
     if not method.not_exportable and cfg.method.quantize == "none":
         # an adapter (LoRA, DoRA, IA³) merged into the base weights: each step one matmul per layer, not
@@ -116,11 +88,6 @@ def summary_loss(model, rows, pad_id: int, batch_size: int, autocast: torch.dtyp
     """Token-weighted mean cross-entropy over the summary tokens of tokenised rows (input_ids,
     labels), through the same loop as validation (`training.validation.summed_loss`); with
     `state` (several processes) each scores its batches and the sums are added."""
-    from sumtune.data import Collator
-    from sumtune.distributed import sum_over_processes
-    from sumtune.training.step import token_loss_sum
-    from sumtune.training.validation import summed_loss
-
     device = next(model.parameters()).device
 
     def ctx():
@@ -138,8 +105,6 @@ def _split_rows(cfg: Config, split: str, limit: int | None, whole_file: bool = F
     """The rows to evaluate: the run's caps when `limit` is None, else the first `limit` rows
     of the uncapped split (0 = all of it); only `split` is read (a directory needs only its file).
     `whole_file`: a single file's every row is the split, uncapped (`limit` still cuts it)."""
-    from sumtune.data import load_splits
-
     capped = limit is None and not whole_file
     data = cfg.data if capped else replace(cfg.data, max_eval_samples=0, max_test_samples=0)
     splits = load_splits(data, cfg.data.seed, only=split, whole_file=whole_file)
@@ -149,48 +114,6 @@ def _split_rows(cfg: Config, split: str, limit: int | None, whole_file: bool = F
     if limit:
         ds = ds.select(range(min(limit, len(ds))))
     return ds
-
-
-def first_sentences(text: str, n: int) -> str:
-    """The first n sentences, one per line (as the GPT-2 paper's zero-shot "TL;DR:" summaries)."""
-    return "\n".join(split_sentences(text)[:n])
-
-
-def generate_summaries(model, tokenizer, cfg: Config, autocast: torch.dtype | None, articles: list[str],
-               progress: bool, state=None) -> tuple[list[str], float]:
-    """(summary texts, generation seconds): decode, cut at the stop rule, keep eval.max_sentences.
-    With `state` (several processes): each generates whole batches (`distributed.batch_shard`),
-    gathered back in article order."""
-    from sumtune.data import encode_prompts, stop_ids
-    from sumtune.distributed import batch_shard, gather_in_order
-
-    prompts = encode_prompts(tokenizer, articles, cfg.data)
-    rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
-    per_batch = max(1, cfg.eval.batch_size // cfg.eval.num_beams)  # as Generator.generate batches
-    mine = batch_shard([len(p) for p in prompts], per_batch, rank, world) if world > 1 else list(range(len(prompts)))
-    t0 = time.perf_counter()
-    generator = Generator(model, tokenizer, cfg.eval, autocast=autocast, stop_ids=stop_ids(tokenizer, cfg.data))
-    generated = generator.generate([prompts[i] for i in mine], progress and rank == 0)
-    if world > 1:
-        generated = gather_in_order(generated, mine, len(prompts), state)
-    seconds = time.perf_counter() - t0
-    return [summary_text(tokenizer, g, cfg) for g in generated], seconds
-
-
-def summary_text(tokenizer, generated: list[int], cfg: Config) -> str:
-    """The summary of generated tokens: cut at the stop rule, the first eval.max_sentences kept
-    (shared with `sumtune serve`, whose summaries must equal `summarize`'s)."""
-    from sumtune.data import stop_ids, summary_marker
-
-    text = decode_summary(tokenizer, generated, summary_marker(cfg.data), stop_ids(tokenizer, cfg.data))
-    return first_sentences(text, cfg.eval.max_sentences) if cfg.eval.max_sentences else text
-
-
-def article_text(text: str, cfg: Config) -> str:
-    """The article as the run saw articles in training: cleaned when data.clean, else stripped."""
-    from sumtune.data import clean_article
-
-    return clean_article(text) if cfg.data.clean else text.strip()
 
 
 def _scores(predictions: list[str], references: list[str], tokenizer, seed: int, scorer=None,
@@ -227,9 +150,6 @@ def evaluate_run(run_dir: str | Path, split: str = "test", limit: int | None = N
     One writer per evaluation directory: a second evaluation of it is refused at once. Under
     `accelerate launch` the articles are shared out over the processes (`sumtune.distributed`)
     and the main process writes what one process would."""
-    from sumtune.data.sources import check_source
-    from sumtune.distributed import process_state
-
     run = check_finished_run(run_dir)
     state = process_state()
     cfg = _config(run, overrides, data, data_preset)
@@ -271,8 +191,6 @@ def dataset_record(cfg: Config, run: Path) -> dict[str, Any]:
 def _evaluate(run: Path, split: str, limit: int | None, cfg: Config, base_model: str | None, state,
               dataset: dict[str, Any], out: Path) -> dict[str, Any]:
     from datasets import DatasetDict
-
-    from sumtune.data import datasets_cache, split_sizes, tokenize_splits
 
     whole = bool(dataset.get("whole_file"))
     with state.main_process_first():  # the main process fills the datasets cache, the others read it
@@ -325,22 +243,6 @@ def _evaluate(run: Path, split: str, limit: int | None, cfg: Config, base_model:
               else f" (other data: the run's own {split} results go to {own})")
     print(f"wrote {out / 'metrics.json'} and {out / 'predictions.jsonl'}{beside}")
     return metrics
-
-
-class NotUTF8Error(UserError):
-    """Input bytes that do not decode as UTF-8 (`sumtune serve` answers 400, an empty text 422)."""
-
-
-def check_text(raw: bytes, where: str) -> str:
-    """`raw` as text: strictly UTF-8 and not blank, else a one-line error naming `where`. The one
-    check for `summarize` (files, stdin) and `serve` (request bodies), so both refuse the same input."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise NotUTF8Error(f"{where} is not UTF-8 text (byte {e.start}); re-encode it as UTF-8") from None
-    if not text.strip():
-        raise UserError(f"empty input text ({where}); pass an article to summarise")
-    return text
 
 
 def read_text(file_or_dash: str) -> str:

@@ -1,11 +1,23 @@
 """`sumtune train`: one loop for every method, on Hugging Face Accelerate.
 
-Read top to bottom: lock and check the run directory -> `training.setup` (data, model,
-method, fast paths; every input checked before anything is written) -> AdamW + schedule ->
-(resume from the newest good checkpoint) -> optimizer steps with exact accumulation
-(`training.step`), validation and early stopping (`training.validation`), checkpoints
-(`training.resume`) -> results.json (`training.records`). A method without a model (lead3) only
-records its run directory (`_without_model`).
+Read top to bottom: `train` locks and checks the run directory and builds the run with
+`training.setup` (data, model, method, fast paths and the loss; every input checked before
+anything is written); `_train` adds AdamW and its schedule, resumes from the newest good
+checkpoint and runs the loop, `_Loop.fit`; then results.json (`training.records`). The loop:
+
+    for each epoch (its order depends only on (seed, epoch): a resumed run goes on mid-epoch)
+        for each optimizer step                                        (_Loop.step)
+            this process's micro-batches of the step's samples         data.batching
+            forward/backward each, exact accumulation, clip, update    training.step.optimizer_step
+              on `s.loss_fn`, the token loss (training.step.token_loss_sum, or its exact fast
+              path fastpath/loss.py: `setup` picks it once)
+            record the step                                            training.records
+            validate (epoch end, train.eval_steps): the loss, ROUGE    training.validation
+              with train.select_by; the best weights kept; early stopping
+            checkpoint: epoch end, train.save_steps, a stop request    training.resume
+
+A method that does not train (zero_shot) records its validation loss only (`_zero_shot`); a method
+without a model (lead3) only its run directory (`_without_model`).
 """
 
 from __future__ import annotations
@@ -18,7 +30,7 @@ from pathlib import Path
 import torch
 
 from sumtune.config import Config, save_config
-from sumtune.data import load_splits
+from sumtune.data import load_splits, micro_batches, token_batches
 from sumtune.errors import UserError
 from sumtune.fingerprints import data_fingerprint
 from sumtune.io import WriteError, atomic_write_json, atomic_write_text
@@ -53,7 +65,7 @@ from sumtune.training.state import (
     plan_steps,
     setup,
 )
-from sumtune.training.step import micro_batches, oom_error, optimizer_step, token_batches
+from sumtune.training.step import oom_error, optimizer_step
 from sumtune.training.trackers import Trackers, tracker_names
 from sumtune.training.validation import validate, validation_loss
 
@@ -184,9 +196,7 @@ def _train(s: TrainSetup, run: RunDir, resume: bool, memory: PeakMemory) -> Path
     try:
         trackers.start(resume)
         with StopOnSignal() as stop:
-            while progress.step < plan.total and not progress.early_stopped and not progress.stopped_by_budget:
-                loop.epoch(stop)
-        progress.train_seconds += time.perf_counter() - loop.clock
+            loop.fit(stop)
         progress.peak_memory_mb = max(progress.peak_memory_mb, memory.peak_mb())
         if accelerator.is_main_process:
             records.offset()
@@ -210,7 +220,7 @@ def _train(s: TrainSetup, run: RunDir, resume: bool, memory: PeakMemory) -> Path
 
 
 class _Loop:
-    """The steps of one run, an epoch at a time: step, record, validate, checkpoint."""
+    """The training loop of one run (`fit`) and what one step does (`step`)."""
 
     def __init__(self, s: TrainSetup, run: RunDir, plan: StepPlan, model, optimizer, scheduler,
                  progress: Progress, records: Records, memory: PeakMemory, flops: StepFlops,
@@ -227,31 +237,37 @@ class _Loop:
         if schedule is not None:
             schedule.progress = progress
 
-    def epoch(self, stop: StopOnSignal) -> None:
-        """The rest of the current epoch (or until early stopping or a stop request)."""
-        p, plan, main = self.progress, self.plan, self.s.accelerator.is_main_process
-        epoch, first, last = plan.epoch_bounds(p.step)
-        order = plan.order(len(self.train_ds), epoch, self.lengths)
-        val = None
-        with epoch_bar(epoch_label(epoch, plan.total, plan.steps_per_epoch), last - first, p.step - first, main) as bar:
-            while p.step < last and not p.early_stopped and not p.stopped_by_budget:
-                k = p.step - first
-                event = self.step(order[k * plan.per_step:(k + 1) * plan.per_step], epoch)
-                p.stopped_by_budget = self.schedule is not None and self.schedule.budget.reached(p)
-                bar.update(1)
-                bar.set_postfix(loss=f"{event['loss']:.4f}", lr=f"{event['lr']:.2e}",
-                                tok_s=f"{event['tokens_per_s']:.0f}", refresh=False)
-                if (p.step == last or p.stopped_by_budget
-                        or (self.s.cfg.train.eval_steps and p.step % self.s.cfg.train.eval_steps == 0)):
-                    val = self.validate()
-                self.maybe_checkpoint(at_end=p.step == last, stopping=any_process(self.s.accelerator, stop.requested))
-            if main:
-                epoch_summary(epoch + 1, plan.epochs, p, val, bar, self.s.cfg.train.select_by,
-                              (p.step - first, plan.steps_per_epoch))
-        p.epoch_loss, p.epoch_targets = 0.0, 0
+    def fit(self, stop: StopOnSignal) -> None:
+        """Optimizer steps until the planned total, early stopping, a spent budget or a stop request
+        (a checkpoint, then KeyboardInterrupt)."""
+        p, plan, tc, main = self.progress, self.plan, self.s.cfg.train, self.s.accelerator.is_main_process
+        while p.step < plan.total and not p.early_stopped and not p.stopped_by_budget:
+            epoch, first, last = plan.epoch_bounds(p.step)  # the next step's epoch, its first and end steps
+            order = plan.order(len(self.train_ds), epoch, self.lengths)
+            val = None
+            label = epoch_label(epoch, plan.total, plan.steps_per_epoch)
+            with epoch_bar(label, last - first, p.step - first, main) as bar:
+                while p.step < last and not p.early_stopped and not p.stopped_by_budget:
+                    k = p.step - first
+                    event = self.step(order[k * plan.per_step:(k + 1) * plan.per_step], epoch)
+                    p.stopped_by_budget = self.schedule is not None and self.schedule.budget.reached(p)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{event['loss']:.4f}", lr=f"{event['lr']:.2e}",
+                                    tok_s=f"{event['tokens_per_s']:.0f}", refresh=False)
+                    if p.step == last or p.stopped_by_budget or (tc.eval_steps and p.step % tc.eval_steps == 0):
+                        val = self.validate()
+                    stopping = any_process(self.s.accelerator, stop.requested)
+                    self.maybe_checkpoint(at_end=p.step == last, stopping=stopping)
+                if main:
+                    epoch_summary(epoch + 1, plan.epochs, p, val, bar, tc.select_by,
+                                  (p.step - first, plan.steps_per_epoch))
+            p.epoch_loss, p.epoch_targets = 0.0, 0
+        p.train_seconds += time.perf_counter() - self.clock
 
     def step(self, chunk: list[int], epoch: int) -> dict:
-        """One optimizer step over `chunk` (the step's sample indices); records and returns its event."""
+        """One optimizer step over `chunk` (the step's sample indices): this process's micro-batches,
+        forward/backward with exact accumulation, clip, update; then its counts, and its event
+        recorded and returned."""
         s, p, tc = self.s, self.progress, self.s.cfg.train
         args = (self.train_ds, chunk, tc.batch_size, self.plan.world, s.accelerator.process_index, s.collate)
         batches = (token_batches(*args, tc.max_tokens_per_batch, self.row_lengths) if tc.max_tokens_per_batch

@@ -1,6 +1,7 @@
 """The components of a training run (recipes/train.py holds the loop that uses them):
-state.py (setup, the step layout, resumable Progress), step.py (the one token loss, one
-optimizer step), validation.py, resume.py (checkpoints, run-directory checks), records.py."""
+state.py (setup, the step layout, resumable Progress), step.py (the reference token loss, one
+optimizer step with exact accumulation), validation.py, resume.py (checkpoints, run-directory
+checks), records.py. A step's micro-batches come from `data.batching`."""
 
 from sumtune.training.state import (
     Progress,
@@ -12,7 +13,7 @@ from sumtune.training.state import (
     plan_steps,
     setup,
 )
-from sumtune.training.step import StepResult, count_targets, micro_batches, optimizer_step, token_loss_sum
+from sumtune.training.step import StepResult, count_targets, optimizer_step, token_loss_sum
 
 __all__ = ["Progress", "StepPlan", "StepResult", "TrainSetup", "accelerator_for", "count_targets", "make_optimizer",
-           "method_model", "micro_batches", "optimizer_step", "plan_steps", "setup", "token_loss_sum"]
+           "method_model", "optimizer_step", "plan_steps", "setup", "token_loss_sum"]

@@ -32,6 +32,7 @@ import torch
 
 from sumtune.bootstrap import bootstrap_ci
 from sumtune.config import Config
+from sumtune.decoding.summaries import generate_summaries
 from sumtune.fastpath import fast_paths_for_decoding, revert_fast_paths
 from sumtune.metrics import rouge_per_example
 from sumtune.modeling import autocast_dtype
@@ -82,8 +83,6 @@ class Selection:
     def decode(self, model: torch.nn.Module, validation) -> dict[str, list[float]]:
         """Summarise the subset with the current weights of `model`; the per-document ROUGE F1
         (`metrics.rouge_per_example`), the rows kept in `examples`."""
-        from sumtune.recipes.evaluate import generate_summaries
-
         articles, references = self.rows(validation)
         trained = dict(self.accelerator.unwrap_model(model).named_parameters(remove_duplicate=False))
         for name in self.names:  # into the fp32 weights (no decoding fast path is applied between calls)

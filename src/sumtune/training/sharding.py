@@ -17,7 +17,7 @@ What FSDP2 changes elsewhere, each handled where it happens:
 - gradient accumulation: no reduce-scatter until the last micro-batch (`gradient_sync`);
   FSDP2 averages gradients over processes as DDP does, so the token normalisation is unchanged;
 - every forward is collective: processes run the same number of passes (fillers in
-  `step.micro_batches` and `validation.summed_loss`);
+  `data.batching.micro_batches` and `validation.summed_loss`);
 - checkpoints hold each process's shards through torch.distributed.checkpoint, and load
   at any number of processes (`training.reshard`, `resume.save_state`); the best weights
   are gathered into the usual RUN/adapter format (`save_gathered`);

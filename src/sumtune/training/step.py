@@ -1,4 +1,5 @@
-"""One optimizer step: the token loss, this process's micro-batches, exact accumulation.
+"""One optimizer step over this process's micro-batches (`data.batching.micro_batches`): the
+token loss, forward/backward with exact accumulation, clipping, the update.
 
 Exactness, which the tests check:
 - Accumulation. One optimizer step takes the next `batch_size x processes x grad_accum`
@@ -6,16 +7,10 @@ Exactness, which the tests check:
   divided by their total number of target tokens (counted before the forward passes and
   summed over processes), never a mean of per-micro-batch means, so batch 1 x accumulation 4
   and batch 4 x accumulation 1 give the same gradient.
-- Processes. Micro-batch m of process r is the step's slice [m*B*P + r*B, +B); DDP averages
-  gradients over the P processes, so the loss is multiplied by P. A process left without
-  samples at the end of an epoch runs a filler: a real sample through the same
-  forward/backward with its loss times 0 (zero gradients, not counted), so every process
-  makes the same collective calls whatever the loss function skips.
-- Token budget (train.max_tokens_per_batch). A step still takes the same samples and each
-  process the same rows of them (so the data position, the schedule and resume are as
-  with row batching); only how a process cuts its rows into forward passes changes: longest
-  first, each pass up to the budget in padded tokens. Processes run as many passes as the
-  one with the most (fillers), which every process computes alike from the row lengths.
+- Processes. DDP averages gradients over the P processes, so the loss is multiplied by P. A
+  process left without samples at the end of an epoch runs a filler: a real sample through
+  the same forward/backward with its loss times 0 (zero gradients, not counted), so every
+  process makes the same collective calls whatever the loss function skips.
 """
 
 from __future__ import annotations
@@ -41,51 +36,6 @@ def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
 def count_targets(batch: dict[str, torch.Tensor]) -> int:
     """The number of positions `token_loss_sum` scores in `batch`."""
     return int((batch["labels"][:, 1:] != -100).sum())
-
-
-def micro_batches(ds, chunk: list[int], batch_size: int, world: int, rank: int,
-                  collate) -> list[tuple[dict, bool]]:
-    """This process's micro-batches for one optimizer step over `chunk` (the step's sample
-    indices in order), as (batch, counts): micro-batch m is the slice [m*B*P + rank*B, +B).
-    A slice left empty at the end of an epoch becomes a filler (the step's first sample,
-    counts=False), so every process steps alike."""
-    micro = batch_size * world
-    out = []
-    for start in range(0, len(chunk), micro):
-        mine = chunk[start + rank * batch_size:start + (rank + 1) * batch_size]
-        out.append((collate(rows_of(ds, mine or chunk[:1])), bool(mine)))
-    return out
-
-
-def token_batches(ds, chunk: list[int], batch_size: int, world: int, rank: int, collate,
-                  max_tokens: int, lengths: list[int]) -> list[tuple[dict, bool]]:
-    """As `micro_batches`, with this process's rows of the step (the same rows) packed into
-    forward passes of at most `max_tokens` padded tokens (a longer row alone)."""
-    micro = batch_size * world
-    packs = []
-    for r in range(world):
-        rows = [i for start in range(0, len(chunk), micro) for i in chunk[start + r * batch_size:start + (r + 1) * batch_size]]
-        packs.append(pack_by_tokens(sorted(rows, key=lambda i: -lengths[i]), lengths, max_tokens))
-    mine = [(collate(rows_of(ds, group)), True) for group in packs[rank]]
-    filler = collate(rows_of(ds, chunk[:1]))
-    return mine + [(filler, False)] * (max(len(p) for p in packs) - len(mine))
-
-
-def pack_by_tokens(rows: list[int], lengths: list[int], max_tokens: int) -> list[list[int]]:
-    """Consecutive `rows` (longest first) grouped so that rows x the longest row <= max_tokens."""
-    groups: list[list[int]] = []
-    for i in rows:
-        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= max_tokens:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    return groups
-
-
-def rows_of(ds, idx: list[int]) -> list[dict[str, list[int]]]:
-    """Rows `idx` of a tokenised split as dicts of token lists (what a Collator takes)."""
-    cols = ds[idx]
-    return [{"input_ids": i, "labels": la} for i, la in zip(cols["input_ids"], cols["labels"])]
 
 
 # Target tokens per head pass on the whole-step path: logits, their fp32 copy and gradients
@@ -117,8 +67,8 @@ class StepResult(NamedTuple):
 
 def optimizer_step(accelerator, model, optimizer, scheduler, loss_fn, batches: list[tuple[dict, bool]],
                    trained: list, max_grad_norm: float) -> StepResult:
-    """Forward/backward over this process's micro-batches (`micro_batches`), then clip and step.
-    """
+    """Forward/backward over this process's micro-batches (`data.batching.micro_batches`: (batch,
+    counts) pairs), then clip and step."""
     device = accelerator.device
     targets = [count_targets(b) if counted else 0 for b, counted in batches]
     tokens = sum(int(b["attention_mask"].sum()) for b, counted in batches if counted)

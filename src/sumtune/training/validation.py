@@ -8,10 +8,10 @@ import time
 
 import torch
 
+from sumtune.data.batching import rows_of
 from sumtune.training.records import Records
 from sumtune.training.sharding import is_sharded, save_gathered
 from sumtune.training.state import Progress, TrainSetup
-from sumtune.training.step import rows_of
 
 
 @torch.no_grad()
