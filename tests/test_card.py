@@ -113,14 +113,12 @@ def test_card_states_the_run_and_its_test_scores(runs, tmp_path, capsys):
 
 def _card_code_summarises_as_sumtune(run: Path, body: str) -> None:
     """The card's Python, run as it stands, gives `sumtune summarize`'s summaries (24 new tokens)."""
-    from sumtune.config import load_run_config
-    from sumtune.recipes.evaluate import article_text, summarize_text
+    from sumtune.recipes.evaluate import summarize_text
     from sumtune.tiny import synthetic_news
 
     code = body.split("```python\n", 1)[1].split("```", 1)[0]
-    cfg = load_run_config(run)
     for row in synthetic_news(3, seed=5):
-        scope = {"article": article_text(row["article"], cfg)}
+        scope = {"text": row["article"]}
         exec(code, scope)
         assert scope["summary"] == summarize_text(run, row["article"], overrides={"max_new_tokens": 24})
 

@@ -27,7 +27,8 @@ from typing import Any
 
 import yaml
 
-from sumtune.config import Config, DataConfig, decoding_summary
+from sumtune.card_code import AUTOCAST, card_python, summarize_command
+from sumtune.config import Config, decoding_summary
 from sumtune.download import DOWNLOAD_RECORD
 from sumtune.errors import UserError
 from sumtune.io import read_json
@@ -223,59 +224,51 @@ def _gguf_lines(gguf: dict | None) -> list[str]:
             + "; its tensors dequantized to fp32 by Transformers' GGUF reader, which the method trained on"]
 
 
-def _usage(adapter: bool, where: str, base: str, cfg: DataConfig, dec: dict, model_name: str) -> list[str]:
-    """Python that summarises as sumtune did: the article cut to fit and the separator tokenised
-    apart (`data.encode_prompt`; or the chat template's prompt), the decoding settings evaluated (or
-    configured), the summary cut at a blank line or a new separator (`decoding.decode_summary`).
-    `base`: the Python expression that loads the base model (`_base_load`)."""
-    if adapter:
-        load = ["from peft import PeftModel", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-                f"model = PeftModel.from_pretrained({base}, {where!r})"]
+def _decoding(cfg: Config, metrics: dict | None) -> dict:
+    """The decoding the card's code uses: the evaluated one, else the configured one."""
+    return (metrics or {}).get("decoding") or decoding_summary(cfg.eval)
+
+
+def _precision(cfg: Config, metrics: dict | None) -> tuple[str, str]:
+    """(precision, how the card knows it): the one the test scores were taken in (metrics.json records it);
+    for an older evaluation or none, `train.precision` as `summarize` resolves it on this machine."""
+    import torch
+
+    from sumtune.modeling import resolve_precision
+
+    if metrics and metrics.get("precision"):
+        return metrics["precision"], f"the test scores were taken in {metrics['precision']}"
+    try:
+        here = resolve_precision(cfg.train.precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    except UserError:  # fp16 configured, exported on a machine without CUDA: the card moves the model to a GPU
+        here = cfg.train.precision
+    if cfg.train.precision != "auto":
+        why = f"`train.precision: {cfg.train.precision}`"
     else:
-        load = ["from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-                f"model = AutoModelForCausalLM.from_pretrained({where!r})"]
-    room = cfg.max_length - cfg.max_summary_length - 1  # `_budget`'s room, less the separator (below)
-    settings = ", ".join(f"{k}={dec[k]!r}" for k in ("num_beams", "no_repeat_ngram_size", "length_penalty",
-                                                    "min_new_tokens", "max_new_tokens"))
-    head = [*load, f"tokenizer = AutoTokenizer.from_pretrained({where!r})", ""]
-    generate = ["inputs = torch.tensor([ids])",
-                "out = model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), do_sample=False,",
-                f"                     {settings}" + (", eos_token_id=stop)" if cfg.prompt_format == "chat" else ")")]
-    if cfg.prompt_format == "chat":
-        return [*head, *_chat_prompt(cfg, model_name), *generate,
-                "summary = tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip()"]
-    return [*head,
-            f"separator = tokenizer({cfg.separator!r}, add_special_tokens=False).input_ids",
-            f"ids = tokenizer(article, add_special_tokens=False).input_ids[:{room} - len(separator)] + separator",
-            *generate,
-            "text = tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).lstrip().split('\\n\\n')[0]"
-            + (f".split({cfg.separator.strip()!r})[0]" if cfg.separator.strip() else ""),
-            "summary = '\\n'.join(line.strip() for line in text.split('\\n') if line.strip())"]
+        why = f"`train.precision: auto`, which sumtune resolves to {here} on the machine that exported this model"
+    return here, (f"{why}; the evaluation did not record its precision (it predates the record)" if metrics
+                  else why)
 
 
-def _chat_prompt(cfg: DataConfig, model_name: str) -> list[str]:
-    """The chat-format prompt (`data.prompts`): the messages in the tokenizer's template up to the
-    assistant's turn, stopping at the turn's end token or EOS."""
-    from sumtune.data.prompts import chat_format
-    from sumtune.modeling import load_tokenizer
-
-    fmt = chat_format(load_tokenizer(model_name), cfg)  # the run's tokenizer is its base model's
-    system = [f"        {{'role': 'system', 'content': {cfg.system_prompt!r}}},"] if cfg.system_prompt else []
-    limit = cfg.max_length - cfg.max_summary_length - len(fmt.end_ids)  # `encode_prompts`' limit
-    return ["def prompt(text):",
-            "    messages = [", *system,
-            f"        {{'role': 'user', 'content': {cfg.instruction!r}.replace('{{article}}', text)}},", "    ]",
-            "    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)",
-            "    return tokenizer(rendered, add_special_tokens=False).input_ids",
-            "",
-            "# the article cut in tokens to fit, never the template (sumtune.data.prompts.ChatFormat.prompts)",
-            f"limit, art = {limit}, tokenizer(article, add_special_tokens=False).input_ids",
-            "keep = limit - len(prompt(''))",
-            "ids = prompt(article if len(art) <= keep else tokenizer.decode(art[:max(keep, 0)]))",
-            "while len(ids) > limit and keep > 0:  # the cut text tokenised longer: cut more",
-            "    keep = min(keep, len(art)) - (len(ids) - limit)",
-            "    ids = prompt(tokenizer.decode(art[:max(keep, 0)]))",
-            f"stop = {list(fmt.stop_ids)!r}  # the assistant turn's end token, EOS"]
+def _use(cfg: Config, metrics: dict | None) -> list[str]:
+    """What the card's code does and what it equals."""
+    dec, (precision, how) = _decoding(cfg, metrics), _precision(cfg, metrics)
+    clean = " cleans it as sumtune did (`sumtune.data.clean`: whitespace, CNN/DM bylines and tags)," \
+        if cfg.data.clean else ""
+    kind = "evaluated" if metrics else "configured"
+    cast = f" with autocast to {precision} over the fp32 weights, as sumtune decodes" if precision in AUTOCAST else ""
+    return [f"`text`: the article. The code{clean} builds the prompt as sumtune does (the article cut in tokens to "
+            f"fit `data.max_length`), decodes with the {kind} decoding in {precision}{cast} ({how}), and gives the "
+            f"summary that `{summarize_command(dec, precision)}` prints.", "",
+            "`generate`'s own `no_repeat_ngram_size` would also ban every n-gram of the article (the prompt), its "
+            "`min_new_tokens` holds back EOS only, and it has no blank-line stop: `SummaryLogits` bans repeats within "
+            "the summary only and holds back every stop, `SummaryEnd` ends a summary at a stop token or a blank line "
+            "(in beam search each candidate that ends becomes a finished hypothesis, as in sumtune's). In fp32 the "
+            "summary is sumtune's, token for token (tested, greedy and beam search: plain and prompt-tuning exports of "
+            "tiny models, SmolLM2-135M-Instruct on real CNN articles); in bf16 "
+            "or fp16 one can differ where kernels round differently (sumtune prefills each prompt alone, decodes "
+            "rows in batches and has fast paths of its own). The scores below come from sumtune's own batched "
+            "decoder."]
 
 
 def card_text(run: Path, cfg: Config, method, *, adapter: bool, name: str, where: str,
@@ -305,15 +298,11 @@ def card_text(run: Path, cfg: Config, method, *, adapter: bool, name: str, where
         f"from {base}. " + (f"The prompt is the article followed by `{cfg.data.separator!r}`; the summary follows it."
                             if cfg.data.prompt_format != "chat" else
                             "The prompt is the tokenizer's chat template up to the assistant's turn; the summary is that turn."),
-        "", "## Use", "",
-        "`article`: the text" + (" as sumtune cleaned it (`sumtune.data.clean_article`: whitespace, CNN/DM bylines)"
-                                 if cfg.data.clean else "") + "; the decoding settings are the "
-        + ("evaluated" if metrics else "configured") + " ones"
-        + (f" (sumtune then keeps the first {cfg.eval.max_sentences} sentences)" if cfg.eval.max_sentences else "")
-        + ". The scores below come from sumtune's own batched decoder (`sumtune summarize RUN`).", "",
-        "```python", "import torch", *_usage(adapter, where, _base_load(base_id or cfg.model.name, cfg.model.name, gguf),
-                                               cfg.data,
-                                               (metrics or {}).get("decoding") or decoding_summary(cfg.eval), cfg.model.name),
+        "", "## Use", "", *_use(cfg, metrics), "",
+        "```python", *card_python(cfg.data, _decoding(cfg, metrics), _precision(cfg, metrics)[0],
+                                  peft_type=read_json(RunDir(run).adapter / "adapter_config.json")["peft_type"]
+                                  if adapter else None, where=where, base=_base_load(base_id or cfg.model.name, cfg.model.name, gguf),
+                                  model_name=cfg.model.name),
         "```", "",
         "## Training", "",
         f"- Method: {method.name}: {method.describe(opts)}",

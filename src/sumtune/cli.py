@@ -83,6 +83,7 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-new-tokens", type=positive_int, help="no stop before this many new tokens")
     p.add_argument("--no-repeat-ngram-size", type=positive_int)
     p.add_argument("--length-penalty", type=number)
+    p.add_argument("--max-sentences", type=positive_int, help="keep a summary's first N sentences (0 = all)")
 
 
 def _eval_overrides(a: argparse.Namespace) -> dict:
@@ -90,6 +91,7 @@ def _eval_overrides(a: argparse.Namespace) -> dict:
         "preset": a.decoding, "batch_size": a.batch_size, "num_beams": a.num_beams,
         "max_new_tokens": a.max_new_tokens, "min_new_tokens": a.min_new_tokens,
         "no_repeat_ngram_size": a.no_repeat_ngram_size, "length_penalty": a.length_penalty,
+        "max_sentences": a.max_sentences,
     }.items() if v is not None}
 
 
@@ -143,6 +145,9 @@ def _add_run_commands(sub) -> None:
                    help="run directories, then a text file or - for stdin (default: stdin)")
     p.add_argument("--model", help="the runs' base model at another path (must be the same model)")
     _add_eval_flags(p)
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="decode in this precision (default: the run's train.precision; a model card names the one "
+                        "its scores were taken in)")
 
     p = sub.add_parser("serve", help="a web page + JSON API with every run's summary of an article")
     p.add_argument("paths", nargs="+", metavar="RUN", help="run directories on one base model (others are skipped)")
@@ -344,7 +349,8 @@ def _summarize(a: argparse.Namespace) -> None:
         check_finished_run(run)  # before reading standard input
     text = read_text(source)
     for run in runs:
-        summary = summarize_text(run, text, overrides=_eval_overrides(a), base_model=a.model)
+        summary = summarize_text(run, text, overrides=_eval_overrides(a), base_model=a.model,
+                                 precision=a.precision)
         print(summary if len(runs) == 1 else f"== {run}\n{summary}\n")
 
 

@@ -83,6 +83,12 @@ def _model(run: Path, cfg: Config, base_model: str | None = None, device: torch.
     return model, tokenizer, autocast
 
 
+def precision_name(autocast: torch.dtype | None) -> str:
+    """The precision decoding ran in, as metrics.json records it (the model card states it): the
+    autocast dtype over the fp32 weights, or fp32."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(autocast, "fp32")
+
+
 @torch.inference_mode()
 def summary_loss(model, rows, pad_id: int, batch_size: int, autocast: torch.dtype | None, state=None) -> float:
     """Token-weighted mean cross-entropy over the summary tokens of tokenised rows (input_ids,
@@ -202,8 +208,10 @@ def _evaluate(run: Path, split: str, limit: int | None, cfg: Config, base_model:
         first = f" (the first {len(ds)} scored: --limit {limit})" if limit and len(ds) < split_rows else ""
         print(f"{run}: evaluating on all {split_rows} rows of {cfg.data.source} as the {split} split{first}")
     method = get_method(cfg.method.name)
+    precision = None  # no model, no precision (lead3)
     if method.needs_model:
         model, tokenizer, autocast = _model(run, cfg, base_model, state.device)
+        precision = precision_name(autocast)
         with state.main_process_first(), writing(datasets_cache(), only=FULL_DISK):
             tokenised = tokenize_splits(DatasetDict({split: ds}), tokenizer, cfg.data)[split]
         t0 = time.perf_counter()
@@ -223,7 +231,7 @@ def _evaluate(run: Path, split: str, limit: int | None, cfg: Config, base_model:
         "generation_seconds": seconds, "summaries_per_s": len(predictions) / seconds,
         "loss_seconds": loss_seconds, "split_rows": split_rows, "processes": state.num_processes,
         "decoding": decoding_record(cfg), "data": cfg.data.source, "dataset": dataset,
-        "data_is_training_data": dataset["is_training_data"],
+        "data_is_training_data": dataset["is_training_data"], "precision": precision,
     }
     if not state.is_main_process:
         return metrics
@@ -259,10 +267,13 @@ def read_text(file_or_dash: str) -> str:
 
 
 def summarize_text(run_dir: str | Path, text: str, overrides: dict[str, Any] | None = None,
-                   base_model: str | None = None) -> str:
-    """The summary of one article by a finished run, cleaned and truncated as in training."""
+                   base_model: str | None = None, precision: str | None = None) -> str:
+    """The summary of one article by a finished run, cleaned and truncated as in training; `precision`
+    (auto, bf16, fp16, fp32) decodes in another precision than the run's `train.precision`."""
     run = check_finished_run(run_dir)
     cfg = _config(run, overrides)
+    if precision is not None:
+        cfg.train.precision = precision
     method = get_method(cfg.method.name)
     if not method.needs_model:  # lead3: from the article alone
         return method.summarize([article_text(text, cfg)], method.options(cfg.method))[0]
@@ -271,7 +282,7 @@ def summarize_text(run_dir: str | Path, text: str, overrides: dict[str, Any] | N
 
 
 def summarize_file(run_dir: str | Path, file_or_dash: str = "-", overrides: dict[str, Any] | None = None,
-                   base_model: str | None = None) -> str:
+                   base_model: str | None = None, precision: str | None = None) -> str:
     """The summary of one text (a file, or stdin for "-")."""
     check_finished_run(run_dir)
-    return summarize_text(run_dir, read_text(file_or_dash), overrides, base_model)
+    return summarize_text(run_dir, read_text(file_or_dash), overrides, base_model, precision)
