@@ -7,7 +7,9 @@ article cut in tokens to fit, then the separator; or the chat template around th
 stop rule, minimum length and summary-only n-gram ban as `generate` hooks
 (`decoding.generate_rules`, copied), the summary's text as `decoding.decode_summary` cuts it, and
 the first `eval.max_sentences` sentences (pySBD, as `sentences.split_sentences`). The precision is
-the one the scores were taken in: autocast over the fp32 weights, as sumtune decodes.
+the one the scores were taken in: autocast over the fp32 weights, as sumtune decodes. A PEFT
+adapter loads on its base model; a prompt-learning one (soft prompt, P-tuning, prefix) hands its
+prompt to the base model's `generate` as sumtune's decoder puts it in front (`decoding_parts`).
 """
 
 from __future__ import annotations
