@@ -100,7 +100,7 @@ def _chat_prompt(cfg: DataConfig, model_name: str) -> list[str]:
     fmt = chat_format(load_tokenizer(model_name), cfg)  # the run's tokenizer is its base model's
     system = [f"        {{'role': 'system', 'content': {cfg.system_prompt!r}}},"] if cfg.system_prompt else []
     limit = cfg.max_length - cfg.max_summary_length - len(fmt.end_ids)  # `encode_prompts`' limit
-    return ["def prompt(text):",
+    return ["", "def prompt(text):",
             "    messages = [", *system,
             f"        {{'role': 'user', 'content': {cfg.instruction!r}.replace('{{article}}', text)}},", "    ]",
             "    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)",
