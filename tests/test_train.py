@@ -32,7 +32,7 @@ def one_thread():
 
 def _cfg(model_dir, data_dir, out, **flags):
     base = {"model.name": str(model_dir), "data.source": str(data_dir), "output_dir": str(out),
-            "method.name": "lora", "method.r": 4, "method.dropout": 0.0, "train.precision": "fp32",
+            "method.name": "lora", "method.lora.r": 4, "method.lora.dropout": 0.0, "train.precision": "fp32",
             "data.max_length": 192, "data.max_summary_length": 64, "train.batch_size": 2, "train.grad_accum": 1}
     base.update(flags)
     return build_config(flags=base)
