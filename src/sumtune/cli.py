@@ -154,7 +154,7 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--max-queue", type=positive_int, default=32, help="requests waiting at most (503 beyond)")
 
     p = sub.add_parser("methods", help="each method's keys (method.KEY), with their defaults and help")
-    p.add_argument("names", nargs="?", type=_methods_choice, default=(), metavar="METHOD,...",
+    p.add_argument("names", nargs="?", type=methods_choice, default=(), metavar="METHOD,...",
                    help="only these methods (default: all)")
 
 
