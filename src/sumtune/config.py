@@ -6,8 +6,8 @@ Precedence: defaults < `--config FILE` < explicit CLI flags < `--set key=value`.
 (DATA_PRESETS) a dataset's columns, cleaning, decoding preset and (when data.source is empty) its
 source; within one layer (a file, the flags, the --set items, a saved config.yaml) data.preset is
 applied first, then eval.preset, then the other keys: so defaults < preset < explicit keys.
-Every error names the key and the valid choices, in one line. The presets live in config_presets,
-the `method:` section (the chosen method's own keys) in config_methods.
+Every error names the key and the valid choices, in one line. The presets (and the eval section they
+write) live in config_presets, the `method:` section (the chosen method's own keys) in config_methods.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from sumtune.config_presets import (
     DATA_PRESETS,
     DECODING_PRESETS,
     PRESET_KEY,
-    apply_data_preset,
+    EvalConfig,
     apply_preset,
     decoding_summary,
 )
@@ -121,21 +121,21 @@ class TrainConfig:
     select_by: Literal["loss", "rouge1", "rouge2", "rougeL", "rougeLsum"] = "loss"  # SELECT_BY: best checkpoint, early stop
 
 
-@dataclass
-class EvalConfig:
-    preset: Literal["greedy", "cnndm", "xsum", "samsum"] = "greedy"  # see DECODING_PRESETS; later keys override it
-    batch_size: int = 8
-    num_beams: int = 1
-    max_new_tokens: int = 128
-    min_new_tokens: int = 0  # no stop (EOS or blank line) before this many new tokens
-    no_repeat_ngram_size: int = 0
-    length_penalty: float = 1.0
-    max_sentences: int = 0  # keep the first N sentences of a summary; 0 = all
-    select_samples: int = 64  # train.select_by other than loss: the first N validation rows decoded each validation
-    metrics: list[str] = field(default_factory=lambda: ["rouge"])  # EVAL_METRICS; rouge always, bertscore optional
-    bertscore_model: str = "roberta-large"  # a Hub name or a local directory (bert-score's default for English)
-    bertscore_layers: int | None = None  # the layer scored; None = bert-score's tuned one (needed for other models)
-    bertscore_rescale: bool = False  # rescale with bert-score's English baseline for the model
+def apply_data_preset(cfg: Config, name: str) -> Config:
+    """Set `data.preset` and write that dataset's keys into `cfg` (in place; returned): its columns,
+    cleaning and decoding preset, and its source when data.source is empty. "none" sets nothing else."""
+    if name != "none" and name not in DATA_PRESETS:
+        raise UserError(f"config key 'data.preset': got {name!r}, expected one of none, {', '.join(DATA_PRESETS)}")
+    cfg.data.preset = name
+    if name == "none":
+        return cfg
+    preset = DATA_PRESETS[name]
+    for key in ("article_column", "summary_column", "id_column", "clean"):
+        setattr(cfg.data, key, preset[key])
+    if not cfg.data.source.strip():
+        cfg.data.source = preset["source_default"]
+    apply_preset(cfg.eval, preset["decoding"])
+    return cfg
 
 
 @dataclass

@@ -23,15 +23,12 @@ import logging
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, Field, dataclass, fields
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from sumtune.config_values import coerce, describe, from_text
 from sumtune.errors import UserError
 from sumtune.methods import CONFIGS
 from sumtune.methods.config_base import HELP, MethodConfigBase
-
-if TYPE_CHECKING:
-    from sumtune.config import Config
 
 log = logging.getLogger(__name__)
 METHODS = tuple(CONFIGS)
@@ -45,6 +42,13 @@ class Given:
     value: Any
     text: bool  # a command-line string (--set): read as `from_text` reads it
     source: str | None  # the file it came from; None: the command line
+
+
+class WithMethod(Protocol):
+    """What these functions use of a `sumtune.config.Config` (not imported: config imports this module)."""
+
+    method: MethodConfigBase
+    method_keys: dict[str, Given]
 
 
 @functools.cache
@@ -68,12 +72,12 @@ def new_section(name: str, given: Mapping[str, Given] | None = None) -> MethodCo
     return section
 
 
-def set_method(cfg: Config, name: str) -> None:
+def set_method(cfg: WithMethod, name: str) -> None:
     """Make `name` the configuration's method: its section rebuilt from its defaults and the given keys."""
     cfg.method = new_section(name, cfg.method_keys)
 
 
-def set_method_key(cfg: Config, key: str, value: Any, text: bool = False, source: str | None = None) -> None:
+def set_method_key(cfg: WithMethod, key: str, value: Any, text: bool = False, source: str | None = None) -> None:
     """Set `method.<key>` (`name`, a method key, or `METHOD.KEY`): recorded as given, and applied to
     the section now when the chosen method has it."""
     if key == "name":
@@ -129,7 +133,7 @@ def _warn_once(message: str) -> None:
     log.warning(message)
 
 
-def settle(cfg: Config, methods: Sequence[str]) -> None:
+def settle(cfg: WithMethod, methods: Sequence[str]) -> None:
     """Refuse (the command line) or drop (a file: see the module docstring) each given method key
     that none of `methods`, the methods this configuration serves, has."""
     for key, given in list(cfg.method_keys.items()):
@@ -142,7 +146,7 @@ def settle(cfg: Config, methods: Sequence[str]) -> None:
         del cfg.method_keys[key]
 
 
-def check_sections(cfg: Config, methods: Sequence[str]) -> None:
+def check_sections(cfg: WithMethod, methods: Sequence[str]) -> None:
     """Each of `methods`' sections as `cfg` builds it: the valid ranges of its keys and its own check."""
     for m in methods:
         section = cfg.method if m == cfg.method.name else new_section(m, cfg.method_keys)

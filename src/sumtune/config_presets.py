@@ -1,15 +1,32 @@
 """Presets: a set of decoding keys (`eval.preset`, DECODING_PRESETS) and a dataset's columns,
 cleaning, decoding preset and source (`data.preset`, DATA_PRESETS), written into a configuration
-when the preset key is set (`sumtune.config.set_key`), so that keys set after it override it."""
+when the preset key is set (`sumtune.config.set_key`), so that keys set after it override it; and
+the `eval:` section, which the decoding presets write."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from sumtune.errors import UserError
 
-if TYPE_CHECKING:
-    from sumtune.config import Config, EvalConfig
+
+@dataclass
+class EvalConfig:
+    preset: Literal["greedy", "cnndm", "xsum", "samsum"] = "greedy"  # see DECODING_PRESETS; later keys override it
+    batch_size: int = 8
+    num_beams: int = 1
+    max_new_tokens: int = 128
+    min_new_tokens: int = 0  # no stop (EOS or blank line) before this many new tokens
+    no_repeat_ngram_size: int = 0
+    length_penalty: float = 1.0
+    max_sentences: int = 0  # keep the first N sentences of a summary; 0 = all
+    select_samples: int = 64  # train.select_by other than loss: the first N validation rows decoded each validation
+    metrics: list[str] = field(default_factory=lambda: ["rouge"])  # EVAL_METRICS; rouge always, bertscore optional
+    bertscore_model: str = "roberta-large"  # a Hub name or a local directory (bert-score's default for English)
+    bertscore_layers: int | None = None  # the layer scored; None = bert-score's tuned one (needed for other models)
+    bertscore_rescale: bool = False  # rescale with bert-score's English baseline for the model
+
 
 # Decoding presets: setting `eval.preset` writes these values into the eval section at that moment,
 # so keys set after it override them (within one layer of configuration the preset goes first).
@@ -63,23 +80,6 @@ def apply_preset(ev: EvalConfig, name: str) -> EvalConfig:
     for key, value in DECODING_PRESETS[name].items():
         setattr(ev, key, value)
     return ev
-
-
-def apply_data_preset(cfg: Config, name: str) -> Config:
-    """Set `data.preset` and write that dataset's keys into `cfg` (in place; returned): its columns,
-    cleaning and decoding preset, and its source when data.source is empty. "none" sets nothing else."""
-    if name != "none" and name not in DATA_PRESETS:
-        raise UserError(f"config key 'data.preset': got {name!r}, expected one of none, {', '.join(DATA_PRESETS)}")
-    cfg.data.preset = name
-    if name == "none":
-        return cfg
-    preset = DATA_PRESETS[name]
-    for key in ("article_column", "summary_column", "id_column", "clean"):
-        setattr(cfg.data, key, preset[key])
-    if not cfg.data.source.strip():
-        cfg.data.source = preset["source_default"]
-    apply_preset(cfg.eval, preset["decoding"])
-    return cfg
 
 
 def decoding_summary(cfg: EvalConfig) -> dict[str, Any]:
