@@ -141,7 +141,7 @@ def test_experiment_refuses_an_unavailable_model_before_training(tiny_neo, kaggl
 def _finished_run(tmp_path, model_dir, data_dir, method, name):
     torch.manual_seed(0)
     run, *_ = make_run(tmp_path / name, model_dir, method,
-                       sets=(f"data.source={data_dir}", "train.precision=fp32", "method.r=4"))
+                       sets=(f"data.source={data_dir}", "train.precision=fp32", "method.lora.r=4"))
     atomic_write_json(run / "results.json", {"method": method, "finished": True, "train_seconds": 1.0,
                                              "trainable_params": 10, "total_params": 100})
     return run

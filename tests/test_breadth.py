@@ -106,7 +106,7 @@ def test_qlora_is_refused_without_cuda_before_anything_loads(tiny_gpt2, kaggle_d
                "--output-dir", str(out), "--precision", "fp32", "--set", "method.quantize=4bit"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and len(err) == 1 and "method.quantize=4bit" in err[0] and "CUDA" in err[0]
-    with pytest.raises(UserError, match="QLoRA, for method lora only"):
+    with pytest.raises(UserError, match="method ia3 has no key 'quantize'.*lora has it"):
         build_config(sets=["method.name=ia3", "method.quantize=4bit"])
 
 

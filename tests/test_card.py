@@ -25,8 +25,8 @@ from sumtune.metrics import ROUGE_KEYS
 from sumtune.runs import load_run
 
 SMALL = ["--batch-size", "4", "--grad-accum", "1", "--max-length", "160", "--precision", "fp32",
-         "--set", "data.max_summary_length=48", "--max-eval-samples", "2", "--set", "method.r=4",
-         "--set", "method.n_tokens=2"]
+         "--set", "data.max_summary_length=48", "--max-eval-samples", "2", "--set", "method.lora.r=4",
+         "--set", "method.prompt_tuning.n_tokens=2"]
 # lora: 12 steps at a high rate, enough for the tiny model's summaries to share words with the references
 STEPS = {"lora": ["--max-steps", "12", "--lr", "0.1"], "prompt_tuning": ["--max-steps", "1"]}
 NAMES = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"}

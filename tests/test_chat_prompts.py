@@ -143,7 +143,7 @@ def test_chat_format_trains_and_evaluates_end_to_end(tiny_chat, kaggle_dir, tmp_
               "--set", "data.max_summary_length=48"]
     assert main(["train", "--method", method, "--model", str(tiny_chat), "--data", str(kaggle_dir),
                  "--output-dir", str(run), "--max-steps", "2", "--batch-size", "4", "--grad-accum", "1",
-                 "--max-length", "256", "--precision", "fp32", "--set", "method.n_tokens=4", "--set", "method.r=4",
+                 "--max-length", "256", "--precision", "fp32", "--set", "method.prompt_tuning.n_tokens=4", "--set", "method.lora.r=4",
                  *common]) == 0
     assert main(["evaluate", str(run), "--limit", "3", "--max-new-tokens", "8", "--batch-size", "3"]) == 0
     metrics = json.loads((run / "eval/test/metrics.json").read_text())

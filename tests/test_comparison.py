@@ -19,7 +19,7 @@ from sumtune.recipes.experiment import Plan
 def _flags(out, model_dir, data, **extra):
     flags = {"model.name": str(model_dir), "data.source": str(data), "output_dir": str(out),
              "train.batch_size": 4, "train.grad_accum": 1, "train.precision": "fp32", "data.max_length": 192,
-             "data.max_summary_length": 48, "eval.max_new_tokens": 6, "method.n_tokens": 4, "method.r": 4,
+             "data.max_summary_length": 48, "eval.max_new_tokens": 6, "method.prompt_tuning.n_tokens": 4, "method.lora.r": 4,
              "train.max_steps": 3}
     flags.update(extra)
     return flags
@@ -40,7 +40,7 @@ def test_each_rows_peak_memory_is_its_own(tiny_neo, kaggle_dir, tmp_path):
     process (before, each row reported the maximum over every earlier run)."""
     common = ["--model", str(tiny_neo), "--data", str(kaggle_dir), "--max-steps", "3", "--precision", "fp32",
               "--batch-size", "4", "--grad-accum", "1", "--max-length", "192", "--set", "data.max_summary_length=48",
-              "--set", "method.r=4", "--set", "method.n_tokens=4", "--set", "train.lr=3e-4"]
+              "--set", "method.lora.r=4", "--set", "method.prompt_tuning.n_tokens=4", "--set", "train.lr=3e-4"]
     _cli("experiment", *common, "--output-dir", str(tmp_path / "exp"), "--eval-limit", "1", "--decoding", "greedy",
          "--set", "eval.max_new_tokens=2")
     for method in ("prompt_tuning", "lora", "last_layers"):  # trained after others in the same process

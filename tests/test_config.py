@@ -47,9 +47,28 @@ def test_classic_recipe_defaults():
 
 def test_default_yaml_is_the_defaults():
     text = (CONFIGS / "default.yaml").read_text()
-    missing = set(_flat(Config().to_dict())) - set(_flat(yaml.safe_load(text)))
+    missing = set(_flat({k: v for k, v in Config().to_dict().items() if k != "method"})) - set(_flat(yaml.safe_load(text)))
     assert not missing, f"add these keys to configs/default.yaml: {sorted(missing)}"
     assert build_config(str(CONFIGS / "default.yaml")) == Config()
+
+
+def test_default_yaml_has_each_registered_methods_section():
+    """default.yaml's `method:` holds the default method's name and, under each method's name, exactly
+    the keys its config dataclass declares, at their defaults (a method without keys has none)."""
+    import dataclasses
+
+    from sumtune.methods import CONFIGS as REGISTERED
+    from sumtune.methods import DEFAULT_METHOD
+
+    method = yaml.safe_load((CONFIGS / "default.yaml").read_text())["method"]
+    assert method.pop("name") == DEFAULT_METHOD
+    expected = {}
+    for name, cls in REGISTERED.items():
+        own = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+               for f in dataclasses.fields(cls) if f.name != "name"}
+        if own:
+            expected[name] = own
+    assert method == expected
 
 
 def test_cnndm_21k_preset():
@@ -232,26 +251,110 @@ def test_bad_decoding_values(sets, expected):
     assert "\n" not in str(e.value) and all(t in str(e.value) for t in expected)
 
 
-def test_method_section_is_built_from_each_methods_own_config():
-    """Every key of `method:` is declared by a method's own config dataclass, once per meaning: a key
-    two methods share has one type and default; each method records exactly its own keys."""
+def test_a_runs_method_section_holds_its_own_keys_only(tmp_path):
+    """The `method:` section is the chosen method's own config dataclass: `name`, then exactly the keys
+    that dataclass declares; the saved config.yaml holds those and nothing of another method."""
     import dataclasses
 
-    from sumtune.config import METHODS, MethodConfig
+    from sumtune.config import METHODS
     from sumtune.methods import CONFIGS, get_method
 
-    section = {f.name for f in dataclasses.fields(MethodConfig)} - {"name"}
-    declared = {f.name for cls in CONFIGS.values() for f in dataclasses.fields(cls)}
-    assert section == declared
     assert tuple(CONFIGS) == METHODS
-    cfg = build_config(sets=["method.name=lora", "method.r=4", "method.n_tokens=3"])
     for name, cls in CONFIGS.items():
-        method = get_method(name)
-        assert method.config_class is cls
-        own = method.options(cfg.method)
-        assert type(own) is cls
-        assert method.method_config(cfg.method) == {f.name: getattr(cfg.method, f.name) for f in dataclasses.fields(cls)}
-    assert get_method("lora").options(cfg.method).r == 4 and get_method("p_tuning").options(cfg.method).n_tokens == 3
+        cfg = build_config(sets=[f"method.name={name}"])
+        declared = [f.name for f in dataclasses.fields(cls) if f.name != "name"]
+        assert type(cfg.method) is cls and get_method(name).config_class is cls
+        save_config(cfg, tmp_path / "config.yaml")
+        saved = yaml.safe_load((tmp_path / "config.yaml").read_text())["method"]
+        assert list(saved) == ["name", *declared] and saved["name"] == name
+        assert get_method(name).method_config(cfg.method) == {k: saved[k] for k in declared}
+    cfg = build_config(sets=["method.name=lora", "method.r=4"])
+    assert get_method("lora").options(cfg.method).r == 4 and not hasattr(cfg.method, "n_tokens")
+
+
+@pytest.mark.parametrize(
+    "sets, expected",
+    [
+        (["method.name=lora", "method.n_tokens=8"],
+         ["'method.n_tokens'", "method lora has no key", "r, alpha, dropout", "prompt_tuning, prefix_tuning, p_tuning have it"]),
+        (["method.name=prompt_tuning", "method.quantize=4bit"], ["'method.quantize'", "prompt_tuning", "lora has it"]),
+        (["method.name=zero_shot", "method.r=4"], ["'method.r'", "zero_shot", "(its keys: none)"]),
+        (["method.name=lora", "method.rank=4"], ["unknown config key 'method.rank'", "no method has it", "r, alpha"]),
+        (["method.lora.n_tokens=4"], ["'method.lora.n_tokens'", "method lora has no key"]),
+        (["method.adapter.r=4"], ["'method.adapter.r'", "'adapter' is no method"]),
+        (["method.lora=4"], ["'method.lora' is a section"]),
+    ],
+)
+def test_a_method_key_the_method_lacks_is_one_line_naming_the_method_and_its_keys(sets, expected):
+    with pytest.raises(UserError) as e:
+        build_config(sets=sets)
+    msg = str(e.value)
+    assert "\n" not in msg and all(text in msg for text in expected), msg
+
+
+def test_changing_the_method_carries_over_only_the_keys_set_explicitly(tmp_path):
+    """--method after a --config, and experiment's per-method copies: the new method's section is
+    its defaults plus the given keys it has; a key it shares with the old method keeps its default
+    unless it was given. A key under a method's own name applies to that method only."""
+    import copy
+
+    from sumtune.config import set_method
+
+    f = _yaml(tmp_path, {"method": {"name": "lora", "r": 4, "p_tuning": {"encoder_hidden": 32},
+                                    "prefix_tuning": {"encoder_hidden": 8}}})
+    cfg = build_config(f, {"method.name": "ia3"}, ["method.target_modules=c_attn", "method.n_tokens=3"],
+                       methods=("ia3", "lora", "prompt_tuning", "p_tuning", "prefix_tuning"))
+    assert (cfg.method.name, cfg.method.target_modules) == ("ia3", ["c_attn"])
+    copies = {}
+    for name in ("lora", "p_tuning", "prefix_tuning", "prompt_tuning", "last_layers"):
+        copies[name] = copy.deepcopy(cfg)
+        set_method(copies[name], name)
+    assert (copies["lora"].method.r, copies["lora"].method.target_modules, copies["lora"].method.alpha) == (4, ["c_attn"], 16)
+    assert (copies["p_tuning"].method.encoder_hidden, copies["p_tuning"].method.n_tokens) == (32, 3)
+    assert copies["prefix_tuning"].method.encoder_hidden == 8
+    assert copies["prompt_tuning"].method.n_tokens == 3 and copies["last_layers"].method.train_head is True
+    # a key both methods have, not given: the new method's default
+    lora = build_config(sets=["method.name=lora", "method.target_modules=c_attn"])
+    ia3 = copy.deepcopy(build_config(sets=["method.name=ia3"]))
+    set_method(ia3, "lora")
+    assert ia3.method.target_modules == [] and lora.method.target_modules == ["c_attn"]
+    with pytest.raises(AttributeError, match="set_method"):
+        ia3.method.name = "ia3"  # a section stays its method's: set_method rebuilds it
+
+
+def test_a_file_key_of_another_method_is_dropped_with_a_warning(tmp_path, caplog):
+    """A --config file (or a saved run) naming a key the chosen method lacks: dropped, silently at a
+    method's default (old flat sections), with a warning otherwise; --set refuses it."""
+    f = _yaml(tmp_path, {"method": {"name": "lora", "n_tokens": 20, "r": 4}})
+    with caplog.at_level("WARNING"):
+        assert build_config(f) == build_config(sets=["method.name=lora", "method.r=4"])
+    assert not caplog.records
+    f = _yaml(tmp_path, {"method": {"name": "lora", "n_tokens": 7}})
+    with caplog.at_level("WARNING"):
+        assert build_config(f) == Config()
+    assert "method.n_tokens=7 ignored" in caplog.text and "method lora has no key 'n_tokens'" in caplog.text
+
+
+def test_method_help_is_listed(capsys):
+    """`sumtune methods`: every registered method with each key, its default and its help text."""
+    import dataclasses
+
+    from sumtune.cli import main
+    from sumtune.methods import CONFIGS as REGISTERED
+
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name, cls in REGISTERED.items():
+        assert f"\n{name}: " in "\n" + out
+        for f in dataclasses.fields(cls):
+            if f.name != "name":
+                assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text"
+                assert f"method.{f.name} = " in out and f.metadata["help"] in out
+    assert main(["methods", "lora"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("lora: ") and "method.r = 8 " in out and "rank of the update matrices" in out
+    assert "n_tokens" not in out
+    assert main(["methods", "nope"]) == 2 and "unknown method 'nope'" in capsys.readouterr().err
 
 
 def test_every_method_that_trains_declares_its_lr_grids():
@@ -265,29 +368,6 @@ def test_every_method_that_trains_declares_its_lr_grids():
         assert set(cls.LR_GRIDS) == set(cls.DEMO_LR_GRIDS)
     blocks = build_config(sets=["method.name=last_layers", "method.train_head=false", "method.last_k_blocks=1"])
     assert grid_key(blocks) == "last_layers_blocks" and LR_GRID["last_layers_blocks"] == (3e-5, 1e-4, 3e-4)
-
-
-def test_method_keys_declared_twice_must_agree():
-    from dataclasses import dataclass
-
-    from sumtune.config import method_section
-    from sumtune.methods import CONFIGS
-    from sumtune.methods.config_base import MethodConfigBase
-
-    @dataclass
-    class Other(MethodConfigBase):
-        n_tokens: int = 5  # prompt tuning's default is 20
-
-    with pytest.raises(TypeError, match="'n_tokens'"):
-        method_section({**CONFIGS, "other": Other})
-
-    @dataclass
-    class Wider(MethodConfigBase):
-        n_tokens: int = 20
-        RANGES = {"n_tokens": (lambda v: v >= 0, "an integer >= 0")}
-
-    with pytest.raises(TypeError, match="'n_tokens'.*another valid range"):
-        method_section({**CONFIGS, "wider": Wider})
 
 
 def test_parsing_a_config_does_not_import_torch():

@@ -145,7 +145,7 @@ def test_evaluation_on_another_dataset_is_recorded_and_labelled_in_the_report(ti
         assert main(["train", "--method", method, "--model", str(tiny_gpt2), "--data", str(kaggle_dir),
                      "--output-dir", str(run), "--max-steps", "1", "--batch-size", "4", "--grad-accum", "1",
                      "--max-length", "192", "--precision", "fp32", "--set", "data.max_summary_length=48",
-                     "--set", "method.r=4"]) == 0
+                     "--set", "method.lora.r=4"]) == 0
         runs.append(run)
     common = ["--limit", "3", "--max-new-tokens", "6", "--decoding", "greedy"]
     assert main(["evaluate", str(runs[0]), *common]) == 0

@@ -35,8 +35,8 @@ def _finished_run(tmp_path, model_dir, data_dir, method="lora", name="run"):
     RNG, later tests advance it)."""
     torch.manual_seed(0)
     run, cfg, model, tok = make_run(tmp_path / name, model_dir, method,
-                                    sets=(f"data.source={data_dir}", "train.precision=fp32", "method.n_tokens=4",
-                                          "method.r=4"))
+                                    sets=(f"data.source={data_dir}", "train.precision=fp32", "method.prompt_tuning.n_tokens=4",
+                                          "method.lora.r=4"))
     atomic_write_json(run / "results.json", {"method": method, "finished": True})
     return run, model, tok
 

@@ -49,16 +49,16 @@ def _argv(method, model, data, out, batch: int, *extra: str) -> list[str]:
     return ["train", "--method", method, "--model", str(model), "--data", str(data), "--output-dir", str(out),
             "--epochs", "2", "--max-train-samples", "22", "--batch-size", str(batch), "--grad-accum", "2",
             "--max-length", "192", "--lr", "1e-2" if method == "lora" else "1e-3", "--precision", "fp32",
-            "--set", "data.max_summary_length=64", "--set", "method.r=4", "--set", "train.eval_steps=2", *extra]
+            "--set", "data.max_summary_length=64", "--set", "method.lora.r=4", "--set", "train.eval_steps=2", *extra]
 
 
 @pytest.mark.parametrize("method,weights", [("lora", "adapter_model.safetensors"), ("full", "weights.safetensors")])
 def test_fsdp_two_processes_equalmain_one_thread(method, weights, tiny_neo, kaggle_dir, tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
-    proc = subprocess.run([*FSDP_LAUNCH, *_argv(method, tiny_neo, kaggle_dir, two, 2, "--set", "method.dropout=0")],
+    proc = subprocess.run([*FSDP_LAUNCH, *_argv(method, tiny_neo, kaggle_dir, two, 2, "--set", "method.lora.dropout=0")],
                           capture_output=True, text=True, env=_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    main_one_thread(_argv(method, tiny_neo, kaggle_dir, one, 4, "--set", "method.dropout=0"))
+    main_one_thread(_argv(method, tiny_neo, kaggle_dir, one, 4, "--set", "method.lora.dropout=0"))
 
     res2, res1 = (json.loads((r / "results.json").read_text()) for r in (two, one))
     assert res2["distributed"] == {"type": "MULTI_CPU", "processes": 2, "fsdp_version": 2, "cpu_offload": False,

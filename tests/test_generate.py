@@ -64,7 +64,7 @@ def _reference(method: str, run, model, tokenizer, model_dir):
 @pytest.mark.parametrize("method", ["zero_shot", "prompt_tuning", "lora", "last_layers", "full"])
 def test_greedy_equals_hf_generate(method, tiny_neo, tmp_path):
     run, _cfg, model, tokenizer = make_run(tmp_path / "run", tiny_neo, method,
-                                           sets=("method.n_tokens=5", "method.r=4"), steps=2)
+                                           sets=("method.prompt_tuning.n_tokens=5", "method.lora.r=4"), steps=2)
     lm, soft = _reference(method, run, model, tokenizer, tiny_neo)
     prompts = _prompts(tokenizer)
     eos = _pick_eos([_hf(lm, p, tokenizer.eos_token_id, soft) for p in prompts])
@@ -79,7 +79,7 @@ def test_greedy_equals_hf_generate(method, tiny_neo, tmp_path):
 @pytest.mark.parametrize("method", ["prompt_tuning", "lora"])
 def test_greedy_equals_hf_generate_gpt2(method, tiny_gpt2, tmp_path):
     run, _cfg, model, tokenizer = make_run(tmp_path / "run", tiny_gpt2, method,
-                                           sets=("method.n_tokens=4", "method.r=4"), steps=2)
+                                           sets=("method.prompt_tuning.n_tokens=4", "method.lora.r=4"), steps=2)
     lm, soft = _reference(method, run, model, tokenizer, tiny_gpt2)
     prompts = _prompts(tokenizer)
     expected = [_hf(lm, p, tokenizer.eos_token_id, soft) for p in prompts]

@@ -51,7 +51,7 @@ FULL = [c for c in itertools.product(ARCHS, CASES) if c not in DEFAULT]
 def _train(model_dir, data_dir, out, case):
     method, sets = CASES[case]
     flags = {"model.name": str(model_dir), "data.source": str(data_dir), "output_dir": str(out),
-             "method.name": method, "method.dropout": 0.0, "train.precision": "fp32", "train.max_steps": 2,
+             "method.name": method, "method.lora.dropout": 0.0, "train.precision": "fp32", "train.max_steps": 2,
              "train.lr": 1e-2, "train.warmup_ratio": 0.0, "data.max_length": 160, "data.max_summary_length": 48,
              "train.batch_size": 2, "train.grad_accum": 1, "data.max_train_samples": 4,
              "data.max_eval_samples": 2}

@@ -22,7 +22,7 @@ from sumtune.training.state import method_model
 
 def _loss_and_grads(model_dir, method: str, checkpointing: bool):
     cfg = build_config(flags={"model.name": str(model_dir), "method.name": method},
-                       sets=["method.r=4", "method.dropout=0.1", "train.precision=fp32",
+                       sets=["method.lora.r=4", "method.lora.dropout=0.1", "train.precision=fp32",
                              f"train.gradient_checkpointing={str(checkpointing).lower()}"])
     tok = load_tokenizer(cfg.model.name)
     torch.manual_seed(0)

@@ -278,8 +278,9 @@ def test_last_layers_without_head_needs_something_to_train(tiny_neo):
         msg = str(e.value)
         assert "\n" not in msg
         assert all(key in msg for key in ("method.train_head", "method.last_k_blocks", "method.train_final_norm"))
-    # keys of another method are not checked
-    assert build_config(sets=["method.name=lora", "method.train_head=false"]).method.train_head is False
+    # a key of another method is refused, naming the method that has it
+    with pytest.raises(UserError, match="method lora has no key 'train_head'.*last_layers has it"):
+        build_config(sets=["method.name=lora", "method.train_head=false"])
 
 
 @pytest.mark.parametrize("train_head", [True, False])

@@ -54,7 +54,7 @@ def _write_eval(run, method):
 
 
 def _run(root, model_dir, method, trainable, sets=(), name=None):
-    run, *_ = make_run(root / (name or method), model_dir, method, sets=("method.r=4", *sets))
+    run, *_ = make_run(root / (name or method), model_dir, method, sets=("method.lora.r=4", *sets))
     atomic_write_json(run / "results.json", {
         "method": method, "trainable_params": trainable, "total_params": 1000, "train_seconds": 10.0 + trainable,
         "epochs_run": 2, "best_val_loss": 2.5, "peak_memory_mb": 300.0, "tokens_per_s": 950.0, "finished": True})

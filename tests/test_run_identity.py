@@ -78,6 +78,64 @@ def test_experiment_refuses_data_whose_content_changed(tiny_neo, kaggle_dir, tmp
         experiment.run_experiment(cfg, Plan(eval_limit=2))
 
 
+
+# The `method:` section as sumtune wrote it before each method had its own (every method's keys), copied
+# from a LoRA run of the real study (runs/study_smollm2_cnndm/lora/config.yaml, written 2026-05).
+FLAT_METHOD = """\
+method:
+  name: lora
+  n_tokens: 20
+  init_text: 'SUMMARIZE the following news article in a few sentences:'
+  init_random: false
+  prefix_projection: false
+  encoder_hidden: 0
+  encoder: mlp
+  r: 8
+  alpha: 16
+  dropout: 0.05
+  target_modules: []
+  use_dora: false
+  use_rslora: false
+  quantize: none
+  last_k_blocks: 0
+  train_final_norm: false
+  train_head: true
+"""
+
+
+@pytest.mark.parametrize("method", ["lora", "prompt_tuning", "zero_shot"])
+@pytest.mark.parametrize("given", [{}, {"n_tokens": 4, "r": 4}])
+def test_a_run_saved_with_the_flat_method_section_has_the_same_settings(method, given, tmp_path, caplog):
+    """A run directory from before per-method sections still loads, as its method's keys only, and an
+    experiment (or a resume) with the same settings finds no difference: a finished run stays finished.
+    `given`: the experiment's --set method keys, which the old code saved into every method's section."""
+    import yaml
+
+    out = tmp_path / "ex"
+    flags = {k: v for k, v in _flags(out, tmp_path / "model", tmp_path / "data").items() if not k.startswith("method.")}
+    cfg = experiment._method_cfg(build_config(flags={**flags, **{f"method.{k}": v for k, v in given.items()}}),
+                                 method, out / method, 1e-3)
+    old = cfg.to_dict()
+    old["method"] = {**yaml.safe_load(FLAT_METHOD)["method"], **given, "name": method}
+    (out / method).mkdir(parents=True)
+    (out / method / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    with caplog.at_level("WARNING"):
+        loaded = load_run_config(out / method)
+    assert type(loaded.method) is type(cfg.method) and loaded.to_dict() == cfg.to_dict()
+    assert experiment.config_differences(loaded, cfg) == []
+    experiment._check_same(out / method, cfg, overwrite=False, memo={})  # no refusal, nothing removed
+    assert (out / method / "config.yaml").is_file()
+    # a non-default key of another method is dropped with a warning naming it; defaults silently
+    foreign = [k for k in given if not hasattr(cfg.method, k)]
+    assert all(f"method.{k}=4 ignored" in caplog.text for k in foreign)
+    assert bool(caplog.records) == bool(foreign)
+    # a changed key of the run's own method is still a difference
+    if method == "lora":
+        changed = experiment._method_cfg(build_config(flags={**flags, **{f"method.{k}": v for k, v in given.items()},
+                                                             "method.r": 16}), method, out / method, 1e-3)
+        assert [k for k, *_ in experiment.config_differences(loaded, changed)] == ["method.r"]
+
+
 # 3. resume does not notice changed data ---------------------------------------------------------
 
 
@@ -152,6 +210,7 @@ def test_max_length_beyond_positions_is_refused_and_leaves_nothing(tiny_gpt2, ka
     # a prompt-tuning run counts its virtual tokens
     argv = _train_argv(tiny_gpt2, kaggle_dir, out, "--max-length", "1024", "--max-steps", "1")
     argv[argv.index("lora")] = "prompt_tuning"
+    argv[argv.index("method.r=4")] = "method.lora.r=4"  # a key of lora's: prompt tuning has none such
     err = _error(argv + ["--set", "method.n_tokens=8"], capsys)
     assert "soft-prompt tokens" in err and "--max-length 1016" in err and not out.exists()
     # and then the same command, fixed, runs (no "already holds a run")
@@ -239,8 +298,8 @@ def test_summarize_several_runs_and_compare_split(tiny_neo, kaggle_dir, tmp_path
 
     from sumtune.recipes.evaluate import evaluate_run
 
-    runs = [make_run(tmp_path / m, tiny_neo, m, sets=(f"data.source={kaggle_dir}", "method.r=4",
-                                                     "method.n_tokens=4"))[0] for m in ("lora", "prompt_tuning")]
+    runs = [make_run(tmp_path / m, tiny_neo, m, sets=(f"data.source={kaggle_dir}", "method.lora.r=4",
+                                                     "method.prompt_tuning.n_tokens=4"))[0] for m in ("lora", "prompt_tuning")]
     monkeypatch.setattr("sys.stdin", io.StringIO("A storm hit the coast on Monday. Officials said roads closed."))
     capsys.readouterr()
     assert main(["summarize", *map(str, runs), "--max-new-tokens", "4"]) == 0

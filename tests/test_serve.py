@@ -29,7 +29,7 @@ from sumtune.tiny import synthetic_news
 
 METHODS = ("zero_shot", "prompt_tuning", "lora", "last_layers")
 # fp32: a row's summary then does not depend on the rows it shares a batch with (see multirun)
-SETS = ("train.precision=fp32", "method.n_tokens=4", "method.r=4")
+SETS = ("train.precision=fp32", "method.prompt_tuning.n_tokens=4", "method.lora.r=4")
 FAST = {"max_new_tokens": 12}
 TEXTS = [r["article"] for r in synthetic_news(3, seed=7)]
 

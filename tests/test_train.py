@@ -32,7 +32,7 @@ def one_thread():
 
 def _cfg(model_dir, data_dir, out, **flags):
     base = {"model.name": str(model_dir), "data.source": str(data_dir), "output_dir": str(out),
-            "method.name": "lora", "method.r": 4, "method.dropout": 0.0, "train.precision": "fp32",
+            "method.name": "lora", "method.lora.r": 4, "method.lora.dropout": 0.0, "train.precision": "fp32",
             "data.max_length": 192, "data.max_summary_length": 64, "train.batch_size": 2, "train.grad_accum": 1}
     base.update(flags)
     return build_config(flags=base)
@@ -70,7 +70,7 @@ def test_accumulation_equals_one_large_batch(tiny_neo, kaggle_dir, tmp_path, met
     runs = {}
     for b, a in ((1, 4), (4, 1)):
         cfg = _cfg(tiny_neo, kaggle_dir, tmp_path / f"b{b}a{a}", **{
-            "method.name": method, "method.n_tokens": 4, "train.batch_size": b, "train.grad_accum": a,
+            "method.name": method, "method.prompt_tuning.n_tokens": 4, "train.batch_size": b, "train.grad_accum": a,
             "train.max_steps": 3, "train.lr": 1e-2, "train.warmup_ratio": 0.0})
         runs[(b, a)] = _adapter(recipe.train(cfg), method)
     small, large = runs[(1, 4)], runs[(4, 1)]
@@ -79,7 +79,7 @@ def test_accumulation_equals_one_large_batch(tiny_neo, kaggle_dir, tmp_path, met
         assert float((small[k] - large[k]).norm() / large[k].norm()) < 1e-6, k
     # the weights moved from their initialisation by far more than the tolerance
     m = get_method(method)
-    cfg = _cfg(tiny_neo, kaggle_dir, "x", **{"method.name": method, "method.n_tokens": 4})
+    cfg = _cfg(tiny_neo, kaggle_dir, "x", **{"method.name": method, "method.prompt_tuning.n_tokens": 4})
     torch.manual_seed(cfg.train.seed)
     m.save(m.prepare(load_model(str(tiny_neo)), load_tokenizer(str(tiny_neo)), m.options(cfg.method)), tmp_path / "init" / "adapter",
            {"method": method})
@@ -104,7 +104,7 @@ def test_per_micro_batch_mean_would_differ(tiny_neo, kaggle_dir):
 def test_param_groups_decay_matrices_only(tiny_neo, kaggle_dir):
     tok = load_tokenizer(str(tiny_neo))
     for method in ("prompt_tuning", "full"):
-        cfg = _cfg(tiny_neo, kaggle_dir, "x", **{"method.name": method, "method.n_tokens": 4})
+        cfg = _cfg(tiny_neo, kaggle_dir, "x", **{"method.name": method, "method.prompt_tuning.n_tokens": 4})
         m = get_method(method)
         model = m.prepare(load_model(str(tiny_neo)), tok, m.options(cfg.method))
         decay, no_decay = state.param_groups(model, 0.1, get_method(method))

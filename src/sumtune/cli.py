@@ -51,7 +51,8 @@ def _add_train_flags(p: argparse.ArgumentParser, with_method: bool) -> None:
     p.add_argument("--report-to", metavar="NAME,...",
                    help="experiment trackers (train.report_to): " + ", ".join(TRACKERS))
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set method.r=16 (repeatable)")
+                   help="override any config key, e.g. --set method.r=16 (repeatable; `sumtune methods` lists "
+                        "each method's keys)")
 
 
 def _add_data_preset_flag(p: argparse.ArgumentParser) -> None:
@@ -157,6 +158,10 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--timeout", type=number, default=120.0, help="seconds per request, queue included (504 after)")
     p.add_argument("--max-queue", type=positive_int, default=32, help="requests waiting at most (503 beyond)")
 
+    p = sub.add_parser("methods", help="each method's keys (method.KEY), with their defaults and help")
+    p.add_argument("names", nargs="?", type=methods_choice, default=(), metavar="METHOD,...",
+                   help="only these methods (default: all)")
+
 
 def _add_experiment_flags(p: argparse.ArgumentParser) -> None:
     """experiment's flags (also plan's): train's without --method, and what the study adds."""
@@ -253,6 +258,10 @@ def _run(a: argparse.Namespace) -> int:
                      data=data, base_model=a.model, data_preset=a.data_preset)
     elif a.command == "summarize":
         _summarize(a)
+    elif a.command == "methods":
+        from sumtune.config_methods import listing
+
+        print(listing(a.names))
     elif a.command == "serve":
         from sumtune.serve import Limits, run_paths, serve
 
@@ -361,10 +370,10 @@ def _experiment_setup(a: argparse.Namespace):
 
     sets = list(a.sets)
     named: set[str] = set()
-    cfg = build_config(a.config, _flags(a), sets, explicit=named)
+    cfg = build_config(a.config, _flags(a), sets, explicit=named, methods=METHODS)  # each method's keys (config_methods)
     if a.decoding or not any(k.startswith("eval.") for k in named):  # one decoding for all: the dataset's, or cnndm
         default = DATA_PRESETS[cfg.data.preset]["decoding"] if cfg.data.preset in DATA_PRESETS else "cnndm"
-        cfg = build_config(a.config, _flags(a), [f"eval.preset={a.decoding or default}", *sets])
+        cfg = build_config(a.config, _flags(a), [f"eval.preset={a.decoding or default}", *sets], methods=METHODS)
     apply_offline_env(cfg.model.name, cfg.data.source)
     plan = Plan(with_full=a.with_full, sweep_lr=a.sweep_lr, eval_limit=a.eval_limit, seeds=max(1, a.seeds),
                 overwrite=getattr(a, "overwrite", False), lr=a.lr, chosen=a.methods,

@@ -6,7 +6,8 @@ Precedence: defaults < `--config FILE` < explicit CLI flags < `--set key=value`.
 (DATA_PRESETS) a dataset's columns, cleaning, decoding preset and (when data.source is empty) its
 source; within one layer (a file, the flags, the --set items, a saved config.yaml) data.preset is
 applied first, then eval.preset, then the other keys: so defaults < preset < explicit keys.
-Every error names the key and the valid choices, in one line.
+Every error names the key and the valid choices, in one line. The presets (and the eval section they
+write) live in config_presets, the `method:` section (the chosen method's own keys) in config_methods.
 """
 
 from __future__ import annotations
@@ -19,12 +20,29 @@ from typing import Any, Literal
 
 import yaml
 
+from sumtune.config_methods import (
+    METHODS,
+    Given,
+    check_sections,
+    new_section,
+    set_method,
+    set_method_key,
+    settle,
+)
+from sumtune.config_presets import (
+    DATA_PRESET_KEY,
+    DATA_PRESETS,
+    DECODING_PRESETS,
+    PRESET_KEY,
+    EvalConfig,
+    apply_preset,
+    decoding_summary,
+)
 from sumtune.config_values import coerce, flatten, from_text, load_yaml, parse_set
 from sumtune.errors import UserError
-from sumtune.methods import CONFIGS as METHOD_CONFIGS
 from sumtune.methods import DEFAULT_METHOD
+from sumtune.methods.config_base import MethodConfigBase
 
-METHODS = tuple(METHOD_CONFIGS)
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 # train.select_by: what picks the kept checkpoint and stops early (the ROUGE keys: of summaries decoded
 # from a fixed validation subset at each validation, training.selection)
@@ -72,35 +90,6 @@ class DataConfig:
     # every training seed of an experiment sees (and is scored on) the same rows
 
 
-def method_section(configs: dict[str, type]) -> type:
-    """The `method:` section: `name` plus every key the methods declare (each in its own
-    `methods/<name>/config.py`), so one flat record holds what a user may set for any method and a
-    run's config.yaml keeps one shape. A key two methods declare must agree in type, default and
-    valid range (`RANGES`, kept on the section)."""
-    fields: dict[str, tuple[str, Any, dataclasses.Field]] = {}
-    ranges: dict[str, Any] = {}
-    for cls in configs.values():
-        for key, valid in cls.RANGES.items():
-            if ranges.setdefault(key, valid) is not valid:
-                raise TypeError(f"method key {key!r}: {cls.__name__} gives it another valid range")
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            same = fields.setdefault(f.name, (cls.__name__, hints[f.name], f))
-            if (same[1], same[2].default, same[2].default_factory) != (hints[f.name], f.default, f.default_factory):
-                raise TypeError(f"method key {f.name!r}: {cls.__name__} and {same[0]} declare it differently")
-    names = tuple(configs)
-    section = dataclasses.make_dataclass(
-        "MethodConfig", [("name", Literal[names], field(default=DEFAULT_METHOD))] + [(n, t, f) for n, (_, t, f) in fields.items()],
-    )
-    section.__module__ = __name__
-    section.__doc__ = "The `method:` section: the chosen method's name and the keys of every method."
-    section.RANGES = ranges
-    return section
-
-
-MethodConfig = method_section(METHOD_CONFIGS)
-
-
 @dataclass
 class TrainConfig:
     epochs: int = 10
@@ -132,77 +121,6 @@ class TrainConfig:
     select_by: Literal["loss", "rouge1", "rouge2", "rougeL", "rougeLsum"] = "loss"  # SELECT_BY: best checkpoint, early stop
 
 
-# Decoding presets: setting `eval.preset` writes these values into the eval section at that moment,
-# so keys set after it override them (within one layer of configuration the preset goes first).
-# "cnndm" is the BART CNN/DailyMail recipe: fairseq's examples/bart/summarize.py (CNN_KWARGS: beam=4,
-# lenpen=2.0, max_len_b=140, min_len=55, no_repeat_ngram_size=3; examples/bart/README.summarization.md
-# points there), the same as facebook/bart-large-cnn's generation config on the Hugging Face Hub
-# (num_beams 4, length_penalty 2.0, no_repeat_ngram_size 3, min_length 56 / max_length 142 counting the
-# decoder's start token). Beam search here keeps `generate`'s early_stopping=False heuristic.
-# "xsum" is the same script's XSUM_KWARGS (beam=6, lenpen=1.0, max_len_b=60, min_len=10,
-# no_repeat_ngram_size=3), as facebook/bart-large-xsum's generation config (num_beams 6, length_penalty
-# 1.0, no_repeat_ngram_size 3, min_length 11 / max_length 62 counting the start token).
-# "samsum" is the decoding with which Tunstall, von Werra and Wolf, "Natural Language Processing with
-# Transformers" (O'Reilly 2022), chapter 6, score PEGASUS fine-tuned on SAMSum (transformersbook/
-# pegasus-samsum): gen_kwargs num_beams 8, length_penalty 0.8, max_length 128; no minimum, no n-gram ban.
-DECODING_PRESETS: dict[str, dict[str, Any]] = {
-    "greedy": {"num_beams": 1, "no_repeat_ngram_size": 0, "length_penalty": 1.0,
-               "min_new_tokens": 0, "max_new_tokens": 128},
-    "cnndm": {"num_beams": 4, "no_repeat_ngram_size": 3, "length_penalty": 2.0,
-              "min_new_tokens": 55, "max_new_tokens": 140},
-    "xsum": {"num_beams": 6, "no_repeat_ngram_size": 3, "length_penalty": 1.0,
-             "min_new_tokens": 10, "max_new_tokens": 60},
-    "samsum": {"num_beams": 8, "no_repeat_ngram_size": 0, "length_penalty": 0.8,
-               "min_new_tokens": 0, "max_new_tokens": 128},
-}
-
-# Dataset presets (`data.preset`, `--data-preset`): the dataset's column names, whether the CNN/DM
-# cleaning applies (it removes CNN/Daily Mail bylines and tags: only for cnndm), its decoding preset,
-# and `source_default`, written to data.source only while that is empty (offline: the Hub's
-# one-line error says to pass a local copy with --data). Columns as the Hub copies name them:
-# abisee/cnn_dailymail (article, highlights, id), EdinburghNLP/xsum (document, summary, id),
-# knkarthick/samsum (dialogue, summary, id).
-DATA_PRESETS: dict[str, dict[str, Any]] = {
-    "cnndm": {"article_column": "article", "summary_column": "highlights", "id_column": "id", "clean": True,
-              "decoding": "cnndm", "source_default": "hf:abisee/cnn_dailymail:3.0.0"},
-    "xsum": {"article_column": "document", "summary_column": "summary", "id_column": "id", "clean": False,
-             "decoding": "xsum", "source_default": "hf:EdinburghNLP/xsum"},
-    "samsum": {"article_column": "dialogue", "summary_column": "summary", "id_column": "id", "clean": False,
-               "decoding": "samsum", "source_default": "hf:knkarthick/samsum"},
-}
-
-
-@dataclass
-class EvalConfig:
-    preset: Literal["greedy", "cnndm", "xsum", "samsum"] = "greedy"  # see DECODING_PRESETS; later keys override it
-    batch_size: int = 8
-    num_beams: int = 1
-    max_new_tokens: int = 128
-    min_new_tokens: int = 0  # no stop (EOS or blank line) before this many new tokens
-    no_repeat_ngram_size: int = 0
-    length_penalty: float = 1.0
-    max_sentences: int = 0  # keep the first N sentences of a summary; 0 = all
-    select_samples: int = 64  # train.select_by other than loss: the first N validation rows decoded each validation
-    metrics: list[str] = field(default_factory=lambda: ["rouge"])  # EVAL_METRICS; rouge always, bertscore optional
-    bertscore_model: str = "roberta-large"  # a Hub name or a local directory (bert-score's default for English)
-    bertscore_layers: int | None = None  # the layer scored; None = bert-score's tuned one (needed for other models)
-    bertscore_rescale: bool = False  # rescale with bert-score's English baseline for the model
-
-
-PRESET_KEY = "eval.preset"
-DATA_PRESET_KEY = "data.preset"
-
-
-def apply_preset(ev: EvalConfig, name: str) -> EvalConfig:
-    """Set `ev.preset` and write that preset's decoding values into `ev` (in place; returned)."""
-    if name not in DECODING_PRESETS:
-        raise UserError(f"config key 'eval.preset': got {name!r}, expected one of {', '.join(DECODING_PRESETS)}")
-    ev.preset = name
-    for key, value in DECODING_PRESETS[name].items():
-        setattr(ev, key, value)
-    return ev
-
-
 def apply_data_preset(cfg: Config, name: str) -> Config:
     """Set `data.preset` and write that dataset's keys into `cfg` (in place; returned): its columns,
     cleaning and decoding preset, and its source when data.source is empty. "none" sets nothing else."""
@@ -220,24 +138,19 @@ def apply_data_preset(cfg: Config, name: str) -> Config:
     return cfg
 
 
-def decoding_summary(cfg: EvalConfig) -> dict[str, Any]:
-    """The decoding settings to record with results: the preset's keys with their values, the preset
-    name, the keys whose value differs from the preset (``modified``) and a ``label``: the preset name,
-    with a ``*`` when anything was modified (e.g. "cnndm*")."""
-    preset = DECODING_PRESETS[cfg.preset]
-    modified = [k for k, v in preset.items() if getattr(cfg, k) != v]
-    return {"preset": cfg.preset, "label": cfg.preset + ("*" if modified else ""), "modified": modified,
-            **{k: getattr(cfg, k) for k in preset}, "max_sentences": cfg.max_sentences}
-
-
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    method: MethodConfigBase = field(default_factory=lambda: new_section(DEFAULT_METHOD))  # config_methods
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output_dir: str = "runs/run"
+
+    def __post_init__(self) -> None:
+        # the method keys given (file, flags, --set) by name, kept apart from the section so that a change
+        # of method carries over the explicit ones (config_methods); not a field: not saved, not compared
+        self.method_keys: dict[str, Given] = {}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -253,7 +166,6 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.max_length": (lambda v: v >= 16, "an integer >= 16"),
     "data.max_summary_length": (lambda v: v >= 1, "an integer >= 1"),
     "data.num_proc": (lambda v: v >= 1, "an integer >= 1"),
-    **{f"method.{key}": valid for key, valid in MethodConfig.RANGES.items()},
     "train.epochs": (lambda v: v >= 1, "an integer >= 1"),
     "train.max_steps": (lambda v: v >= 0, "an integer >= 0 (0 = run the epochs)"),
     "train.batch_size": (lambda v: v >= 1, "an integer >= 1"),
@@ -293,12 +205,17 @@ def _type_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def set_key(cfg: Config, key: str, value: Any, text: bool = False) -> None:
+def set_key(cfg: Config, key: str, value: Any, text: bool = False, source: str | None = None) -> None:
     """Set a dotted key (`train.lr`) on the config, coercing and checking its type.
 
     With ``text`` the value is a command-line string (``--set``): it is taken as written,
     except a quoted string or a ``[list]``, which are read as YAML (for escapes like ``\\n``).
+    `source`: the file the value comes from (None: the command line), for the method keys (config_methods).
     """
+    section, _, rest = key.partition(".")
+    if section == "method" and rest:
+        set_method_key(cfg, rest, value, text, source)
+        return
     parts = key.split(".")
     obj: Any = cfg
     for i, part in enumerate(parts):
@@ -324,23 +241,26 @@ def set_key(cfg: Config, key: str, value: Any, text: bool = False) -> None:
                 raise UserError(f"config key '{'.'.join(parts[: i + 1])}' is not a section")
 
 
-def set_keys(cfg: Config, items: typing.Iterable[tuple[str, Any]], text: bool = False) -> None:
+def set_keys(cfg: Config, items: typing.Iterable[tuple[str, Any]], text: bool = False, source: str | None = None) -> None:
     """Set several keys that form one layer of configuration: `data.preset` first, `eval.preset` next,
     then the others in order, so a preset never overrides a key given beside it, whatever the order
     they are written in."""
     first = {DATA_PRESET_KEY: 0, PRESET_KEY: 1}
     for key, value in sorted(items, key=lambda kv: first.get(kv[0], 2)):  # stable: the rest keep their order
-        set_key(cfg, key, value, text=text)
+        set_key(cfg, key, value, text=text, source=source)
 
 
-def validate(cfg: Config) -> Config:
+def validate(cfg: Config, methods: typing.Sequence[str] | None = None) -> Config:
+    """Check every key's range and the keys' combinations; `methods`: those the configuration serves
+    (default: its method), whose keys the given method keys must be (config_methods.settle)."""
+    methods = tuple(methods or (cfg.method.name,))
+    settle(cfg, methods)
+    check_sections(cfg, methods)
     for key, (ok, desc) in _RANGES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if not ok(value):
             raise UserError(f"config key '{key}': got {value!r}, expected {desc}")
-    for cls in METHOD_CONFIGS.values():
-        cls.of(cfg.method).check(cfg.method.name)
     if cfg.train.budget_seconds is not None and cfg.train.budget_flops is not None:
         raise UserError("config keys 'train.budget_seconds' and 'train.budget_flops' are both set; a run has one "
                         "budget: keep one of them")
@@ -376,15 +296,19 @@ def build_config(
     flags: dict[str, Any] | None = None,
     sets: list[str] | None = None,
     explicit: set[str] | None = None,
+    methods: typing.Sequence[str] | None = None,
 ) -> Config:
     """Resolve the configuration: defaults < file < flags (dotted keys, None = unset) < --set.
     Local model and data paths become absolute. `explicit`, when given, receives the keys
-    that the file, flags or --set named."""
+    that the file, flags or --set named. `methods`: the methods the configuration serves, whose keys
+    the given method keys must be (`validate`); by default its method when a layer names method.name
+    (a run's configuration), else every method (an experiment's, which its per-method copies and its
+    own check narrow down)."""
     cfg = Config()
     named: set[str] = set()
     if config_file:
         layer = list(flatten(load_yaml(config_file)).items())
-        set_keys(cfg, layer)
+        set_keys(cfg, layer, source=str(config_file))
         named.update(k for k, _ in layer)
     layer = [(k, v) for k, v in (flags or {}).items() if v is not None]
     set_keys(cfg, layer)
@@ -396,13 +320,15 @@ def build_config(
         explicit.update(named)
     cfg.model.name = absolute_source(cfg.model.name)
     cfg.data.source = absolute_source(cfg.data.source)
-    return validate(cfg)
+    return validate(cfg, methods or ((cfg.method.name,) if "method.name" in named else METHODS))
 
 
-def config_from_dict(d: dict[str, Any]) -> Config:
-    """Rebuild a Config from a run's config.yaml."""
+def config_from_dict(d: dict[str, Any], source: str = "a saved config") -> Config:
+    """Rebuild a Config from a run's config.yaml (`source`); one from before per-method sections, with
+    every method's keys, loads as its method's keys (config_methods.settle drops the others)."""
     cfg = Config()
-    set_keys(cfg, flatten(d).items())
+    set_keys(cfg, flatten(d).items(), source=source)
+    settle(cfg, (cfg.method.name,))
     return cfg
 
 
@@ -440,11 +366,11 @@ def load_run_config(run_dir: str | Path) -> Config:
     p = Path(run_dir) / "config.yaml"
     if not p.is_file():
         raise UserError(f"{run_dir} is not a sumtune run directory (no config.yaml); pass the --output-dir of a train run")
-    return config_from_dict(load_yaml(p))
+    return config_from_dict(load_yaml(p), source=str(p))
 
 
 __all__ = [
-    "Config", "ModelConfig", "DataConfig", "MethodConfig", "TrainConfig", "EvalConfig",
+    "Config", "ModelConfig", "DataConfig", "TrainConfig", "EvalConfig", "set_method",
     "METHODS", "PRECISIONS", "SELECT_BY", "TRACKERS", "EVAL_METRICS", "build_config", "config_from_dict",
     "save_config", "load_run_config",
     "set_key", "set_keys", "validate", "DECODING_PRESETS", "apply_preset", "decoding_summary",

@@ -130,12 +130,12 @@ class Method(ABC):
         return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
     def options(self, section: Any) -> MethodConfigBase:
-        """This method's config read from the `method:` section (`sumtune.config.MethodConfig`)."""
+        """A copy of this method's config from a run's `method:` section (`sumtune.config_methods`)."""
         return self.config_class.of(section)
 
     def method_config(self, section: Any) -> dict:
-        """The hyper-parameters of this method, as recorded in the run metadata."""
-        return dataclasses.asdict(self.options(section))
+        """The hyper-parameters of this method (its keys, not its name), as recorded in the run metadata."""
+        return {k: v for k, v in dataclasses.asdict(self.options(section)).items() if k != "name"}
 
 
 def freeze(model: torch.nn.Module) -> None:

@@ -1,21 +1,37 @@
 """What every method's config dataclass shares. Each method declares its own keys in
-`methods/<name>/config.py` (as PEFT's tuners do); `sumtune.config` builds the `method:` section of
-a run's config from all of them, so these modules must not import torch (the CLI parses flags
-without it)."""
+`methods/<name>/config.py` (as PEFT's tuners do), each with its default and a help text (`option`);
+a run's `method:` section is that dataclass with `name` set (`sumtune.config_methods`), so a run's
+config.yaml holds its method's keys only. These modules must not import torch (the CLI parses
+flags without it)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 Range = tuple[Callable[[Any], bool], str]  # (predicate, what a valid value is)
+HELP = "help"  # the field metadata key holding a key's help text
+
+
+def option(default: Any, help: str) -> Any:
+    """A method key with its default and the help text `sumtune methods` shows (dataclass field
+    metadata, as PEFT's and Hugging Face's configs carry theirs); a list default is copied per instance."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={HELP: help})
+    return field(default=default, metadata={HELP: help})
 
 
 @dataclass
 class MethodConfigBase:
-    # key -> its valid range, checked whatever the chosen method (a key belongs to the method that
-    # declares it, and a shared key such as n_tokens means the same for every method declaring it)
+    # the registered method this section configures (`sumtune.config_methods` sets it); "" when a
+    # method's config is built directly (tests, `Method.options` copies it along)
+    name: str = ""
+
+    # How the base model's weights load (`sumtune.quantize`): full precision, unless a method's own
+    # key chooses otherwise (LoRA's `quantize`: QLoRA). Not a key of the other methods' sections.
+    quantize = "none"
+    # key -> its valid range (`sumtune.config_methods.check_section`)
     RANGES: ClassVar[dict[str, Range]] = {}
     # learning-rate grids for AdamW (`sumtune experiment`) by grid name: the method's name, plus any
     # variant that needs its own; from the literature, cited where declared. DEMO_LR_GRIDS: the demo's
@@ -28,16 +44,21 @@ class MethodConfigBase:
 
     @classmethod
     def of(cls, section: Any) -> MethodConfigBase:
-        """This method's keys read from the `method:` section (`sumtune.config.MethodConfig`) or from any
-        object holding them."""
+        """A copy of this method's keys read from a run's `method:` section (or any object holding them)."""
         return cls(**{f.name: getattr(section, f.name) for f in fields(cls)})
 
-    def grid(self, method: str) -> str:
-        """The name of the LR grid this configuration of `method` sweeps."""
-        return method
+    def __setattr__(self, key: str, value: Any) -> None:
+        # a section is its method's: another method has other keys (sumtune.config.set_method rebuilds it)
+        if key == "name" and getattr(self, "name", "") not in ("", value):
+            raise AttributeError(f"a {self.name} section cannot become {value}'s: use sumtune.config.set_method")
+        super().__setattr__(key, value)
 
-    def check(self, method: str) -> None:
-        """One-line error for a combination of keys that cannot work when `method` is the chosen method."""
+    def grid(self) -> str:
+        """The name of the LR grid this configuration sweeps."""
+        return self.name
+
+    def check(self) -> None:
+        """One-line error for a combination of keys that cannot work."""
 
 
 ENCODER_HIDDEN: Range = (lambda v: v >= 0, "an integer >= 0 (0 = the model's hidden size)")
@@ -47,6 +68,6 @@ ENCODER_HIDDEN: Range = (lambda v: v >= 0, "an integer >= 0 (0 = the model's hid
 class VirtualTokensConfig(MethodConfigBase):
     """The key the virtual-token methods share (prompt tuning, P-tuning, prefix tuning)."""
 
-    n_tokens: int = 20  # virtual tokens before every input (prefix tuning: positions in every layer)
+    n_tokens: int = option(20, "virtual tokens before every input (prefix tuning: positions in every layer)")
 
     RANGES = {"n_tokens": (lambda v: v >= 1, "an integer >= 1")}

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sumtune.config import Config, config_differences, load_run_config
+from sumtune.config import Config, config_differences, load_run_config, set_method
+from sumtune.config_methods import check_sections
 from sumtune.errors import UserError
 from sumtune.io import atomic_write_json, read_json
 from sumtune.lock import DirLock
@@ -86,7 +87,7 @@ def for_data(plan: Plan, cfg: Config) -> Plan:
 
 def grid_key(cfg: Config) -> str:
     """The LR grid a method's configuration uses (a variant may have its own: `MethodConfigBase.grid`)."""
-    return METHOD_CONFIGS[cfg.method.name].of(cfg.method).grid(cfg.method.name)
+    return cfg.method.grid()
 
 
 # --- one run ------------------------------------------------------------------
@@ -153,7 +154,7 @@ def _train(cfg: Config, overwrite: bool, memo: dict) -> tuple[Path, bool]:
 
 def _method_cfg(cfg: Config, method: str, output_dir: Path, lr: float | None, seed: int | None = None) -> Config:
     c = copy.deepcopy(cfg)
-    c.method.name = method
+    set_method(c, method)  # its defaults and the method keys given explicitly that it has
     c.output_dir = str(output_dir)
     if lr is not None:
         c.train.lr = lr
@@ -323,6 +324,7 @@ def _check_methods(cfg: Config, plan: Plan) -> None:
     from sumtune.modeling import load_model_config
     from sumtune.training.state import check_max_length
 
+    check_sections(cfg, plan.methods())  # each method's keys as its copy will hold them
     model_config = load_model_config(cfg.model.name)
     for m in plan.methods():
         check_max_length(_method_cfg(cfg, m, Path(cfg.output_dir) / m, None), model_config)

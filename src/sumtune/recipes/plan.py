@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from sumtune.config import Config, decoding_summary
+from sumtune.config import Config, decoding_summary, set_method
 from sumtune.errors import UserError
 from sumtune.io import atomic_write_json
 from sumtune.memory import current_rss_mb
@@ -236,7 +236,7 @@ def project(cal: Calibration, cfg: Config, plan: Plan, limit: float) -> Projecti
 def _method_cfg(cfg: Config, plan: Plan, method: str) -> Config:
     """The method's configuration as `run_experiment` trains it (lr: fixed, else its grid's middle)."""
     c = copy.deepcopy(cfg)
-    c.method.name = method
+    set_method(c, method)
     lr = _fixed_lr(plan, method)
     if lr is None and get_method(method).trains:
         grid = plan.lr_grid.get(grid_key(c)) or LR_GRID[grid_key(c)]

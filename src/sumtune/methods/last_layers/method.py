@@ -78,7 +78,7 @@ class LastLayers(Method):
             raise UserError(
                 f"config key 'method.last_k_blocks': got {cfg.last_k_blocks}, the model has {len(blocks)} blocks"
             )
-        cfg.check(self.name)
+        cfg.check()
         trained: list[nn.Module] = [untie_head(model)] if cfg.train_head else []
         if cfg.train_final_norm:
             trained.append(norm)

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
-from sumtune.errors import UserError
-from sumtune.methods.config_base import MethodConfigBase
+from sumtune.methods.config_base import MethodConfigBase, option
 
 
 @dataclass
 class LoraConfig(MethodConfigBase):
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=list)  # empty = every linear inside the decoder blocks
-    use_dora: bool = False
-    use_rslora: bool = False
-    quantize: Literal["none", "4bit"] = "none"  # 4bit: QLoRA (CUDA + bitsandbytes)
+    """LoRA: trained low-rank updates of the frozen linear layers (also DoRA, rsLoRA and QLoRA)."""
+
+    r: int = option(8, "rank of the update matrices")
+    alpha: int = option(16, "the update is scaled by alpha / r (alpha / sqrt(r) with use_rslora)")
+    dropout: float = option(0.05, "dropout on the adapters' input")
+    target_modules: list[str] = option([], "module names to adapt; empty = every linear inside the decoder blocks")
+    use_dora: bool = option(False, "DoRA: weight-decomposed LoRA (Liu et al. 2024)")
+    use_rslora: bool = option(False, "rank-stabilised scaling alpha / sqrt(r) (Kalajdzievski 2023)")
+    quantize: Literal["none", "4bit"] = option("none", "4bit: QLoRA, the frozen base in 4-bit NF4 "
+                                                       "(CUDA + pip install -e '.[qlora]')")
 
     RANGES = {
         "r": (lambda v: v >= 1, "an integer >= 1"),
@@ -30,8 +32,3 @@ class LoraConfig(MethodConfigBase):
     # scaling is meant to keep one rate across ranks.
     LR_GRIDS = {"lora": (1e-4, 3e-4, 1e-3)}
     DEMO_LR_GRIDS = {"lora": (3e-3, 1e-2, 3e-2)}
-
-    def check(self, method: str) -> None:
-        if self.quantize != "none" and method != "lora":
-            raise UserError(f"config key 'method.quantize' is {self.quantize!r}: quantised training is QLoRA, "
-                            f"for method lora only (method is {method}); set method.quantize=none")

@@ -5,13 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from sumtune.methods.config_base import ENCODER_HIDDEN, VirtualTokensConfig
+from sumtune.methods.config_base import ENCODER_HIDDEN, VirtualTokensConfig, option
 
 
 @dataclass
 class PTuningConfig(VirtualTokensConfig):
-    encoder: Literal["mlp", "lstm"] = "mlp"  # the prompt encoder
-    encoder_hidden: int = 0  # the encoder's width; 0 = the model's hidden size
+    """P-tuning: virtual tokens made by a trained prompt encoder, before every input."""
+
+    encoder: Literal["mlp", "lstm"] = option("mlp", "the prompt encoder")
+    encoder_hidden: int = option(0, "the encoder's width; 0 = the model's hidden size")
 
     RANGES = {**VirtualTokensConfig.RANGES, "encoder_hidden": ENCODER_HIDDEN}
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sumtune.methods.config_base import ENCODER_HIDDEN, VirtualTokensConfig
+from sumtune.methods.config_base import ENCODER_HIDDEN, VirtualTokensConfig, option
 
 
 @dataclass
 class PrefixTuningConfig(VirtualTokensConfig):
-    prefix_projection: bool = False  # the prefixes come from an MLP (Li & Liang's reparameterisation)
-    encoder_hidden: int = 0  # that MLP's width; 0 = the model's hidden size
+    """Prefix tuning: trained keys and values before every layer's attention."""
+
+    prefix_projection: bool = option(False, "the prefixes come from an MLP (Li & Liang's reparameterisation)")
+    encoder_hidden: int = option(0, "that MLP's width; 0 = the model's hidden size")
 
     RANGES = {**VirtualTokensConfig.RANGES, "encoder_hidden": ENCODER_HIDDEN}
 

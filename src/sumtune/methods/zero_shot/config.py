@@ -9,4 +9,4 @@ from sumtune.methods.config_base import MethodConfigBase
 
 @dataclass
 class ZeroShotConfig(MethodConfigBase):
-    pass
+    """Zero-shot: the base model as it is, nothing trains."""
