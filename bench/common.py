@@ -65,3 +65,16 @@ def precision_for(requested: str) -> str:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return resolve_precision(requested, device)
+
+
+# The peer's adapter settings (r 8, alpha 16, dropout 0.05, 12 virtual tokens, head-only last layers), as
+# `method.<name>.<key>` flags for every method that has the key: each method's config has only its own keys.
+PEER_METHOD_KEYS = {"r": 8, "alpha": 16, "dropout": 0.05, "n_tokens": 12, "last_k_blocks": 0}
+
+
+def peer_method_flags(**overrides) -> dict:
+    from sumtune.config_methods import keys_of
+    from sumtune.methods import CONFIGS
+
+    values = {**PEER_METHOD_KEYS, **overrides}
+    return {f"method.{m}.{k}": v for m in CONFIGS for k, v in values.items() if k in keys_of(m)}

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import RANDOM_125M, build_model, load_rows, precision_for, write_model_dir  # noqa: E402
+from common import RANDOM_125M, build_model, load_rows, peer_method_flags, precision_for, write_model_dir  # noqa: E402
 from mfu import bf16_peak, flops_per_token
 from op_families import family_table
 from torch.profiler import ProfilerActivity, profile
@@ -50,8 +50,7 @@ def _train_step(a, precision: str):
     rows = load_rows(a.data)[:8]
     cfg = build_config(flags={
         "model.name": model_dir, "method.name": a.method, "output_dir": str(work / "run"),
-        "method.r": 8, "method.alpha": 16, "method.dropout": 0.05, "method.n_tokens": 12,
-        "train.batch_size": 2, "train.grad_accum": 4, "train.lr": 5e-4, "train.weight_decay": 0.0,
+        **peer_method_flags(), "train.batch_size": 2, "train.grad_accum": 4, "train.lr": 5e-4, "train.weight_decay": 0.0,
         "train.warmup_ratio": 0.0, "train.precision": precision, "train.fast": a.fast == "true", "train.seed": 0,
         "train.fast_paths": [n for n in FAST_PATH_NAMES if n not in a.without],
     })

@@ -81,7 +81,7 @@ def main() -> int:
                               "method.name": "lora", "train.max_steps": 2, "train.batch_size": 2,
                               "train.grad_accum": 1, "data.max_length": 256, "data.max_summary_length": 64,
                               "train.precision": "bf16", "data.max_eval_samples": 4},
-                       sets=["method.quantize=4bit", "method.r=8"])
+                       sets=["method.lora.quantize=4bit", "method.lora.r=8"])
     run = train(cfg)
     print("ok: trained 2 QLoRA steps ->", run)
     metrics = evaluate_run(run, "test", limit=4, overrides={"max_new_tokens": 16})

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+from common import peer_method_flags
 
 METHODS = ("zero_shot", "prompt_tuning", "lora", "last_layers")
 
@@ -45,7 +46,8 @@ def make_runs(root: Path, hidden: int, layers: int, precision: str) -> list[Path
     runs = []
     for m in METHODS:
         cfg = build_config(flags={"model.name": str(model_dir), "method.name": m, "output_dir": str(root / m)},
-                           sets=["method.n_tokens=8", "method.r=8", f"train.precision={precision}"])
+                           sets=[f"{k}={v}" for k, v in peer_method_flags(n_tokens=8).items()]
+                           + [f"train.precision={precision}"])
         save_config(cfg, root / m / "config.yaml")
         method, tok, base = get_method(m), load_tokenizer(str(model_dir)), load_model(str(model_dir))
         meta = run_meta(cfg, base)

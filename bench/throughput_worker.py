@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import peer_method_flags
 
 
 def parse_args() -> argparse.Namespace:
@@ -41,8 +42,7 @@ def bench_config(a: argparse.Namespace):
 
     return build_config(flags={
         "model.name": a.model, "method.name": a.method, "output_dir": a.out,
-        "method.r": 8, "method.alpha": 16, "method.dropout": 0.05, "method.n_tokens": 12,
-        "method.last_k_blocks": 0, "train.batch_size": a.batch_size, "train.grad_accum": a.grad_accum,
+        **peer_method_flags(), "train.batch_size": a.batch_size, "train.grad_accum": a.grad_accum,
         "train.lr": 5e-4, "train.weight_decay": 0.0, "train.warmup_ratio": 0.0, "train.scheduler": "linear",
         "train.max_grad_norm": 1.0, "train.precision": a.precision, "train.fast": a.fast == "true",
         "train.epochs": a.epochs, "train.seed": 0,

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import RANDOM_125M, load_rows, precision_for, write_model_dir
+from common import RANDOM_125M, load_rows, peer_method_flags, precision_for, write_model_dir
 
 from sumtune.config import FAST_PATH_NAMES
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = load_rows(a.data)[:8]
     cfg = build_config(flags={
         "model.name": model_dir, "method.name": a.method, "output_dir": str(work / "run"),
-        "method.r": 8, "method.alpha": 16, "method.dropout": 0.05, "method.n_tokens": 12, "method.last_k_blocks": 0,
+        **peer_method_flags(),
         "train.batch_size": 2, "train.grad_accum": 4, "train.lr": 5e-4, "train.weight_decay": 0.0,
         "train.warmup_ratio": 0.0, "train.precision": precision_for(a.precision), "train.seed": 0,
     })
