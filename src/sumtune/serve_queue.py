@@ -1,0 +1,314 @@
+"""The queue in front of `sumtune serve`'s one decoding thread: admission by projected wait, one
+queue per decoding kind served in turn, and cancellation.
+
+Why: on a CPU a beam-search summary of a 135M model takes tens of seconds, so a queue that takes
+every request answers late (504), keeps decoding for clients that have gone, and makes a greedy
+request wait for the beam search it shares a batch with. Here:
+
+- Kinds. A row's kind is how it decodes (`RunSet.decoding_key`: beams, lengths, penalties,
+  precision, stop tokens). Each kind has its own FIFO of rows; a batch takes up to `max_rows`
+  rows of one kind; kinds take turns, one batch each, so a greedy request waits behind at most
+  one batch of each other kind, never inside one.
+- Estimates. Seconds per summary per kind. Before a kind's first batch: a prior from a
+  calibration at start-up (twice the prefill plus beams x max_new_tokens decoding steps of one
+  long prompt at batch 1). Then the measured batch seconds / rows: an exponential moving average
+  plus twice its mean deviation (as TCP sizes its retransmission timeout), so a noisy kind is
+  projected long. A batch cut short by a cancellation is not measured.
+- Admission. A request is admitted only if a replay of the queue (the turns and batches the
+  worker will take, each batch costing its rows x estimate) finishes it before its deadline and
+  keeps every admitted request that was in time in time; otherwise it is refused at once (503)
+  with the seconds after which enough of the queue ahead will have drained (Retry-After).
+- Cancellation. A request that times out or whose client goes away is cancelled: its queued rows
+  leave the queue, its rows in the running batch leave at the next decoding step, and a batch
+  whose rows are all cancelled ends (`Generator.generate(cancelled=...)`).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field, replace
+
+log = logging.getLogger(__name__)
+
+Kind = Hashable
+Entry = tuple["Job", int]  # a request and the index of one of its rows
+
+
+class Refused(Exception):
+    """A request not admitted: the message, and the whole seconds after which to retry."""
+
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message)
+        self.retry_after = max(1, math.ceil(retry_after))
+
+
+@dataclass(eq=False)
+class Job:
+    """One request: its rows (multirun.Row), each row's kind, its deadline (time.monotonic())."""
+
+    rows: list
+    kinds: list[Kind]
+    deadline: float
+    future: Future = field(default_factory=Future)  # the rows' (tokens, seconds), in order
+    cancelled: bool = False
+
+    def __post_init__(self):
+        self.results: list = [None] * len(self.rows)
+        self.left = len(self.rows)
+
+
+class Estimate:
+    """Seconds per summary of one kind, from measured batches (see the module doc)."""
+
+    ALPHA, BETA = 0.25, 0.25  # the weights of a new measurement in the mean and in the deviation
+
+    def __init__(self, seconds: float):
+        self.mean, self.dev, self.batches = seconds, seconds / 2, 1
+
+    def update(self, seconds: float) -> None:
+        self.dev += self.BETA * (abs(seconds - self.mean) - self.dev)
+        self.mean += self.ALPHA * (seconds - self.mean)
+        self.batches += 1
+
+    @property
+    def seconds(self) -> float:
+        return self.mean + 2 * self.dev
+
+
+class Scheduler:
+    """The queues, the estimates and the running batch, behind one lock: `admit` and `cancel` from
+    request handlers, `take`, `finish` and `fail` from the worker."""
+
+    def __init__(self, max_rows: int, max_queue: int, prior: Callable[[object], float],
+                 label: Callable[[object], str] = str):
+        """`prior(row)`: seconds per summary of a row's kind before it is measured; `label(row)`: its
+        kind in words (for /health)."""
+        self.max_rows, self.max_queue, self.prior, self.label = max_rows, max_queue, prior, label
+        self.cond = threading.Condition()
+        self.queues: dict[Kind, deque[Entry]] = {}
+        self.turns: list[Kind] = []  # kinds with rows queued, in the order they will be served
+        self.estimates: dict[Kind, Estimate] = {}
+        self.labels: dict[Kind, str] = {}
+        self.running: tuple[float, float, list[Entry]] | None = None  # (start, expected seconds, batch)
+
+    def seconds(self, kind: Kind, row) -> float:
+        est = self.estimates.get(kind)
+        return est.seconds if est is not None else self.prior(row)
+
+    # --- request handlers ------------------------------------------------------
+
+    def admit(self, job: Job) -> None:
+        """Queue the job's rows, or raise Refused (see the module doc)."""
+        with self.cond:
+            now = time.monotonic()
+            waiting = {j for q in self.queues.values() for j, _ in q}
+            if len(waiting) >= self.max_queue:
+                raise Refused(f"server busy: {len(waiting)} requests waiting", self._remaining(now))
+            before, after = self.replay(now), self.replay(now, job)
+            late = [j for j, t in after.items() if t > j.deadline and (j is job or before[j] <= j.deadline)]
+            if late:
+                wait = max(after[j] - j.deadline if j is job else after[j] - now for j in late)
+                alone = sum(self.seconds(k, row) for row, k in zip(job.rows, job.kinds))
+                if alone > job.deadline - now:
+                    raise Refused(f"this request alone is projected to take {alone:.0f} s, over the timeout of "
+                                  f"{job.deadline - now:.0f} s; ask for fewer runs, beams or max_new_tokens", wait)
+                raise Refused(f"server busy: this request would be answered in {after[job] - now:.0f} s "
+                              f"(timeout {job.deadline - now:.0f} s) or delay requests already accepted", wait)
+            for i, (row, kind) in enumerate(zip(job.rows, job.kinds)):
+                if kind not in self.queues:
+                    self.queues[kind] = deque()
+                    self.turns.append(kind)
+                    self.labels[kind] = self.label(row)
+                self.queues[kind].append((job, i))
+            self.cond.notify()
+
+    def cancel(self, job: Job) -> None:
+        """The job is no longer wanted: its queued rows leave; its running rows stop at the next step."""
+        with self.cond:
+            job.cancelled = True
+            job.future.cancel()
+            self._drop(job)
+
+    def _drop(self, job: Job) -> None:
+        for kind in set(job.kinds):
+            queue = self.queues.get(kind)
+            if queue is None:
+                continue
+            kept = deque(e for e in queue if e[0] is not job)
+            if kept:
+                self.queues[kind] = kept
+            else:
+                del self.queues[kind]
+                self.turns.remove(kind)
+
+    def replay(self, now: float, extra: Job | None = None) -> dict[Job, float]:
+        """When each queued job (and `extra`) would be done: the worker's turns replayed with the
+        estimates (`take` does the same)."""
+        t = now + self._remaining(now)
+        queues = {k: list(q) for k, q in self.queues.items()}
+        turns = list(self.turns)
+        for i, kind in enumerate(extra.kinds if extra is not None else []):
+            if kind not in queues:
+                queues[kind] = []
+                turns.append(kind)
+            queues[kind].append((extra, i))
+        done: dict[Job, float] = {}
+        while turns:
+            kind = turns.pop(0)
+            batch, queues[kind] = queues[kind][: self.max_rows], queues[kind][self.max_rows :]
+            t += sum(self.seconds(kind, j.rows[i]) for j, i in batch)
+            done.update((j, t) for j, _ in batch)
+            if queues[kind]:
+                turns.append(kind)
+        return done
+
+    def _remaining(self, now: float) -> float:
+        """Expected seconds left of the running batch (none when idle or overrun)."""
+        if self.running is None:
+            return 0.0
+        start, expected, _ = self.running
+        return max(0.0, start + expected - now)
+
+    # --- worker ----------------------------------------------------------------
+
+    def take(self) -> tuple[Kind, list[Entry]]:
+        """The next batch: up to max_rows rows of the kind whose turn it is (waits for one)."""
+        with self.cond:
+            while not self.turns:
+                self.cond.wait()
+            kind = self.turns.pop(0)
+            queue = self.queues[kind]
+            batch = [queue.popleft() for _ in range(min(self.max_rows, len(queue)))]
+            if queue:
+                self.turns.append(kind)
+            else:
+                del self.queues[kind]
+            expected = sum(self.seconds(kind, j.rows[i]) for j, i in batch)
+            self.running = (time.monotonic(), expected, batch)
+            return kind, batch
+
+    def finish(self, kind: Kind, batch: list[Entry], results: list, seconds: float) -> None:
+        """A batch decoded: measure it (unless cut short) and answer the jobs it completes."""
+        with self.cond:
+            self.running = None
+            if not any(j.cancelled for j, _ in batch):
+                per = seconds / len(batch)
+                if kind in self.estimates:
+                    self.estimates[kind].update(per)
+                else:
+                    self.estimates[kind] = Estimate(per)
+            for (job, i), result in zip(batch, results):
+                if job.cancelled:
+                    continue
+                job.results[i] = result
+                job.left -= 1
+                if job.left == 0:
+                    _settle(job.future, result=job.results)
+
+    def fail(self, batch: list[Entry], error: Exception) -> None:
+        """A batch failed: its jobs get the error (their other rows leave the queue)."""
+        with self.cond:
+            self.running = None
+            for job in dict.fromkeys(j for j, _ in batch):
+                if not job.cancelled:
+                    job.cancelled = True
+                    self._drop(job)
+                    _settle(job.future, error=error)
+
+    def snapshot(self) -> dict:
+        """For /health: requests waiting, rows decoding now, each known kind's queue and estimate."""
+        with self.cond:
+            kinds = list(dict.fromkeys([*self.turns, *self.estimates]))
+            return {
+                "queued": len({j for q in self.queues.values() for j, _ in q}),
+                "decoding": 0 if self.running is None else sum(not j.cancelled for j, _ in self.running[2]),
+                "kinds": [{"decoding": self.labels.get(k, "?"), "queued_rows": len(self.queues.get(k, ())),
+                           "seconds_per_summary": round(self.estimates[k].seconds, 3) if k in self.estimates else None,
+                           "batches_measured": self.estimates[k].batches if k in self.estimates else 0}
+                          for k in kinds],
+            }
+
+
+def _settle(future: Future, result=None, error: Exception | None = None) -> None:
+    """Answer a future unless it was cancelled meanwhile (its waiter has gone)."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass
+
+
+class Worker:
+    """The one thread that decodes: batches from the Scheduler, decoded by a multirun.RunSet."""
+
+    def __init__(self, runset, max_rows: int, max_queue: int, timeout: float, mode: str = "mixed",
+                 prior: tuple[float, float] | None = None):
+        """`prior`: (seconds of a prefill, seconds of a decoding step) of one row, the estimate for a
+        kind before it is measured (default: `calibrate`d on the runset now)."""
+        self.runset, self.max_rows, self.timeout, self.mode = runset, max_rows, timeout, mode
+        prefill, step = prior if prior is not None else calibrate(runset)
+        self.scheduler = Scheduler(
+            max_rows, max_queue, lambda row: prefill + step * row.cfg.eval.num_beams * row.cfg.eval.max_new_tokens,
+            label=kind_label)
+        self.thread = threading.Thread(target=self._loop, name="sumtune-serve-worker", daemon=True)
+        self.thread.start()
+
+    def submit(self, rows: list) -> Job:
+        """Admit a request's rows (or raise Refused); its deadline is now + timeout."""
+        job = Job(rows, [self.runset.decoding_key(r) for r in rows], time.monotonic() + self.timeout)
+        self.scheduler.admit(job)
+        return job
+
+    def cancel(self, job: Job) -> None:
+        self.scheduler.cancel(job)
+
+    def _loop(self) -> None:
+        while True:
+            kind, batch = self.scheduler.take()
+            rows, jobs = [job.rows[i] for job, i in batch], [job for job, _ in batch]
+            t0 = time.perf_counter()
+            try:
+                results = self.runset.decode(rows, self.max_rows, mode=self.mode,
+                                             cancelled=lambda n, jobs=jobs: jobs[n].cancelled)
+            except Exception as e:  # answer every waiting request; the worker stays up
+                log.exception("decoding failed")
+                self.scheduler.fail(batch, e)
+                continue
+            self.scheduler.finish(kind, batch, results, time.perf_counter() - t0)
+
+
+def kind_label(row) -> str:
+    """A kind in words: "greedy, 96 tokens", "beam 4, 96 tokens"."""
+    ev = row.cfg.eval
+    return f"{'greedy' if ev.num_beams == 1 else f'beam {ev.num_beams}'}, {ev.max_new_tokens} tokens"
+
+
+def calibrate(runset) -> tuple[float, float]:
+    """(prefill seconds, seconds per decoding step) of one row at batch 1 on the longest prompt the
+    first run makes, each doubled: the prior for kinds not yet measured (conservative: a beam's
+    rows decode in one batch and summaries mostly stop before max_new_tokens)."""
+    from sumtune.data import encode_prompt
+    from sumtune.multirun import Row
+
+    run = next(iter(runset.runs.values()))
+    prompt = encode_prompt(runset.tokenizer, "The council met on Tuesday to discuss the budget. " * 400, run.cfg.data)
+
+    def seconds(steps: int) -> float:
+        cfg = copy.copy(run.cfg)
+        cfg.eval = replace(cfg.eval, num_beams=1, max_new_tokens=steps, min_new_tokens=steps, no_repeat_ngram_size=0)
+        t0 = time.perf_counter()
+        runset.decode([Row(run, cfg, prompt)], 1)
+        return time.perf_counter() - t0
+
+    seconds(2)  # lazily built parts (kernels, stop tables) are not decoding time
+    one, nine = seconds(1), seconds(9)
+    return 2 * one, 2 * max(nine - one, 0.0) / 8
