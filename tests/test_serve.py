@@ -28,7 +28,7 @@ from sumtune.errors import UserError
 from sumtune.multirun import RunSet
 from sumtune.recipes.evaluate import check_text, summarize_text
 from sumtune.serve import Limits, Service, create_app, run_paths
-from sumtune.serve_queue import Job, Refused, Scheduler
+from sumtune.serve_queue import Cost, Job, Refused, Scheduler
 from sumtune.tiny import synthetic_news
 
 METHODS = ("zero_shot", "prompt_tuning", "lora", "last_layers")
@@ -113,7 +113,8 @@ def test_health_shows_each_kind_measured(client):
     health = client.get("/health").json()
     assert health["queued"] == 0 and health["decoding"] == 0
     kind = next(k for k in health["kinds"] if k["decoding"] == "greedy, 12 tokens")
-    assert kind["batches_measured"] >= 1 and kind["seconds_per_summary"] > 0
+    assert kind["batches_measured"] >= 1
+    assert kind["seconds_per_summary_alone"] >= kind["seconds_per_summary_in_a_full_batch"] > 0
 
 
 class _Gated:
@@ -140,8 +141,9 @@ def _until(condition, seconds: float = 5.0) -> None:
 
 def test_projected_wait_past_the_timeout_is_refused_at_once_with_retry_after(runset):
     gated = _Gated(runset)
-    # 1.5 s per summary before measuring; one summary per batch; a 3 s timeout: one request may wait
-    service = Service(gated, Limits(max_rows=1, timeout=3.0), prior=(1.5, 0.0))
+    # 1.5 s per summary before measuring (1 s x the prior scale 1.5); one summary per batch; a 3 s
+    # timeout: one request may wait
+    service = Service(gated, Limits(max_rows=1, timeout=3.0), cost=Cost(1.0, 0.0, 0.0))
     body = {"text": TEXTS[0], "runs": ["zero_shot"], "decoding": FAST}
     with TestClient(create_app(service)) as c, ThreadPoolExecutor(4) as pool:
         first = pool.submit(_post, c, body)
@@ -162,7 +164,7 @@ def test_projected_wait_past_the_timeout_is_refused_at_once_with_retry_after(run
 
 def test_full_queue_is_refused_with_retry_after(runset):
     gated = _Gated(runset)
-    service = Service(gated, Limits(max_queue=1, timeout=60), prior=(0.01, 0.0))
+    service = Service(gated, Limits(max_queue=1, timeout=60), cost=Cost(0.01, 0.0, 0.0))
     body = {"text": TEXTS[0], "runs": ["zero_shot"], "decoding": FAST}
     with TestClient(create_app(service)) as c, ThreadPoolExecutor(4) as pool:
         first = pool.submit(_post, c, body)
@@ -177,24 +179,26 @@ def test_full_queue_is_refused_with_retry_after(runset):
 
 
 def test_admission_keeps_accepted_requests_in_time_and_the_worker_follows_the_replay():
-    """The Scheduler alone (a row here is its cost in seconds): kinds take turns one batch each."""
-    sched = Scheduler(max_rows=1, max_queue=10, prior=float)
+    """The Scheduler alone (a row here is its cost; x 1.5 before a kind is measured): kinds take
+    turns, one batch each."""
+    sched = Scheduler(max_rows=1, max_queue=10, cost=lambda row, n: row * n)
     now = time.monotonic()
-    a1, a2 = Job([1.0], ["A"], now + 10), Job([1.0], ["A"], now + 2.5)
-    sched.admit(a1)
-    sched.admit(a2)  # ends at 2 s
+    a1, a2 = Job([1.0], ["A"], now + 10), Job([1.0], ["A"], now + 3.5)
+    sched.admit(a1)  # ends at 1.5 s
+    sched.admit(a2)  # ends at 3 s
     with pytest.raises(Refused) as refused:
-        sched.admit(Job([1.0], ["B"], now + 10))  # in time itself, but B's turn would end a2 at 3 s
-    assert refused.value.retry_after == 3
+        sched.admit(Job([1.0], ["B"], now + 10))  # in time itself, but B's turn would end a2 at 4.5 s
+    assert refused.value.retry_after == 5
     with pytest.raises(Refused, match="alone"):
         sched.admit(Job([5.0], ["C"], now + 2))
     b = Job([0.25], ["B"], now + 10)
-    sched.admit(b)  # a2 now ends at 2.25 s
+    sched.admit(b)  # a2 now ends at 3.375 s
     gone = Job([0.5], ["B"], now + 10)
     sched.admit(gone)
     sched.cancel(gone)
     projected = sched.replay(now)
     assert sorted(projected, key=projected.get) == [a1, b, a2]
+    assert projected[a2] == pytest.approx(now + 3.375)
     done = []
     while sched.turns:
         kind, batch = sched.take()
@@ -204,9 +208,31 @@ def test_admission_keeps_accepted_requests_in_time_and_the_worker_follows_the_re
     assert done == [a1, b, a2] and gone.future.cancelled()
 
 
+def test_a_measured_kind_is_projected_from_its_batches():
+    """The scale of a kind follows measured / cost: the first batch taken as it is, then a moving
+    average plus twice its mean deviation; a batch with a cancelled row is not measured."""
+    sched = Scheduler(max_rows=4, max_queue=10, cost=lambda row, n: row * n)
+    one = [(Job([2.0], ["A"], time.monotonic() + 60), 0)]
+    assert sched.seconds("A", one) == 3.0  # 2 s x 1.5 before measuring
+    for seconds in (1.0, 1.0):  # half the cost, twice
+        sched.admit(one[0][0])
+        kind, batch = sched.take()
+        sched.finish(kind, batch, [([1], seconds)], seconds)
+        one = [(Job([2.0], ["A"], time.monotonic() + 60), 0)]
+    scale = sched.scales["A"]
+    assert scale.batches == 2 and scale.mean == 0.5 and scale.dev == pytest.approx(0.125 * 0.75)
+    assert sched.seconds("A", one) == pytest.approx(2.0 * (0.5 + 2 * 0.125 * 0.75))
+    job = Job([2.0], ["A"], time.monotonic() + 60)
+    sched.admit(job)
+    kind, batch = sched.take()
+    sched.cancel(job)
+    sched.finish(kind, batch, [([1], 9.0)], 9.0)
+    assert scale.batches == 2 and job.future.cancelled()
+
+
 def test_greedy_and_beam_rows_never_share_a_batch_and_take_turns(runset, runs):
     gated = _Gated(runset)
-    service = Service(gated, Limits(max_rows=2, timeout=60), prior=(0.01, 0.0))
+    service = Service(gated, Limits(max_rows=2, timeout=60), cost=Cost(0.01, 0.0, 0.0))
     beam, two = {"num_beams": 3, "max_new_tokens": 12}, ["zero_shot", "lora"]
     with TestClient(create_app(service)) as c, ThreadPoolExecutor(6) as pool:
         first = pool.submit(_post, c, {"text": TEXTS[0], "runs": ["zero_shot"], "decoding": beam})
@@ -261,7 +287,7 @@ def _stops_and_frees(forwards: list[int], get, post) -> None:
 
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_a_timed_out_request_stops_decoding_and_frees_the_worker(runset, num_beams):
-    service = Service(runset, Limits(timeout=1.0), prior=(0.01, 0.0))  # admitted: projected far below 1 s
+    service = Service(runset, Limits(timeout=1.0), cost=Cost(0.01, 0.0, 0.0))  # admitted: projected far below 1 s
     long = {**LONG, "decoding": {**LONG["decoding"], "num_beams": num_beams}}
     with _slow_steps(runset, 0.02) as forwards, TestClient(create_app(service)) as c:
         t0 = time.perf_counter()
@@ -271,7 +297,7 @@ def test_a_timed_out_request_stops_decoding_and_frees_the_worker(runset, num_bea
 
 
 def test_a_client_that_goes_away_is_cancelled(runset):
-    service = Service(runset, Limits(timeout=60), prior=(0.01, 0.0))
+    service = Service(runset, Limits(timeout=60), cost=Cost(0.01, 0.0, 0.0))
     with _slow_steps(runset, 0.02) as forwards, _uvicorn(create_app(service)) as url:
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(url + "/summarize", json=LONG, timeout=0.5)  # the client gives up and closes

@@ -33,7 +33,7 @@ from sumtune.config import DECODING_PRESETS
 from sumtune.decoding.summaries import NotUTF8Error, article_text, check_text, summary_text
 from sumtune.errors import UserError
 from sumtune.runs import with_overrides
-from sumtune.serve_queue import Refused, Worker
+from sumtune.serve_queue import Cost, Refused, Worker
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +96,11 @@ class Service:
     """The request handling, independent of the web framework (so the checks are plain code)."""
 
     def __init__(self, runset, limits: Limits | None = None, mode: str = "mixed",
-                 prior: tuple[float, float] | None = None):
-        """`prior`: see serve_queue.Worker (default: calibrated on the runset now)."""
+                 cost: Cost | None = None):
+        """`cost`: decoding seconds on this machine (default: serve_queue.calibrate on the runset now)."""
         self.runset, self.limits = runset, limits or Limits()
         lim = self.limits
-        self.worker = Worker(runset, lim.max_rows, lim.max_queue, lim.timeout, mode, prior)
+        self.worker = Worker(runset, lim.max_rows, lim.max_queue, lim.timeout, mode, cost)
         self.reports = find_reports([r.path for r in runset.runs.values()])
 
     def runs(self) -> list[dict]:

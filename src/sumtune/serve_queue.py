@@ -9,11 +9,14 @@ request wait for the beam search it shares a batch with. Here:
   precision, stop tokens). Each kind has its own FIFO of rows; a batch takes up to `max_rows`
   rows of one kind; kinds take turns, one batch each, so a greedy request waits behind at most
   one batch of each other kind, never inside one.
-- Estimates. Seconds per summary per kind. Before a kind's first batch: a prior from a
-  calibration at start-up (twice the prefill plus beams x max_new_tokens decoding steps of one
-  long prompt at batch 1). Then the measured batch seconds / rows: an exponential moving average
-  plus twice its mean deviation (as TCP sizes its retransmission timeout), so a noisy kind is
-  projected long. A batch cut short by a cancellation is not measured.
+- Estimates. A batch's seconds are projected as cost(rows) x the kind's scale. The cost comes
+  from a calibration at start-up (`Cost`: a prefill per row, then max_new_tokens steps, each a
+  fixed part plus a part per sequence: on a CPU a step of 16 rows costs far less than 16 steps of
+  one), so it is the worst case: every summary runs to max_new_tokens. The scale starts at 1.5
+  (what the calibration does not see: beam bookkeeping, noise); each measured batch gives
+  measured / cost, kept as an exponential moving average plus twice its mean deviation (as TCP
+  sizes its retransmission timeout), so a noisy kind is projected long. A batch cut short by a
+  cancellation is not measured.
 - Admission. A request is admitted only if a replay of the queue (the turns and batches the
   worker will take, each batch costing its rows x estimate) finishes it before its deadline and
   keeps every admitted request that was in time in time; otherwise it is refused at once (503)
@@ -64,21 +67,22 @@ class Job:
         self.left = len(self.rows)
 
 
-class Estimate:
-    """Seconds per summary of one kind, from measured batches (see the module doc)."""
+class Scale:
+    """Measured seconds / projected cost of one kind's batches (see the module doc)."""
 
+    PRIOR = 1.5  # before a kind is measured
     ALPHA, BETA = 0.25, 0.25  # the weights of a new measurement in the mean and in the deviation
 
-    def __init__(self, seconds: float):
-        self.mean, self.dev, self.batches = seconds, seconds / 2, 1
+    def __init__(self, ratio: float):
+        self.mean, self.dev, self.batches = ratio, ratio / 4, 1
 
-    def update(self, seconds: float) -> None:
-        self.dev += self.BETA * (abs(seconds - self.mean) - self.dev)
-        self.mean += self.ALPHA * (seconds - self.mean)
+    def update(self, ratio: float) -> None:
+        self.dev += self.BETA * (abs(ratio - self.mean) - self.dev)
+        self.mean += self.ALPHA * (ratio - self.mean)
         self.batches += 1
 
     @property
-    def seconds(self) -> float:
+    def value(self) -> float:
         return self.mean + 2 * self.dev
 
 
@@ -86,21 +90,24 @@ class Scheduler:
     """The queues, the estimates and the running batch, behind one lock: `admit` and `cancel` from
     request handlers, `take`, `finish` and `fail` from the worker."""
 
-    def __init__(self, max_rows: int, max_queue: int, prior: Callable[[object], float],
+    def __init__(self, max_rows: int, max_queue: int, cost: Callable[[object, int], float],
                  label: Callable[[object], str] = str):
-        """`prior(row)`: seconds per summary of a row's kind before it is measured; `label(row)`: its
-        kind in words (for /health)."""
-        self.max_rows, self.max_queue, self.prior, self.label = max_rows, max_queue, prior, label
+        """`cost(row, n)`: the projected seconds of a batch of n rows of `row`'s kind, before scaling;
+        `label(row)`: its kind in words (for /health)."""
+        self.max_rows, self.max_queue, self.cost, self.label = max_rows, max_queue, cost, label
         self.cond = threading.Condition()
         self.queues: dict[Kind, deque[Entry]] = {}
         self.turns: list[Kind] = []  # kinds with rows queued, in the order they will be served
-        self.estimates: dict[Kind, Estimate] = {}
+        self.scales: dict[Kind, Scale] = {}
         self.labels: dict[Kind, str] = {}
+        self.examples: dict[Kind, object] = {}  # a row of each kind seen (for /health)
         self.running: tuple[float, float, list[Entry]] | None = None  # (start, expected seconds, batch)
 
-    def seconds(self, kind: Kind, row) -> float:
-        est = self.estimates.get(kind)
-        return est.seconds if est is not None else self.prior(row)
+    def seconds(self, kind: Kind, batch: list[Entry]) -> float:
+        """The projected seconds of a batch."""
+        scale = self.scales.get(kind)
+        job, i = batch[0]
+        return self.cost(job.rows[i], len(batch)) * (scale.value if scale is not None else Scale.PRIOR)
 
     # --- request handlers ------------------------------------------------------
 
@@ -115,7 +122,7 @@ class Scheduler:
             late = [j for j, t in after.items() if t > j.deadline and (j is job or before[j] <= j.deadline)]
             if late:
                 wait = max(after[j] - j.deadline if j is job else after[j] - now for j in late)
-                alone = sum(self.seconds(k, row) for row, k in zip(job.rows, job.kinds))
+                alone = sum(self.seconds(k, batch) for k, batch in _batches(job, self.max_rows))
                 if alone > job.deadline - now:
                     raise Refused(f"this request alone is projected to take {alone:.0f} s, over the timeout of "
                                   f"{job.deadline - now:.0f} s; ask for fewer runs, beams or max_new_tokens", wait)
@@ -125,7 +132,7 @@ class Scheduler:
                 if kind not in self.queues:
                     self.queues[kind] = deque()
                     self.turns.append(kind)
-                    self.labels[kind] = self.label(row)
+                    self.labels[kind], self.examples[kind] = self.label(row), row
                 self.queues[kind].append((job, i))
             self.cond.notify()
 
@@ -163,7 +170,7 @@ class Scheduler:
         while turns:
             kind = turns.pop(0)
             batch, queues[kind] = queues[kind][: self.max_rows], queues[kind][self.max_rows :]
-            t += sum(self.seconds(kind, j.rows[i]) for j, i in batch)
+            t += self.seconds(kind, batch)
             done.update((j, t) for j, _ in batch)
             if queues[kind]:
                 turns.append(kind)
@@ -190,7 +197,7 @@ class Scheduler:
                 self.turns.append(kind)
             else:
                 del self.queues[kind]
-            expected = sum(self.seconds(kind, j.rows[i]) for j, i in batch)
+            expected = self.seconds(kind, batch)
             self.running = (time.monotonic(), expected, batch)
             return kind, batch
 
@@ -199,11 +206,12 @@ class Scheduler:
         with self.cond:
             self.running = None
             if not any(j.cancelled for j, _ in batch):
-                per = seconds / len(batch)
-                if kind in self.estimates:
-                    self.estimates[kind].update(per)
+                job, i = batch[0]
+                ratio = seconds / max(self.cost(job.rows[i], len(batch)), 1e-9)
+                if kind in self.scales:
+                    self.scales[kind].update(ratio)
                 else:
-                    self.estimates[kind] = Estimate(per)
+                    self.scales[kind] = Scale(ratio)
             for (job, i), result in zip(batch, results):
                 if job.cancelled:
                     continue
@@ -223,17 +231,29 @@ class Scheduler:
                     _settle(job.future, error=error)
 
     def snapshot(self) -> dict:
-        """For /health: requests waiting, rows decoding now, each known kind's queue and estimate."""
+        """For /health: requests waiting, rows in the running batch, and each kind seen: its rows queued,
+        its projected seconds per summary alone and in a full batch, the batches measured."""
         with self.cond:
-            kinds = list(dict.fromkeys([*self.turns, *self.estimates]))
-            return {
-                "queued": len({j for q in self.queues.values() for j, _ in q}),
-                "decoding": 0 if self.running is None else sum(not j.cancelled for j, _ in self.running[2]),
-                "kinds": [{"decoding": self.labels.get(k, "?"), "queued_rows": len(self.queues.get(k, ())),
-                           "seconds_per_summary": round(self.estimates[k].seconds, 3) if k in self.estimates else None,
-                           "batches_measured": self.estimates[k].batches if k in self.estimates else 0}
-                          for k in kinds],
-            }
+            kinds = []
+            for kind, row in self.examples.items():
+                scale = self.scales.get(kind)
+                value = scale.value if scale is not None else Scale.PRIOR
+                kinds.append({"decoding": self.labels[kind], "queued_rows": len(self.queues.get(kind, ())),
+                              "seconds_per_summary_alone": round(self.cost(row, 1) * value, 3),
+                              "seconds_per_summary_in_a_full_batch":
+                                  round(self.cost(row, self.max_rows) * value / self.max_rows, 3),
+                              "batches_measured": scale.batches if scale is not None else 0})
+            return {"queued": len({j for q in self.queues.values() for j, _ in q}),
+                    "decoding": 0 if self.running is None else len(self.running[2]),  # cancelled too, until it ends
+                    "kinds": kinds}
+
+
+def _batches(job: Job, max_rows: int) -> list[tuple[Kind, list[Entry]]]:
+    """The job's rows by kind, in batches of at most max_rows (the job alone in the queue)."""
+    by_kind: dict[Kind, list[Entry]] = {}
+    for i, kind in enumerate(job.kinds):
+        by_kind.setdefault(kind, []).append((job, i))
+    return [(k, rows[n : n + max_rows]) for k, rows in by_kind.items() for n in range(0, len(rows), max_rows)]
 
 
 def _settle(future: Future, result=None, error: Exception | None = None) -> None:
@@ -247,18 +267,30 @@ def _settle(future: Future, result=None, error: Exception | None = None) -> None
         pass
 
 
+@dataclass(frozen=True)
+class Cost:
+    """Seconds of decoding on this machine (`calibrate`): a prefill per row, and per decoding step a
+    fixed part plus a part per sequence (a beam-search row has num_beams sequences)."""
+
+    prefill: float
+    step: float
+    per_sequence: float
+
+    def __call__(self, row, n: int) -> float:
+        """A batch of n rows like `row`, each running to max_new_tokens (the worst case)."""
+        ev = row.cfg.eval
+        return n * self.prefill + ev.max_new_tokens * (self.step + self.per_sequence * n * ev.num_beams)
+
+
 class Worker:
     """The one thread that decodes: batches from the Scheduler, decoded by a multirun.RunSet."""
 
     def __init__(self, runset, max_rows: int, max_queue: int, timeout: float, mode: str = "mixed",
-                 prior: tuple[float, float] | None = None):
-        """`prior`: (seconds of a prefill, seconds of a decoding step) of one row, the estimate for a
-        kind before it is measured (default: `calibrate`d on the runset now)."""
+                 cost: Cost | None = None):
+        """`cost`: decoding seconds on this machine (default: `calibrate`d on the runset now)."""
         self.runset, self.max_rows, self.timeout, self.mode = runset, max_rows, timeout, mode
-        prefill, step = prior if prior is not None else calibrate(runset)
-        self.scheduler = Scheduler(
-            max_rows, max_queue, lambda row: prefill + step * row.cfg.eval.num_beams * row.cfg.eval.max_new_tokens,
-            label=kind_label)
+        self.cost = cost if cost is not None else calibrate(runset)
+        self.scheduler = Scheduler(max_rows, max_queue, self.cost, label=kind_label)
         self.thread = threading.Thread(target=self._loop, name="sumtune-serve-worker", daemon=True)
         self.thread.start()
 
@@ -292,23 +324,25 @@ def kind_label(row) -> str:
     return f"{'greedy' if ev.num_beams == 1 else f'beam {ev.num_beams}'}, {ev.max_new_tokens} tokens"
 
 
-def calibrate(runset) -> tuple[float, float]:
-    """(prefill seconds, seconds per decoding step) of one row at batch 1 on the longest prompt the
-    first run makes, each doubled: the prior for kinds not yet measured (conservative: a beam's
-    rows decode in one batch and summaries mostly stop before max_new_tokens)."""
+def calibrate(runset, rows: int = 4) -> Cost:
+    """The Cost of decoding on this machine: greedy rows of the longest prompt the first run makes,
+    timed for 1 and 9 tokens at batch 1 and for 9 tokens at batch `rows` (after one warm-up)."""
     from sumtune.data import encode_prompt
     from sumtune.multirun import Row
 
     run = next(iter(runset.runs.values()))
     prompt = encode_prompt(runset.tokenizer, "The council met on Tuesday to discuss the budget. " * 400, run.cfg.data)
 
-    def seconds(steps: int) -> float:
+    def seconds(steps: int, n: int = 1) -> float:
         cfg = copy.copy(run.cfg)
         cfg.eval = replace(cfg.eval, num_beams=1, max_new_tokens=steps, min_new_tokens=steps, no_repeat_ngram_size=0)
         t0 = time.perf_counter()
-        runset.decode([Row(run, cfg, prompt)], 1)
+        runset.decode([Row(run, cfg, prompt)] * n, n)
         return time.perf_counter() - t0
 
     seconds(2)  # lazily built parts (kernels, stop tables) are not decoding time
-    one, nine = seconds(1), seconds(9)
-    return 2 * one, 2 * max(nine - one, 0.0) / 8
+    prefill = seconds(1)
+    one = max(seconds(9) - prefill, 0.0) / 8  # a step of one row: step + per_sequence
+    many = max(seconds(9, rows) - rows * prefill, 0.0) / 8  # a step of `rows` rows: step + rows x per_sequence
+    per_sequence = max(many - one, 0.0) / (rows - 1)
+    return Cost(prefill, max(one - per_sequence, 0.0), per_sequence)
