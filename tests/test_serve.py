@@ -230,6 +230,22 @@ def test_a_measured_kind_is_projected_from_its_batches():
     assert scale.batches == 2 and job.future.cancelled()
 
 
+def test_a_burst_shares_one_batch():
+    """The worker starts a batch once requests stop arriving: rows admitted meanwhile join it."""
+    sched = Scheduler(max_rows=4, max_queue=10, cost=lambda row, n: row * n)
+    sched.GATHER_S, sched.MAX_GATHER_S = 0.3, 5.0  # wide, so a slow test machine cannot split the burst
+    jobs = [Job([0.1], ["A"], time.monotonic() + 60) for _ in range(3)]
+    with ThreadPoolExecutor(1) as pool:
+        sched.admit(jobs[0])
+        taken = pool.submit(sched.take)
+        for job in jobs[1:]:
+            time.sleep(0.05)
+            sched.admit(job)
+        t0 = time.monotonic()
+        _kind, batch = taken.result()
+    assert [j for j, _ in batch] == jobs and time.monotonic() - t0 < 1.0
+
+
 def test_greedy_and_beam_rows_never_share_a_batch_and_take_turns(runset, runs):
     gated = _Gated(runset)
     service = Service(gated, Limits(max_rows=2, timeout=60), cost=Cost(0.01, 0.0, 0.0))

@@ -8,7 +8,8 @@ request wait for the beam search it shares a batch with. Here:
 - Kinds. A row's kind is how it decodes (`RunSet.decoding_key`: beams, lengths, penalties,
   precision, stop tokens). Each kind has its own FIFO of rows; a batch takes up to `max_rows`
   rows of one kind; kinds take turns, one batch each, so a greedy request waits behind at most
-  one batch of each other kind, never inside one.
+  one batch of each other kind, never inside one. A batch starts once requests stop arriving
+  (50 ms apart, 0.5 s at most), so a burst shares batches.
 - Estimates. A batch's seconds are projected as cost(rows) x the kind's scale. The cost comes
   from a calibration at start-up (`Cost`: a prefill per row, then max_new_tokens steps, each a
   fixed part plus a part per sequence: on a CPU a step of 16 rows costs far less than 16 steps of
@@ -18,7 +19,7 @@ request wait for the beam search it shares a batch with. Here:
   sizes its retransmission timeout), so a noisy kind is projected long. A batch cut short by a
   cancellation is not measured.
 - Admission. A request is admitted only if a replay of the queue (the turns and batches the
-  worker will take, each batch costing its rows x estimate) finishes it before its deadline and
+  worker will take, each batch its projected seconds) finishes it before its deadline and
   keeps every admitted request that was in time in time; otherwise it is refused at once (503)
   with the seconds after which enough of the queue ahead will have drained (Retry-After).
 - Cancellation. A request that times out or whose client goes away is cancelled: its queued rows
@@ -90,6 +91,8 @@ class Scheduler:
     """The queues, the estimates and the running batch, behind one lock: `admit` and `cancel` from
     request handlers, `take`, `finish` and `fail` from the worker."""
 
+    GATHER_S, MAX_GATHER_S = 0.05, 0.5  # see `_gather`
+
     def __init__(self, max_rows: int, max_queue: int, cost: Callable[[object, int], float],
                  label: Callable[[object], str] = str):
         """`cost(row, n)`: the projected seconds of a batch of n rows of `row`'s kind, before scaling;
@@ -102,6 +105,7 @@ class Scheduler:
         self.labels: dict[Kind, str] = {}
         self.examples: dict[Kind, object] = {}  # a row of each kind seen (for /health)
         self.running: tuple[float, float, list[Entry]] | None = None  # (start, expected seconds, batch)
+        self.arrived = 0.0  # time.monotonic() of the last request admitted
 
     def seconds(self, kind: Kind, batch: list[Entry]) -> float:
         """The projected seconds of a batch."""
@@ -134,6 +138,7 @@ class Scheduler:
                     self.turns.append(kind)
                     self.labels[kind], self.examples[kind] = self.label(row), row
                 self.queues[kind].append((job, i))
+            self.arrived = now
             self.cond.notify()
 
     def cancel(self, job: Job) -> None:
@@ -188,8 +193,7 @@ class Scheduler:
     def take(self) -> tuple[Kind, list[Entry]]:
         """The next batch: up to max_rows rows of the kind whose turn it is (waits for one)."""
         with self.cond:
-            while not self.turns:
-                self.cond.wait()
+            self._gather()
             kind = self.turns.pop(0)
             queue = self.queues[kind]
             batch = [queue.popleft() for _ in range(min(self.max_rows, len(queue)))]
@@ -200,6 +204,22 @@ class Scheduler:
             expected = self.seconds(kind, batch)
             self.running = (time.monotonic(), expected, batch)
             return kind, batch
+
+    def _gather(self) -> None:
+        """Wait for a row, then while requests keep arriving (GATHER_S apart at most, MAX_GATHER_S in
+        all) until the next batch is full: a burst shares batches instead of its first request
+        taking a batch alone. The replay sees the rows queued meanwhile as that one batch."""
+        while True:
+            while not self.turns:
+                self.cond.wait()
+            end = time.monotonic() + self.MAX_GATHER_S
+            while self.turns and len(self.queues[self.turns[0]]) < self.max_rows:
+                wait = min(self.arrived + self.GATHER_S, end) - time.monotonic()
+                if wait <= 0:
+                    return
+                self.cond.wait(wait)
+            if self.turns:  # else every queued request was cancelled meanwhile
+                return
 
     def finish(self, kind: Kind, batch: list[Entry], results: list, seconds: float) -> None:
         """A batch decoded: measure it (unless cut short) and answer the jobs it completes."""
