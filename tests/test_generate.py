@@ -136,6 +136,40 @@ def test_beam_search_equals_hf_generate(length_penalty, tiny_neo, tmp_path):
     assert ours != greedy, "beam search should find other summaries than greedy here"
 
 
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_cancelled_rows_leave_the_batch_and_the_others_equal_hf_generate(num_beams, tiny_neo):
+    """`sumtune serve` cancels the rows of a request whose client left: they stop at the next step,
+    the rows beside them decode on unchanged, and a batch whose rows are all cancelled ends."""
+    tokenizer = load_tokenizer(str(tiny_neo))
+    model = load_model(str(tiny_neo)).eval()
+    prompts = _prompts(tokenizer, 5)
+    eos = _pick_eos([_hf(model, p, tokenizer.eos_token_id) for p in prompts])
+    expected = [_until_eos(_hf(model, p, eos, num_beams=num_beams), eos) for p in prompts]
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos)
+    steps = [0]  # decoding forwards (one new token per row), prefills not counted
+
+    def count(module, args, kwargs):
+        steps[0] += kwargs["input_ids"].shape[1] == 1
+
+    hook = model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        gen = Generator(model, tokenizer, EvalConfig(batch_size=5 * num_beams, num_beams=num_beams,
+                                                     max_new_tokens=NEW), stop_at_blank_line=False)
+        out = gen.generate(prompts, cancelled=lambda i: i in (1, 3) and steps[0] >= 3)
+        for i, (o, e) in enumerate(zip(out, expected)):
+            if i in (1, 3):
+                assert len(o) <= 4 < len(e), (i, o, e)
+            else:
+                assert o == e, i
+        steps[0] = 0
+        gen.generate(prompts, cancelled=lambda i: steps[0] >= 3)
+        assert steps[0] == 3  # no forward after every row was cancelled
+        steps[0] = 0
+        assert gen.generate(prompts, cancelled=lambda i: True) == [[]] * 5 and steps[0] == 0
+    finally:
+        hook.remove()
+
+
 def _first_repeat(tokens: list[int], n: int) -> int:
     """Index of the token completing the first repeated n-gram, or len(tokens)."""
     seen = set()

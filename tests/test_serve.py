@@ -1,6 +1,8 @@
 """`sumtune serve`: the API on four tiny runs (summaries equal `summarize`'s, every error code),
-refusal of runs on different base models, a loopback load test against a real uvicorn, and
-the page in a headless Chromium."""
+admission by projected wait (503 + Retry-After at once), cancellation on a timeout or a client
+gone (decoding stops, the next request starts at once), greedy and beam rows in separate batches
+taking turns, refusal of runs on different base models, a loopback load test against a real
+uvicorn, and the page in a headless Chromium."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -25,6 +28,7 @@ from sumtune.errors import UserError
 from sumtune.multirun import RunSet
 from sumtune.recipes.evaluate import check_text, summarize_text
 from sumtune.serve import Limits, Service, create_app, run_paths
+from sumtune.serve_queue import Cost, Job, Refused, Scheduler
 from sumtune.tiny import synthetic_news
 
 METHODS = ("zero_shot", "prompt_tuning", "lora", "last_layers")
@@ -104,39 +108,217 @@ def test_other_routes_and_no_file_reading(client):
     assert "<textarea" in client.get("/").text
 
 
+def test_health_shows_each_kind_measured(client):
+    assert _post(client, {"text": TEXTS[2], "runs": ["zero_shot"], "decoding": FAST}).status_code == 200
+    health = client.get("/health").json()
+    assert health["queued"] == 0 and health["decoding"] == 0
+    kind = next(k for k in health["kinds"] if k["decoding"] == "greedy, 12 tokens")
+    assert kind["batches_measured"] >= 1
+    assert kind["seconds_per_summary_alone"] >= kind["seconds_per_summary_in_a_full_batch"] > 0
+
+
 class _Gated:
-    """A RunSet whose decoding waits for a gate: the queue fills and requests time out."""
+    """A RunSet whose decoding waits for a gate, recording each batch's rows (run, num_beams)."""
 
     def __init__(self, runset):
-        self.inner, self.gate = runset, threading.Event()
-        self.runs, self.tokenizer = runset.runs, runset.tokenizer
+        self.inner, self.gate, self.batches = runset, threading.Event(), []
 
     def decode(self, rows, *a, **kw):
+        self.batches.append([(r.run.name, r.cfg.eval.num_beams) for r in rows])
         self.gate.wait(10)
         return self.inner.decode(rows, *a, **kw)
 
-    def describe(self):
-        return self.inner.describe()
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
 
 
-def test_full_queue_503_and_timeout_504(runset):
+def _until(condition, seconds: float = 5.0) -> None:
+    end = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < end, "timed out waiting"
+        time.sleep(0.01)
+
+
+def test_projected_wait_past_the_timeout_is_refused_at_once_with_retry_after(runset):
     gated = _Gated(runset)
-    service = Service(gated, Limits(max_queue=1, timeout=0.5))
+    # 1.5 s per summary before measuring (1 s x the prior scale 1.5); one summary per batch; a 3 s
+    # timeout: one request may wait
+    service = Service(gated, Limits(max_rows=1, timeout=3.0), cost=Cost(1.0, 0.0, 0.0))
+    body = {"text": TEXTS[0], "runs": ["zero_shot"], "decoding": FAST}
     with TestClient(create_app(service)) as c, ThreadPoolExecutor(4) as pool:
-        body = {"text": TEXTS[0], "runs": ["zero_shot"], "decoding": FAST}
-        first = pool.submit(_post, c, body)  # taken by the worker, which waits at the gate
-        time.sleep(0.2)
-        queued = [pool.submit(_post, c, body) for _ in range(3)]  # one waits in the queue, two are refused
-        codes = sorted(f.result().status_code for f in queued)
-        assert codes == [503, 503, 504], codes
-        assert first.result().status_code == 504
-        gated.gate.set()  # a timed-out job keeps its queue slot until the worker reaches and drops it
-        for _ in range(100):
-            if c.get("/health").json()["queued"] == 0:
-                break
-            time.sleep(0.05)
-        assert _post(c, body).status_code == 200  # the worker survived
+        first = pool.submit(_post, c, body)
+        _until(lambda: gated.batches)  # taken by the worker, which waits at the gate
+        second = pool.submit(_post, c, body)
+        _until(lambda: c.get("/health").json()["queued"] == 1)
+        t0 = time.perf_counter()
+        third = _post(c, body)  # would end 1.5 s after the second: past its timeout
+        assert third.status_code == 503 and time.perf_counter() - t0 < 0.5, third.text
+        retry = third.headers["Retry-After"]
+        assert retry.isdigit() and int(retry) >= 1 and third.json()["retry_after"] == int(retry)
+        assert "timeout" in third.json()["error"] and third.text.count("\n") == 0
+        alone = _post(c, {"text": TEXTS[0], "decoding": {"num_beams": 2, "max_new_tokens": 12}})  # 4 x 1.5 s
+        assert alone.status_code == 503 and "alone" in alone.json()["error"], alone.text
+        gated.gate.set()
+        assert first.result().status_code == 200 and second.result().status_code == 200  # accepted: answered
+
+
+def test_full_queue_is_refused_with_retry_after(runset):
+    gated = _Gated(runset)
+    service = Service(gated, Limits(max_queue=1, timeout=60), cost=Cost(0.01, 0.0, 0.0))
+    body = {"text": TEXTS[0], "runs": ["zero_shot"], "decoding": FAST}
+    with TestClient(create_app(service)) as c, ThreadPoolExecutor(4) as pool:
+        first = pool.submit(_post, c, body)
+        _until(lambda: gated.batches)
+        second = pool.submit(_post, c, body)
+        _until(lambda: c.get("/health").json()["queued"] == 1)
+        full = _post(c, body)
+        assert full.status_code == 503 and "waiting" in full.json()["error"] and full.headers["Retry-After"].isdigit()
+        gated.gate.set()
+        assert first.result().status_code == 200 and second.result().status_code == 200
         assert c.get("/health").json()["worker_alive"]
+
+
+def test_admission_keeps_accepted_requests_in_time_and_the_worker_follows_the_replay():
+    """The Scheduler alone (a row here is its cost; x 1.5 before a kind is measured): kinds take
+    turns, one batch each."""
+    sched = Scheduler(max_rows=1, max_queue=10, cost=lambda row, n: row * n)
+    now = time.monotonic()
+    a1, a2 = Job([1.0], ["A"], now + 10), Job([1.0], ["A"], now + 3.5)
+    sched.admit(a1)  # ends at 1.5 s
+    sched.admit(a2)  # ends at 3 s
+    with pytest.raises(Refused) as refused:
+        sched.admit(Job([1.0], ["B"], now + 10))  # in time itself, but B's turn would end a2 at 4.5 s
+    assert refused.value.retry_after == 5
+    with pytest.raises(Refused, match="alone"):
+        sched.admit(Job([5.0], ["C"], now + 2))
+    b = Job([0.25], ["B"], now + 10)
+    sched.admit(b)  # a2 now ends at 3.375 s
+    gone = Job([0.5], ["B"], now + 10)
+    sched.admit(gone)
+    sched.cancel(gone)
+    projected = sched.replay(now)
+    assert sorted(projected, key=projected.get) == [a1, b, a2]
+    assert projected[a2] == pytest.approx(now + 3.375)
+    done = []
+    while sched.turns:
+        kind, batch = sched.take()
+        assert all(j is not gone for j, _ in batch)
+        sched.finish(kind, batch, [([1], 0.1)] * len(batch), 0.1)
+        done += [j for j, _ in batch if j.future.done()]
+    assert done == [a1, b, a2] and gone.future.cancelled()
+
+
+def test_a_measured_kind_is_projected_from_its_batches():
+    """The scale of a kind follows measured / cost: the first batch taken as it is, then a moving
+    average plus twice its mean deviation; a batch with a cancelled row is not measured."""
+    sched = Scheduler(max_rows=4, max_queue=10, cost=lambda row, n: row * n)
+    one = [(Job([2.0], ["A"], time.monotonic() + 60), 0)]
+    assert sched.seconds("A", one) == 3.0  # 2 s x 1.5 before measuring
+    for seconds in (1.0, 1.0):  # half the cost, twice
+        sched.admit(one[0][0])
+        kind, batch = sched.take()
+        sched.finish(kind, batch, [([1], seconds)], seconds)
+        one = [(Job([2.0], ["A"], time.monotonic() + 60), 0)]
+    scale = sched.scales["A"]
+    assert scale.batches == 2 and scale.mean == 0.5 and scale.dev == pytest.approx(0.125 * 0.75)
+    assert sched.seconds("A", one) == pytest.approx(2.0 * (0.5 + 2 * 0.125 * 0.75))
+    job = Job([2.0], ["A"], time.monotonic() + 60)
+    sched.admit(job)
+    kind, batch = sched.take()
+    sched.cancel(job)
+    sched.finish(kind, batch, [([1], 9.0)], 9.0)
+    assert scale.batches == 2 and job.future.cancelled()
+
+
+def test_a_burst_shares_one_batch():
+    """The worker starts a batch once requests stop arriving: rows admitted meanwhile join it."""
+    sched = Scheduler(max_rows=4, max_queue=10, cost=lambda row, n: row * n)
+    sched.GATHER_S, sched.MAX_GATHER_S = 0.3, 5.0  # wide, so a slow test machine cannot split the burst
+    jobs = [Job([0.1], ["A"], time.monotonic() + 60) for _ in range(3)]
+    with ThreadPoolExecutor(1) as pool:
+        sched.admit(jobs[0])
+        taken = pool.submit(sched.take)
+        for job in jobs[1:]:
+            time.sleep(0.05)
+            sched.admit(job)
+        t0 = time.monotonic()
+        _kind, batch = taken.result()
+    assert [j for j, _ in batch] == jobs and time.monotonic() - t0 < 1.0
+
+
+def test_greedy_and_beam_rows_never_share_a_batch_and_take_turns(runset, runs):
+    gated = _Gated(runset)
+    service = Service(gated, Limits(max_rows=2, timeout=60), cost=Cost(0.01, 0.0, 0.0))
+    beam, two = {"num_beams": 3, "max_new_tokens": 12}, ["zero_shot", "lora"]
+    with TestClient(create_app(service)) as c, ThreadPoolExecutor(6) as pool:
+        first = pool.submit(_post, c, {"text": TEXTS[0], "runs": ["zero_shot"], "decoding": beam})
+        _until(lambda: gated.batches)
+        posted = []
+        for decoding in (beam, beam, beam, FAST, FAST):  # in this order: three beam requests, then two greedy
+            posted.append((decoding, pool.submit(_post, c, {"text": TEXTS[1], "runs": two, "decoding": decoding})))
+            waiting = len(posted)
+            _until(lambda n=waiting: c.get("/health").json()["queued"] == n)
+        gated.gate.set()
+        assert first.result().status_code == 200
+        answers = [(d, f.result()) for d, f in posted]
+    assert [sorted({b for _, b in batch}) for batch in gated.batches] == [[3], [3], [1], [3], [1], [3]]
+    paths = {p.name: p for p in runs}
+    for decoding, r in answers:
+        assert r.status_code == 200, r.text
+        for s in r.json()["summaries"]:
+            assert s["summary"] == summarize_text(paths[s["run"]], TEXTS[1], decoding)
+
+
+@contextmanager
+def _slow_steps(runset, seconds: float):
+    """Every forward of the runset's model sleeps `seconds` first; yields [forwards so far]."""
+    count = [0]
+
+    def hook(module, args):
+        count[0] += 1
+        time.sleep(seconds)
+
+    handle = runset.base.get_input_embeddings().register_forward_pre_hook(hook)
+    try:
+        yield count
+    finally:
+        handle.remove()
+
+
+LONG = {"text": TEXTS[0], "runs": ["zero_shot", "lora"], "decoding": {"max_new_tokens": 256, "min_new_tokens": 256}}
+
+
+def _stops_and_frees(forwards: list[int], get, post) -> None:
+    """After a cancellation: the worker is idle, no forward runs, the next request starts at once."""
+    _until(lambda: get("/health").json()["decoding"] == 0, 2.0)
+    n = forwards[0]
+    time.sleep(0.3)
+    assert forwards[0] == n and n < 128, n  # stopped long before its 256 steps, and nothing runs on
+    t0 = time.perf_counter()
+    r = post({"text": TEXTS[1], "runs": ["zero_shot"], "decoding": FAST})
+    assert r.status_code == 200 and time.perf_counter() - t0 < 1.5, (r.text, time.perf_counter() - t0)
+    health = get("/health").json()
+    assert health["queued"] == 0 and health["decoding"] == 0
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_a_timed_out_request_stops_decoding_and_frees_the_worker(runset, num_beams):
+    service = Service(runset, Limits(timeout=1.0), cost=Cost(0.01, 0.0, 0.0))  # admitted: projected far below 1 s
+    long = {**LONG, "decoding": {**LONG["decoding"], "num_beams": num_beams}}
+    with _slow_steps(runset, 0.02) as forwards, TestClient(create_app(service)) as c:
+        t0 = time.perf_counter()
+        r = _post(c, long)  # 256 steps x 20 ms: it cannot finish in 1 s
+        assert r.status_code == 504 and time.perf_counter() - t0 < 2.0, r.text
+        _stops_and_frees(forwards, c.get, lambda body: _post(c, body))
+
+
+def test_a_client_that_goes_away_is_cancelled(runset):
+    service = Service(runset, Limits(timeout=60), cost=Cost(0.01, 0.0, 0.0))
+    with _slow_steps(runset, 0.02) as forwards, _uvicorn(create_app(service)) as url:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + "/summarize", json=LONG, timeout=0.5)  # the client gives up and closes
+        _stops_and_frees(forwards, lambda path: httpx.get(url + path, timeout=5),
+                         lambda body: httpx.post(url + "/summarize", json=body, timeout=30))
 
 
 def _other_base(tiny_neo: Path, out: Path) -> Path:
@@ -186,27 +368,30 @@ def test_check_text_is_the_summarize_check():
 # --- a real server on the loopback -----------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def live(runset, runs):
-    """uvicorn on 127.0.0.1, an ephemeral port; a report.html beside the runs."""
+@contextmanager
+def _uvicorn(app):
+    """uvicorn serving `app` on 127.0.0.1, an ephemeral port; yields its URL."""
     import uvicorn
 
-    (runs[0].parent / "report.html").write_text("<html><body>report</body></html>")
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(Service(runset, Limits(max_queue=64))), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    for _ in range(100):
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    yield url
-    server.should_exit = True
-    thread.join(10)
+    _until(lambda: server.started, 10.0)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def live(runset, runs):
+    """A live server; a report.html beside the runs."""
+    (runs[0].parent / "report.html").write_text("<html><body>report</body></html>")
+    with _uvicorn(create_app(Service(runset, Limits(max_queue=64)))) as url:
+        yield url
 
 
 def _rss_mb() -> float:

@@ -155,7 +155,9 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=positive_int, default=8000)
     p.add_argument("--model", help="the runs' base model at another path (must be the same model)")
-    p.add_argument("--timeout", type=number, default=120.0, help="seconds per request, queue included (504 after)")
+    p.add_argument("--timeout", type=budget_value, default=120.0,
+                   help="seconds per request, queue included: one projected to finish later is refused at once "
+                        "(503 with Retry-After)")
     p.add_argument("--max-queue", type=positive_int, default=32, help="requests waiting at most (503 beyond)")
 
     p = sub.add_parser("methods", help="each method's keys (method.KEY), with their defaults and help")

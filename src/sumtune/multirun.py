@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -229,23 +230,29 @@ class RunSet:
                 setattr(m, a, p)
 
     def group_key(self, row: Row) -> tuple:
-        """Rows with equal keys decode in one batch: the same weights (a swapping run alone),
-        the same decoding settings (max_sentences only trims the text afterwards) and stop tokens."""
+        """Rows with equal keys decode in one batch: the same weights (a swapping run alone) and
+        the same decoding (`decoding_key`)."""
+        return (row.run.name if row.run.swap is not None else None, *self.decoding_key(row))
+
+    def decoding_key(self, row: Row) -> tuple:
+        """How a row decodes: its decoding settings (max_sentences only trims the text afterwards),
+        precision and stop tokens (serve queues rows by it: greedy never waits in a beam batch)."""
         ev = asdict(replace(row.cfg.eval, preset="greedy", batch_size=0, max_sentences=0))
         decoding = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in ev.items()
                          if k not in SCORING_KEYS)
-        return (row.run.name if row.run.swap is not None else None, decoding, row.run.autocast,
-                self.stop_ids(row))
+        return decoding, row.run.autocast, self.stop_ids(row)
 
     def stop_ids(self, row: Row) -> tuple[int, ...]:
         from sumtune.data import stop_ids
 
         return stop_ids(self.tokenizer, row.cfg.data)
 
-    def decode(self, rows: list[Row], max_batch: int = 8, mode: str = "mixed") -> list[tuple[list[int], float]]:
+    def decode(self, rows: list[Row], max_batch: int = 8, mode: str = "mixed",
+               cancelled: Callable[[int], bool] | None = None) -> list[tuple[list[int], float]]:
         """(generated tokens, seconds of the batch it was decoded in) per row, in order. `mode`:
         "mixed" batches rows of different runs (`group_key`); "per_run" only rows of one run;
-        "alone" decodes each row by itself (the baselines of bench/serve_throughput.py)."""
+        "alone" decodes each row by itself (the baselines of bench/serve_throughput.py).
+        `cancelled(i)`: row i is no longer wanted (see `Generator.generate`)."""
         if mode not in ("mixed", "per_run", "alone"):
             raise ValueError(f"unknown decoding mode {mode!r}")
         groups: dict[tuple, list[int]] = {}
@@ -259,7 +266,8 @@ class RunSet:
             gen = self.generator.with_config(ev, self.stop_ids(first))
             t0 = time.perf_counter()
             with self._swapped(first.run) if first.run.swap is not None else nullcontext():
-                tokens = gen.generate([rows[i].prompt for i in idx], variants=[rows[i].run.variant for i in idx])
+                tokens = gen.generate([rows[i].prompt for i in idx], variants=[rows[i].run.variant for i in idx],
+                                      cancelled=None if cancelled is None else (lambda j, idx=idx: cancelled(idx[j])))
             seconds = time.perf_counter() - t0
             for i, t in zip(idx, tokens):
                 out[i] = (t, seconds)

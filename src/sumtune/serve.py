@@ -6,11 +6,13 @@ Endpoints: `GET /` the page; `POST /summarize {"text", "runs"?, "decoding"?}` ->
 report.html files found beside the runs at startup (nothing else is read from disk, nothing
 named by a client).
 
-One worker thread owns the model (multirun.RunSet): it takes every request waiting (up to
-`max_rows` summaries), decodes rows of different runs in shared batches where the methods allow
-(see multirun) and answers each request. `seconds` is the wall time of the batch a summary was
+One worker thread owns the model (multirun.RunSet); the queue in front of it (serve_queue) admits
+a request only if its projected wait lets it finish within the timeout, batches rows only with
+rows of the same decoding, and cancels a request that times out or whose client goes away (its
+rows stop decoding at the next step). `seconds` is the wall time of the batch a summary was
 decoded in. Limits, each a clear HTTP error: body size (413), non-UTF-8 body or bad JSON (400),
-bad fields or empty text (422), unknown run (404), a full queue (503), a slow answer (504).
+bad fields or empty text (422), unknown run (404), a full queue or a projected wait past the
+timeout (503 with Retry-After, at once), a slow answer (504, should a batch overrun its estimate).
 """
 
 from __future__ import annotations
@@ -20,10 +22,9 @@ import copy
 import json
 import logging
 import math
-import queue
-import threading
-from concurrent.futures import Future
-from dataclasses import dataclass, field
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from sumtune.config import DECODING_PRESETS
 from sumtune.decoding.summaries import NotUTF8Error, article_text, check_text, summary_text
 from sumtune.errors import UserError
 from sumtune.runs import with_overrides
+from sumtune.serve_queue import Cost, Refused, Worker
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +53,9 @@ class Limits:
 
 
 class HTTPError(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, retry_after: int | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.retry_after = status, retry_after
 
 
 def check_decoding(decoding: Any) -> dict[str, Any]:
@@ -80,59 +82,6 @@ def check_decoding(decoding: Any) -> dict[str, Any]:
     return out
 
 
-@dataclass
-class Job:
-    rows: list  # multirun.Row
-    future: Future = field(default_factory=Future)
-
-
-class Worker:
-    """The one thread that decodes; a bounded queue in front of it (`submit` raises queue.Full)."""
-
-    def __init__(self, runset, limits: Limits, mode: str = "mixed"):
-        self.runset, self.limits, self.mode = runset, limits, mode
-        self.jobs: queue.Queue[Job] = queue.Queue(maxsize=limits.max_queue)
-        self.thread = threading.Thread(target=self._loop, name="sumtune-serve-worker", daemon=True)
-        self.thread.start()
-
-    def submit(self, rows: list) -> Future:
-        job = Job(rows)
-        self.jobs.put_nowait(job)
-        return job.future
-
-    def _take(self) -> list[Job]:
-        """The next job and those waiting behind it, up to max_rows rows; cancelled ones (timed out
-        while queued) are dropped."""
-        jobs, rows = [], 0
-        job = self.jobs.get()
-        while True:
-            if job.future.set_running_or_notify_cancel():
-                jobs.append(job)
-                rows += len(job.rows)
-            if rows >= self.limits.max_rows:
-                return jobs
-            try:
-                job = self.jobs.get_nowait()
-            except queue.Empty:
-                return jobs
-
-    def _loop(self) -> None:
-        while True:
-            jobs = self._take()
-            rows = [r for j in jobs for r in j.rows]
-            try:
-                results = self.runset.decode(rows, self.limits.max_rows, mode=self.mode)
-            except Exception as e:  # answer every waiting request; the worker stays up
-                log.exception("decoding failed")
-                for j in jobs:
-                    j.future.set_exception(e)
-                continue
-            start = 0
-            for j in jobs:
-                j.future.set_result(results[start : start + len(j.rows)])
-                start += len(j.rows)
-
-
 def find_reports(runs: list[Path]) -> list[Path]:
     """report.html files inside the runs or beside them (their parent directory), found once."""
     seen: list[Path] = []
@@ -146,9 +95,12 @@ def find_reports(runs: list[Path]) -> list[Path]:
 class Service:
     """The request handling, independent of the web framework (so the checks are plain code)."""
 
-    def __init__(self, runset, limits: Limits | None = None, mode: str = "mixed"):
+    def __init__(self, runset, limits: Limits | None = None, mode: str = "mixed",
+                 cost: Cost | None = None):
+        """`cost`: decoding seconds on this machine (default: serve_queue.calibrate on the runset now)."""
         self.runset, self.limits = runset, limits or Limits()
-        self.worker = Worker(runset, self.limits, mode)
+        lim = self.limits
+        self.worker = Worker(runset, lim.max_rows, lim.max_queue, lim.timeout, mode, cost)
         self.reports = find_reports([r.path for r in runset.runs.values()])
 
     def runs(self) -> list[dict]:
@@ -215,21 +167,39 @@ class Service:
             rows.append(Row(run, cfg, prompt))
         return rows
 
-    async def summarize(self, body: bytes) -> dict:
+    async def summarize(self, body: bytes, gone: Callable[[], Awaitable[None]] | None = None) -> dict:
+        """The summaries of a request body. `gone`: returns when the client has gone away; the
+        request is then cancelled (ClientGone), as it is on the timeout (504)."""
         text, names, decoding = self.parse(body)
         rows = self.rows(text, names, decoding)
         try:
-            future = self.worker.submit(rows)
-        except queue.Full:
-            raise HTTPError(503, "server busy: too many requests waiting; retry later") from None
+            job = self.worker.submit(rows)
+        except Refused as e:
+            raise HTTPError(503, f"{e}; retry in {e.retry_after} s", e.retry_after) from None
+        answer = asyncio.wrap_future(job.future)
+        watch = asyncio.ensure_future(gone()) if gone is not None else None
         try:
-            results = await asyncio.wait_for(asyncio.wrap_future(future), self.limits.timeout)
-        except asyncio.TimeoutError:
-            future.cancel()  # dropped if still queued
-            raise HTTPError(504, f"no summary within {self.limits.timeout:g} s; retry later") from None
+            await asyncio.wait([answer, *([watch] if watch else [])], return_when=asyncio.FIRST_COMPLETED,
+                               timeout=max(0.0, job.deadline - time.monotonic()))
+        finally:  # on the timeout, the client gone, or this handler cancelled: stop the job's decoding
+            if watch is not None:
+                watch.cancel()
+            if not answer.done():
+                self.worker.cancel(job)
+        future = job.future  # answered, or cancelled above
+        if future.cancelled():
+            if watch is not None and watch.done() and not watch.cancelled():
+                raise ClientGone
+            raise HTTPError(504, f"no summary within {self.limits.timeout:g} s; retry later")
+        if future.exception() is not None:
+            raise HTTPError(500, f"decoding failed: {str(future.exception()).splitlines()[0][:200]}")
         tok = self.runset.tokenizer
         return {"summaries": [{"run": row.run.name, "summary": summary_text(tok, tokens, row.cfg),
-                               "seconds": round(seconds, 4)} for row, (tokens, seconds) in zip(rows, results)]}
+                               "seconds": round(seconds, 4)} for row, (tokens, seconds) in zip(rows, future.result())]}
+
+
+class ClientGone(Exception):
+    """The client went away before its answer (nobody reads a response)."""
 
 
 def create_app(service: Service):
@@ -249,7 +219,7 @@ def create_app(service: Service):
 
     async def health(request: Request):
         return JSONResponse({"status": "ok", "runs": len(service.runset.runs),
-                             "queued": service.worker.jobs.qsize(), "worker_alive": service.worker.thread.is_alive()})
+                             "worker_alive": service.worker.thread.is_alive(), **service.worker.scheduler.snapshot()})
 
     async def report(request: Request):
         i = request.path_params["i"]
@@ -257,14 +227,21 @@ def create_app(service: Service):
             return JSONResponse({"error": "no such report"}, status_code=404)
         return FileResponse(service.reports[i], media_type="text/html")
 
+    async def gone(request: Request) -> None:
+        """Returns once the client has disconnected (the body is read: what comes next is that)."""
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
     async def summarize(request: Request):
         try:
             body = await _read_body(request, service.limits.max_body)
-            return JSONResponse(await service.summarize(body))
+            return JSONResponse(await service.summarize(body, lambda: gone(request)))
         except HTTPError as e:
-            return JSONResponse({"error": str(e)}, status_code=e.status)
-        except ClientDisconnect:
-            return JSONResponse({"error": "client disconnected"}, status_code=400)
+            retry = {} if e.retry_after is None else {"retry_after": e.retry_after}
+            return JSONResponse({"error": str(e), **retry}, status_code=e.status,
+                                headers={"Retry-After": str(e.retry_after)} if retry else None)
+        except (ClientDisconnect, ClientGone):
+            return JSONResponse({"error": "client disconnected"}, status_code=499)
 
     return Starlette(routes=[
         Route("/", index), Route("/runs", runs), Route("/health", health),

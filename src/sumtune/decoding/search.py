@@ -76,7 +76,8 @@ class _Finished:
         self.open[entries] &= ~full | (best_running / float(step + 1) ** self.lp > worst)
 
     def results(self) -> list[list[int]]:
-        return [h[0][1] for h in self.best]
+        """The best hypothesis of each entry ([] for an entry cancelled before it finished one)."""
+        return [h[0][1] if h else [] for h in self.best]
 
 
 class Generator:
@@ -166,9 +167,13 @@ class Generator:
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[Sequence[int]], progress: bool = False,
-                 variants: Sequence[Variant] | None = None) -> list[list[int]]:
+                 variants: Sequence[Variant] | None = None,
+                 cancelled: Callable[[int], bool] | None = None) -> list[list[int]]:
         """New tokens for each prompt, in input order; a finished summary ends with its stop token.
-        `variants`: each prompt's own soft prompt/adapter (default: the model's own)."""
+        `variants`: each prompt's own soft prompt/adapter (default: the model's own). `cancelled(i)`:
+        whether prompt i is no longer wanted (`sumtune serve`: its client left), asked before every
+        step; such a row leaves its batch at once, a batch of cancelled rows ends, and the row's
+        tokens are whatever it had (none for a batch not started)."""
         variants = list(variants) if variants is not None else [self.own] * len(prompts)
         k = self.cfg.num_beams
         per_batch = max(1, self.cfg.batch_size // k)
@@ -178,7 +183,10 @@ class Generator:
             for start in range(0, len(order), per_batch):
                 idx = order[start : start + per_batch]
                 batch, vs = [prompts[i] for i in idx], [variants[i] for i in idx]
-                results = self._greedy(batch, vs) if k == 1 else self._beam(batch, vs, k)
+                gone = None if cancelled is None else (lambda idx=idx: [cancelled(i) for i in idx])
+                if gone is not None and all(gone()):
+                    continue
+                results = self._greedy(batch, vs, gone) if k == 1 else self._beam(batch, vs, k, gone)
                 for i, r in zip(idx, results):
                     out[i] = r
                 bar.update(len(idx))
@@ -205,7 +213,18 @@ class Generator:
 
     # --- greedy --------------------------------------------------------------
 
-    def _greedy(self, prompts: Sequence[Sequence[int]], variants: Sequence[Variant]) -> list[list[int]]:
+    def _dropped(self, gone: Callable[[], list[bool]] | None, active: torch.Tensor,
+                 running: torch.Tensor) -> torch.Tensor | None:
+        """Which of the `running` active rows (`active`: their original rows) are cancelled now; None
+        when none is (asked in Python first: no tensor work while nobody cancels)."""
+        flags = gone() if gone is not None else None
+        if not flags or not any(flags):
+            return None
+        dropped = torch.tensor(flags, dtype=torch.bool, device=self.device)[active] & running
+        return dropped if bool(dropped.any()) else None
+
+    def _greedy(self, prompts: Sequence[Sequence[int]], variants: Sequence[Variant],
+                gone: Callable[[], list[bool]] | None = None) -> list[list[int]]:
         cache, mask, pos, logits, width, limit = self._start(prompts, variants)
         rule, n = self.stop_rule, len(prompts)
         rows = torch.arange(n, device=self.device)  # original row of each active row
@@ -220,6 +239,9 @@ class Generator:
             tok = ban_repeats(logits, seqs, step, self.cfg.no_repeat_ngram_size).argmax(-1)
             seqs[:, step] = tok
             stop = rule.stops(tok, prev, started) & ~finished
+            dropped = self._dropped(gone, rows, ~finished)
+            if dropped is not None:
+                stop |= dropped
             if step == limit - 1:
                 break
             if bool(stop.any()):
@@ -228,7 +250,7 @@ class Generator:
                 finished |= stop
                 if bool(finished.all()):
                     break
-                if int(finished.sum()) * 4 >= len(rows):  # compact: drop the finished rows
+                if int(finished.sum()) * 4 >= len(rows) or dropped is not None:  # compact: drop the finished rows
                     keep = (~finished).nonzero().squeeze(1)
                     out[rows[finished]] = seqs[finished]
                     rows, seqs, tok, mask, pos = rows[keep], seqs[keep], tok[keep], mask[keep], pos[keep]
@@ -244,7 +266,8 @@ class Generator:
 
     # --- beam search ---------------------------------------------------------
 
-    def _beam(self, prompts: Sequence[Sequence[int]], variants: Sequence[Variant], k: int) -> list[list[int]]:
+    def _beam(self, prompts: Sequence[Sequence[int]], variants: Sequence[Variant], k: int,
+              gone: Callable[[], list[bool]] | None = None) -> list[list[int]]:
         """Beam search as `generate` does it: per step the top 2k continuations; those that stop and rank
         within the first k become finished hypotheses scored sum_logprob / generated_len ** length_penalty;
         the best k that do not stop continue; an entry is done once k hypotheses are finished and the best
@@ -279,10 +302,13 @@ class Generator:
             started = self.stop_rule.update_started(started[pick], prev)
             reorder_beams(cache, pick, width)
             done.close(entries, scores[:, 0], step)
+            dropped = self._dropped(gone, entries, done.open[entries])
+            if dropped is not None:
+                done.open[entries[dropped]] = False
             still = done.open[entries]
             if not bool(still.any()):
                 break
-            if int((~still).sum()) * 4 >= len(entries):  # compact: drop the done entries' beams
+            if int((~still).sum()) * 4 >= len(entries) or dropped is not None:  # compact: drop the done entries' beams
                 kept = still.nonzero().squeeze(1)
                 rows = (kept[:, None] * k + torch.arange(k, device=dev)).view(-1)
                 entries, scores = entries[kept], scores[kept]
