@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sumtune.errors import UserError
-from sumtune.offline import is_local_model
+from sumtune.offline import is_local_model, use_cache_only
 
 if TYPE_CHECKING:
     import torch
@@ -95,8 +95,6 @@ def load_scorer(ev: EvalConfig) -> BERTScorer:
     if ev.bertscore_rescale:
         _check_baseline(bert_score, name, layers)
     if not is_local_model(name):
-        from sumtune.offline import use_cache_only
-
         use_cache_only()  # an unreachable Hub: the cache only, at once, rather than the client's retries
     try:
         return bert_score.BERTScorer(model_type=name, num_layers=layers, device="cpu", batch_size=BATCH_SIZE,

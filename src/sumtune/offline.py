@@ -20,6 +20,8 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from sumtune.gguf_files import NAMED_MODELS
+
 PROBE_TIMEOUT_S = 2.5
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 _probed: dict[tuple[str, int], bool] = {}
@@ -30,8 +32,6 @@ def is_local_model(name: str | None) -> bool:
     (sumtune.gguf_files.NAMED_MODELS, a file in sumtune's cache), rather than a Hub name."""
     if not name:
         return False
-    from sumtune.gguf_files import NAMED_MODELS
-
     return (Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
             or name in NAMED_MODELS)
 

@@ -8,6 +8,8 @@ path (training, generation, export, compare) runs anywhere in seconds.
 
 from __future__ import annotations
 
+import json
+import random
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -111,8 +113,6 @@ def build_tiny_encoder(out_dir: str | Path, texts: Iterable[str], vocab_size: in
     """Write a random-weight tiny RoBERTa encoder and its RoBERTa tokenizer (byte-level BPE trained on
     `texts`, RoBERTa's special tokens) to `out_dir`: a stand-in for roberta-large where BERTScore runs
     offline (tests)."""
-    import json
-
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import RobertaConfig, RobertaModel, RobertaTokenizer
 
@@ -152,8 +152,6 @@ _DETAILS = ["The decision follows months of debate.", "Residents said they welco
 def synthetic_news(n: int, seed: int = 0) -> list[dict[str, str]]:
     """`n` templated news rows {id, article, highlights} with newline-separated highlights,
     varied in length; for tests and tokenizer training only."""
-    import random
-
     rng = random.Random(seed)
     rows = []
     for i in range(n):

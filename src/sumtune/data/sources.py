@@ -34,6 +34,7 @@ from sumtune.data.readers import (
     utf8_error,
 )
 from sumtune.errors import UserError
+from sumtune.offline import use_cache_only
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +179,6 @@ def _load_hub(src: str):
     """`datasets.load_dataset` of hf:NAME[:CONFIG]; with the Hub unreachable, from the cache only
     (at once, not after the client's retries)."""
     import datasets
-
-    from sumtune.offline import use_cache_only
 
     name, _, conf = src[3:].partition(":")
     cache_only = use_cache_only()  # unreachable: the process is offline from here on

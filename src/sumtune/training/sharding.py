@@ -29,13 +29,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from pathlib import Path
 
 import torch
 
 from sumtune.config import METHODS
 from sumtune.errors import UserError
+from sumtune.io import atomic_dir
 from sumtune.methods import get_method
+from sumtune.methods.base import write_meta
 
 FSDP_FAST_PATHS = frozenset({"sdpa_attention", "blocked_local_attention", "fused_gelu", "fast_lora"})
 
@@ -77,8 +80,6 @@ def fsdp_plan(cfg, accelerator) -> dict:
 def one_process_group(accelerator) -> None:
     """A process group of one where none was launched (FSDP with CPU offload on one GPU, run
     as plain `sumtune train`): fully_shard needs a mesh."""
-    import socket
-
     import torch.distributed as dist
 
     if dist.is_initialized():
@@ -142,9 +143,6 @@ def save_gathered(method, model: torch.nn.Module, directory: Path, meta: dict, m
     """The trainable weights gathered from every process (a collective: all processes call
     it), written by the main process in the method's own format: PEFT's adapter for lora, the
     full weights file for full (tied tensors once, as `methods.base.save_params`)."""
-    from sumtune.io import atomic_dir
-    from sumtune.methods.base import write_meta
-
     state = {n: as_plain(p.detach()).cpu() for n, p in model.named_parameters() if p.requires_grad}
     if not main:
         return

@@ -40,6 +40,7 @@ from sumtune.modeling import (
 )
 from sumtune.quantize import check_quantize
 from sumtune.runs import run_meta
+from sumtune.training.selection import Selection
 from sumtune.training.sharding import FSDP_FAST_PATHS, fsdp_plan
 from sumtune.training.step import token_loss_sum
 from sumtune.training.trackers import check_trackers, log_with, wants_samples
@@ -209,8 +210,6 @@ def setup(cfg: Config, accelerator, precision: str) -> TrainSetup:
     method, model = prepared_model(cfg, tokenizer, base)
     selection = samples = None
     if method.trains and (cfg.train.select_by != "loss" or wants_samples(cfg)):
-        from sumtune.training.selection import Selection
-
         if cfg.train.select_by != "loss":
             selection = Selection(cfg, model, tokenizer, precision, accelerator)  # before the training fast paths
         elif plan["fsdp"]:

@@ -29,6 +29,7 @@ from sumtune.config import Config, TrainConfig
 from sumtune.config_values import flatten
 from sumtune.errors import UserError
 from sumtune.io import atomic_write_json
+from sumtune.offline import reachable
 
 TABLES = ("wandb", "clearml", "mlflow", "tensorboard")  # trackers given the sample-predictions table
 EXTRAS = {"wandb": "'.[wandb]'", "mlflow": "'.[mlflow]'", "tensorboard": "'.[tensorboard]'"}  # pip install -e
@@ -78,8 +79,6 @@ def log_with(names: list[str], run_path: Path) -> list:
 
 def _wandb_login() -> None:
     """W&B online needs an API key (env, netrc or wandb settings) and its server, as `wandb.init` finds them."""
-    from sumtune.offline import reachable
-
     try:  # the settings wandb.init resolves (env, settings files), without starting its service
         from wandb.sdk.wandb_setup import singleton
 
@@ -123,8 +122,6 @@ def _comet_login() -> None:
 def _mlflow_store() -> None:
     """The tracking store MLflow resolves (MLFLOW_TRACKING_URI, else its default) must open now."""
     import mlflow
-
-    from sumtune.offline import reachable
 
     uri = mlflow.get_tracking_uri()
     url = urlsplit(uri)
