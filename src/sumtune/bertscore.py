@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from sumtune.errors import UserError
 from sumtune.offline import is_local_model, use_cache_only
 
@@ -125,8 +127,6 @@ def bertscore_per_example(scorer: BERTScorer, predictions: Sequence[str], refere
 
     A blank prediction or reference scores bert-score's documented raw 0 for all three (rescaled like the
     others): it is not sent to bert-score, whose 0.3.12 fails on a blank text under Transformers 5."""
-    import torch
-
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     if not predictions:

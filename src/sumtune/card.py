@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 import yaml
+from huggingface_hub import EvalResult, ModelCardData, metadata_load, try_to_load_from_cache
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from sumtune.card_code import AUTOCAST, card_python, summarize_command
 from sumtune.config import Config, decoding_summary
@@ -47,8 +49,6 @@ LICENSE_KEYS = ("license", "license_name", "license_link")
 def base_model_id(model_name: str, given: str | None = None) -> str | None:
     """The base model's Hub id, when it is known (module docstring)."""
     if given:
-        from huggingface_hub.utils import HFValidationError, validate_repo_id
-
         try:
             validate_repo_id(given)
         except HFValidationError:
@@ -67,8 +67,6 @@ def base_card_path(model_name: str, hub_id: str | None) -> Path | None:
     if is_local_model(model_name) and local.is_file():
         return local
     if hub_id:
-        from huggingface_hub import try_to_load_from_cache
-
         cached = try_to_load_from_cache(hub_id, "README.md")
         if isinstance(cached, str):
             return Path(cached)
@@ -78,8 +76,6 @@ def base_card_path(model_name: str, hub_id: str | None) -> Path | None:
 def base_license(model_name: str, hub_id: str | None) -> dict[str, str]:
     """{license[, license_name, license_link]} from the base model's card (a GGUF file: its
     general.license); {} when unknown."""
-    from huggingface_hub import metadata_load
-
     if is_gguf_model(model_name):
         license_ = (source_record(model_name) or {}).get("license")
         return {"license": str(license_)} if license_ else {}
@@ -119,8 +115,6 @@ def score(value: float) -> float:
 def card_metadata(cfg: Config, method, metrics: dict | None, *, adapter: bool, name: str,
                   base_id: str | None, license_: dict[str, str]):
     """The front matter as a huggingface_hub `ModelCardData`."""
-    from huggingface_hub import EvalResult, ModelCardData
-
     dataset = hub_dataset(cfg.data.source)
     results = None
     if metrics is not None:

@@ -5,6 +5,8 @@ machine a 4-bit run is refused in one line before anything is loaded."""
 
 from __future__ import annotations
 
+import torch
+
 from sumtune.errors import UserError
 
 
@@ -12,8 +14,6 @@ def check_quantize(quantize: str) -> None:
     """Refuse `method.quantize` that this machine cannot run, before any data or model loads."""
     if quantize == "none":
         return
-    import torch
-
     if not torch.cuda.is_available():
         raise UserError(f"method.quantize={quantize} (QLoRA) needs a CUDA GPU (bitsandbytes' 4-bit kernels); "
                         "none is available here: set method.quantize=none to train plain LoRA")
@@ -27,7 +27,6 @@ def quantization_kwargs(quantize: str) -> dict:
     """`from_pretrained` keyword arguments for `quantize` (none: nothing)."""
     if quantize == "none":
         return {}
-    import torch
     from transformers import BitsAndBytesConfig
 
     check_quantize(quantize)

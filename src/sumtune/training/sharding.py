@@ -33,6 +33,8 @@ import socket
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
 
 from sumtune.config import METHODS
 from sumtune.errors import UserError
@@ -80,8 +82,6 @@ def fsdp_plan(cfg, accelerator) -> dict:
 def one_process_group(accelerator) -> None:
     """A process group of one where none was launched (FSDP with CPU offload on one GPU, run
     as plain `sumtune train`): fully_shard needs a mesh."""
-    import torch.distributed as dist
-
     if dist.is_initialized():
         return
     with socket.socket() as sock:
@@ -94,7 +94,6 @@ def one_process_group(accelerator) -> None:
 def shard(model: torch.nn.Module, accelerator, offload: bool = False) -> torch.nn.Module:
     """`fully_shard` each transformer block (the classes in the model's `_no_split_modules`),
     then the root, over all processes; parameters become DTensor shards (dim 0)."""
-    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
 
     mesh = init_device_mesh(accelerator.device.type, (accelerator.num_processes,))

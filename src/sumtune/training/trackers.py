@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import accelerate
+from accelerate.tracking import TensorBoardTracker, get_available_trackers
+
 from sumtune.config import Config, TrainConfig
 from sumtune.config_values import flatten
 from sumtune.errors import UserError
@@ -58,11 +61,7 @@ def check_trackers(cfg: Config) -> list[str]:
             how = f"pip install -e {EXTRAS[name]}" if name in EXTRAS else f"pip install {PACKAGES.get(name, name)}"
             raise UserError(f"train.report_to {name} needs the {PACKAGES.get(name, name)} package: {how}, "
                             f"or drop {name} from train.report_to") from None
-        from accelerate.tracking import get_available_trackers
-
         if name not in {str(t) for t in get_available_trackers()}:
-            import accelerate
-
             raise UserError(f"train.report_to {name}: Accelerate {accelerate.__version__} does not find a usable "
                             f"{name} (its version may be unsupported); drop it from train.report_to")
         LOGINS.get(name, lambda: None)()
@@ -72,8 +71,6 @@ def check_trackers(cfg: Config) -> list[str]:
 def log_with(names: list[str], run_path: Path) -> list:
     """Accelerate's `log_with` for `names`: TensorBoard as a tracker writing to RUN/tensorboard (where
     runs before train.report_to wrote), the others by name."""
-    from accelerate.tracking import TensorBoardTracker
-
     return [TensorBoardTracker("tensorboard", str(run_path)) if n == "tensorboard" else n for n in names]
 
 
