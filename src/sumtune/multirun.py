@@ -156,7 +156,7 @@ class RunSet:
         return served
 
     def _add_adapter(self, method, adapter: Path, index: int) -> str:
-        from peft import PeftModel
+        from peft import PeftModel  # late: peft (3 s to import) only for a PEFT method
 
         method.check_adapter(adapter)
         name = f"run{index}"  # a valid module name, whatever the directory is called
@@ -266,7 +266,7 @@ class AdapterRouter:
     a call only swaps the list."""
 
     def __init__(self, model: nn.Module):
-        from peft.tuners.lora import LoraLayer
+        from peft.tuners.lora import LoraLayer  # late: peft (3 s to import) only for a PEFT method
 
         self.names: list[str] | None = None
         for m in model.modules():

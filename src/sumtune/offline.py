@@ -53,11 +53,11 @@ def set_offline(on: bool = True) -> None:
         if on:
             os.environ[var] = "1"
     if "huggingface_hub" in sys.modules:
-        import huggingface_hub.constants as c
+        import huggingface_hub.constants as c  # late: only touches a library already imported
 
         c.HF_HUB_OFFLINE = on
     if "datasets" in sys.modules:
-        import datasets.config as dc
+        import datasets.config as dc  # late: only touches a library already imported
 
         dc.HF_HUB_OFFLINE = dc.HF_DATASETS_OFFLINE = on
 
@@ -74,13 +74,14 @@ def apply_offline_env(model_name: str | None, data_source: str | None) -> bool:
 def hub_offline() -> bool:
     """Whether the Hub clients are in offline mode now."""
     if "huggingface_hub" in sys.modules:
-        import huggingface_hub.constants as c
+        import huggingface_hub.constants as c  # late: only touches a library already imported
 
         return bool(c.HF_HUB_OFFLINE)
     return os.environ.get("HF_HUB_OFFLINE", os.environ.get("TRANSFORMERS_OFFLINE", "")).upper() in {"1", "ON", "YES", "TRUE"}
 
 
 def _endpoint() -> tuple[str, int]:
+    # late: the Hub client only to probe the Hub; the command line imports this module
     from huggingface_hub import constants
 
     u = urlsplit(constants.ENDPOINT)

@@ -18,6 +18,7 @@ def check_quantize(quantize: str) -> None:
         raise UserError(f"method.quantize={quantize} (QLoRA) needs a CUDA GPU (bitsandbytes' 4-bit kernels); "
                         "none is available here: set method.quantize=none to train plain LoRA")
     try:
+        # late: bitsandbytes is an optional extra ([qlora])
         import bitsandbytes  # noqa: F401
     except ImportError:
         raise UserError(f"method.quantize={quantize} needs bitsandbytes: pip install -e '.[qlora]'") from None
@@ -27,6 +28,7 @@ def quantization_kwargs(quantize: str) -> dict:
     """`from_pretrained` keyword arguments for `quantize` (none: nothing)."""
     if quantize == "none":
         return {}
+    # late: transformers (1 s to import) only when a quantized model loads
     from transformers import BitsAndBytesConfig
 
     check_quantize(quantize)

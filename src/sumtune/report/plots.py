@@ -60,10 +60,10 @@ def rouge_curve(run: Path, key: str) -> list[dict]:
 def plots(rows: Sequence[dict], runs: Sequence[Path], out: Path, split: str = "test") -> list[Path]:
     """Write the plots into `out` (the validation ROUGE curves only when a run recorded them);
     returns their paths."""
-    import matplotlib
+    import matplotlib  # late: matplotlib (0.7 s to import) only when plots are drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # late: likewise, after choosing the file backend
 
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     color = {row["run"]: colors[i % len(colors)] for i, row in enumerate(rows)}
@@ -168,7 +168,7 @@ def _params_plot(plt, evaluated: Sequence[dict], color: dict[str, str]):
 
 def _save(fig, path: Path) -> Path:
     """Save a figure atomically (as io's writers: temporary name, then rename)."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # late: matplotlib (0.7 s to import) only when plots are drawn
 
     buffer = stdio.BytesIO()
     fig.tight_layout()

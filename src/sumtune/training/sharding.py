@@ -94,6 +94,7 @@ def one_process_group(accelerator) -> None:
 def shard(model: torch.nn.Module, accelerator, offload: bool = False) -> torch.nn.Module:
     """`fully_shard` each transformer block (the classes in the model's `_no_split_modules`),
     then the root, over all processes; parameters become DTensor shards (dim 0)."""
+    # late: FSDP2 (torch 2.6+) only when sharding
     from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
 
     mesh = init_device_mesh(accelerator.device.type, (accelerator.num_processes,))
@@ -111,7 +112,7 @@ def shard(model: torch.nn.Module, accelerator, offload: bool = False) -> torch.n
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule  # late: FSDP2 (torch 2.6+) only when sharding
 
     return isinstance(model, FSDPModule)
 
@@ -133,7 +134,7 @@ def gradient_sync(accelerator, model, sync: bool):
 
 def as_plain(t) -> torch.Tensor:
     """A replicated DTensor (e.g. a gradient norm) as a plain tensor."""
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import DTensor  # late: DTensor (torch 2.5+) only when sharding
 
     return t.full_tensor() if isinstance(t, DTensor) else t
 

@@ -77,7 +77,7 @@ def log_with(names: list[str], run_path: Path) -> list:
 def _wandb_login() -> None:
     """W&B online needs an API key (env, netrc or wandb settings) and its server, as `wandb.init` finds them."""
     try:  # the settings wandb.init resolves (env, settings files), without starting its service
-        from wandb.sdk.wandb_setup import singleton
+        from wandb.sdk.wandb_setup import singleton  # late: wandb is an optional extra ([wandb])
 
         settings = singleton().settings
         mode, base_url, key = settings.mode, settings.base_url, settings.api_key
@@ -118,7 +118,7 @@ def _comet_login() -> None:
 
 def _mlflow_store() -> None:
     """The tracking store MLflow resolves (MLFLOW_TRACKING_URI, else its default) must open now."""
-    import mlflow
+    import mlflow  # late: mlflow is an optional extra ([mlflow])
 
     uri = mlflow.get_tracking_uri()
     url = urlsplit(uri)
@@ -214,7 +214,7 @@ class Trackers:
         data = [[step, r["article"][:ARTICLE_CHARS], r["reference"], r["prediction"], r["rougeL"]] for r in rows]
         for name in (n for n in self.names if n in TABLES):
             if name == "mlflow":  # one JSON table artifact in the tracker's (active) run, appended each time
-                import mlflow
+                import mlflow  # late: mlflow is an optional extra ([mlflow])
 
                 mlflow.log_table({c: [row[i] for row in data] for i, c in enumerate(COLUMNS)},
                                  artifact_file="sample_predictions.json")
