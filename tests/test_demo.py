@@ -31,7 +31,7 @@ def test_real_news_sample_is_packaged_small_and_cited():
 def test_real_demo_trains_every_method_for_the_same_seconds(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr(demo, "run_experiment", lambda cfg, plan: seen.update(cfg=cfg, plan=plan))
-    monkeypatch.setattr("sumtune.download.ensure_named_model", lambda name: seen.setdefault("model", name) and
+    monkeypatch.setattr(demo, "ensure_named_model", lambda name: seen.setdefault("model", name) and
                         tmp_path / "model.gguf")
     demo.run_demo(tmp_path / "demo")
     cfg, plan = seen["cfg"], seen["plan"]
@@ -48,8 +48,8 @@ def test_real_demo_trains_every_method_for_the_same_seconds(tmp_path, monkeypatc
 def test_the_tiny_demo_marks_itself_so_the_report_names_no_winner(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr(demo, "run_experiment", lambda cfg, plan: seen.setdefault("plan", plan))
-    monkeypatch.setattr("sumtune.recipes.plan.run_plan", lambda *a, **k: {})
-    monkeypatch.setattr("sumtune.recipes.plan.print_plan", lambda *a, **k: None)
+    monkeypatch.setattr(demo, "run_plan", lambda *a, **k: {})
+    monkeypatch.setattr(demo, "print_plan", lambda *a, **k: None)
     demo.run_demo(tmp_path / "demo", tiny=True)
     assert seen["plan"].demo is True and Plan().demo is False
 

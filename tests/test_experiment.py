@@ -51,8 +51,8 @@ def test_experiment_runs_every_method_and_resumes(tiny_neo, kaggle_dir, tmp_path
     def no_training(*a, **k):
         raise AssertionError("finished runs must not be trained again")
 
-    monkeypatch.setattr("sumtune.recipes.train.train", no_training)
-    monkeypatch.setattr("sumtune.recipes.evaluate.evaluate_run", no_training)
+    monkeypatch.setattr(experiment, "train", no_training)
+    monkeypatch.setattr(experiment, "evaluate_run", no_training)
     experiment.run_experiment(_cfg(out, tiny_neo, kaggle_dir), Plan(eval_limit=4))
     assert stamps == {m: (out / m / "eval/test/metrics.json").stat().st_mtime_ns for m in methods}
     assert "finished earlier with the same settings, skipped" in capsys.readouterr().out
@@ -101,7 +101,7 @@ def test_every_method_is_checked_before_the_first_trains(tiny_neo, kaggle_dir, t
     def no_training(*a, **k):
         raise AssertionError("nothing may train before every method is checked")
 
-    monkeypatch.setattr("sumtune.recipes.train.train", no_training)
+    monkeypatch.setattr(experiment, "train", no_training)
     monkeypatch.setattr("sumtune.recipes.calibrate.Calibrator.calibrate", no_training)
     out = tmp_path / "exp"
     cfg = _cfg(out, tiny_neo, kaggle_dir, **{"data.max_length": 1024})
@@ -124,7 +124,7 @@ def test_choose_decoding_on_validation_rows(tiny_neo, kaggle_dir, tmp_path, monk
         splits.append(split)
         return real(run, split, *a, **k)
 
-    monkeypatch.setattr(evaluate, "evaluate_run", spy)
+    monkeypatch.setattr(experiment, "evaluate_run", spy)
     plan = Plan(eval_limit=2, chosen=("zero_shot",), decodings=("greedy", "xsum"), choose_rows=3)
     experiment.run_experiment(_cfg(out, tiny_neo, kaggle_dir), plan)
     assert splits == ["validation", "validation", "test"]

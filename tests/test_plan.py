@@ -86,17 +86,17 @@ def test_plan_bad_input_is_one_line(tiny_neo, kaggle_dir, tmp_path, capsys, extr
 
 def test_a_method_out_of_memory_is_flagged_and_the_others_projected(tiny_neo, kaggle_dir, tmp_path, monkeypatch,
                                                                     capsys):
-    import sumtune.training.step as step
+    import sumtune.recipes.calibrate as calibrate
     from sumtune.fastpath.features import CachedHeadLoss
 
-    real = step.optimizer_step
+    real = calibrate.optimizer_step
 
     def step_or_oom(accelerator, model, optimizer, scheduler, loss_fn, *args):
         if isinstance(loss_fn, CachedHeadLoss):  # head-only last_layers runs out of CPU memory
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
         return real(accelerator, model, optimizer, scheduler, loss_fn, *args)
 
-    monkeypatch.setattr(step, "optimizer_step", step_or_oom)
+    monkeypatch.setattr(calibrate, "optimizer_step", step_or_oom)
     assert main(_argv(tiny_neo, kaggle_dir, tmp_path / "exp", "--methods", "lora,last_layers", "--json")) == 0
     lora, last = json.loads(capsys.readouterr().out)["methods"]
     assert lora["fits"] == "fits" and lora["training"]["step_seconds"] > 0

@@ -339,7 +339,7 @@ def test_runs_on_different_base_models_are_refused_before_loading(tiny_neo, runs
     def no_load(*a, **kw):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr("sumtune.modeling.load_model", no_load)
+    monkeypatch.setattr("sumtune.multirun.load_model", no_load)
     with pytest.raises(UserError, match="base model"):
         RunSet([runs[0], other])
     capsys.readouterr()

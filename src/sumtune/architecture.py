@@ -27,6 +27,7 @@ from sumtune.errors import UserError
 
 def _peft_types() -> tuple[type, ...]:
     try:
+        # late: peft (3 s to import) only where a model may be PEFT-wrapped
         from peft import PeftModel
         from peft.tuners.tuners_utils import BaseTuner
     except ImportError:  # pragma: no cover - peft is a dependency
@@ -111,6 +112,7 @@ def decoder_parts(model: nn.Module) -> DecoderParts:
 def block_linears(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name inside its block, module) of every Linear/Conv1D in the first decoder block: the
     attention projections and MLP layers of any architecture (the blocks are alike)."""
+    # late: transformers (1 s to import) only once a model is at hand
     from transformers.pytorch_utils import Conv1D
 
     blocks = decoder_parts(model).blocks

@@ -13,8 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from sumtune.errors import UserError
-from sumtune.offline import is_local_model
+from sumtune.offline import is_local_model, use_cache_only
 
 if TYPE_CHECKING:
     import torch
@@ -45,7 +47,7 @@ def covers(ev: EvalConfig, rec: dict | None) -> bool:
 
 def _package():
     try:
-        import bert_score
+        import bert_score  # late: bert-score is an optional extra ([bertscore])
     except ImportError:
         raise UserError("config key 'eval.metrics' includes bertscore but the bert-score package is not installed; "
                         "pip install -e '.[bertscore]'") from None
@@ -67,7 +69,7 @@ def _model_name(name: str) -> str:
 
 
 def _layers(ev: EvalConfig, name: str) -> int:
-    from bert_score.utils import model2layers
+    from bert_score.utils import model2layers  # late: bert-score is an optional extra ([bertscore])
 
     if ev.bertscore_layers is not None:
         return ev.bertscore_layers
@@ -95,8 +97,6 @@ def load_scorer(ev: EvalConfig) -> BERTScorer:
     if ev.bertscore_rescale:
         _check_baseline(bert_score, name, layers)
     if not is_local_model(name):
-        from sumtune.offline import use_cache_only
-
         use_cache_only()  # an unreachable Hub: the cache only, at once, rather than the client's retries
     try:
         return bert_score.BERTScorer(model_type=name, num_layers=layers, device="cpu", batch_size=BATCH_SIZE,
@@ -114,7 +114,7 @@ def load_scorer(ev: EvalConfig) -> BERTScorer:
 
 def record(scorer: BERTScorer) -> dict[str, Any]:
     """What the scores are, for metrics.json and the report: model, layer, rescaling, bert-score's hash."""
-    import bert_score
+    import bert_score  # late: bert-score is an optional extra ([bertscore])
 
     return {"model": scorer.model_type, "num_layers": scorer.num_layers,
             "rescaled_with_baseline": scorer.rescale_with_baseline, "baseline_lang": scorer.lang,
@@ -127,8 +127,6 @@ def bertscore_per_example(scorer: BERTScorer, predictions: Sequence[str], refere
 
     A blank prediction or reference scores bert-score's documented raw 0 for all three (rescaled like the
     others): it is not sent to bert-score, whose 0.3.12 fails on a blank text under Transformers 5."""
-    import torch
-
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     if not predictions:

@@ -25,14 +25,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
+from huggingface_hub import EvalResult, ModelCardData, metadata_load, try_to_load_from_cache
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from sumtune.card_code import AUTOCAST, card_python, summarize_command
 from sumtune.config import Config, decoding_summary
 from sumtune.download import DOWNLOAD_RECORD
 from sumtune.errors import UserError
+from sumtune.fingerprints import data_label
+from sumtune.gguf_files import NAMED_MODELS, is_gguf_model, named_model_dir, source_record
 from sumtune.io import read_json
 from sumtune.metrics import ROUGE_KEYS
+from sumtune.modeling import resolve_precision
 from sumtune.offline import is_local_model
 from sumtune.runs import RunDir
 
@@ -43,8 +49,6 @@ LICENSE_KEYS = ("license", "license_name", "license_link")
 def base_model_id(model_name: str, given: str | None = None) -> str | None:
     """The base model's Hub id, when it is known (module docstring)."""
     if given:
-        from huggingface_hub.utils import HFValidationError, validate_repo_id
-
         try:
             validate_repo_id(given)
         except HFValidationError:
@@ -63,8 +67,6 @@ def base_card_path(model_name: str, hub_id: str | None) -> Path | None:
     if is_local_model(model_name) and local.is_file():
         return local
     if hub_id:
-        from huggingface_hub import try_to_load_from_cache
-
         cached = try_to_load_from_cache(hub_id, "README.md")
         if isinstance(cached, str):
             return Path(cached)
@@ -74,10 +76,6 @@ def base_card_path(model_name: str, hub_id: str | None) -> Path | None:
 def base_license(model_name: str, hub_id: str | None) -> dict[str, str]:
     """{license[, license_name, license_link]} from the base model's card (a GGUF file: its
     general.license); {} when unknown."""
-    from huggingface_hub import metadata_load
-
-    from sumtune.gguf_files import is_gguf_model, source_record
-
     if is_gguf_model(model_name):
         license_ = (source_record(model_name) or {}).get("license")
         return {"license": str(license_)} if license_ else {}
@@ -117,8 +115,6 @@ def score(value: float) -> float:
 def card_metadata(cfg: Config, method, metrics: dict | None, *, adapter: bool, name: str,
                   base_id: str | None, license_: dict[str, str]):
     """The front matter as a huggingface_hub `ModelCardData`."""
-    from huggingface_hub import EvalResult, ModelCardData
-
     dataset = hub_dataset(cfg.data.source)
     results = None
     if metrics is not None:
@@ -151,8 +147,6 @@ def _fingerprint_lines(data: dict | None) -> list[str]:
 
 def _other_data_lines(others: list[tuple[str, dict[str, Any]]]) -> list[str]:
     """The test evaluations on other data, one table row each, labelled with the data."""
-    from sumtune.fingerprints import data_label
-
     if not others:
         return []
     lines = ["", "### On other data", "",
@@ -207,8 +201,6 @@ def _base_load(base: str, model_name: str, gguf: dict | None) -> str:
     """The Python that loads the base model: by Hub id or directory, or a GGUF file with Transformers'
     own reader (its dequantized weights are the ones sumtune converted)."""
     if gguf:
-        from sumtune.gguf_files import NAMED_MODELS, named_model_dir
-
         path = (named_model_dir(model_name) / NAMED_MODELS[model_name].filename if model_name in NAMED_MODELS
                 else Path(model_name))
         return f"AutoModelForCausalLM.from_pretrained({str(path.parent)!r}, gguf_file={path.name!r})"
@@ -232,10 +224,6 @@ def _decoding(cfg: Config, metrics: dict | None) -> dict:
 def _precision(cfg: Config, metrics: dict | None) -> tuple[str, str]:
     """(precision, how the card knows it): the one the test scores were taken in (metrics.json records it);
     for an older evaluation or none, `train.precision` as `summarize` resolves it on this machine."""
-    import torch
-
-    from sumtune.modeling import resolve_precision
-
     if metrics and metrics.get("precision"):
         return metrics["precision"], f"the test scores were taken in {metrics['precision']}"
     try:

@@ -19,6 +19,10 @@ import inspect
 from types import ModuleType
 
 from sumtune.config import DataConfig
+from sumtune.data import clean
+from sumtune.data.prompts import chat_format
+from sumtune.decoding import generate_rules
+from sumtune.modeling import load_tokenizer
 
 AUTOCAST = {"bf16": "torch.bfloat16", "fp16": "torch.float16"}
 DECODING_FLAGS = ("num_beams", "no_repeat_ngram_size", "length_penalty", "min_new_tokens", "max_new_tokens",
@@ -94,9 +98,6 @@ def _separator_prompt(cfg: DataConfig) -> list[str]:
 def _chat_prompt(cfg: DataConfig, model_name: str) -> list[str]:
     """The chat-format prompt (`data.prompts`): the messages in the tokenizer's template up to the
     assistant's turn, stopping at the turn's end token or EOS."""
-    from sumtune.data.prompts import chat_format
-    from sumtune.modeling import load_tokenizer
-
     fmt = chat_format(load_tokenizer(model_name), cfg)  # the run's tokenizer is its base model's
     system = [f"        {{'role': 'system', 'content': {cfg.system_prompt!r}}},"] if cfg.system_prompt else []
     limit = cfg.max_length - cfg.max_summary_length - len(fmt.end_ids)  # `encode_prompts`' limit
@@ -147,9 +148,6 @@ def card_python(cfg: DataConfig, dec: dict, precision: str, *, peft_type: str | 
     """The card's code, line by line: `text` in, `summary` out. `dec`: the decoding (a recorded
     `decoding_summary`); `peft_type`: the adapter's (adapter_config.json), None for a plain model; `base`: the
     Python expression that loads an adapter's base model."""
-    from sumtune.data import clean
-    from sumtune.decoding import generate_rules
-
     imports = (["import copy"] if peft_type == "PREFIX_TUNING" else []) + (["import re"] if cfg.clean else [])
     imports += ["", "import torch"]
     if peft_type:

@@ -10,10 +10,15 @@ states as JSON.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import random
+import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from sumtune.errors import UserError
@@ -29,8 +34,6 @@ class CorruptCheckpoint(UserError):
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -54,8 +57,6 @@ def save_checkpoint(root: Path, step: int, files: dict[str, Any], keep: int = KE
     root/step-XXXXXXX atomically, then delete all but the `keep` newest checkpoints. Files
     already written in `staged` (each process's shards under FSDP) move in too, under the
     same manifest (files in its subdirectories by their relative paths)."""
-    import shutil
-
     path = Path(root) / f"{CHECKPOINT_PREFIX}{step:07d}"
     with atomic_dir(path) as tmp:
         for f in sorted(staged.iterdir()) if staged is not None else ():
@@ -154,11 +155,6 @@ def optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
 
 def rng_state() -> dict[str, Any]:
     """The Python, NumPy and torch (CPU, CUDA) random states as JSON-able values."""
-    import base64
-    import random
-
-    import numpy as np
-
     def b64(t: torch.Tensor) -> str:
         return base64.b64encode(t.numpy().tobytes()).decode()
 
@@ -174,11 +170,6 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what `rng_state` returned."""
-    import base64
-    import random
-
-    import numpy as np
-
     def tensor(s: str) -> torch.Tensor:
         return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
 

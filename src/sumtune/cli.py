@@ -6,9 +6,22 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from sumtune.cli_types import budget_value, lr_choice, methods_choice, number, positive_int, presets_choice
-from sumtune.config import DATA_PRESETS, DECODING_PRESETS, METHODS, PRECISIONS, TRACKERS
+from sumtune.config import (
+    DATA_PRESETS,
+    DECODING_PRESETS,
+    METHODS,
+    PRECISIONS,
+    TRACKERS,
+    Config,
+    build_config,
+    load_run_config,
+    parse_set,
+    set_key,
+)
+from sumtune.config_methods import listing
 from sumtune.errors import UserError
 from sumtune.offline import apply_offline_env
 from sumtune.quiet import library_output
@@ -98,8 +111,6 @@ def _eval_overrides(a: argparse.Namespace) -> dict:
 
 def _eval_sets(sets: list[str]) -> dict:
     """evaluate's --set items as overrides: eval.* keys only, typed as the configuration types them."""
-    from sumtune.config import Config, parse_set, set_key
-
     out = {}
     for item in sets:
         key, value = parse_set(item)
@@ -245,13 +256,12 @@ def _run(a: argparse.Namespace) -> int:
     if a.command == "train":
         cfg = _train_config(a)
         apply_offline_env(cfg.model.name, cfg.data.source)
-        from sumtune.recipes.train import train
+        from sumtune.recipes.train import train  # late: recipes load torch and transformers
 
         train(cfg, resume=a.resume)
     elif a.command == "evaluate":
-        from sumtune.config import load_run_config
-        from sumtune.recipes.evaluate import evaluate_run
-        from sumtune.runs import preset_source
+        from sumtune.recipes.evaluate import evaluate_run  # late: recipes load torch and transformers
+        from sumtune.runs import preset_source  # late: runs loads torch
 
         data = a.data if a.data or not a.data_preset else preset_source(load_run_config(a.run_dir), a.data_preset)
         _offline_for_runs([a.run_dir], a.model, data, need_data=True)
@@ -261,36 +271,34 @@ def _run(a: argparse.Namespace) -> int:
     elif a.command == "summarize":
         _summarize(a)
     elif a.command == "methods":
-        from sumtune.config_methods import listing
-
         print(listing(a.names))
     elif a.command == "serve":
-        from sumtune.serve import Limits, run_paths, serve
+        from sumtune.serve import Limits, run_paths, serve  # late: torch, transformers, starlette
 
         runs = [str(p) for p in run_paths(a.paths)]
         _offline_for_runs(runs, a.model, None)
         serve(runs, a.host, a.port, a.model, Limits(max_queue=max(1, a.max_queue), timeout=a.timeout))
     elif a.command == "compare":
-        from sumtune.report import compare_runs
+        from sumtune.report import compare_runs  # late: the report loads torch (safetensors, run directories)
 
         compare_runs(a.run_dirs, a.output, split=a.split)
     elif a.command == "experiment":
-        from sumtune.recipes.experiment import run_experiment
+        from sumtune.recipes.experiment import run_experiment  # late: recipes load torch and transformers
 
         run_experiment(*_experiment_setup(a))
     elif a.command == "plan":
-        from sumtune.recipes.plan import print_plan, run_plan
+        from sumtune.recipes.plan import print_plan, run_plan  # late: recipes load torch and transformers
 
         print_plan(run_plan(*_experiment_setup(a), steps=a.calibration_steps, articles=a.calibration_articles),
                    as_json=a.json, output=a.output)
     elif a.command == "demo":
-        from sumtune.recipes.demo import run_demo
+        from sumtune.recipes.demo import run_demo  # late: recipes load torch and transformers
 
         run_demo(a.output_dir, tiny=a.tiny)
     elif a.command == "export":
         _export(a)
     elif a.command == "download":
-        from sumtune import download
+        from sumtune import download  # late: download loads torch (and the hub client)
 
         if a.what == "data":
             download.download_data(a.source, a.name, a.out)
@@ -302,8 +310,7 @@ def _run(a: argparse.Namespace) -> int:
 def _train_config(a: argparse.Namespace):
     """train's configuration: the method from --method or the --config's method.name (a run's
     config.yaml is enough to resume it: `--config RUN/config.yaml --resume` continues RUN, wherever it is now)."""
-    from sumtune.config import build_config
-    from sumtune.runs import RunDir
+    from sumtune.runs import RunDir  # late: runs loads torch; --help starts without it
 
     flags = _flags(a)
     run = RunDir.of_config(a.config) if a.config and a.resume and a.output_dir is None else None
@@ -325,7 +332,7 @@ def _export(a: argparse.Namespace) -> None:
         raise UserError("--private applies to --push-to-hub REPO; add it or drop --private")
     if not a.push_to_hub:  # a push needs the network: the offline switch would refuse the upload
         _offline_for_runs([a.run_dir], None, None)
-    from sumtune.export import export_run
+    from sumtune.export import export_run  # late: export loads torch
 
     export_run(a.run_dir, out, adapter=a.adapter, push_to_hub=a.push_to_hub, private=a.private,
                base_model=a.base_model)
@@ -333,8 +340,6 @@ def _export(a: argparse.Namespace) -> None:
 
 def _offline_for_runs(runs: list[str], model: str | None, data: str | None, need_data: bool = False) -> None:
     """No network call when the runs' model (and, with `need_data`, their data) are local."""
-    from sumtune.config import load_run_config
-
     try:
         cfgs = [load_run_config(r) for r in runs]
     except UserError:
@@ -347,10 +352,8 @@ def _offline_for_runs(runs: list[str], model: str | None, data: str | None, need
 
 def _summarize(a: argparse.Namespace) -> None:
     """One summary per run; the last path is the input when it is not a directory."""
-    from pathlib import Path
-
-    from sumtune.recipes.evaluate import read_text, summarize_text
-    from sumtune.runs import check_finished_run
+    from sumtune.recipes.evaluate import read_text, summarize_text  # late: torch and transformers
+    from sumtune.runs import check_finished_run  # late: runs loads torch
 
     runs, source = a.paths, "-"
     if len(runs) > 1 and not Path(runs[-1]).is_dir():
@@ -367,8 +370,7 @@ def _summarize(a: argparse.Namespace) -> None:
 
 def _experiment_setup(a: argparse.Namespace):
     """(configuration, Plan) of `experiment` (and `plan`, which projects that experiment)."""
-    from sumtune.config import build_config
-    from sumtune.recipes.experiment import Plan
+    from sumtune.recipes.experiment import Plan  # late: recipes load torch and transformers
 
     sets = list(a.sets)
     named: set[str] = set()

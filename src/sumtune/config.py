@@ -357,6 +357,7 @@ def config_differences(old: Config, new: Config, ignore: tuple[str, ...] = ()) -
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
+    # late: sumtune.io loads torch; the command line reads configs without it
     from sumtune.io import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))

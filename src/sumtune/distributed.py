@@ -18,6 +18,7 @@ import torch
 def process_state():
     """Accelerate's PartialState (process group from the launcher's environment; a single
     process without one), on the CPU where there is no CUDA (gloo)."""
+    # late: accelerate only to evaluate or train (serve decodes without it)
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available())
@@ -39,6 +40,7 @@ def batch_shard(lengths: list[int], per_batch: int, rank: int, world: int) -> li
 def gather_in_order(values: list[Any], indices: list[int], n: int, state) -> list[Any]:
     """Every process's `values` (for its `indices`) gathered into one list of length `n` in
     input order, on every process."""
+    # late: accelerate only to evaluate or train (serve decodes without it)
     from accelerate.utils import gather_object
 
     if state.num_processes == 1:
@@ -55,6 +57,7 @@ def gather_in_order(values: list[Any], indices: list[int], n: int, state) -> lis
 
 def sum_over_processes(values: list[float], state) -> list[float]:
     """Element-wise sums of `values` over the processes, added in rank order (the same on each)."""
+    # late: accelerate only to evaluate or train (serve decodes without it)
     from accelerate.utils import gather_object
 
     if state.num_processes == 1:

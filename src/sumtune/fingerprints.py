@@ -19,6 +19,7 @@ over the weights, about as long as reading them once from the page cache.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -29,7 +30,9 @@ from typing import Any
 import torch
 
 from sumtune.config import load_run_config
+from sumtune.data import KAGGLE_FILES, hub_dataset
 from sumtune.errors import UserError
+from sumtune.gguf_files import source_record
 from sumtune.io import atomic_write_json
 from sumtune.methods.base import META_FILE, read_meta
 from sumtune.modeling import load_model
@@ -78,8 +81,6 @@ def fingerprint(name: str, model) -> dict:
     config, and a hash of its weight values (`weights_sha`); for a GGUF file (or a named real
     model), also "gguf": its file name, sha256, size, quantization and architecture
     (`gguf_files.source_record`; informative: the weight values already cover the content)."""
-    from sumtune.gguf_files import source_record
-
     fp = {"name": name, "config_sha": config_sha(model), "weights_sha": weights_sha(model),
           "model_type": model.config.model_type, "fingerprint": FINGERPRINT_VERSION}
     gguf = source_record(name)
@@ -136,8 +137,6 @@ def data_fingerprint(cfg, hub: Any = None) -> dict:
         return _hub_fingerprint(src, hub)
     path = Path(src).expanduser()
     if path.is_dir():
-        from sumtune.data import KAGGLE_FILES
-
         files = {n: {"sha256": file_sha256(path / n), "bytes": (path / n).stat().st_size}
                  for n in sorted(KAGGLE_FILES.values()) if (path / n).is_file()}  # e.g. only test.csv to evaluate
         if not files:
@@ -164,8 +163,6 @@ def data_label(record: dict) -> str:
 def _hub_fingerprint(src: str, hub: Any) -> dict:
     name, _, conf = src[3:].partition(":")
     if hub is None:
-        from sumtune.data import hub_dataset
-
         hub = hub_dataset(src)
     splits = {s: {"fingerprint": ds._fingerprint, "rows": len(ds)} for s, ds in sorted(hub.items())}
     digest = hashlib.sha256(json.dumps(splits, sort_keys=True).encode()).hexdigest()
@@ -203,8 +200,6 @@ def upgrade_run(run_dir: str | Path, base_model: str | None = None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """python -m sumtune.fingerprints upgrade RUN [--model DIR|NAME]"""
-    import argparse
-
     p = argparse.ArgumentParser(prog="python -m sumtune.fingerprints")
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("upgrade", help="re-record a run's base-model fingerprint by weight values (scheme 2); "

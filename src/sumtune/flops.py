@@ -20,6 +20,12 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+import torch
+from transformers import AutoModelForCausalLM
+
+from sumtune.architecture import block_linears, decoder_parts, linear_dims
+from sumtune.methods import get_method
+
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -39,11 +45,6 @@ def model_shape(config) -> ModelShape:
     """The shape of a Transformers causal-LM config, read off the model built on the meta device
     (no memory, no weights): every Linear/Conv1D of a decoder block, found as the methods find
     them (`architecture.block_linears`), so any family's attention and MLP layout is counted as it is."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from sumtune.architecture import block_linears, decoder_parts, linear_dims
-
     with torch.device("meta"):  # eager attention: every family builds with it (the count has no attention)
         model = AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="eager")
     block = sum(i * o for i, o in (linear_dims(m) for _, m in block_linears(model)))
@@ -55,8 +56,6 @@ def flops_per_token(shape: ModelShape, method: str, trainable: int, options=None
     """Training model FLOPs per real input token (see the module docstring); 0 when nothing trains.
     `options`: the method's own config (its `options(...)`); None: its defaults. How far the activation
     gradients reach is the method's own answer (`Method.gradient_span`)."""
-    from sumtune.methods import get_method
-
     m = get_method(method)
     if not m.trains:
         return 0

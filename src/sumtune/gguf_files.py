@@ -143,6 +143,7 @@ def _hashes() -> dict:
 def remember_hash(path: Path, sha: str) -> None:
     """Record `sha` as `path`'s content hash (for its current size and mtime). Called only for a file
     converted (or a download checked), so a refused file leaves nothing in the cache."""
+    # late: sumtune.io loads torch; the command line imports this module
     from sumtune.io import atomic_write_json
 
     path = Path(path).resolve()
@@ -162,7 +163,7 @@ def remember_hash(path: Path, sha: str) -> None:
 
 def _gguf_module():
     try:
-        import gguf
+        import gguf  # late: gguf only when a GGUF file is read
     except ImportError:
         raise UserError("reading a GGUF model needs the gguf package: pip install gguf") from None
     return gguf
@@ -218,6 +219,7 @@ def _quantization(gguf, file_type, types: Counter) -> str:
 
 
 def _check_architecture(path: Path, architecture: str) -> None:
+    # late: transformers (1 s to import) only to check a GGUF file
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
     readable = [a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer")]
@@ -246,6 +248,7 @@ def converted_dir(path: Path) -> Path:
 
 
 def _convert(path: Path, out: Path, record: dict) -> None:
+    # late: torch, transformers and sumtune.io only to convert; the command line imports this module
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from huggingface_hub import HfApi, constants, get_token
+from huggingface_hub.utils import HfHubHTTPError, HFValidationError, validate_repo_id
+
 from sumtune.download import _first_line, _is_offline
 from sumtune.errors import UserError
 from sumtune.offline import hub_offline, hub_reachable
@@ -18,9 +21,6 @@ def _later(repo: str) -> str:
 
 def check_push(repo: str, adapter: bool, base_id: str | None) -> str:
     """The token to push with, or a one-line UserError saying why a push to `repo` cannot work."""
-    from huggingface_hub import get_token
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     try:
         validate_repo_id(repo)
     except HFValidationError as e:
@@ -35,8 +35,6 @@ def check_push(repo: str, adapter: bool, base_id: str | None) -> str:
         raise UserError(f"cannot push the adapter to {repo} without its base model's Hub id (the run trained on a "
                         "local directory that does not record one); pass --base-model ID")
     if not hub_reachable():
-        from huggingface_hub import constants
-
         raise UserError(f"cannot push to {repo}: the Hub ({constants.ENDPOINT}) is unreachable; check the network, "
                         f"or {_later(repo)}")
     return token
@@ -45,9 +43,6 @@ def check_push(repo: str, adapter: bool, base_id: str | None) -> str:
 def push(folder: Path, repo: str, private: bool, token: str, ignore: list[str]) -> str:
     """Create `repo` (kept if it exists; `private` only applies to a new repo) and upload `folder`
     as one commit; returns the repo's URL. Network and Hub refusals: one line naming what was written."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.utils import HfHubHTTPError
-
     api = HfApi(token=token)
     try:
         url = api.create_repo(repo, repo_type="model", private=True if private else None, exist_ok=True)

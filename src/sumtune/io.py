@@ -18,6 +18,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -199,8 +200,6 @@ class atomic_dir:
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        import shutil
-
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             code = _errno_of(exc) if issubclass(exc_type, (OSError, SafetensorError)) else None
@@ -214,8 +213,6 @@ class atomic_dir:
             raise WriteError(self.path, e.errno, e.strerror or str(e)) from None
 
     def _swap_in(self) -> None:
-        import shutil
-
         for f in self.tmp.iterdir():
             if f.is_file():
                 with open(f, "rb") as fh:

@@ -63,7 +63,7 @@ class DirLock:
 
 
 def _acquire(directory: Path, what: str) -> int:
-    import fcntl
+    import fcntl  # late: fcntl is POSIX-only; importing sumtune works where it is missing
 
     try:
         directory.mkdir(parents=True, exist_ok=True)

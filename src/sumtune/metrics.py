@@ -18,6 +18,7 @@ ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 
 def _scorer(keys: tuple[str, ...]) -> RougeScorer:
+    # late: rouge-score and absl (0.4 s to import) only to score; reports import this module for its keys
     from absl import logging as absl_logging  # rouge-score logs "Using default tokenizer." at INFO
     from rouge_score import rouge_scorer
 

@@ -10,6 +10,9 @@ from pathlib import Path
 import torch
 
 from sumtune.errors import UserError
+from sumtune.gguf_files import resolve
+from sumtune.offline import use_cache_only
+from sumtune.quantize import quantization_kwargs
 
 
 def _is_offline_error(e: BaseException) -> bool:
@@ -24,8 +27,6 @@ def _is_offline_error(e: BaseException) -> bool:
 def _source(name: str) -> str:
     """What to load for `name`: a GGUF file (or a named real model) as its converted directory
     (`gguf_files.resolve`, converting once), anything else as it is; then checked."""
-    from sumtune.gguf_files import resolve
-
     where = resolve(name)
     _check_name(where)
     return where
@@ -42,14 +43,12 @@ def _check_name(name: str) -> None:
 def _hub_kwargs(name: str) -> dict:
     """For a Hub name when the Hub is unreachable (or offline mode is on): read the local
     cache only, so an uncached name fails at once instead of after the client's retries."""
-    from sumtune.offline import use_cache_only
-
     return {"local_files_only": True} if not Path(name).is_dir() and use_cache_only() else {}
 
 
 def load_tokenizer(name: str):
     """The tokenizer, with a pad token (EOS) set when it has none."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # late: transformers (1 s to import) only when a tokenizer loads
 
     where = _source(name)
     try:
@@ -66,9 +65,8 @@ def load_tokenizer(name: str):
 def load_model(name: str, dtype: torch.dtype = torch.float32, quantize: str = "none"):
     """The base causal LM in `dtype` (fp32 by default: master weights for training); `quantize`
     4bit: its linear weights in NF4 on the GPU (QLoRA, `sumtune.quantize`; refused without CUDA)."""
+    # late: transformers (1 s to import) only when a model loads
     from transformers import AutoModelForCausalLM
-
-    from sumtune.quantize import quantization_kwargs
 
     where = _source(name)
     quantized = quantization_kwargs(quantize)  # refuses before loading anything
@@ -83,7 +81,7 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, quantize: str = "n
 
 def load_model_config(name: str):
     """The base model's config alone (positions, type): enough to refuse a run before any weights load."""
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # late: transformers (1 s to import) only when a config loads
 
     where = _source(name)
     try:

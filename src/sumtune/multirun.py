@@ -28,12 +28,19 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import AutoModelForCausalLM
 
 from sumtune.config import METHODS, Config, load_run_config
+from sumtune.data import stop_ids
 from sumtune.decoding import BASE_ADAPTER, Generator, Variant
 from sumtune.decoding.parts import decoding_parts
 from sumtune.errors import UserError
+from sumtune.fastpath import fast_paths_for_decoding
+from sumtune.fingerprints import fingerprint
 from sumtune.methods import get_method
+from sumtune.methods.base import read_meta, read_params
+from sumtune.modeling import autocast_dtype, load_model, load_tokenizer, resolve_precision
+from sumtune.runs import check_base, check_finished_run, check_method
 
 log = logging.getLogger(__name__)
 # eval keys that score summaries after decoding, not how they are decoded
@@ -99,9 +106,6 @@ class RunSet:
     """The base model, the runs beside it, and batched decoding over them (see the module doc)."""
 
     def __init__(self, paths: list[str | Path], base_model: str | None = None, device: str | None = None):
-        from sumtune.methods.base import read_meta
-        from sumtune.runs import check_finished_run
-
         runs = [check_finished_run(p) for p in paths]
         metas = [read_meta(r / "adapter") for r in runs]
         cfgs = [load_run_config(r) for r in runs]
@@ -123,10 +127,6 @@ class RunSet:
     # --- loading -------------------------------------------------------------
 
     def _load_base(self, name: str, runs: list[Path], metas: list[dict]) -> None:
-        from sumtune.fingerprints import fingerprint
-        from sumtune.modeling import load_model, load_tokenizer
-        from sumtune.runs import check_base, check_method
-
         self.tokenizer = load_tokenizer(name)
         self.base = load_model(name)  # fp32: the weights the runs recorded
         self.base.eval()
@@ -157,7 +157,7 @@ class RunSet:
         return served
 
     def _add_adapter(self, method, adapter: Path, index: int) -> str:
-        from peft import PeftModel
+        from peft import PeftModel  # late: peft (3 s to import) only for a PEFT method
 
         method.check_adapter(adapter)
         name = f"run{index}"  # a valid module name, whatever the directory is called
@@ -171,10 +171,6 @@ class RunSet:
         """(module, attribute, trained tensor) for every base parameter the run replaces, its
         tensors checked against the method's model built on the meta device (no memory); for
         tied head follows trained embeddings (full fine-tuning saves a tied tensor once), as in the run."""
-        from transformers import AutoModelForCausalLM
-
-        from sumtune.methods.base import read_params
-
         with torch.device("meta"):
             shape = AutoModelForCausalLM.from_config(copy.deepcopy(self.base.config))
         shape = method.prepare(shape, self.tokenizer, method.options(cfg.method))
@@ -190,9 +186,6 @@ class RunSet:
     def _finish(self, cfgs: list[Config]) -> None:
         """Device, the fast paths (as `evaluate._model` applies them), soft prompts' keys/values,
         swap tensors in the dtype of what they replace."""
-        from sumtune.fastpath import fast_paths_for_decoding
-        from sumtune.modeling import autocast_dtype, resolve_precision
-
         settings = {(c.train.fast, tuple(c.train.fast_paths), c.model.attention, c.train.precision) for c in cfgs}
         if len(settings) > 1:
             log.warning("runs differ in train.fast(_paths)/model.attention/train.precision; serving with %s's",
@@ -243,8 +236,6 @@ class RunSet:
         return decoding, row.run.autocast, self.stop_ids(row)
 
     def stop_ids(self, row: Row) -> tuple[int, ...]:
-        from sumtune.data import stop_ids
-
         return stop_ids(self.tokenizer, row.cfg.data)
 
     def decode(self, rows: list[Row], max_batch: int = 8, mode: str = "mixed",
@@ -283,7 +274,7 @@ class AdapterRouter:
     a call only swaps the list."""
 
     def __init__(self, model: nn.Module):
-        from peft.tuners.lora import LoraLayer
+        from peft.tuners.lora import LoraLayer  # late: peft (3 s to import) only for a PEFT method
 
         self.names: list[str] | None = None
         for m in model.modules():

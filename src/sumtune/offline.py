@@ -20,6 +20,8 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from sumtune.gguf_files import NAMED_MODELS
+
 PROBE_TIMEOUT_S = 2.5
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 _probed: dict[tuple[str, int], bool] = {}
@@ -30,8 +32,6 @@ def is_local_model(name: str | None) -> bool:
     (sumtune.gguf_files.NAMED_MODELS, a file in sumtune's cache), rather than a Hub name."""
     if not name:
         return False
-    from sumtune.gguf_files import NAMED_MODELS
-
     return (Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
             or name in NAMED_MODELS)
 
@@ -53,11 +53,11 @@ def set_offline(on: bool = True) -> None:
         if on:
             os.environ[var] = "1"
     if "huggingface_hub" in sys.modules:
-        import huggingface_hub.constants as c
+        import huggingface_hub.constants as c  # late: only touches a library already imported
 
         c.HF_HUB_OFFLINE = on
     if "datasets" in sys.modules:
-        import datasets.config as dc
+        import datasets.config as dc  # late: only touches a library already imported
 
         dc.HF_HUB_OFFLINE = dc.HF_DATASETS_OFFLINE = on
 
@@ -74,13 +74,14 @@ def apply_offline_env(model_name: str | None, data_source: str | None) -> bool:
 def hub_offline() -> bool:
     """Whether the Hub clients are in offline mode now."""
     if "huggingface_hub" in sys.modules:
-        import huggingface_hub.constants as c
+        import huggingface_hub.constants as c  # late: only touches a library already imported
 
         return bool(c.HF_HUB_OFFLINE)
     return os.environ.get("HF_HUB_OFFLINE", os.environ.get("TRANSFORMERS_OFFLINE", "")).upper() in {"1", "ON", "YES", "TRUE"}
 
 
 def _endpoint() -> tuple[str, int]:
+    # late: the Hub client only to probe the Hub; the command line imports this module
     from huggingface_hub import constants
 
     u = urlsplit(constants.ENDPOINT)

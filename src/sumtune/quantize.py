@@ -5,6 +5,8 @@ machine a 4-bit run is refused in one line before anything is loaded."""
 
 from __future__ import annotations
 
+import torch
+
 from sumtune.errors import UserError
 
 
@@ -12,12 +14,11 @@ def check_quantize(quantize: str) -> None:
     """Refuse `method.quantize` that this machine cannot run, before any data or model loads."""
     if quantize == "none":
         return
-    import torch
-
     if not torch.cuda.is_available():
         raise UserError(f"method.quantize={quantize} (QLoRA) needs a CUDA GPU (bitsandbytes' 4-bit kernels); "
                         "none is available here: set method.quantize=none to train plain LoRA")
     try:
+        # late: bitsandbytes is an optional extra ([qlora])
         import bitsandbytes  # noqa: F401
     except ImportError:
         raise UserError(f"method.quantize={quantize} needs bitsandbytes: pip install -e '.[qlora]'") from None
@@ -27,7 +28,7 @@ def quantization_kwargs(quantize: str) -> dict:
     """`from_pretrained` keyword arguments for `quantize` (none: nothing)."""
     if quantize == "none":
         return {}
-    import torch
+    # late: transformers (1 s to import) only when a quantized model loads
     from transformers import BitsAndBytesConfig
 
     check_quantize(quantize)

@@ -78,7 +78,7 @@ def library_output(verbose: bool) -> Iterator[None]:
 def _progress_bars(verbose: bool) -> None:
     """datasets' per-map and transformers' weight-loading/saving bars only with `verbose`
     (sumtune's own bars, training and generating, always show)."""
-    import transformers
+    import transformers  # late: transformers (1 s to import); the command line imports this module
 
     if verbose:
         transformers.utils.logging.enable_progress_bar()
@@ -86,7 +86,7 @@ def _progress_bars(verbose: bool) -> None:
         transformers.utils.logging.disable_progress_bar()
     os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "0" if verbose else "1"
     if "datasets" in sys.modules:  # already imported (read at import time otherwise)
-        import datasets
+        import datasets  # late: only touches a library already imported
 
         if verbose:
             datasets.enable_progress_bars()

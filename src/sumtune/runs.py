@@ -140,6 +140,7 @@ def run_meta(cfg: Config, model: torch.nn.Module, **extra) -> dict:
     `model` is the base model as `modeling.load_model` returned it, before `method.prepare`
     (LoRA injects modules that would change the fingerprint).
     """
+    # late: transformers (1 s to import) only once a model is at hand
     from transformers import PreTrainedModel
 
     if not isinstance(model, PreTrainedModel) or hasattr(model, "peft_config"):

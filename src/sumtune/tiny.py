@@ -8,10 +8,23 @@ path (training, generation, export, compare) runs anywhere in seconds.
 
 from __future__ import annotations
 
+import json
+import random
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPTNeoConfig,
+    PreTrainedTokenizerFast,
+    RobertaConfig,
+    RobertaModel,
+    RobertaTokenizer,
+)
 
 EOS = "<|endoftext|>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
@@ -24,9 +37,6 @@ CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, chat: bool = False):
     """A GPT-2-style byte-level BPE tokenizer trained on `texts`, as a fast HF tokenizer; `chat`:
     with the ChatML special tokens and chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -51,8 +61,6 @@ def tiny_config(arch: str, vocab: int, eos: int, hidden: int = 64, layers: int =
     """A small config of family `arch` (Transformers' own config class), dropout off so that
     training is deterministic. The families other than GPT-Neo/GPT-2 take the standard keys;
     Llama, Qwen2 and Gemma use grouped-query attention (2 key/value heads), as the real ones do."""
-    from transformers import AutoConfig, GPT2Config, GPTNeoConfig
-
     if arch == "gpt_neo":
         return GPTNeoConfig(
             vocab_size=vocab, max_position_embeddings=1024, hidden_size=hidden, num_layers=layers,
@@ -94,8 +102,6 @@ def build_tiny_model(
 ) -> Path:
     """Write a random-weight tiny causal LM of family `arch` (ARCHS) plus its tokenizer to `out_dir`
     (HF layout); `chat`: a tokenizer with a ChatML chat template (`train_tokenizer`)."""
-    from transformers import AutoModelForCausalLM
-
     out = Path(out_dir)
     tokenizer = train_tokenizer(texts, vocab_size, chat)
     cfg = tiny_config(arch, len(tokenizer), tokenizer.eos_token_id, hidden, layers, heads)
@@ -111,11 +117,6 @@ def build_tiny_encoder(out_dir: str | Path, texts: Iterable[str], vocab_size: in
     """Write a random-weight tiny RoBERTa encoder and its RoBERTa tokenizer (byte-level BPE trained on
     `texts`, RoBERTa's special tokens) to `out_dir`: a stand-in for roberta-large where BERTScore runs
     offline (tests)."""
-    import json
-
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import RobertaConfig, RobertaModel, RobertaTokenizer
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -152,8 +153,6 @@ _DETAILS = ["The decision follows months of debate.", "Residents said they welco
 def synthetic_news(n: int, seed: int = 0) -> list[dict[str, str]]:
     """`n` templated news rows {id, article, highlights} with newline-separated highlights,
     varied in length; for tests and tokenizer training only."""
-    import random
-
     rng = random.Random(seed)
     rows = []
     for i in range(n):

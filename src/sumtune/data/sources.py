@@ -34,6 +34,7 @@ from sumtune.data.readers import (
     utf8_error,
 )
 from sumtune.errors import UserError
+from sumtune.offline import use_cache_only
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def num_workers(cfg: DataConfig, n: int) -> int | None:
 
 def _load_file(path: Path, kind: str, cfg: DataConfig):
     """One CSV/JSON(L) file as a memory-mapped Dataset; every failure is one line naming the file."""
-    import datasets
+    import datasets  # late: datasets (0.8 s to import) only when rows are read
 
     if kind == "json":
         if not has_content(path):
@@ -177,9 +178,7 @@ _HUB_LOADED: dict[str, Any] = {}
 def _load_hub(src: str):
     """`datasets.load_dataset` of hf:NAME[:CONFIG]; with the Hub unreachable, from the cache only
     (at once, not after the client's retries)."""
-    import datasets
-
-    from sumtune.offline import use_cache_only
+    import datasets  # late: datasets (0.8 s to import) only when rows are read
 
     name, _, conf = src[3:].partition(":")
     cache_only = use_cache_only()  # unreachable: the process is offline from here on
@@ -285,7 +284,7 @@ def load_splits(cfg: DataConfig, seed: int, only: str | None = None, whole_file:
     that split (a directory needs only its file), `whole_file` a single file whole as that split
     (`_read_source`).
     """
-    import datasets
+    import datasets  # late: datasets (0.8 s to import) only when rows are read
 
     raw = _read_source(cfg, seed, only, whole_file)
     limits = {"train": cfg.max_train_samples, "validation": cfg.max_eval_samples,

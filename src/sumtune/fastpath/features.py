@@ -29,6 +29,8 @@ import tempfile
 import torch
 from torch import nn
 
+from sumtune.architecture import decoder_parts
+from sumtune.errors import UserError
 from sumtune.fastpath.base import FastPathContext, StepPath
 from sumtune.fastpath.loss import final_hidden, find_head, head_loss_sum, label_positions
 
@@ -102,9 +104,6 @@ def _row_key(*tensors: torch.Tensor) -> bytes:
 
 def _final_norm(model: nn.Module) -> nn.Module | None:
     """The final norm of any decoder-only model (`sumtune.architecture`), None where there is none."""
-    from sumtune.architecture import decoder_parts
-    from sumtune.errors import UserError
-
     try:
         return decoder_parts(model).final_norm
     except UserError:

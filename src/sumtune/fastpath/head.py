@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sumtune.fastpath.base import FastPath, FastPathContext
+from sumtune.fastpath.loss import find_head
+from sumtune.fastpath.precision import CastOnceLinear
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +120,6 @@ class FewRowsLinear(nn.Linear):
 
 
 def _plain_head(model: nn.Module) -> nn.Module | None:
-    from sumtune.fastpath.loss import find_head
-    from sumtune.fastpath.precision import CastOnceLinear
-
     head = find_head(model)
     return head if type(head) in (nn.Linear, FewRowsLinear, CastOnceLinear) else None
 

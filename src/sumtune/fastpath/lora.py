@@ -69,7 +69,7 @@ def dropped(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
 
 @cache
 def _lora_linear_class():
-    from peft.tuners.lora.layer import Linear
+    from peft.tuners.lora.layer import Linear  # late: peft (3 s to import) only for a PEFT method
 
     class FastLoraLinear(Linear):
         """PEFT LoRA Linear with the forward described in the module docstring."""

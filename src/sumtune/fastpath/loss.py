@@ -28,13 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sumtune.architecture import causal_lm
 from sumtune.fastpath.base import FastPathContext, StepPath
 
 
 def find_lm(model: nn.Module) -> nn.Module:
     """The causal LM (the module holding the LM head) inside a method model (`architecture.causal_lm`)."""
-    from sumtune.architecture import causal_lm
-
     return causal_lm(model)
 
 

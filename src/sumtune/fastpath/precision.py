@@ -27,6 +27,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from transformers.pytorch_utils import Conv1D
 
 from sumtune.fastpath.base import FastPath, FastPathContext
+from sumtune.fastpath.loss import find_head
 
 
 class TensorMemo:
@@ -110,8 +111,6 @@ def cast_for_inference(model: nn.Module, dtype: torch.dtype, set_attr=setattr,
                        freeze: Callable[[nn.Parameter], None] = lambda p: p.requires_grad_(False)) -> int:
     """Freeze `model` and cast every linear weight to `dtype` once (see the module doc); an LM head
     tied to the input embeddings is untied into a `dtype` copy. Returns how many linears are cast."""
-    from sumtune.fastpath.loss import find_head
-
     for p in model.parameters():
         if p.requires_grad:
             freeze(p)

@@ -35,7 +35,7 @@ def check_peft_adapter(directory: Path, peft_type: str, method: str) -> None:
 
 def load_peft(model, directory: Path, peft_type: str, method: str):
     """The PEFT model of `directory` on the frozen base `model`, for inference."""
-    from peft import PeftModel
+    from peft import PeftModel  # late: peft (3 s to import) only for a PEFT method
 
     check_peft_adapter(directory, peft_type, method)
     peft = PeftModel.from_pretrained(model, str(directory), is_trainable=False)
@@ -56,7 +56,7 @@ def peft_decoding_parts(model) -> DecodingParts | None:
     """A PEFT model's decoding parts (None for a model that is not PEFT's): a LoRA/IA³ model decodes
     through its base model (layers injected, nothing merged); prompt learning puts its prompt
     (`get_prompt`) in front: prefix keys/values, or P-tuning's/prompt tuning's input vectors."""
-    from peft import PeftModel
+    from peft import PeftModel  # late: peft (3 s to import) only for a PEFT method
 
     if not isinstance(model, PeftModel):
         return None

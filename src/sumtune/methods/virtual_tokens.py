@@ -93,7 +93,7 @@ class PeftVirtualTokens(Method):
         return not name.endswith("embedding.weight")
 
     def prepare(self, model, tokenizer, cfg: PTuningConfig | PrefixTuningConfig) -> VirtualTokenModel:
-        from peft import get_peft_model
+        from peft import get_peft_model  # late: peft (3 s to import) only for a PEFT method
 
         freeze(model)
         return VirtualTokenModel(get_peft_model(model, self.peft_config(model, cfg)))

@@ -29,10 +29,21 @@ from typing import Any
 
 import torch
 
+from sumtune.bertscore import load_scorer, wanted
 from sumtune.config import Config, save_config
+from sumtune.data import encode_prompts, load_splits, micro_batches, stop_ids, token_batches, tokenize_splits
+from sumtune.decoding import Generator
+from sumtune.decoding.summaries import summary_text
+from sumtune.fastpath.features import CachedHeadLoss
 from sumtune.memory import PeakMemory
 from sumtune.methods import get_method
+from sumtune.recipes.evaluate import _model, _scores, _split_rows, summary_loss
 from sumtune.runs import RunDir
+from sumtune.training.budget import StepFlops, budget_of, planned_step_flops
+from sumtune.training.resume import save_state
+from sumtune.training.state import Progress, accelerator_for, make_optimizer, plan_steps, setup
+from sumtune.training.step import optimizer_step
+from sumtune.training.validation import validation_loss
 
 
 @dataclass
@@ -109,8 +120,6 @@ class Calibrator:
 
     def _bertscore(self, cfg: Config) -> tuple[Any, float]:
         """(scorer, seconds `evaluate` spends loading it) with eval.metrics bertscore, else (None, 0)."""
-        from sumtune.bertscore import load_scorer, wanted
-
         if not wanted(cfg.eval):
             return None, 0.0
         if self._scorer is None:
@@ -145,9 +154,6 @@ class Calibrator:
     def _without_model(self, cfg: Config, cal: Calibration) -> Calibration:
         """A method without a model (lead3) costs no model time: nothing is timed or loaded, its times are
         0; only the rows it would read are counted."""
-        from sumtune.data import load_splits
-        from sumtune.recipes.evaluate import _split_rows
-
         splits = load_splits(cfg.data, cfg.data.seed)
         cal.trains, cal.memory_kind = False, "no model"
         cal.n_train, cal.n_val = len(splits["train"]), len(splits["validation"])
@@ -155,8 +161,6 @@ class Calibrator:
         return cal
 
     def _training(self, cfg: Config, run: RunDir, cal: Calibration) -> None:
-        from sumtune.training.state import accelerator_for, setup
-
         accelerator, precision = accelerator_for(cfg, run.path)
         memory = PeakMemory(accelerator.device).start()
         cal.memory_kind, cal.precision = memory.kind, precision
@@ -173,13 +177,6 @@ class Calibrator:
             memory.stop()
 
     def _train_part(self, s, run: RunDir, cal: Calibration, memory: PeakMemory) -> None:
-        from sumtune.data import micro_batches, token_batches
-        from sumtune.fastpath.features import CachedHeadLoss
-        from sumtune.training.budget import StepFlops, budget_of, planned_step_flops
-        from sumtune.training.resume import save_state
-        from sumtune.training.state import Progress, make_optimizer, plan_steps
-        from sumtune.training.step import optimizer_step
-
         cfg, accelerator, tc = s.cfg, s.accelerator, s.cfg.train
         plan = plan_steps(cfg, len(s.train_ds), accelerator.num_processes)
         s.model.train()
@@ -224,8 +221,6 @@ class Calibrator:
 
     def _validation(self, s, model, cal: Calibration, twice: bool = False) -> None:
         """Sampled batches of a validation pass (the trainer's `validation_loss`), timed."""
-        from sumtune.training.validation import validation_loss
-
         if not s.method.trains:
             model.to(s.accelerator.device)
         val = s.val_ds
@@ -247,12 +242,7 @@ class Calibrator:
     def _eval_part(self, cfg: Config, run: RunDir, cal: Calibration) -> None:
         """The run loaded back as `evaluate` loads it; sampled loss batches and decoded batches of the
         test rows the experiment would evaluate."""
-        from datasets import DatasetDict
-
-        from sumtune.data import encode_prompts, stop_ids, tokenize_splits
-        from sumtune.decoding import Generator
-        from sumtune.decoding.summaries import summary_text
-        from sumtune.recipes.evaluate import _model, _scores, _split_rows, summary_loss
+        from datasets import DatasetDict  # late: datasets (0.6 s to import) only when rows are tokenized
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         memory = PeakMemory(device).start()

@@ -16,9 +16,12 @@ import json
 from pathlib import Path
 
 from sumtune.config import build_config
+from sumtune.download import ensure_named_model
 from sumtune.io import atomic_dir
 from sumtune.methods import CONFIGS as METHOD_CONFIGS
 from sumtune.recipes.experiment import Plan, run_experiment
+from sumtune.recipes.plan import print_plan, run_plan
+from sumtune.tiny import build_tiny_model
 
 PACKAGE = Path(__file__).resolve().parent.parent
 DEMO_NEWS = PACKAGE / "demo" / "cnndm"  # real CNN stories: train, validation, test (see its README)
@@ -49,8 +52,6 @@ def demo_config(model: str | Path, out: Path):
 
 
 def _real_demo(out: Path) -> dict:
-    from sumtune.download import ensure_named_model
-
     model = ensure_named_model(DEMO_MODEL)
     print(f"sumtune demo: {DEMO_MODEL} on real CNN stories ({DEMO_NEWS}); zero-shot, Lead-3, and three methods "
           f"trained for {DEMO_BUDGET_SECONDS} s each. Few articles and seconds: read the intervals. "
@@ -66,9 +67,6 @@ def _demo_texts() -> list[str]:
 def _tiny_demo(out: Path) -> dict:
     """The experiment on a tiny random GPT-Neo (built here, offline) and the bundled made-up news:
     first its projected cost (`sumtune plan`, saved as OUT/plan.json), then the experiment."""
-    from sumtune.recipes.plan import print_plan, run_plan
-    from sumtune.tiny import build_tiny_model
-
     print("NOTE: this demo trains a tiny random model, so its summaries are meaningless; it only shows the whole "
           f"pipeline running offline. The demo on a real model: sumtune demo. The real study: {STUDY_COMMAND}")
     model_dir = out / "tiny-model"

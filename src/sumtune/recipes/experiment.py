@@ -32,15 +32,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sumtune.config import Config, config_differences, load_run_config, set_method
+from sumtune.bertscore import covers, load_scorer
+from sumtune.bertscore import wanted as wants_bertscore
+from sumtune.config import (
+    Config,
+    apply_preset,
+    config_differences,
+    decoding_summary,
+    load_run_config,
+    set_method,
+)
 from sumtune.config_methods import check_sections
 from sumtune.errors import UserError
+from sumtune.fingerprints import data_fingerprint, fingerprint
 from sumtune.io import atomic_write_json, read_json
 from sumtune.lock import DirLock
 from sumtune.methods import CONFIGS as METHOD_CONFIGS
 from sumtune.methods import EXPERIMENT_METHODS, OPT_IN, get_method
+from sumtune.modeling import load_model, load_model_config
+from sumtune.recipes.evaluate import decoding_record, evaluate_run
+from sumtune.recipes.train import train
+from sumtune.report import compare_runs
+from sumtune.report.frontier import HEADLINE
 from sumtune.runs import RunDir
 from sumtune.training.budget import KINDS, budget_of
+from sumtune.training.state import check_max_length
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +111,6 @@ def grid_key(cfg: Config) -> str:
 
 def _current_sources(cfg: Config, memo: dict, weights: bool = True) -> dict:
     """The data's and (with `weights`) the base model's content fingerprints now (once per experiment: `memo`)."""
-    from sumtune.fingerprints import data_fingerprint, fingerprint
-    from sumtune.modeling import load_model
-
     if "data_sha" not in memo:
         memo["data_sha"] = data_fingerprint(cfg.data).get("sha256")
     if weights and "weights_sha" not in memo:  # a run without a model (lead3) records none to compare
@@ -142,8 +155,6 @@ def _check_same(run: Path, cfg: Config, overwrite: bool, memo: dict) -> None:
 def _train(cfg: Config, overwrite: bool, memo: dict) -> tuple[Path, bool]:
     """Train cfg into cfg.output_dir unless it is finished (continuing a started run);
     (the run, whether it trained now)."""
-    from sumtune.recipes.train import train
-
     run = RunDir(cfg.output_dir)
     _check_same(run.path, cfg, overwrite, memo)
     if run.is_finished():
@@ -164,9 +175,6 @@ def _method_cfg(cfg: Config, method: str, output_dir: Path, lr: float | None, se
 
 
 def _evaluate(run: Path, plan: Plan, cfg: Config, retrained: bool) -> None:
-    from sumtune.bertscore import covers
-    from sumtune.recipes.evaluate import decoding_record, evaluate_run
-
     done = RunDir(run).eval_dir("test") / "metrics.json"
     if done.is_file() and not retrained:
         m = read_json(done)
@@ -181,10 +189,6 @@ def _choose_decoding(run: Path, plan: Plan, cfg: Config, retrained: bool) -> tup
     """(cfg with the candidate decoding preset that scores best on the run's first `plan.choose_rows`
     validation rows, the record of the choice). Never test rows: the test figures stay unbiased. The
     record (RUN/eval/decoding_choice.json) is reused while the run and the candidates are unchanged."""
-    from sumtune.config import apply_preset, decoding_summary
-    from sumtune.recipes.evaluate import evaluate_run
-    from sumtune.report.frontier import HEADLINE
-
     path = RunDir(run).decoding_choice
     old = read_json(path) if path.is_file() and not retrained else {}
     old = old.get("candidates", {}) if old.get("rows") == plan.choose_rows else {}
@@ -304,9 +308,6 @@ def _fixed_lr(plan: Plan, method: str) -> float | None:
 
 def _check_plan(cfg: Config, plan: Plan) -> None:
     """Every refusal that needs no training, before anything runs."""
-    from sumtune.bertscore import load_scorer
-    from sumtune.bertscore import wanted as wants_bertscore
-
     if plan.sweep_lr and plan.lr is not None and not isinstance(plan.lr, dict):
         raise UserError("--lr fixes one rate for every method and --sweep-lr searches per method; pass one of them")
     if isinstance(plan.lr, dict) and (unknown := sorted(set(plan.lr) - set(plan.methods()))):
@@ -321,9 +322,6 @@ def _check_plan(cfg: Config, plan: Plan) -> None:
 def _check_methods(cfg: Config, plan: Plan) -> None:
     """Each method's own refusals (its keys, its rows against the model's positions), all before the
     first method trains: a soft prompt's tokens that do not fit must not wait for LoRA's hour."""
-    from sumtune.modeling import load_model_config
-    from sumtune.training.state import check_max_length
-
     check_sections(cfg, plan.methods())  # each method's keys as its copy will hold them
     model_config = load_model_config(cfg.model.name)
     for m in plan.methods():
@@ -345,8 +343,6 @@ def _method_lr(cfg: Config, plan: Plan, method: str, record: dict, memo: dict) -
 def run_experiment(cfg: Config, plan: Plan | None = None) -> dict:
     """Train, evaluate and compare every method into cfg.output_dir (its only writer while
     it runs); returns the comparison."""
-    from sumtune.report import compare_runs
-
     plan = for_data(plan or Plan(), cfg)
     _check_plan(cfg, plan)
     out = Path(cfg.output_dir)

@@ -26,6 +26,7 @@ import math
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +39,8 @@ from sumtune.errors import UserError
 from sumtune.io import atomic_write_json
 from sumtune.memory import current_rss_mb
 from sumtune.methods import get_method
+from sumtune.modeling import resolve_precision
+from sumtune.progress import bar
 from sumtune.recipes.calibrate import Calibration, Calibrator, mean
 from sumtune.recipes.experiment import (
     LR_GRID,
@@ -249,9 +252,6 @@ def _method_cfg(cfg: Config, plan: Plan, method: str) -> Config:
 def run_plan(cfg: Config, plan: Plan | None = None, steps: int = DEFAULT_STEPS, articles: int = DEFAULT_ARTICLES,
              progress: bool = True) -> dict[str, Any]:
     """Calibrate every method of `plan` and project its cost; returns the plan record (the JSON)."""
-    from sumtune.modeling import resolve_precision
-    from sumtune.progress import bar
-
     plan = for_data(plan or Plan(), cfg)
     _check_plan(cfg, plan)
     if steps < 1 or articles < 1:
@@ -373,8 +373,6 @@ def format_plan(record: dict) -> str:
 
 def print_plan(record: dict, as_json: bool = False, output: str | Path | None = None) -> None:
     """The table (or JSON), then one line naming what was written (with JSON, on stderr)."""
-    import sys
-
     if output:
         atomic_write_json(Path(output), record)
     print(json.dumps(record, indent=1) if as_json else format_plan(record))

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from sumtune.checkpoint import list_checkpoints
 from sumtune.config import Config, save_config
 from sumtune.data import load_splits, micro_batches, token_batches
 from sumtune.errors import UserError
@@ -336,8 +337,6 @@ def _slowest(accelerator, seconds: float) -> float:
 def _write_failed(e: WriteError, run: RunDir) -> UserError:
     """A failed write during training (checkpoint, best weights, records, results), said with
     what is safe and how to continue."""
-    from sumtune.checkpoint import list_checkpoints
-
     kept = list_checkpoints(run.checkpoints)
     resume = (f"the last good checkpoint is {kept[-1]}: free space and resume with "
               f"`sumtune train --config {run.config} --resume`") if kept else "no checkpoint was written yet"

@@ -26,6 +26,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from sumtune.config import load_run_config
+from sumtune.data import load_splits
 from sumtune.errors import UserError
 from sumtune.io import atomic_write_text
 from sumtune.report.frontier import frontier_body, frontier_note
@@ -84,9 +86,6 @@ def _read_predictions(run: Path, split: str) -> list[dict]:
 def _articles_from_data(row: dict, run: Path, split: str) -> dict[str, str]:
     """{id: article} from the data a run was evaluated on, for predictions.jsonl files written
     before the article was stored there; empty (with a warning) when the data cannot be read."""
-    from sumtune.config import load_run_config
-    from sumtune.data import load_splits
-
     cfg = load_run_config(run)
     recorded = row.get("eval_dataset") or {}  # another dataset's columns and cleaning, when evaluated on one
     columns = {f"{k}_column": v for k, v in (recorded.get("columns") or {}).items()}

@@ -4,12 +4,14 @@ ROUGE, train.select_by) the validation ROUGE curves with their intervals."""
 
 from __future__ import annotations
 
+import io as stdio
 import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from sumtune.config import decoding_summary, load_run_config
 from sumtune.errors import UserError
 from sumtune.io import atomic_write_bytes
 from sumtune.metrics import ROUGE_KEYS
@@ -58,10 +60,10 @@ def rouge_curve(run: Path, key: str) -> list[dict]:
 def plots(rows: Sequence[dict], runs: Sequence[Path], out: Path, split: str = "test") -> list[Path]:
     """Write the plots into `out` (the validation ROUGE curves only when a run recorded them);
     returns their paths."""
-    import matplotlib
+    import matplotlib  # late: matplotlib (0.7 s to import) only when plots are drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # late: likewise, after choosing the file backend
 
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     color = {row["run"]: colors[i % len(colors)] for i, row in enumerate(rows)}
@@ -99,8 +101,6 @@ def _select_plot(plt, curves: Sequence[tuple[dict, list[dict]]], runs: Sequence[
                  color: dict[str, str]):
     """Per run that selected by ROUGE: its selection score at each validation with the 95%
     bootstrap interval over the subset's documents, the kept step starred."""
-    from sumtune.config import decoding_summary, load_run_config
-
     path = {row["run"]: run for row, run in zip(rows, runs)}
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for row, curve in curves:
@@ -168,9 +168,7 @@ def _params_plot(plt, evaluated: Sequence[dict], color: dict[str, str]):
 
 def _save(fig, path: Path) -> Path:
     """Save a figure atomically (as io's writers: temporary name, then rename)."""
-    import io as stdio
-
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # late: matplotlib (0.7 s to import) only when plots are drawn
 
     buffer = stdio.BytesIO()
     fig.tight_layout()

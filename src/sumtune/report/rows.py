@@ -14,13 +14,12 @@ from sumtune.config import load_run_config
 from sumtune.errors import UserError
 from sumtune.fingerprints import data_label
 from sumtune.io import read_json
+from sumtune.methods import get_method
 from sumtune.metrics import ROUGE_KEYS
 from sumtune.runs import RunDir, check_finished_run
 
 
 def _method(cfg):
-    from sumtune.methods import get_method
-
     return get_method(cfg.method.name)
 
 

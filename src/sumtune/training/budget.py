@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sumtune.flops import ModelShape, step_flops
+from sumtune.methods import get_method
 
 if TYPE_CHECKING:  # no torch import for the CLI and `experiment`'s planning
     from sumtune.training.state import Progress, StepPlan
@@ -59,8 +60,6 @@ class StepFlops:
     """Training FLOPs of a step from its sample indices (every process's rows; real tokens only)."""
 
     def __init__(self, shape: ModelShape, method_cfg, trainable: int, lengths: Sequence[int]):
-        from sumtune.methods import get_method
-
         self.shape, self.method, self.trainable, self.lengths = shape, method_cfg.name, trainable, lengths
         self.options = get_method(method_cfg.name).options(method_cfg)
 

@@ -41,6 +41,7 @@ def _raised(e: BaseException) -> BaseException:
 def save_sharded(tensors: dict[str, torch.Tensor], directory: Path) -> None:
     """Every process writes its pieces of `tensors` (DTensor shards, replicated tensors once)
     into `directory`; a collective."""
+    # late: torch.distributed.checkpoint only when FSDP state is resharded
     from torch.distributed.checkpoint import HuggingFaceStorageWriter, save
     from torch.distributed.checkpoint.api import CheckpointException
 
@@ -56,6 +57,7 @@ def load_resharded(source: Path, params: dict[str, torch.Tensor], optimizer) -> 
     tensors) into `params` (this process's trainable parameters, whole or DTensor shards) in
     place; returns the optimizer's tensors ("state.I.KEY"), each shaped and placed as its
     parameter (a scalar such as `step` as saved), for `checkpoint.optimizer_from_files`."""
+    # late: torch.distributed.checkpoint only when FSDP state is resharded
     from torch.distributed.checkpoint import HuggingFaceStorageReader, load
     from torch.distributed.checkpoint.api import CheckpointException
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import gather_object
 
 from sumtune.checkpoint import (
     latest_checkpoint,
@@ -77,10 +78,6 @@ def save_state(s: TrainSetup, run: RunDir, model, optimizer, scheduler, progress
     every process writes its own shards of the weights and the optimizer state through DCP
     (`training.reshard`; staged, then moved into the checkpoint under one manifest by the
     main process)."""
-    import shutil
-
-    from accelerate.utils import gather_object
-
     accelerator = s.accelerator
     sharded = is_sharded(model)
     rngs = gather_object([rng_state()])

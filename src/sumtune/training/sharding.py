@@ -29,13 +29,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
 
 from sumtune.config import METHODS
 from sumtune.errors import UserError
+from sumtune.io import atomic_dir
 from sumtune.methods import get_method
+from sumtune.methods.base import write_meta
 
 FSDP_FAST_PATHS = frozenset({"sdpa_attention", "blocked_local_attention", "fused_gelu", "fast_lora"})
 
@@ -77,10 +82,6 @@ def fsdp_plan(cfg, accelerator) -> dict:
 def one_process_group(accelerator) -> None:
     """A process group of one where none was launched (FSDP with CPU offload on one GPU, run
     as plain `sumtune train`): fully_shard needs a mesh."""
-    import socket
-
-    import torch.distributed as dist
-
     if dist.is_initialized():
         return
     with socket.socket() as sock:
@@ -93,7 +94,7 @@ def one_process_group(accelerator) -> None:
 def shard(model: torch.nn.Module, accelerator, offload: bool = False) -> torch.nn.Module:
     """`fully_shard` each transformer block (the classes in the model's `_no_split_modules`),
     then the root, over all processes; parameters become DTensor shards (dim 0)."""
-    from torch.distributed.device_mesh import init_device_mesh
+    # late: FSDP2 (torch 2.6+) only when sharding
     from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
 
     mesh = init_device_mesh(accelerator.device.type, (accelerator.num_processes,))
@@ -111,7 +112,7 @@ def shard(model: torch.nn.Module, accelerator, offload: bool = False) -> torch.n
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule  # late: FSDP2 (torch 2.6+) only when sharding
 
     return isinstance(model, FSDPModule)
 
@@ -133,7 +134,7 @@ def gradient_sync(accelerator, model, sync: bool):
 
 def as_plain(t) -> torch.Tensor:
     """A replicated DTensor (e.g. a gradient norm) as a plain tensor."""
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import DTensor  # late: DTensor (torch 2.5+) only when sharding
 
     return t.full_tensor() if isinstance(t, DTensor) else t
 
@@ -142,9 +143,6 @@ def save_gathered(method, model: torch.nn.Module, directory: Path, meta: dict, m
     """The trainable weights gathered from every process (a collective: all processes call
     it), written by the main process in the method's own format: PEFT's adapter for lora, the
     full weights file for full (tied tensors once, as `methods.base.save_params`)."""
-    from sumtune.io import atomic_dir
-    from sumtune.methods.base import write_meta
-
     state = {n: as_plain(p.detach()).cpu() for n, p in model.named_parameters() if p.requires_grad}
     if not main:
         return

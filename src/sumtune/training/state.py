@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState
+from accelerate.utils import set_seed
+from transformers import get_scheduler
 
 from sumtune.config import Config
 from sumtune.data import Collator, datasets_cache, epoch_order, load_splits, tokenize_splits
@@ -40,6 +44,7 @@ from sumtune.modeling import (
 )
 from sumtune.quantize import check_quantize
 from sumtune.runs import run_meta
+from sumtune.training.selection import Selection
 from sumtune.training.sharding import FSDP_FAST_PATHS, fsdp_plan
 from sumtune.training.step import token_loss_sum
 from sumtune.training.trackers import check_trackers, log_with, wants_samples
@@ -124,9 +129,6 @@ def plan_steps(cfg: Config, n_train: int, world: int) -> StepPlan:
 
 def accelerator_for(cfg: Config, run: Path):
     """(Accelerator, precision): mixed precision from train.precision (fp32 master weights either way)."""
-    from accelerate import Accelerator, PartialState
-    from accelerate.state import AcceleratorState
-
     # Without CUDA, run on the CPU: also makes a torchrun-style launch (`accelerate launch --multi_gpu`
     # on a machine without GPUs) a multi-CPU DDP run over gloo instead of P independent runs.
     cpu = not torch.cuda.is_available()
@@ -192,8 +194,6 @@ class TrainSetup:
 
 def setup(cfg: Config, accelerator, precision: str) -> TrainSetup:
     """Data, base model, method and fast paths for `cfg`; nothing written."""
-    from accelerate.utils import set_seed
-
     check_quantize(cfg.method.quantize)  # QLoRA without CUDA: refused before anything loads
     set_seed(cfg.train.seed)  # the same initialisation (LoRA, soft prompt) in every process
     world = accelerator.num_processes
@@ -209,8 +209,6 @@ def setup(cfg: Config, accelerator, precision: str) -> TrainSetup:
     method, model = prepared_model(cfg, tokenizer, base)
     selection = samples = None
     if method.trains and (cfg.train.select_by != "loss" or wants_samples(cfg)):
-        from sumtune.training.selection import Selection
-
         if cfg.train.select_by != "loss":
             selection = Selection(cfg, model, tokenizer, precision, accelerator)  # before the training fast paths
         elif plan["fsdp"]:
@@ -284,8 +282,6 @@ def make_optimizer(model: torch.nn.Module, method: Method, tc, fast_paths: list[
                    lr_lambda=None):
     """(AdamW, warmup + decay schedule) for the trainable parameters of `model` (`tc`: TrainConfig);
     `lr_lambda`: the schedule as a LambdaLR function instead (a budget's, `training.budget`)."""
-    from transformers import get_scheduler
-
     optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay, method), lr=tc.lr, fused=fused_adamw(fast_paths))
     if lr_lambda is not None:
         # a plain function: LambdaLR's state_dict would hold a callable object's attributes

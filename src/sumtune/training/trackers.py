@@ -25,10 +25,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import accelerate
+from accelerate.tracking import TensorBoardTracker, get_available_trackers
+
 from sumtune.config import Config, TrainConfig
 from sumtune.config_values import flatten
 from sumtune.errors import UserError
 from sumtune.io import atomic_write_json
+from sumtune.offline import reachable
 
 TABLES = ("wandb", "clearml", "mlflow", "tensorboard")  # trackers given the sample-predictions table
 EXTRAS = {"wandb": "'.[wandb]'", "mlflow": "'.[mlflow]'", "tensorboard": "'.[tensorboard]'"}  # pip install -e
@@ -57,11 +61,7 @@ def check_trackers(cfg: Config) -> list[str]:
             how = f"pip install -e {EXTRAS[name]}" if name in EXTRAS else f"pip install {PACKAGES.get(name, name)}"
             raise UserError(f"train.report_to {name} needs the {PACKAGES.get(name, name)} package: {how}, "
                             f"or drop {name} from train.report_to") from None
-        from accelerate.tracking import get_available_trackers
-
         if name not in {str(t) for t in get_available_trackers()}:
-            import accelerate
-
             raise UserError(f"train.report_to {name}: Accelerate {accelerate.__version__} does not find a usable "
                             f"{name} (its version may be unsupported); drop it from train.report_to")
         LOGINS.get(name, lambda: None)()
@@ -71,17 +71,13 @@ def check_trackers(cfg: Config) -> list[str]:
 def log_with(names: list[str], run_path: Path) -> list:
     """Accelerate's `log_with` for `names`: TensorBoard as a tracker writing to RUN/tensorboard (where
     runs before train.report_to wrote), the others by name."""
-    from accelerate.tracking import TensorBoardTracker
-
     return [TensorBoardTracker("tensorboard", str(run_path)) if n == "tensorboard" else n for n in names]
 
 
 def _wandb_login() -> None:
     """W&B online needs an API key (env, netrc or wandb settings) and its server, as `wandb.init` finds them."""
-    from sumtune.offline import reachable
-
     try:  # the settings wandb.init resolves (env, settings files), without starting its service
-        from wandb.sdk.wandb_setup import singleton
+        from wandb.sdk.wandb_setup import singleton  # late: wandb is an optional extra ([wandb])
 
         settings = singleton().settings
         mode, base_url, key = settings.mode, settings.base_url, settings.api_key
@@ -122,9 +118,7 @@ def _comet_login() -> None:
 
 def _mlflow_store() -> None:
     """The tracking store MLflow resolves (MLFLOW_TRACKING_URI, else its default) must open now."""
-    import mlflow
-
-    from sumtune.offline import reachable
+    import mlflow  # late: mlflow is an optional extra ([mlflow])
 
     uri = mlflow.get_tracking_uri()
     url = urlsplit(uri)
@@ -220,7 +214,7 @@ class Trackers:
         data = [[step, r["article"][:ARTICLE_CHARS], r["reference"], r["prediction"], r["rougeL"]] for r in rows]
         for name in (n for n in self.names if n in TABLES):
             if name == "mlflow":  # one JSON table artifact in the tracker's (active) run, appended each time
-                import mlflow
+                import mlflow  # late: mlflow is an optional extra ([mlflow])
 
                 mlflow.log_table({c: [row[i] for row in data] for i, c in enumerate(COLUMNS)},
                                  artifact_file="sample_predictions.json")

@@ -60,6 +60,7 @@ class IA3(Method):
         return False
 
     def prepare(self, model, tokenizer, cfg: IA3Config):
+        # late: peft (3 s to import) only for a PEFT method
         from peft import IA3Config as PeftIA3Config
         from peft import get_peft_model
 

@@ -31,6 +31,7 @@ def target_modules(model: torch.nn.Module, cfg: LoraConfig) -> list[str]:
 
 def uses_conv1d(model: torch.nn.Module, targets: list[str]) -> bool:
     """Whether the targets are GPT-2-style Conv1D layers (weights stored [in, out]: fan_in_fan_out)."""
+    # late: transformers (1 s to import) only once a model is at hand
     from transformers.pytorch_utils import Conv1D
 
     return any(isinstance(m, Conv1D) and any(n == t or n.endswith("." + t) for t in targets)
@@ -50,7 +51,7 @@ class Lora(Method):
         return f"{kind} r={cfg.r} α={cfg.alpha}{' rs' if cfg.use_rslora else ''} on {where}"
 
     def _config(self, model, cfg: LoraConfig):
-        from peft import LoraConfig as PeftLoraConfig
+        from peft import LoraConfig as PeftLoraConfig  # late: peft (3 s to import) only for a PEFT method
 
         targets = target_modules(model, cfg)
         return PeftLoraConfig(
@@ -60,10 +61,11 @@ class Lora(Method):
         )
 
     def prepare(self, model, tokenizer, cfg: LoraConfig):
-        from peft import get_peft_model
+        from peft import get_peft_model  # late: peft (3 s to import) only for a PEFT method
 
         freeze(model)
         if cfg.quantize == "4bit":
+            # late: peft (3 s to import) only for a PEFT method
             from peft import prepare_model_for_kbit_training
 
             # norms and head to fp32 for stable training; no gradient checkpointing (a speed choice
@@ -93,7 +95,7 @@ class Lora(Method):
             raise UserError(f"{directory} holds a {peft_type} adapter, not LoRA; load it as its own method")
 
     def load(self, model, tokenizer, directory: Path, cfg: LoraConfig):
-        from peft import PeftModel
+        from peft import PeftModel  # late: peft (3 s to import) only for a PEFT method
 
         self.check_adapter(directory)
         freeze(model)

@@ -21,7 +21,7 @@ class PTuning(PeftVirtualTokens):
         return f"P-tuning, {cfg.n_tokens} tokens, {cfg.encoder.upper()} encoder"
 
     def peft_config(self, model, cfg: PTuningConfig):
-        from peft import PromptEncoderConfig
+        from peft import PromptEncoderConfig  # late: peft (3 s to import) only for a PEFT method
 
         return PromptEncoderConfig(
             task_type="CAUSAL_LM", num_virtual_tokens=cfg.n_tokens,

@@ -21,6 +21,7 @@ class PrefixTuning(PeftVirtualTokens):
         return f"prefix, {cfg.n_tokens} tokens per layer" + (" (MLP reparameterised)" if cfg.prefix_projection else "")
 
     def peft_config(self, model, cfg: PrefixTuningConfig):
+        # late: peft (3 s to import) only for a PEFT method
         from peft import PrefixTuningConfig as PeftPrefixTuningConfig
 
         return PeftPrefixTuningConfig(

@@ -85,6 +85,7 @@ def init_prompt(model: nn.Module, tokenizer, cfg: PromptTuningConfig) -> torch.T
 def peft_config(model: nn.Module, n_tokens: int, method_config: dict):
     """The PEFT PromptTuningConfig describing our prompt, as PEFT writes it when saving;
     `method_config` is the metadata's record of n_tokens/init_text/init_random."""
+    # late: peft (3 s to import) only for a PEFT method
     from peft import PromptTuningConfig as PeftPromptTuningConfig
 
     c = model.config
