@@ -147,7 +147,7 @@ def test_an_adapter_export_loads_its_base_from_the_gguf_file(tiny_gguf, tmp_path
     code = (out / "README.md").read_text().split("```python\n", 1)[1].split("```", 1)[0]
     load = f"model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({str(gguf.parent)!r}, " \
            f"gguf_file={gguf.name!r}), {str(out)!r})"
-    assert load in code.splitlines()
+    assert load + ".eval()" in code.splitlines()
     scope: dict = {}
     exec("import torch\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n" + load, scope)
     _, _, model, tok = load_run(run)

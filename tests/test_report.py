@@ -15,7 +15,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def _run(tmp_path, model_dir, method, trainable, evaluated, epochs=3):
     """A run directory holding what the trainer and evaluate write (see DESIGN.md's run contract)."""
-    run, *_ = make_run(tmp_path / method, model_dir, method, sets=("method.r=4",))
+    run, *_ = make_run(tmp_path / method, model_dir, method, sets=("method.lora.r=4",))
     atomic_write_json(run / "results.json", {
         "method": method, "trainable_params": trainable, "total_params": 1000, "train_seconds": 12.0 * epochs,
         "epochs_run": epochs, "best_val_loss": 2.5, "peak_memory_mb": 300.0, "tokens_per_s": 950.0,
