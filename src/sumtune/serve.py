@@ -30,8 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from sumtune.config import DECODING_PRESETS
+from sumtune.data import encode_prompt
 from sumtune.decoding.summaries import NotUTF8Error, article_text, check_text, summary_text
 from sumtune.errors import UserError
+from sumtune.multirun import Row, RunSet
 from sumtune.runs import with_overrides
 from sumtune.serve_queue import Cost, Refused, Worker
 
@@ -153,9 +155,6 @@ class Service:
 
     def rows(self, text: str, names: list[str], decoding: dict) -> list:
         """One row per run: the run's configuration with the request's decoding, its prompt."""
-        from sumtune.data import encode_prompt
-        from sumtune.multirun import Row
-
         rows = []
         for name in names:
             run = self.runset.runs[name]
@@ -204,6 +203,7 @@ class ClientGone(Exception):
 
 def create_app(service: Service):
     """The Starlette application around a Service."""
+    # late: starlette is the optional [serve] extra, needed only to serve
     from starlette.applications import Starlette
     from starlette.requests import ClientDisconnect, Request
     from starlette.responses import FileResponse, HTMLResponse, JSONResponse
@@ -280,9 +280,7 @@ def run_paths(paths: list[str]) -> list[Path]:
 def serve(paths: list[str], host: str = "127.0.0.1", port: int = 8000, base_model: str | None = None,
           limits: Limits | None = None) -> None:
     """Load the runs (directories: see `run_paths`) onto one base model and serve until interrupted."""
-    import uvicorn
-
-    from sumtune.multirun import RunSet
+    import uvicorn  # late: the optional [serve] extra, needed only to serve
 
     runset = RunSet(paths, base_model=base_model)
     app = create_app(Service(runset, limits))

@@ -39,6 +39,9 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field, replace
 
+from sumtune.data import encode_prompt
+from sumtune.multirun import Row
+
 log = logging.getLogger(__name__)
 
 Kind = Hashable
@@ -347,9 +350,6 @@ def kind_label(row) -> str:
 def calibrate(runset, rows: int = 4) -> Cost:
     """The Cost of decoding on this machine: greedy rows of the longest prompt the first run makes,
     timed for 1 and 9 tokens at batch 1 and for 9 tokens at batch `rows` (after one warm-up)."""
-    from sumtune.data import encode_prompt
-    from sumtune.multirun import Row
-
     run = next(iter(runset.runs.values()))
     prompt = encode_prompt(runset.tokenizer, "The council met on Tuesday to discuss the budget. " * 400, run.cfg.data)
 
