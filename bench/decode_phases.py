@@ -17,17 +17,21 @@ import time
 import torch
 
 from sumtune import flops
+from sumtune.architecture import causal_lm
+from sumtune.decoding import lean
 
 
 class Phases:
     """Forward seconds of a causal LM per call, split into prefill (more than one new position a row)
-    and incremental steps, with what each call had to compute or read: (kind, seconds, real lengths)."""
+    and incremental steps, with what each call had to compute or read: (kind, seconds, real lengths).
+    Steps through sumtune's lean decode step (`sumtune.decoding.lean`) are timed alike."""
 
     def __init__(self, lm: torch.nn.Module):
         self.calls: list[tuple[str, float, list[int]]] = []
         self._cuda = next(lm.parameters()).device.type == "cuda"
-        self._handles = [lm.register_forward_pre_hook(self._pre, with_kwargs=True),
-                         lm.register_forward_hook(self._post)]
+        step = lean.step_for(causal_lm(lm))
+        self._handles = [h for m in (lm, step) if m is not None for h in
+                         (m.register_forward_pre_hook(self._pre, with_kwargs=True), m.register_forward_hook(self._post))]
 
     def _sync(self) -> None:
         if self._cuda:
