@@ -48,10 +48,10 @@ def test_caches_keep_grouped_query_heads_unexpanded(lean_step, beams, tiny_famil
     prompts = _prompts(tokenizer, 2)
     cache = gen._start(prompts, [gen.own] * 2, beams if lean_step and beams > 1 else 0)[0]
     for layer in cache.layers:
-        tensors = (layer.prompt_k, layer.gen_k) if isinstance(layer, BeamLayer) else (layer.buf_k,)
+        tensors = (layer.prompt_k, layer.gen_k) if isinstance(layer, BeamLayer) else (layer.buf_k,)  # heads: dim 1
         assert all(t.shape[1] == cfg.num_key_value_heads for t in tensors)
     if lean_step and beams > 1:  # the prompt once per entry, the beams' positions per beam
-        assert cache.layers[0].prompt_k.shape[0] == 2 and cache.layers[0].gen_k.shape[0] == 2 * beams
+        assert cache.layers[0].prompt_k.shape[0] == 2 and cache.layers[0].gen_k.shape[:3] == (2, 2, beams)
 
 
 def _both_steps(model, tokenizer, prompts, beams: int, steps: int):
@@ -117,8 +117,7 @@ def test_beam_layer_reorders_and_compacts_as_the_slot_layer():
     rows = torch.tensor([2, 3, 4, 5])  # entries 1 and 2 stay
     shared.select(rows)
     full.select(rows)
-    keys = torch.cat([shared.prompt_k.repeat_interleave(k, 0), shared.gen_k[:, :, : shared.n]], dim=2)
-    values = torch.cat([shared.prompt_v.repeat_interleave(k, 0), shared.gen_v[:, :, : shared.n]], dim=2)
+    keys, values = shared.rows()
     assert torch.equal(keys, full.keys) and torch.equal(values, full.values)
     assert shared.get_seq_length() == full.get_seq_length() == width + steps
 

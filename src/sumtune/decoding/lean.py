@@ -159,22 +159,28 @@ class LeanStep(nn.Module):
         return torch.where(keep, zero, torch.finfo(layer.prompt_k.dtype).min)
 
     def _attend_beams(self, q, k, v, layer: BeamLayer, mask):
-        gen_k, gen_v = layer.append(k, v)  # [rows, kv, n, d]
-        rows, heads, _, d = q.shape
-        kv, g, b = heads // self.groups, self.groups, layer.beams
-        entries = rows // b
-        q = q.to(gen_k.dtype) * self.scaling
-        # [entries, kv, beams x groups, d]: every query of an entry's beams for each key/value head
-        q_entry = q.view(entries, b, kv, g, d).transpose(1, 2).reshape(entries, kv, b * g, d)
-        s_prompt = (q_entry @ layer.prompt_k.transpose(-1, -2) + mask).view(entries, kv, b, g, -1)
-        s_gen = q.view(rows, kv, g, d) @ gen_k.transpose(-1, -2)  # [rows, kv, g, n]
-        s_gen = s_gen.view(entries, b, kv, g, -1).transpose(1, 2)  # [entries, kv, b, g, n]
-        width = s_prompt.shape[-1]
-        w = torch.softmax(torch.cat([s_prompt, s_gen], dim=-1), dim=-1, dtype=torch.float32).to(gen_v.dtype)
-        out = (w[..., :width].reshape(entries, kv, b * g, width) @ layer.prompt_v).view(entries, kv, b, g, d)
-        out = out + (w[..., width:].transpose(1, 2).reshape(rows, kv, g, -1) @ gen_v).view(
-            entries, b, kv, g, d).transpose(1, 2)
-        return out.permute(0, 2, 1, 3, 4).reshape(rows, 1, heads * d)  # [entries, b, kv, g, d] -> rows
+        layer.append(k, v)
+        return beam_attention(q, layer, mask, self.groups, self.scaling)
+
+
+def beam_attention(q: torch.Tensor, layer: BeamLayer, mask: torch.Tensor, groups: int, scaling: float) -> torch.Tensor:
+    """One new position's attention for beams sharing their entry's prompt: q [rows, heads, 1, d] against
+    the layer's prompt (once per entry) and generated positions (per beam), masked by `mask` (additive,
+    [entries, 1, 1, width], the prompt's padding); -> [rows, 1, heads * d]. All the queries of an entry's
+    beams for a key/value head read its prompt keys/values together; one softmax over both parts."""
+    rows, heads, _, d = q.shape
+    b, kv, width = layer.beams, heads // groups, layer.prompt_k.shape[2]
+    entries = rows // b
+    gen_k, gen_v = layer.gen_k[:, :, :, : layer.n], layer.gen_v[:, :, :, : layer.n]
+    # [entries, kv, beams, groups, d]: an entry's queries for each key/value head, beams inside
+    qe = (q.reshape(entries, b, kv, groups, d).to(gen_k.dtype) * scaling).transpose(1, 2).contiguous()
+    s_prompt = (qe.view(entries, kv, b * groups, d) @ layer.prompt_k.transpose(-1, -2)).add_(mask)
+    s_gen = qe @ gen_k.transpose(-1, -2)  # [entries, kv, b, groups, n]
+    scores = torch.cat([s_prompt.view(entries, kv, b, groups, width), s_gen], dim=-1)
+    w = torch.softmax(scores, dim=-1, dtype=torch.float32).to(gen_v.dtype)
+    out = (w[..., :width].reshape(entries, kv, b * groups, width) @ layer.prompt_v).view(entries, kv, b, groups, d)
+    out = out + w[..., width:] @ gen_v
+    return out.permute(0, 2, 1, 3, 4).reshape(rows, 1, heads * d)  # -> [entries, b, kv, groups, d] = rows
 
 
 _STEPS: weakref.WeakKeyDictionary[nn.Module, LeanStep] = weakref.WeakKeyDictionary()
