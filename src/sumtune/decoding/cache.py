@@ -64,23 +64,19 @@ class SlotLayer(DynamicLayer):
 class BeamLayer:
     """One layer's keys/values in beam search with the lean step (`decoding.lean`): the prompt's once
     per entry, [entries, heads, width, head_dim] (the k beams of an entry, rows e*k .. e*k+k-1, share
-    it), and the generated positions per beam, [entries, heads, k, limit, head_dim] (beams inside the
-    entry's heads: attention then needs no transposes)."""
+    it), and the generated positions per beam, [rows, heads, limit, head_dim]."""
 
     def __init__(self, prompt_k: torch.Tensor, prompt_v: torch.Tensor, beams: int, limit: int):
         self.prompt_k, self.prompt_v, self.beams, self.n = prompt_k, prompt_v, beams, 0
-        entries, heads, _, dim = prompt_k.shape
-        self.gen_k = prompt_k.new_empty((entries, heads, beams, limit, dim))
-        self.gen_v = prompt_v.new_empty((entries, heads, beams, limit, dim))
+        shape = (prompt_k.shape[0] * beams, prompt_k.shape[1], limit, prompt_k.shape[3])
+        self.gen_k, self.gen_v = prompt_k.new_empty(shape), prompt_v.new_empty(shape)
 
     def append(self, key_states: torch.Tensor, value_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write one new position of every row ([rows, heads, 1, head_dim]); the generated keys and
-        values so far, [entries, heads, k, n, head_dim]."""
-        entries, heads, beams = self.gen_k.shape[:3]
-        for buf, new in ((self.gen_k, key_states), (self.gen_v, value_states)):
-            buf[:, :, :, self.n] = new.reshape(entries, beams, heads, -1).transpose(1, 2)
+        """Write one new position of every row ([rows, heads, 1, head_dim]); the generated keys and values so far."""
+        self.gen_k[:, :, self.n] = key_states[:, :, 0]
+        self.gen_v[:, :, self.n] = value_states[:, :, 0]
         self.n += 1
-        return self.gen_k[:, :, :, : self.n], self.gen_v[:, :, :, : self.n]
+        return self.gen_k[:, :, : self.n], self.gen_v[:, :, : self.n]
 
     def get_seq_length(self) -> int:
         return self.prompt_k.shape[2] + self.n
@@ -88,9 +84,8 @@ class BeamLayer:
     def reorder(self, moved: torch.Tensor, sources: torch.Tensor, start: int) -> None:
         """Rows `moved` take rows `sources`' generated keys/values (beams of one entry: the prompt is theirs already)."""
         if self.n:
-            entry, beam, from_beam = moved // self.beams, moved % self.beams, sources % self.beams
             for buf in (self.gen_k, self.gen_v):
-                buf[entry, :, beam, : self.n] = buf[entry, :, from_beam, : self.n]
+                buf[moved, :, : self.n] = buf[sources, :, : self.n]  # the right side is a copy
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep the given rows, whole entries only (compaction: `rows` lists every beam of each kept entry)."""
@@ -98,18 +93,15 @@ class BeamLayer:
         self.prompt_k, self.prompt_v = self.prompt_k[entries], self.prompt_v[entries]
         for name in ("gen_k", "gen_v"):
             old = getattr(self, name)
-            new = old.new_empty((len(entries), *old.shape[1:]))
-            new[:, :, :, : self.n] = old[entries, :, :, : self.n]
+            new = old.new_empty((len(rows), *old.shape[1:]))
+            new[:, :, : self.n] = old[rows, :, : self.n]
             setattr(self, name, new)
 
     def rows(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every row's keys and values as one [rows, heads, width + n, head_dim] each (what a cache of
         one row per beam holds: for tests)."""
-        out = []
-        for prompt, gen in ((self.prompt_k, self.gen_k), (self.prompt_v, self.gen_v)):
-            per_row = gen[:, :, :, : self.n].transpose(1, 2).flatten(0, 1)
-            out.append(torch.cat([prompt.repeat_interleave(self.beams, 0), per_row], dim=2))
-        return out[0], out[1]
+        return tuple(torch.cat([prompt.repeat_interleave(self.beams, 0), gen[:, :, : self.n]], dim=2)
+                     for prompt, gen in ((self.prompt_k, self.gen_k), (self.prompt_v, self.gen_v)))
 
 
 class BeamCache:

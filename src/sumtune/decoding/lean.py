@@ -169,18 +169,18 @@ def beam_attention(q: torch.Tensor, layer: BeamLayer, mask: torch.Tensor, groups
     [entries, 1, 1, width], the prompt's padding); -> [rows, 1, heads * d]. All the queries of an entry's
     beams for a key/value head read its prompt keys/values together; one softmax over both parts."""
     rows, heads, _, d = q.shape
-    b, kv, width = layer.beams, heads // groups, layer.prompt_k.shape[2]
+    b, kv, width, n = layer.beams, heads // groups, layer.prompt_k.shape[2], layer.n
     entries = rows // b
-    gen_k, gen_v = layer.gen_k[:, :, :, : layer.n], layer.gen_v[:, :, :, : layer.n]
-    # [entries, kv, beams, groups, d]: an entry's queries for each key/value head, beams inside
-    qe = (q.reshape(entries, b, kv, groups, d).to(gen_k.dtype) * scaling).transpose(1, 2).contiguous()
-    s_prompt = (qe.view(entries, kv, b * groups, d) @ layer.prompt_k.transpose(-1, -2)).add_(mask)
-    s_gen = qe @ gen_k.transpose(-1, -2)  # [entries, kv, b, groups, n]
-    scores = torch.cat([s_prompt.view(entries, kv, b, groups, width), s_gen], dim=-1)
+    gen_k, gen_v = layer.gen_k[:, :, :n], layer.gen_v[:, :, :n]
+    qs = q.reshape(entries, b, kv, groups, d).to(gen_k.dtype) * scaling  # a row's queries by key/value head
+    s_prompt = (qs.transpose(1, 2).reshape(entries, kv, b * groups, d) @ layer.prompt_k.transpose(-1, -2)).add_(mask)
+    s_gen = qs.view(rows, kv, groups, d) @ gen_k.transpose(-1, -2)  # [rows, kv, groups, n]
+    scores = torch.cat([s_prompt.view(entries, kv, b, groups, width),
+                        s_gen.view(entries, b, kv, groups, n).transpose(1, 2)], dim=-1)  # [entries, kv, b, groups, .]
     w = torch.softmax(scores, dim=-1, dtype=torch.float32).to(gen_v.dtype)
     out = (w[..., :width].reshape(entries, kv, b * groups, width) @ layer.prompt_v).view(entries, kv, b, groups, d)
-    out = out + w[..., width:] @ gen_v
-    return out.permute(0, 2, 1, 3, 4).reshape(rows, 1, heads * d)  # -> [entries, b, kv, groups, d] = rows
+    out_gen = w[..., width:].transpose(1, 2).reshape(rows, kv, groups, n) @ gen_v
+    return (out_gen.view(entries, b, kv, groups, d) + out.transpose(1, 2)).reshape(rows, 1, heads * d)
 
 
 _STEPS: weakref.WeakKeyDictionary[nn.Module, LeanStep] = weakref.WeakKeyDictionary()
