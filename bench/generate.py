@@ -23,27 +23,24 @@ side stops at EOS only (sumtune's blank-line rule is off: `generate` has none). 
 model hardly ever emits EOS, so the runs go to `--max-new-tokens` (64 by default: a few
 minutes on 2 CPU cores; the cnndm preset's 55-token minimum is kept, capped at the maximum).
 
-Outputs: the sides compute the same logits with other kernels (SDPA vs eager, batch sizes,
-padding), which round differently, so where a random model has near-tied candidates a choice
-can flip. For each output that differs from sumtune's, the script prints why: the gap between
-the two tokens' logits at the first difference, and for beam search the gap between the two
-summaries' beam scores (sum of log-probabilities / length ** length_penalty, per token), both
-recomputed with the model at batch 1 in fp32 with eager attention. A difference is a tie when
-either gap is below 1e-3 in fp32 (0.1 in bf16); the script fails on a greedy difference that is
-not a tie (that would be a bug, not rounding). `hf_batched` is also compared with `hf_batch1`:
-how far `generate` agrees with itself across batch sizes.
+Outputs (`decode_ties.py`): for each output that differs from sumtune's, the script prints why:
+the gap between the two tokens' logits at the first difference, and for beam search the gap between
+the two summaries' beam scores per token, both recomputed at batch 1 in fp32 with eager attention.
+A difference is a tie when either gap is below 1e-3 in fp32 (0.1 in bf16); the script fails on a
+greedy difference that is not a tie (that would be a bug, not rounding). `hf_batched` is also
+compared with `hf_batch1`: how far `generate` agrees with itself across batch sizes.
 
-Near the physical limit: the model's forward is timed per call (forward hooks) and split into
-prefill (prompts) and incremental steps (one new token a row). Prefill: achieved FLOP/s = model
-FLOPs of the real prompt tokens (2 x weight-matrix parameters per token, the LM head once per
-prompt, causal attention 4 x hidden x keys per token and layer; GPT-Neo's local layers at most
-the window) / prefill seconds, against a matmul peak measured in the same run (`mfu.py`).
-Steps: achieved bandwidth = bytes a step must read (every weight matrix once in the compute
-dtype, plus each row's keys and values: all real positions in global layers, the window in
-local ones) / step seconds, against a STREAM-like copy measured here (`--stream-mb` MB copied,
-counted read + write, median of 7). Both peaks are measured before and after the runs; the
-better of the two is used. "search" is the rest of a run: beam/greedy bookkeeping,
-cache reordering, the n-gram ban.
+Near the physical limit (`decode_phases.py`, any decoder-only config): the model's forward is timed
+per call and split into prefill (prompts) and incremental steps (one new token a row). Prefill:
+achieved FLOP/s = model FLOPs of the real prompt tokens (2 x weight-matrix parameters per token, the
+LM head once per prompt, causal attention 4 x query heads x head_dim x keys per token and layer;
+windowed layers at most the window) / prefill seconds, against a matmul peak measured in the same
+run (`mfu.py`). Steps: achieved bandwidth = bytes a step must read (every weight matrix once in the
+compute dtype, plus each row's keys and values: key/value heads only, all real positions in global
+layers, the window in local ones) / step seconds, against a STREAM-like copy measured here
+(`--stream-mb` MB copied, counted read + write, median of 7). Both peaks are measured before and
+after the runs; the better of the two is used. "search" is the rest of a run: beam/greedy
+bookkeeping, cache reordering, the n-gram ban.
 
 All sides run alternately in one process, the order rotating each rep; printed: median
 summaries/s and generated tokens/s of each, the ratios, identical-output counts and the phases.
@@ -59,10 +56,11 @@ import time
 
 import torch
 from common import build_model, load_rows, precision_for
+from decode_phases import Phases, copy_bandwidth, model_shape, phase_figures
+from decode_ties import compare, differences_text
 from mfu import bf16_peak
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from sumtune import flops
 from sumtune.config import EvalConfig, apply_preset
 from sumtune.decoding import Generator
 from sumtune.fastpath import set_attention, speed_up
@@ -117,126 +115,6 @@ def hf_generate(model, prompts, eos: int, ev: EvalConfig, per_call: int, autocas
         for r, i in enumerate(idx):
             out[i] = until_eos(seq[r, width:].tolist(), eos)
     return out
-
-
-class Phases:
-    """Forward seconds of a causal LM per call, split into prefill (more than one new position a row)
-    and incremental steps, with what each call had to compute or read: (kind, seconds, real lengths)."""
-
-    def __init__(self, lm: torch.nn.Module):
-        self.calls: list[tuple[str, float, list[int]]] = []
-        self._cuda = next(lm.parameters()).device.type == "cuda"
-        self._handles = [lm.register_forward_pre_hook(self._pre, with_kwargs=True),
-                         lm.register_forward_hook(self._post)]
-
-    def _sync(self) -> None:
-        if self._cuda:
-            torch.cuda.synchronize()
-
-    def _pre(self, module, args, kwargs) -> None:
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        mask = kwargs.get("attention_mask")
-        rows, q = ids.shape
-        # real positions of each row after this call: its mask (left padding), else the new ones + the cache
-        if mask is not None:
-            lengths = mask.sum(1).tolist()
-        else:
-            cache = kwargs.get("past_key_values") or kwargs.get("cache")
-            past = cache.get_seq_length() if cache is not None else 0
-            lengths = [past + q] * rows
-        self._cur = ("prefill" if q > 1 else "step", lengths, q)
-        self._sync()
-        self._t0 = time.perf_counter()
-
-    def _post(self, module, args, out) -> None:
-        self._sync()
-        kind, lengths, q = self._cur
-        # prefill: the new positions of each row (real ones only: the mask's count for left padding)
-        self.calls.append((kind, time.perf_counter() - self._t0, lengths if kind == "step" else
-                           [min(n, q) for n in lengths]))
-
-    def close(self) -> None:
-        for h in self._handles:
-            h.remove()
-
-
-def model_shape(cfg) -> dict:
-    """What the FLOP and byte counts need from a GPT-Neo/GPT-2-like config (weight matrices as
-    sumtune.flops counts them)."""
-    counted = flops.model_shape(cfg)
-    n, head = counted.matmul, counted.head
-    layers = getattr(cfg, "num_layers", None) or cfg.n_layer
-    kinds = list(getattr(cfg, "attention_layers", None) or ["global"] * layers)
-    return {"matmul": n, "head": head, "hidden": cfg.hidden_size, "global": kinds.count("global"),
-            "local": kinds.count("local"), "window": getattr(cfg, "window_size", 1 << 30)}
-
-
-def prefill_flops(shape: dict, length: int) -> float:
-    """Model FLOPs of one prompt's prefill: weights per token (the head once), causal attention."""
-    w, d = shape["window"], shape["hidden"]
-    global_keys = length * (length + 1) / 2
-    local_keys = global_keys if length <= w else w * (w + 1) / 2 + (length - w) * w
-    attention = 4 * d * (shape["global"] * global_keys + shape["local"] * local_keys)
-    return 2 * (shape["matmul"] - shape["head"]) * length + 2 * shape["head"] + attention
-
-
-def step_bytes(shape: dict, lengths: list[int], elem: int) -> float:
-    """Bytes one incremental step must read: every weight matrix once, each row's keys and values."""
-    d, w = shape["hidden"], shape["window"]
-    kv = sum(shape["global"] * n + shape["local"] * min(n, w) for n in lengths) * 2 * d * elem
-    return shape["matmul"] * elem + kv
-
-
-def phase_figures(calls, shape: dict, elem: int, total_s: float) -> dict:
-    pre = [c for c in calls if c[0] == "prefill"]
-    steps = [c for c in calls if c[0] == "step"]
-    pre_s, step_s = sum(c[1] for c in pre), sum(c[1] for c in steps)
-    flops = sum(prefill_flops(shape, n) for c in pre for n in c[2])
-    nbytes = sum(step_bytes(shape, c[2], elem) for c in steps)
-    return {"prefill_s": pre_s, "prefill_flops": flops, "steps": len(steps), "step_s": step_s,
-            "step_bytes": nbytes, "search_s": total_s - pre_s - step_s}
-
-
-def copy_bandwidth(device: torch.device, mb: int, reps: int = 7) -> float:
-    """A STREAM-like copy: bytes read + written per second copying an `mb` MB buffer (median of `reps`)."""
-    src = torch.ones(mb * 2**20 // 4, device=device)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return 2 * src.numel() * 4 / statistics.median(times)
-
-
-@torch.inference_mode()
-def reference_logprobs(model, prompt: list[int], tokens: list[int]) -> torch.Tensor:
-    """[len(tokens) + 1, vocab] fp32 log-probabilities after prompt + tokens[:i], batch 1, eager."""
-    logits = model(torch.tensor([prompt + tokens], device=model.device)).logits[0, len(prompt) - 1 :].float()
-    return torch.log_softmax(logits, -1)
-
-
-def explain(model, prompt: list[int], a: list[int], b: list[int], ev: EvalConfig, tol: float) -> dict:
-    """Why two outputs differ: the reference gap between their tokens at the first difference
-    (logits: log-probabilities differ from them by a constant), and for beam search between
-    the two summaries' beam scores, per token; a tie when either is within `tol`."""
-    p = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-    la, lb = reference_logprobs(model, prompt, a), reference_logprobs(model, prompt, b)
-    why = {"position": p}
-    if p < len(a) and p < len(b):
-        why["logit_gap"] = abs(float(la[p, a[p]] - la[p, b[p]]))
-    if ev.num_beams > 1:
-        score = [float(lp[torch.arange(len(t)), torch.tensor(t)].sum()) / len(t) ** ev.length_penalty
-                 for lp, t in ((la, a), (lb, b))]
-        longest = max(len(a), len(b))
-        why["beam_score_gap_per_token"] = abs(score[0] - score[1]) * longest ** ev.length_penalty / longest
-    why["tie"] = min(why.get("logit_gap", 1e9), why.get("beam_score_gap_per_token", 1e9)) <= tol
-    return why
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -349,15 +227,6 @@ def side_row(r: dict, n: int, peak_flops: float, bandwidth: float) -> dict:
     return row
 
 
-def compare(model, prompts, ours: list[list[int]], theirs: list[list[int]], ev: EvalConfig, tol: float) -> dict:
-    """How many outputs are identical, and why each other one differs (`explain`)."""
-    set_attention(model, "eager")
-    diffs = [{"prompt": i, **explain(model, prompts[i], t, o, ev, tol)}
-             for i, (o, t) in enumerate(zip(ours, theirs)) if o != t]
-    return {"identical": len(prompts) - len(diffs), "differences": diffs,
-            "not_ties": sum(not d["tie"] for d in diffs)}
-
-
 def summarise(a, ev: EvalConfig, precision: str, prompts, runs, peak: dict, bandwidth: float, model,
               device: torch.device) -> dict:
     n, tol = len(prompts), 1e-3 if precision == "fp32" else 0.1
@@ -388,17 +257,6 @@ def summarise(a, ev: EvalConfig, precision: str, prompts, runs, peak: dict, band
     return result
 
 
-def _differences(c: dict) -> str:
-    if not c["differences"]:
-        return "all identical"
-    parts = []
-    for d in c["differences"]:
-        gaps = ", ".join(f"{k.removesuffix('_per_token').replace('_', ' ')} {d[k]:.1e}"
-                         for k in ("logit_gap", "beam_score_gap_per_token") if k in d)
-        parts.append(f"#{d['prompt']} at {d['position']}: {gaps} -> {'tie' if d['tie'] else 'NOT A TIE'}")
-    return "; ".join(parts)
-
-
 def print_summary(r: dict) -> None:
     label = {"hf_batched": f"HF generate batch {r['prompts_per_batch']} prompts, SDPA",
              "hf_batch1": "HF generate batch 1, eager"}
@@ -411,7 +269,7 @@ def print_summary(r: dict) -> None:
     for name, p in r["peers"].items():
         c = p["vs_sumtune"]
         print(f"{label[name]:32s} {p['summaries_per_s']:.3f} summaries/s {p['tokens_per_s']:8.1f} tokens/s | "
-              f"sumtune {p['ratio']:.2f}x | identical {c['identical']}/{r['n']} ({_differences(c)})")
+              f"sumtune {p['ratio']:.2f}x | identical {c['identical']}/{r['n']} ({differences_text(c)})")
     if "hf_batched_vs_hf_batch1_identical" in r:
         print(f"HF batched vs HF batch 1: identical {r['hf_batched_vs_hf_batch1_identical']}/{r['n']}")
     print(f"phases (median seconds; prefill against {pk['matmul_gflops']} GFLOP/s matmul, steps against "

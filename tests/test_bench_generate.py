@@ -29,10 +29,12 @@ def _token_file(tiny: Path, out: Path, n: int = 5) -> Path:
     return out
 
 
-@pytest.mark.parametrize("decoding", ["greedy", "cnndm"])
-def test_bench_peers_agree_in_fp32(decoding, tiny_neo, tmp_path, capsys):
-    data = _token_file(tiny_neo, tmp_path / "tokens.jsonl")
-    r = bench.main(["--data", str(data), "--model", str(tiny_neo), "--decoding", decoding, "--n", "5",
+@pytest.mark.parametrize("arch,decoding", [("gpt_neo", "greedy"), ("gpt_neo", "cnndm"), ("llama", "cnndm")])
+def test_bench_peers_agree_in_fp32(arch, decoding, tiny_family, tmp_path, capsys):
+    """GPT-Neo, and a Llama-layout config (grouped-query attention, the lean decode step's phases timed too)."""
+    tiny = tiny_family(arch)
+    data = _token_file(tiny, tmp_path / "tokens.jsonl")
+    r = bench.main(["--data", str(data), "--model", str(tiny), "--decoding", decoding, "--n", "5",
                     "--max-new-tokens", "12", "--min-new-tokens", "4", "--batch-size", "8", "--reps", "1",
                     "--precision", "fp32", "--stream-mb", "8", "--json"])
     assert set(r["peers"]) == {"hf_batched", "hf_batch1"}

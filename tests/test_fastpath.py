@@ -681,19 +681,25 @@ def test_head_patch_only_at_inference_and_loss_keeps_the_head_in_place(tiny_neo)
     assert "few_rows_head" in apply_fast_paths(model, FastPathContext(training=False), True)
 
 
-def test_fast_paths_config_selects_and_logs(tiny_gpt2, caplog):
+def test_fast_paths_config_selects_and_logs(tiny_gpt2, tiny_family, caplog):
     import logging
 
     model, _ = _method_model(tiny_gpt2, "lora")
     head_only, _ = _method_model(tiny_gpt2, "last_layers")  # where the feature cache applies
+    llama, _ = _method_model(tiny_family("llama"), "lora")  # where the lean decode step applies
     ctx = FastPathContext(training=True, autocast=torch.bfloat16)
     for name in FAST_PATH_NAMES:
         if name == "blocked_local_attention":  # on top of sdpa_attention, GPT-Neo only: tested above
             continue
         cfg = build_config(flags={"train.fast_paths": name})
-        on = head_only if name == "feature_cache" else model
-        applied = apply_fast_paths(on, CONTEXTS["infer" if name == "few_rows_head" else "train"], from_config(cfg.train))
-        assert applied == [name]
+        on = {"feature_cache": head_only, "lean_decode_step": llama}.get(name, model)
+        infer = CONTEXTS["infer" if name in ("few_rows_head", "lean_decode_step") else "train"]
+        applied = apply_fast_paths(on, infer, from_config(cfg.train))
+        assert applied == ([] if name == "lean_decode_step" else [name])  # the lean step needs SDPA
+        if name == "lean_decode_step":
+            cfg = build_config(flags={"train.fast_paths": f"sdpa_attention,{name}"})
+            assert apply_fast_paths(on, infer, from_config(cfg.train)) == ["sdpa_attention", name]
+            revert_fast_paths(on)
     with caplog.at_level(logging.DEBUG, logger="sumtune.fastpath"):
         applied = apply_fast_paths(model, ctx, from_config(build_config(flags={}).train))
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == [f"fast path: {n}" for n in applied]

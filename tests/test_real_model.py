@@ -89,6 +89,15 @@ def test_decoder_equals_generate_on_the_real_model(real_model):
     cfg = EvalConfig(batch_size=12, num_beams=4, max_new_tokens=NEW, length_penalty=2.0)
     assert Generator(model, tokenizer, cfg, stop_at_blank_line=False, stop_ids=stops).generate(prompts) == beam
     assert beam != greedy
+    # with the decoding fast paths `evaluate` applies (the lean step: beams share their prompt's keys/values)
+    from sumtune.fastpath import revert_fast_paths, speed_up
+
+    assert "lean_decode_step" in speed_up(model, inference=True)["applied"]
+    try:
+        for ev, expected in ((EvalConfig(batch_size=3, max_new_tokens=NEW), greedy), (cfg, beam)):
+            assert Generator(model, tokenizer, ev, stop_at_blank_line=False, stop_ids=stops).generate(prompts) == expected
+    finally:
+        revert_fast_paths(model)
     # a summary ends at the chat template's end of turn: it never runs into another turn
     for tokens in greedy + beam:
         text = tokenizer.decode(tokens)

@@ -18,17 +18,21 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import Cache, DynamicCache
 
 from sumtune.config import EvalConfig
+from sumtune.decoding import lean
 from sumtune.decoding.cache import (
+    BeamCache,
     LayerKV,
     cache_keyword,
     left_padded,
     max_positions,
     reorder_beams,
     select_rows,
+    shared_prompts,
 )
 from sumtune.decoding.parts import decoding_parts
 from sumtune.decoding.stopping import StopRule
@@ -98,6 +102,7 @@ class Generator:
         self.cfg = cfg
         self.device = next(self.lm.parameters()).device
         self.cache_kw = cache_keyword(self.lm)
+        self.lean = lean.step_for(self.lm)  # the fast path lean_decode_step: steps without the model's forward
         self.max_pos = max_positions(self.lm)
         vocab = self.lm.get_output_embeddings().weight.shape[0]
         self.stop_rule = StopRule(tokenizer, vocab, self.device, stop_at_blank_line, cfg.min_new_tokens, stop_ids)
@@ -155,10 +160,12 @@ class Generator:
                           **{self.cache_kw: cache})
         return [(layer.keys, layer.values) for layer in cache.layers], out.logits[0, -1].float()
 
-    def _step(self, tokens: torch.Tensor, cache: Cache, mask: torch.Tensor, pos: torch.Tensor,
+    def _step(self, tokens: torch.Tensor, cache: Cache | BeamCache, mask: torch.Tensor, pos: torch.Tensor,
               adapters: list[str]) -> torch.Tensor:
         self._route(adapters)
         with self._ctx():
+            if self.lean is not None:
+                return self.lean(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos[:, None], cache=cache)
             out = self.lm(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos[:, None],
                           use_cache=True, **{self.cache_kw: cache})
         return out.logits[:, -1].float()
@@ -194,9 +201,10 @@ class Generator:
 
     # --- batch set-up --------------------------------------------------------
 
-    def _start(self, prompts: Sequence[Sequence[int]], variants: Sequence[Variant]):
+    def _start(self, prompts: Sequence[Sequence[int]], variants: Sequence[Variant], beams: int = 0):
         """Prefill every prompt and lay the caches out left-padded: (cache, mask, pos, logits, P, limit).
-        Rows with soft prompts of other lengths (or none) line up as rows of other lengths do."""
+        Rows with soft prompts of other lengths (or none) line up as rows of other lengths do. `beams`: the
+        prompts' keys/values stay once per entry for that many beams each (`BeamCache`, the lean step's)."""
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt")
         rows = [self._prefill(p, v) for p, v in zip(prompts, variants)]
@@ -206,7 +214,9 @@ class Generator:
         if limit < 1:
             raise UserError(f"prompt of {width} tokens leaves no room to generate within the model's "
                             f"{self.max_pos} positions; lower data.max_length")
-        cache, mask = left_padded([kv for kv, _ in rows], lengths, width + limit, self.device)
+        cache, mask = left_padded([kv for kv, _ in rows], lengths, width if beams else width + limit, self.device)
+        if beams:
+            cache, mask = shared_prompts(cache, beams, limit), F.pad(mask, (0, limit), value=1)
         pos = torch.tensor(lengths, device=self.device)
         logits = torch.stack([r[1] for r in rows])
         return cache, mask, pos, logits, width, limit
@@ -274,11 +284,13 @@ class Generator:
         running beam, normalised by the current length, cannot beat the worst of them. Done entries leave
         the batch (the cache is compacted when a quarter of the entries are done); beams are reordered in
         place, their generated positions only (`reorder_beams`)."""
-        cache, mask, pos, logits, width, limit = self._start(prompts, variants)
+        shared = k if self.lean is not None else 0
+        cache, mask, pos, logits, width, limit = self._start(prompts, variants, shared)
         b, dev = len(prompts), self.device
         names = [v.adapter for v in variants for _ in range(k)]  # beams stay in their entry's rows
         rep = torch.arange(b, device=dev).repeat_interleave(k)
-        select_rows(cache, rep)
+        if not shared:
+            select_rows(cache, rep)
         mask, pos, logits = mask[rep], pos[rep], logits[rep]
         seqs = torch.zeros(b * k, limit, dtype=torch.long, device=dev)
         scores = torch.zeros(b, k, device=dev)

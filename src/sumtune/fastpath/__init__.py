@@ -9,6 +9,8 @@ In `FAST_PATHS` order:
 - fused_gelu (gelu.py): one-kernel tanh GELU;
 - fast_lora (lora.py): PEFT LoRA layers with a cheaper dropout mask and a fused update;
 - few_rows_head (head.py): the LM head for the few rows of a decoding step (inference only);
+- lean_decode_step (decode_step.py): decoding steps of a Llama-layout model without Transformers'
+  per-layer plumbing, beams sharing their prompt's keys/values (inference only);
 - label_loss (loss.py): the LM head only at labelled positions, rows without padding;
 - feature_cache (features.py): frozen-feature cache for head-only tuning;
 - fused_adamw: the fused AdamW kernel where torch has one.
@@ -29,6 +31,7 @@ from torch import nn
 from sumtune.config import FAST_PATH_NAMES
 from sumtune.fastpath.attention import BlockedLocalAttention, SdpaAttention, attention_in_use, set_attention
 from sumtune.fastpath.base import FastPath, FastPathContext, StepPath
+from sumtune.fastpath.decode_step import LeanDecodeStep
 from sumtune.fastpath.features import CachedHeadLoss, FeatureCache, FeatureCachePath
 from sumtune.fastpath.gelu import FusedGelu, set_fast_gelu
 from sumtune.fastpath.head import FewRowsHead, set_fast_head
@@ -61,7 +64,7 @@ ATTENTION, CAST, FUSED_ADAMW = SdpaAttention(), CastFrozenWeights(), FusedAdamW(
 # sdpa_attention before blocked_local_attention (eager -> SDPA -> blocked). Attention goes first (it changes only the attention classes and configs); the training-step choices come
 # last (they change nothing). `config.FAST_PATH_NAMES` lists the same names in the same order.
 FAST_PATHS: tuple[FastPath, ...] = (
-    ATTENTION, BlockedLocalAttention(), CAST, FusedGelu(), FastLora(), FewRowsHead(),
+    ATTENTION, BlockedLocalAttention(), CAST, FusedGelu(), FastLora(), FewRowsHead(), LeanDecodeStep(),
     LabelLoss(), FeatureCachePath(), FUSED_ADAMW,
 )
 assert tuple(p.name for p in FAST_PATHS) == FAST_PATH_NAMES, "keep config.FAST_PATH_NAMES in step"
@@ -91,14 +94,14 @@ def apply_fast_paths(model: nn.Module, ctx: FastPathContext, enabled: bool | Col
     where SDPA is not applied the attention is set to eager (the reference), also undone by revert."""
     revert_fast_paths(model)
     names = enabled_names(enabled) | ({ATTENTION.name} if ctx.attention == "sdpa" else set())
+    if ATTENTION.name not in names or not ATTENTION.applies_to(model, ctx):
+        ATTENTION.use_reference(model)  # first: later paths see the attention the model will run
     applied = []
     for path in FAST_PATHS:
         if path.name in names and path.applies_to(model, ctx):
             path.apply(model, ctx)
             log.debug("fast path: %s (%s)", path.name, path.why.format(**asdict(ctx)))
             applied.append(path.name)
-    if ATTENTION.name not in applied:
-        ATTENTION.use_reference(model)
     return applied
 
 
