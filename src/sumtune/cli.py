@@ -23,7 +23,7 @@ from sumtune.config import (
 )
 from sumtune.config_methods import listing
 from sumtune.errors import UserError
-from sumtune.offline import apply_offline_env
+from sumtune.offline import apply_offline_env, offline_for_runs
 from sumtune.quiet import library_output
 
 
@@ -264,7 +264,7 @@ def _run(a: argparse.Namespace) -> int:
         from sumtune.runs import preset_source  # late: runs loads torch
 
         data = a.data if a.data or not a.data_preset else preset_source(load_run_config(a.run_dir), a.data_preset)
-        _offline_for_runs([a.run_dir], a.model, data, need_data=True)
+        offline_for_runs([a.run_dir], a.model, data, need_data=True)
 
         evaluate_run(a.run_dir, split=a.split, limit=a.limit, overrides={**_eval_overrides(a), **_eval_sets(a.sets)},
                      data=data, base_model=a.model, data_preset=a.data_preset)
@@ -276,7 +276,7 @@ def _run(a: argparse.Namespace) -> int:
         from sumtune.serve import Limits, run_paths, serve  # late: torch, transformers, starlette
 
         runs = [str(p) for p in run_paths(a.paths)]
-        _offline_for_runs(runs, a.model, None)
+        offline_for_runs(runs, a.model, None)
         serve(runs, a.host, a.port, a.model, Limits(max_queue=max(1, a.max_queue), timeout=a.timeout))
     elif a.command == "compare":
         from sumtune.report import compare_runs  # late: the report loads torch (safetensors, run directories)
@@ -331,23 +331,11 @@ def _export(a: argparse.Namespace) -> None:
     if a.private and not a.push_to_hub:
         raise UserError("--private applies to --push-to-hub REPO; add it or drop --private")
     if not a.push_to_hub:  # a push needs the network: the offline switch would refuse the upload
-        _offline_for_runs([a.run_dir], None, None)
+        offline_for_runs([a.run_dir], None, None)
     from sumtune.export import export_run  # late: export loads torch
 
     export_run(a.run_dir, out, adapter=a.adapter, push_to_hub=a.push_to_hub, private=a.private,
                base_model=a.base_model)
-
-
-def _offline_for_runs(runs: list[str], model: str | None, data: str | None, need_data: bool = False) -> None:
-    """No network call when the runs' model (and, with `need_data`, their data) are local."""
-    try:
-        cfgs = [load_run_config(r) for r in runs]
-    except UserError:
-        return  # the command itself reports it
-    models = {model or c.model.name for c in cfgs}
-    sources = {data or c.data.source for c in cfgs} if need_data else {None}
-    if len(models) == 1 and len(sources) == 1:
-        apply_offline_env(models.pop(), sources.pop())
 
 
 def _summarize(a: argparse.Namespace) -> None:
@@ -358,7 +346,7 @@ def _summarize(a: argparse.Namespace) -> None:
     runs, source = a.paths, "-"
     if len(runs) > 1 and not Path(runs[-1]).is_dir():
         runs, source = runs[:-1], runs[-1]
-    _offline_for_runs(runs, a.model, None)
+    offline_for_runs(runs, a.model, None)
     for run in runs:
         check_finished_run(run)  # before reading standard input
     text = read_text(source)

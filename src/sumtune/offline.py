@@ -20,6 +20,8 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from sumtune.config import load_run_config
+from sumtune.errors import UserError
 from sumtune.gguf_files import NAMED_MODELS
 
 PROBE_TIMEOUT_S = 2.5
@@ -125,3 +127,15 @@ def use_cache_only() -> bool:
         return False
     set_offline(True)
     return True
+
+
+def offline_for_runs(runs: list[str], model: str | None, data: str | None, need_data: bool = False) -> None:
+    """No network call when the runs' model (and, with `need_data`, their data) are local."""
+    try:
+        cfgs = [load_run_config(r) for r in runs]
+    except UserError:
+        return  # the command itself reports it
+    models = {model or c.model.name for c in cfgs}
+    sources = {data or c.data.source for c in cfgs} if need_data else {None}
+    if len(models) == 1 and len(sources) == 1:
+        apply_offline_env(models.pop(), sources.pop())
