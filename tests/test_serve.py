@@ -139,6 +139,15 @@ def _until(condition, seconds: float = 5.0) -> None:
         time.sleep(0.01)
 
 
+def _one_decoding_one_queued(c, pool, gated, body) -> tuple:
+    """Two requests: the first taken by the worker, which waits at the gate, the second queued behind it."""
+    first = pool.submit(_post, c, body)
+    _until(lambda: gated.batches)
+    second = pool.submit(_post, c, body)
+    _until(lambda: c.get("/health").json()["queued"] == 1)
+    return first, second
+
+
 def test_projected_wait_past_the_timeout_is_refused_at_once_with_retry_after(runset):
     gated = _Gated(runset)
     # 1.5 s per summary before measuring (1 s x the prior scale 1.5); one summary per batch; a 3 s
@@ -146,10 +155,7 @@ def test_projected_wait_past_the_timeout_is_refused_at_once_with_retry_after(run
     service = Service(gated, Limits(max_rows=1, timeout=3.0), cost=Cost(1.0, 0.0, 0.0))
     body = {"text": TEXTS[0], "runs": ["zero_shot"], "decoding": FAST}
     with TestClient(create_app(service)) as c, ThreadPoolExecutor(4) as pool:
-        first = pool.submit(_post, c, body)
-        _until(lambda: gated.batches)  # taken by the worker, which waits at the gate
-        second = pool.submit(_post, c, body)
-        _until(lambda: c.get("/health").json()["queued"] == 1)
+        first, second = _one_decoding_one_queued(c, pool, gated, body)
         t0 = time.perf_counter()
         third = _post(c, body)  # would end 1.5 s after the second: past its timeout
         assert third.status_code == 503 and time.perf_counter() - t0 < 0.5, third.text
@@ -167,10 +173,7 @@ def test_full_queue_is_refused_with_retry_after(runset):
     service = Service(gated, Limits(max_queue=1, timeout=60), cost=Cost(0.01, 0.0, 0.0))
     body = {"text": TEXTS[0], "runs": ["zero_shot"], "decoding": FAST}
     with TestClient(create_app(service)) as c, ThreadPoolExecutor(4) as pool:
-        first = pool.submit(_post, c, body)
-        _until(lambda: gated.batches)
-        second = pool.submit(_post, c, body)
-        _until(lambda: c.get("/health").json()["queued"] == 1)
+        first, second = _one_decoding_one_queued(c, pool, gated, body)
         full = _post(c, body)
         assert full.status_code == 503 and "waiting" in full.json()["error"] and full.headers["Retry-After"].isdigit()
         gated.gate.set()
