@@ -227,8 +227,9 @@ def test_card_code_of_an_adapter(method, tiny_neo, tmp_path, capsys):
     run = tmp_path / "run"
     main_one_thread(["train", "--method", method, "--model", str(tiny_neo), "--data", str(data),
                      "--output-dir", str(run), "--max-length", "160", "--precision", "fp32", "--batch-size", "4",
-                     "--grad-accum", "1", "--set", "data.max_summary_length=48", "--set", "method.n_tokens=2",
-                     "--set", "method.r=4", "--max-steps", "1", "--lr", "0.1", "--max-eval-samples", "2"])
+                     "--grad-accum", "1", "--set", "data.max_summary_length=48",
+                     *[f"--set=method.{m}.n_tokens=2" for m in ("prompt_tuning", "p_tuning", "prefix_tuning")],
+                     "--set", "method.lora.r=4", "--max-steps", "1", "--lr", "0.1", "--max-eval-samples", "2"])
     body, code, command = _exported_card(run, tmp_path / "adapter", ["--num-beams", "2", "--no-repeat-ngram-size", "2"],
                                          adapter=True)
     assert "PeftModel.from_pretrained(" in code
