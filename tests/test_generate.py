@@ -351,9 +351,9 @@ def test_reorder_beams_in_place_equals_select_rows():
             assert torch.equal(layer.keys, r.keys) and torch.equal(layer.values, r.values)
             assert layer.get_seq_length() == r.get_seq_length() == width + steps
     same = _slot_cache(entries, k, width, 4)
-    before = [layer.buf_k.clone() for layer in same.layers]
+    before = [(layer.buf_k, layer.keys.clone()) for layer in same.layers]  # past the filled part: never written
     reorder_beams(same, torch.arange(entries * k), width)  # nothing moves
-    assert all(torch.equal(b, layer.buf_k) for b, layer in zip(before, same.layers))
+    assert all(buf is layer.buf_k and torch.equal(keys, layer.keys) for (buf, keys), layer in zip(before, same.layers))
 
 
 def test_done_entries_leave_the_beam_batch_with_the_same_summaries(tiny_neo):
