@@ -40,7 +40,7 @@ def test_bench_peers_agree_in_fp32(arch, decoding, tiny_family, tmp_path, capsys
     assert set(r["peers"]) == {"hf_batched", "hf_batch1"}
     for name, row in r["peers"].items():
         assert row["vs_sumtune"]["identical"] == 5, (name, row["vs_sumtune"])
-        assert row["ratio"] > 0 and row["summaries_per_s"] > 0 and row["tokens_per_s"] > 0
+        assert row["ratio"] > 0 and row["cpu_ratio"] > 0 and row["summaries_per_s"] > 0 and row["tokens_per_s"] > 0
     assert r["hf_batched_vs_hf_batch1_identical"] == 5
     assert r["num_beams"] == (4 if decoding == "cnndm" else 1) and r["prompts_per_batch"] == (2 if decoding == "cnndm" else 8)
     s = r["sumtune"]
