@@ -59,7 +59,7 @@ import time
 import torch
 from common import build_model, load_rows, precision_for
 from decode_phases import Phases, copy_bandwidth, model_shape, phase_figures
-from decode_ties import compare, differences_text
+from decode_ties import compare, differences_text, logprob_noise
 from mfu import bf16_peak
 from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -252,6 +252,8 @@ def summarise(a, ev: EvalConfig, precision: str, prompts, runs, peak: dict, band
         "peak_cuda_mb": ({s: round(r["peak_cuda_mb"], 1) for s, r in runs.items()} if device.type == "cuda" else None),
     }
     result["sumtune_summaries_per_s"] = rows["sumtune"]["summaries_per_s"]
+    if precision == "bf16":  # the scale of the rounding that parts the sides (ties are judged in fp32)
+        result["bf16_logprob_noise"] = logprob_noise(model, prompts, runs["sumtune"]["outputs"], torch.bfloat16)
     if "hf_batched" in a.peers and "hf_batch1" in a.peers:
         same = sum(x == y for x, y in zip(runs["hf_batched"]["outputs"], runs["hf_batch1"]["outputs"]))
         result["hf_batched_vs_hf_batch1_identical"] = same
@@ -275,6 +277,10 @@ def print_summary(r: dict) -> None:
         c = p["vs_sumtune"]
         print(f"{label[name]:32s} {p['summaries_per_s']:.3f} summaries/s {p['tokens_per_s']:8.1f} tokens/s | "
               f"sumtune {p['ratio']:.2f}x (CPU time {p['cpu_ratio']:.2f}x) | identical {c['identical']}/{r['n']} ({differences_text(c)})")
+    if "bf16_logprob_noise" in r:
+        noise = r["bf16_logprob_noise"]
+        print(f"bf16 moves the model's log-probabilities of sumtune's tokens by {noise['mean']:.3f} per token on "
+              f"average (99th percentile {noise['p99']:.3f}) from fp32: the rounding that parts the sides")
     if "hf_batched_vs_hf_batch1_identical" in r:
         print(f"HF batched vs HF batch 1: identical {r['hf_batched_vs_hf_batch1_identical']}/{r['n']}")
     print(f"phases (median seconds; prefill against {pk['matmul_gflops']} GFLOP/s matmul, steps against "
