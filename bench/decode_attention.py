@@ -28,7 +28,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from sumtune.decoding.cache import BeamLayer
+from sumtune.decoding.cache import BeamCache
 from sumtune.decoding.lean import beam_attention
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -57,12 +57,11 @@ def variants(a: argparse.Namespace, layers, keep):
     mask = keep.repeat_interleave(a.beams, 0)[:, None, None, :]
     caches = {"per_row": [rows_kv(pk, pv, gk, gv, a.beams) for pk, pv, gk, gv, _ in layers]}
     caches["expanded"] = [[t.repeat_interleave(groups, 1) for t in kv] for kv in caches["per_row"]]
-    beam_layers = []
-    for pk, pv, gk, gv, _ in layers:
-        layer = BeamLayer(pk, pv, a.beams, a.generated)
+    cache = BeamCache(torch.stack([torch.stack([pk, pv]) for pk, pv, *_ in layers]), a.beams, a.generated)
+    for layer, (_, _, gk, gv, _) in zip(cache.layers, layers):
         for i in range(a.generated):
             layer.append(gk[:, :, i : i + 1], gv[:, :, i : i + 1])
-        beam_layers.append(layer)
+    beam_layers = cache.layers
     additive = torch.zeros(keep[:, : a.prompt].shape, dtype=layers[0][0].dtype).masked_fill(
         ~keep[:, : a.prompt], torch.finfo(layers[0][0].dtype).min)[:, None, None, :]
 
@@ -90,8 +89,7 @@ def variants(a: argparse.Namespace, layers, keep):
     held = {"expanded": mb(t for kv in caches["expanded"] for t in kv),
             "repeat_kv": mb(t for kv in caches["per_row"] for t in kv),
             "packed_gqa": mb(t for kv in caches["per_row"] for t in kv),
-            "shared_prompt": mb(t for layer in beam_layers for t in (layer.prompt_k, layer.prompt_v, layer.gen_k,
-                                                                     layer.gen_v))}
+            "shared_prompt": mb((cache.prompt, cache.gen))}
     return {"expanded": expanded, "repeat_kv": repeat_kv, "packed_gqa": packed_gqa, "shared_prompt": shared_prompt}, held
 
 

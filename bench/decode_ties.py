@@ -38,6 +38,25 @@ def explain(model, prompt: list[int], a: list[int], b: list[int], ev: EvalConfig
     return why
 
 
+@torch.inference_mode()
+def logprob_noise(model, prompts, outputs, dtype: torch.dtype) -> dict:
+    """How far `dtype` autocast moves the model's log-probabilities of the decoded tokens from fp32 (batch 1,
+    eager): the mean and 99th percentile of |difference| per token. The scale of the rounding that can
+    part two decoders computing in `dtype` with different kernels."""
+    set_attention(model, "eager")
+    diffs = []
+    for prompt, tokens in zip(prompts, outputs):
+        if not tokens:
+            continue
+        picked = torch.tensor(tokens, device=model.device)[:, None]
+        exact = reference_logprobs(model, prompt, tokens)[:-1].gather(1, picked)
+        with torch.autocast(model.device.type, dtype=dtype):
+            rounded = reference_logprobs(model, prompt, tokens)[:-1].gather(1, picked)
+        diffs.append((rounded - exact).abs().flatten())
+    d = torch.cat(diffs)
+    return {"mean": round(float(d.mean()), 4), "p99": round(float(d.quantile(0.99)), 4)}
+
+
 def compare(model, prompts, ours: list[list[int]], theirs: list[list[int]], ev: EvalConfig, tol: float) -> dict:
     """How many outputs are identical, and why each other one differs (`explain`)."""
     set_attention(model, "eager")

@@ -43,7 +43,9 @@ after the runs; the better of the two is used. "search" is the rest of a run: be
 bookkeeping, cache reordering, the n-gram ban.
 
 All sides run alternately in one process, the order rotating each rep; printed: median
-summaries/s and generated tokens/s of each, the ratios, identical-output counts and the phases.
+summaries/s and generated tokens/s of each, the ratios, identical-output counts and the phases. Each
+run's process CPU time is kept too: on a machine shared with other work, the ratio of CPU times
+(`cpu_ratio`) is disturbed less than that of wall times (at one thread they agree on a quiet machine).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ import time
 import torch
 from common import build_model, load_rows, precision_for
 from decode_phases import Phases, copy_bandwidth, model_shape, phase_figures
-from decode_ties import compare, differences_text
+from decode_ties import compare, differences_text, logprob_noise
 from mfu import bf16_peak
 from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -179,7 +181,7 @@ def run_alternating(a: argparse.Namespace, ev: EvalConfig, prompts, model, ours,
     shape, elem = model_shape(model.config), 2 if dtype is not None else 4
     eos = tokenizer.eos_token_id
     per_call = max(1, ev.batch_size // ev.num_beams)
-    runs = {s: {"seconds": [], "phases": [], "outputs": None, "peak_cuda_mb": 0.0} for s in sides}
+    runs = {s: {"seconds": [], "cpu_seconds": [], "phases": [], "outputs": None, "peak_cuda_mb": 0.0} for s in sides}
     for rep in range(a.reps):
         for side in sides[rep % len(sides):] + sides[: rep % len(sides)]:
             if side == "sumtune":
@@ -193,18 +195,19 @@ def run_alternating(a: argparse.Namespace, ev: EvalConfig, prompts, model, ours,
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             outputs = fn()
             sync(device)
-            seconds = time.perf_counter() - t0
+            seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
             phases.close()
             r = runs[side]
             r["seconds"].append(seconds)
+            r["cpu_seconds"].append(cpu)
             r["phases"].append(phase_figures(phases.calls, shape, elem, seconds))
             r["outputs"] = outputs
             if device.type == "cuda":
                 r["peak_cuda_mb"] = max(r["peak_cuda_mb"], torch.cuda.max_memory_allocated() / 2**20)
-            print(f"rep {rep} {side:10s} {len(prompts) / seconds:.3f} summaries/s", flush=True)
+            print(f"rep {rep} {side:10s} {len(prompts) / seconds:.3f} summaries/s ({cpu:.1f} s CPU)", flush=True)
     return runs
 
 
@@ -215,6 +218,7 @@ def side_row(r: dict, n: int, peak_flops: float, bandwidth: float) -> dict:
     tokens = sum(map(len, r["outputs"]))
     row = {"summaries_per_s": round(n / sec, 4), "tokens_per_s": round(tokens / sec, 2), "seconds": round(sec, 3),
            "seconds_all": [round(s, 3) for s in r["seconds"]], "generated_tokens": tokens,
+           "cpu_seconds": round(statistics.median(r["cpu_seconds"]), 3),
            "prefill_s": round(med["prefill_s"], 3), "step_s": round(med["step_s"], 3),
            "search_s": round(med["search_s"], 3), "steps": med["steps"],
            "step_ms": round(1e3 * med["step_s"] / max(med["steps"], 1), 2)}
@@ -234,6 +238,7 @@ def summarise(a, ev: EvalConfig, precision: str, prompts, runs, peak: dict, band
     rows = {s: side_row(r, n, peak_flops, bandwidth) for s, r in runs.items()}
     for s in a.peers:
         rows[s]["ratio"] = round(rows["sumtune"]["summaries_per_s"] / rows[s]["summaries_per_s"], 3)
+        rows[s]["cpu_ratio"] = round(rows[s]["cpu_seconds"] / rows["sumtune"]["cpu_seconds"], 3)
         rows[s]["vs_sumtune"] = compare(model, prompts, runs["sumtune"]["outputs"], runs[s]["outputs"], ev, tol)
     result = {
         "decoding": a.decoding, "num_beams": ev.num_beams, "no_repeat_ngram_size": ev.no_repeat_ngram_size,
@@ -247,6 +252,8 @@ def summarise(a, ev: EvalConfig, precision: str, prompts, runs, peak: dict, band
         "peak_cuda_mb": ({s: round(r["peak_cuda_mb"], 1) for s, r in runs.items()} if device.type == "cuda" else None),
     }
     result["sumtune_summaries_per_s"] = rows["sumtune"]["summaries_per_s"]
+    if precision == "bf16":  # the scale of the rounding that parts the sides (ties are judged in fp32)
+        result["bf16_logprob_noise"] = logprob_noise(model, prompts, runs["sumtune"]["outputs"], torch.bfloat16)
     if "hf_batched" in a.peers and "hf_batch1" in a.peers:
         same = sum(x == y for x, y in zip(runs["hf_batched"]["outputs"], runs["hf_batch1"]["outputs"]))
         result["hf_batched_vs_hf_batch1_identical"] = same
@@ -269,7 +276,11 @@ def print_summary(r: dict) -> None:
     for name, p in r["peers"].items():
         c = p["vs_sumtune"]
         print(f"{label[name]:32s} {p['summaries_per_s']:.3f} summaries/s {p['tokens_per_s']:8.1f} tokens/s | "
-              f"sumtune {p['ratio']:.2f}x | identical {c['identical']}/{r['n']} ({differences_text(c)})")
+              f"sumtune {p['ratio']:.2f}x (CPU time {p['cpu_ratio']:.2f}x) | identical {c['identical']}/{r['n']} ({differences_text(c)})")
+    if "bf16_logprob_noise" in r:
+        noise = r["bf16_logprob_noise"]
+        print(f"bf16 moves the model's log-probabilities of sumtune's tokens by {noise['mean']:.3f} per token on "
+              f"average (99th percentile {noise['p99']:.3f}) from fp32: the rounding that parts the sides")
     if "hf_batched_vs_hf_batch1_identical" in r:
         print(f"HF batched vs HF batch 1: identical {r['hf_batched_vs_hf_batch1_identical']}/{r['n']}")
     print(f"phases (median seconds; prefill against {pk['matmul_gflops']} GFLOP/s matmul, steps against "

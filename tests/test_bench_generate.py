@@ -40,7 +40,7 @@ def test_bench_peers_agree_in_fp32(arch, decoding, tiny_family, tmp_path, capsys
     assert set(r["peers"]) == {"hf_batched", "hf_batch1"}
     for name, row in r["peers"].items():
         assert row["vs_sumtune"]["identical"] == 5, (name, row["vs_sumtune"])
-        assert row["ratio"] > 0 and row["summaries_per_s"] > 0 and row["tokens_per_s"] > 0
+        assert row["ratio"] > 0 and row["cpu_ratio"] > 0 and row["summaries_per_s"] > 0 and row["tokens_per_s"] > 0
     assert r["hf_batched_vs_hf_batch1_identical"] == 5
     assert r["num_beams"] == (4 if decoding == "cnndm" else 1) and r["prompts_per_batch"] == (2 if decoding == "cnndm" else 8)
     s = r["sumtune"]
@@ -59,3 +59,14 @@ def test_summary_no_repeat_bans_generated_ngrams_only():
     scores = proc(ids, torch.zeros(2, 10))
     assert torch.isinf(scores[0, 2]) and torch.isinf(scores[0]).sum() == 1  # "1 2" seen in the summary: 2 banned
     assert not torch.isinf(scores[1]).any()  # "5 6" is only in the prompt
+
+
+def test_bench_in_bf16_measures_the_rounding_that_parts_the_sides(tiny_family, tmp_path, capsys):
+    tiny = tiny_family("llama")
+    data = _token_file(tiny, tmp_path / "tokens.jsonl")
+    r = bench.main(["--data", str(data), "--model", str(tiny), "--decoding", "cnndm", "--n", "3", "--max-new-tokens", "8",
+                    "--min-new-tokens", "2", "--reps", "1", "--precision", "bf16", "--peers", "hf_batched",
+                    "--stream-mb", "8"])
+    noise = r["bf16_logprob_noise"]
+    assert 0 < noise["mean"] <= noise["p99"] and r["tie_tolerance"] == 0.1
+    assert "bf16 moves the model's log-probabilities" in capsys.readouterr().out

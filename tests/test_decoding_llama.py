@@ -5,13 +5,15 @@ summaries against Hugging Face `generate` at batch 1 with every decoding fast pa
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from test_generate import NEW, _early_eos_model, _hf_decoding, _ours, _prompts
 
 from sumtune.config import EvalConfig, apply_preset
 from sumtune.decoding import Generator, lean
-from sumtune.decoding.cache import BeamLayer, SlotLayer, select_rows
+from sumtune.decoding.cache import BeamCache, BeamLayer, SlotLayer, reorder_beams, select_rows
 from sumtune.fastpath import revert_fast_paths, speed_up
 from sumtune.modeling import load_model, load_tokenizer
 
@@ -96,30 +98,34 @@ def test_lean_beam_step_shares_the_prompt_and_equals_the_models_forward(arch, ti
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_beam_layer_reorders_and_compacts_as_the_slot_layer():
-    """Reordering beams and dropping done entries on the shared layout give every row the keys/values
-    the row-per-beam layout gives it."""
+def test_beam_cache_reorders_and_compacts_as_slot_layers():
+    """Reordering beams and dropping done entries on the shared layout (every layer in one buffer) give
+    every row of every layer the keys/values the row-per-beam layout gives it."""
     g = torch.Generator().manual_seed(0)
-    entries, k, width, steps = 3, 2, 5, 4
-    prompt = torch.randn(entries, 2, width, 4, generator=g)
-    shared = BeamLayer(prompt, prompt * 2, k, steps + 2)
-    full = SlotLayer(torch.zeros(entries * k, 2, width + steps + 2, 4), torch.zeros(entries * k, 2, width + steps + 2, 4),
-                     width)
-    full.buf_k[:, :, :width], full.buf_v[:, :, :width] = prompt.repeat_interleave(k, 0), 2 * prompt.repeat_interleave(k, 0)
+    layers, entries, k, width, steps = 2, 3, 2, 5, 4
+    prompt = torch.randn(layers, 2, entries, 2, width, 4, generator=g)
+    shared = BeamCache(prompt, k, steps + 2)
+    full = []
+    for p in prompt:
+        buffers = [torch.zeros(entries * k, 2, width + steps + 2, 4) for _ in range(2)]
+        for buf, part in zip(buffers, p):
+            buf[:, :, :width] = part.repeat_interleave(k, 0)
+        full.append(SlotLayer(*buffers, width))
     for _ in range(steps):
-        new = torch.randn(entries * k, 2, 1, 4, generator=g)
-        shared.append(new, -new)
-        full.update(new, -new)
+        for beam_layer, slot in zip(shared.layers, full):
+            new = torch.randn(entries * k, 2, 1, 4, generator=g)
+            beam_layer.append(new, -new)
+            slot.update(new, -new)
         pick = (torch.arange(entries)[:, None] * k + torch.randint(0, k, (entries, k), generator=g)).view(-1)
-        moved = (pick != torch.arange(len(pick))).nonzero().squeeze(1)
-        shared.reorder(moved, pick[moved], width)
-        full.reorder(moved, pick[moved], width)
+        reorder_beams(shared, pick, width)
+        reorder_beams(SimpleNamespace(layers=full), pick, width)
     rows = torch.tensor([2, 3, 4, 5])  # entries 1 and 2 stay
-    shared.select(rows)
-    full.select(rows)
-    keys, values = shared.rows()
-    assert torch.equal(keys, full.keys) and torch.equal(values, full.values)
-    assert shared.get_seq_length() == full.get_seq_length() == width + steps
+    select_rows(shared, rows)
+    select_rows(SimpleNamespace(layers=full), rows)
+    for beam_layer, slot in zip(shared.layers, full):
+        keys, values = beam_layer.rows()
+        assert torch.equal(keys, slot.keys) and torch.equal(values, slot.values)
+        assert beam_layer.get_seq_length() == slot.get_seq_length() == width + steps
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])

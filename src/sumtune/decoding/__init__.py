@@ -9,7 +9,10 @@ How a batch is decoded:
 3. the rows' caches go, left-padded, into one preallocated buffer per layer (``cache``);
 4. the rows decode together (``search``: greedy or beam); finished rows leave the batch
    (the cache is compacted when a quarter of the rows have finished); a row finishes at
-   EOS or a blank line (``stopping``).
+   EOS or a blank line (``stopping``). On a Llama-layout model the fast path
+   ``lean_decode_step`` runs each step through ``lean`` (the blocks' modules without
+   Transformers' per-layer plumbing; beams hold their prompt's keys/values once per entry).
+   Key/value heads of grouped-query attention are never expanded in a cache.
 
 Rows may decode with their own soft prompt and LoRA adapter (``variants``: ``sumtune serve``
 batches rows of several runs of one base model).

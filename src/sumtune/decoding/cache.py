@@ -62,40 +62,23 @@ class SlotLayer(DynamicLayer):
 
 
 class BeamLayer:
-    """One layer's keys/values in beam search with the lean step (`decoding.lean`): the prompt's once
-    per entry, [entries, heads, width, head_dim] (the k beams of an entry, rows e*k .. e*k+k-1, share
-    it), and the generated positions per beam, [rows, heads, limit, head_dim]."""
+    """One layer's keys/values in beam search with the lean step (`decoding.lean`): views into its
+    `BeamCache`'s buffers: the prompt's once per entry, [entries, heads, width, head_dim] (the k beams
+    of an entry, rows e*k .. e*k+k-1, share it), and the generated positions per beam,
+    [rows, heads, limit, head_dim]."""
 
-    def __init__(self, prompt_k: torch.Tensor, prompt_v: torch.Tensor, beams: int, limit: int):
-        self.prompt_k, self.prompt_v, self.beams, self.n = prompt_k, prompt_v, beams, 0
-        shape = (prompt_k.shape[0] * beams, prompt_k.shape[1], limit, prompt_k.shape[3])
-        self.gen_k, self.gen_v = prompt_k.new_empty(shape), prompt_v.new_empty(shape)
+    def __init__(self, prompt: torch.Tensor, gen: torch.Tensor, beams: int, n: int = 0):
+        self.prompt_k, self.prompt_v, self.gen_k, self.gen_v = prompt[0], prompt[1], gen[0], gen[1]
+        self.beams, self.n = beams, n
 
-    def append(self, key_states: torch.Tensor, value_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write one new position of every row ([rows, heads, 1, head_dim]); the generated keys and values so far."""
+    def append(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Write one new position of every row ([rows, heads, 1, head_dim])."""
         self.gen_k[:, :, self.n] = key_states[:, :, 0]
         self.gen_v[:, :, self.n] = value_states[:, :, 0]
         self.n += 1
-        return self.gen_k[:, :, : self.n], self.gen_v[:, :, : self.n]
 
     def get_seq_length(self) -> int:
         return self.prompt_k.shape[2] + self.n
-
-    def reorder(self, moved: torch.Tensor, sources: torch.Tensor, start: int) -> None:
-        """Rows `moved` take rows `sources`' generated keys/values (beams of one entry: the prompt is theirs already)."""
-        if self.n:
-            for buf in (self.gen_k, self.gen_v):
-                buf[moved, :, : self.n] = buf[sources, :, : self.n]  # the right side is a copy
-
-    def select(self, rows: torch.Tensor) -> None:
-        """Keep the given rows, whole entries only (compaction: `rows` lists every beam of each kept entry)."""
-        entries = rows[:: self.beams] // self.beams
-        self.prompt_k, self.prompt_v = self.prompt_k[entries], self.prompt_v[entries]
-        for name in ("gen_k", "gen_v"):
-            old = getattr(self, name)
-            new = old.new_empty((len(rows), *old.shape[1:]))
-            new[:, :, : self.n] = old[rows, :, : self.n]
-            setattr(self, name, new)
 
     def rows(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every row's keys and values as one [rows, heads, width + n, head_dim] each (what a cache of
@@ -105,19 +88,43 @@ class BeamLayer:
 
 
 class BeamCache:
-    """The layers of a beam-search batch for the lean step (it reads `layers` only)."""
+    """The keys/values of a beam-search batch for the lean step, every layer in one buffer for the
+    prompts [layers, 2, entries, heads, width, head_dim] and one for the generated positions
+    [layers, 2, rows, heads, limit, head_dim]: reordering beams or dropping done entries is one copy for
+    all layers, not one per layer and tensor. `layers`: a `BeamLayer` (views) per layer."""
 
-    def __init__(self, layers: list[BeamLayer]):
-        self.layers = layers
+    def __init__(self, prompt: torch.Tensor, beams: int, limit: int):
+        layers, _, entries, heads, _, dim = prompt.shape
+        self.prompt, self.beams = prompt, beams
+        self.gen = prompt.new_empty((layers, 2, entries * beams, heads, limit, dim))
+        self._views(0)
+
+    def _views(self, n: int) -> None:
+        self.layers = [BeamLayer(self.prompt[j], self.gen[j], self.beams, n) for j in range(len(self.gen))]
 
     def get_seq_length(self) -> int:
         return self.layers[0].get_seq_length()
 
+    def reorder(self, moved: torch.Tensor, sources: torch.Tensor) -> None:
+        """Rows `moved` take rows `sources`' generated keys/values (beams of one entry: the prompt is theirs already)."""
+        n = self.layers[0].n
+        if n:
+            self.gen[:, :, moved, :, :n] = self.gen[:, :, sources, :, :n]  # the right side is a copy
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep the given rows, whole entries only (compaction: `rows` lists every beam of each kept entry)."""
+        n = self.layers[0].n
+        self.prompt = self.prompt[:, :, rows[:: self.beams] // self.beams]
+        gen = self.gen.new_empty((*self.gen.shape[:2], len(rows), *self.gen.shape[3:]))
+        gen[:, :, :, :, :n] = self.gen[:, :, rows, :, :n]
+        self.gen = gen
+        self._views(n)
+
 
 def shared_prompts(cache: Cache, beams: int, limit: int) -> BeamCache:
     """A left-padded batch of prompts (`left_padded` with capacity = their width, one row per entry)
-    as beam layers: the prompt stays once per entry, the beams' positions follow."""
-    return BeamCache([BeamLayer(layer.buf_k, layer.buf_v, beams, limit) for layer in cache.layers])
+    as a `BeamCache`: the prompt stays once per entry, the beams' positions follow."""
+    return BeamCache(torch.stack([torch.stack([layer.buf_k, layer.buf_v]) for layer in cache.layers]), beams, limit)
 
 
 def cache_keyword(lm: nn.Module) -> str:
@@ -152,6 +159,9 @@ def left_padded(prefills: list[list[LayerKV]], lengths: list[int], capacity: int
 
 def select_rows(cache: Cache | BeamCache, rows: torch.Tensor) -> None:
     """Keep (or repeat) the given rows of every layer."""
+    if isinstance(cache, BeamCache):
+        cache.select(rows)
+        return
     for layer in cache.layers:
         layer.select(rows)
 
@@ -164,5 +174,8 @@ def reorder_beams(cache: Cache | BeamCache, rows: torch.Tensor, start: int) -> N
     if len(moved) == 0:
         return
     sources = rows[moved]
+    if isinstance(cache, BeamCache):
+        cache.reorder(moved, sources)
+        return
     for layer in cache.layers:
         layer.reorder(moved, sources, start)

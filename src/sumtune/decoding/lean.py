@@ -2,13 +2,14 @@
 machinery, and with the beams of an entry reading their prompt's keys/values once.
 
 Where the time of a step went (SmolLM2-135M, 30 layers, 8 rows of ~470 prompt tokens, fp32, one
-thread: CPU time of one step, the parts timed alone in the same process): 201 ms a step, of which
-the weight GEMMs 118 ms (the weights read once, near this core's bandwidth), attention 39 ms (every
-beam reading its own copy of the prompt's keys/values) and 44 ms everything else: per layer,
+thread of a 2-core EPYC: CPU time, the parts timed alone in the same process): ~200 ms a step, of
+which the weight GEMMs ~120 ms (MKL's fp32 GEMM at 8 rows runs at ~15 GFLOP/s, ~4 GB/s of weights,
+where one row, a GEMV, reads 12-15 GB/s: the same for any decoder), attention ~39 ms (every beam
+reading its own copy of the prompt's keys/values) and ~40 ms everything else: per layer,
 Transformers' decorators, keyword plumbing, mask building and attention dispatch around a dozen
-small ops. This step calls the same modules (so LoRA layers, a cast or fused head, a fast norm
-installed by another fast path all take part) with the same ops in the same order, skipping the
-plumbing, and:
+small ops. This step calls the same modules (so LoRA layers, a cast or few-rows head, a fused norm
+installed by another fast path all take part) with the same ops, skipping the plumbing; queries
+and keys are rotated together (Llama's rotary function, bitwise: checked when attached); and:
 
 - greedy (`SlotLayer` cache): attention is exactly what Transformers' SDPA path does for one query
   (the query heads of a key/value head packed as that head's queries, or `enable_gqa` when no row
@@ -171,7 +172,7 @@ def beam_attention(q: torch.Tensor, layer: BeamLayer, mask: torch.Tensor, groups
     rows, heads, _, d = q.shape
     b, kv, width, n = layer.beams, heads // groups, layer.prompt_k.shape[2], layer.n
     entries = rows // b
-    gen_k, gen_v = layer.gen_k[:, :, :n], layer.gen_v[:, :, :n]
+    gen_k, gen_v = layer.gen_k[:, :, :n], layer.gen_v[:, :, :n]  # [rows, kv, n, d]
     qs = q.reshape(entries, b, kv, groups, d).to(gen_k.dtype) * scaling  # a row's queries by key/value head
     s_prompt = (qs.transpose(1, 2).reshape(entries, kv, b * groups, d) @ layer.prompt_k.transpose(-1, -2)).add_(mask)
     s_gen = qs.view(rows, kv, groups, d) @ gen_k.transpose(-1, -2)  # [rows, kv, groups, n]

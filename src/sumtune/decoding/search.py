@@ -283,7 +283,8 @@ class Generator:
         the best k that do not stop continue; an entry is done once k hypotheses are finished and the best
         running beam, normalised by the current length, cannot beat the worst of them. Done entries leave
         the batch (the cache is compacted when a quarter of the entries are done); beams are reordered in
-        place, their generated positions only (`reorder_beams`)."""
+        place, their generated positions only (`reorder_beams`). With the lean step (`decoding.lean`) an
+        entry's prompt keys/values are held once for its beams (`BeamCache`), else once per beam."""
         shared = k if self.lean is not None else 0
         cache, mask, pos, logits, width, limit = self._start(prompts, variants, shared)
         b, dev = len(prompts), self.device

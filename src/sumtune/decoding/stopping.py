@@ -85,10 +85,14 @@ class StopRule:
     def ban(self, scores: torch.Tensor, prev: torch.Tensor, started: torch.Tensor, step: int) -> torch.Tensor:
         """Before `min_new_tokens` tokens, forbid every token that would stop a row: the stop tokens as `generate`'s
         min_new_tokens does EOS, and, with the blank-line rule, the tokens making a blank line. Steps stop at the
-        room left (max_new_tokens, the model's positions), so a minimum beyond it ends rows there."""
+        room left (max_new_tokens, the model's positions), so a minimum beyond it ends rows there. In place
+        (the caller's scores are its own): without the blank-line rule only the stop tokens' columns."""
         if step >= self.min_new_tokens:
             return scores
-        return scores.masked_fill(self.mask(prev, started), float("-inf"))
+        if not self.blank_line:
+            scores[:, self.stop_ids] = float("-inf")
+            return scores
+        return scores.masked_fill_(self.mask(prev, started), float("-inf"))
 
 
 def decode_summary(tokenizer, ids: Sequence[int], separator: str, stop_ids: Iterable[int] | None = None) -> str:
