@@ -3,7 +3,7 @@
 on the same model, prompts, precision, decoding settings and max/min new tokens.
 
     python bench/generate.py --data TOKENS.jsonl [--decoding greedy|cnndm] [--model gpt-neo-125m-random|DIR]
-        [--n 8] [--max-new-tokens 64] [--batch-size 8] [--reps 3] [--peers hf_batched,hf_batch1] [--json]
+        [--n 8] [--max-new-tokens 64] [--batch-size 32] [--reps 3] [--peers hf_batched,hf_batch1] [--json]
 
 The peers:
 - `hf_batched` (the first row): what a user would run instead of sumtune: `generate` over
@@ -129,7 +129,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--min-new-tokens", type=int, default=None,
                     help="default: the preset's (cnndm 55), capped at --max-new-tokens")
-    ap.add_argument("--batch-size", type=int, default=8,
+    ap.add_argument("--batch-size", type=int, default=EvalConfig().batch_size,
                     help="decoding rows, beams included (eval.batch_size): batch_size // beams prompts a batch")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated, of {', '.join(PEERS)}")

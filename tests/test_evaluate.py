@@ -193,3 +193,26 @@ def test_adapters_are_merged_for_evaluation_with_the_same_outputs(method, tiny_n
         assert not torch.allclose(merged(input_ids=ids).logits, base, atol=1e-4)  # the adapter is in the weights
     assert (Generator(merged, tokenizer, cfg.eval, autocast=autocast).generate(prompts)
             == Generator(unmerged, tokenizer, cfg.eval, autocast=autocast).generate(prompts))
+
+
+@pytest.mark.parametrize("arch", ["gpt_neo", "llama"])
+def test_the_summary_loss_at_the_labels_only_equals_the_full_logits_loss(arch, tiny_family):
+    """evaluate's loss pass with the label_loss fast path (the head at summary positions only, so a large
+    eval.batch_size holds no [rows, length, vocab] logits) equals the full-logits reference; a batch whose
+    rows have no summary token left counts nothing."""
+    from datasets import Dataset
+
+    from sumtune.modeling import load_model
+    from sumtune.recipes.evaluate import summary_loss
+
+    model = load_model(str(tiny_family(arch))).eval()
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for n, k in [(40, 9), (23, 5), (31, 0), (12, 3), (37, 12)]:  # (length, summary tokens); one row has none
+        ids = torch.randint(5, model.config.vocab_size, (n,), generator=g).tolist()
+        rows.append({"input_ids": ids, "labels": [-100] * (n - k) + ids[n - k:]})
+    ds = Dataset.from_list(rows)
+    for batch in (1, 2, 5):
+        fast = summary_loss(model, ds, 0, batch, None, fast=True)
+        assert fast == pytest.approx(summary_loss(model, ds, 0, batch, None, fast=False), rel=1e-5)
+        assert fast == pytest.approx(summary_loss(model, ds, 0, batch, None, fast=["label_loss"]), rel=0)

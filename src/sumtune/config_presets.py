@@ -14,7 +14,7 @@ from sumtune.errors import UserError
 @dataclass
 class EvalConfig:
     preset: Literal["greedy", "cnndm", "xsum", "samsum"] = "greedy"  # see DECODING_PRESETS; later keys override it
-    batch_size: int = 8
+    batch_size: int = 32  # decoding rows (beams included) and loss-pass rows per batch
     num_beams: int = 1
     max_new_tokens: int = 128
     min_new_tokens: int = 0  # no stop (EOS or blank line) before this many new tokens

@@ -34,6 +34,7 @@ from sumtune.config import Config, save_config
 from sumtune.data import encode_prompts, load_splits, micro_batches, stop_ids, token_batches, tokenize_splits
 from sumtune.decoding import Generator
 from sumtune.decoding.summaries import summary_text
+from sumtune.fastpath import from_config
 from sumtune.fastpath.features import CachedHeadLoss
 from sumtune.memory import PeakMemory
 from sumtune.methods import get_method
@@ -259,7 +260,7 @@ class Calibrator:
             def loss(batch: list[int]) -> float:
                 self.bar.update(1)
                 return _timed(summary_loss, model, rows.select(batch), tokenizer.pad_token_id, cfg.eval.batch_size,
-                              autocast)[1]
+                              autocast, None, from_config(cfg.train))[1]
 
             cal.loss_first_seconds = loss(loss_batches[0])  # the real pass's first batch, one-time costs included
             cal.loss_batch_seconds = [loss(b) for b in strata(loss_batches[1:], self.batches)]

@@ -27,6 +27,7 @@ import logging
 import sys
 import time
 from dataclasses import replace
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,8 @@ from sumtune.data.sources import check_source
 from sumtune.decoding.summaries import article_text, check_text, generate_summaries
 from sumtune.distributed import process_state, sum_over_processes
 from sumtune.errors import UserError
-from sumtune.fastpath import fast_paths_for_decoding
+from sumtune.fastpath import enabled_names, fast_paths_for_decoding, fast_token_loss_sum, from_config
+from sumtune.fastpath.loss import LabelLoss
 from sumtune.fingerprints import data_fingerprint, data_label
 from sumtune.io import FULL_DISK, atomic_write_json, atomic_write_text, read_json, writing
 from sumtune.lock import DirLock
@@ -90,17 +92,22 @@ def precision_name(autocast: torch.dtype | None) -> str:
 
 
 @torch.inference_mode()
-def summary_loss(model, rows, pad_id: int, batch_size: int, autocast: torch.dtype | None, state=None) -> float:
+def summary_loss(model, rows, pad_id: int, batch_size: int, autocast: torch.dtype | None, state=None,
+                 fast: bool | Collection[str] = True) -> float:
     """Token-weighted mean cross-entropy over the summary tokens of tokenised rows (input_ids,
     labels), through the same loop as validation (`training.validation.summed_loss`); with
-    `state` (several processes) each scores its batches and the sums are added."""
+    `state` (several processes) each scores its batches and the sums are added. With the
+    `label_loss` fast path enabled (`fast`: `fastpath.from_config`), the LM head runs at the
+    summary positions only, row by row on a CPU: a batch never holds [rows, length, vocab] logits,
+    so eval.batch_size sizes decoding without a memory cliff here (equal to the full-logits loss, tested)."""
     device = next(model.parameters()).device
+    loss_fn = fast_token_loss_sum if LabelLoss.name in enabled_names(fast) else token_loss_sum
 
     def ctx():
         return torch.autocast(device.type, dtype=autocast, enabled=autocast is not None)
 
     shard = (state.process_index, state.num_processes) if state is not None else (0, 1)
-    total = summed_loss(model, rows, Collator(pad_id), batch_size, token_loss_sum, ctx, device, shard).tolist()
+    total = summed_loss(model, rows, Collator(pad_id), batch_size, loss_fn, ctx, device, shard).tolist()
     loss_sum, n = sum_over_processes(total, state) if state is not None else total
     if not n:
         raise UserError("no summary tokens were scored: every row's summary was cut away; raise data.max_length")
@@ -215,7 +222,8 @@ def _evaluate(run: Path, split: str, limit: int | None, cfg: Config, base_model:
         with state.main_process_first(), writing(datasets_cache(), only=FULL_DISK):
             tokenised = tokenize_splits(DatasetDict({split: ds}), tokenizer, cfg.data)[split]
         t0 = time.perf_counter()
-        loss = summary_loss(model, tokenised, tokenizer.pad_token_id, cfg.eval.batch_size, autocast, state)
+        loss = summary_loss(model, tokenised, tokenizer.pad_token_id, cfg.eval.batch_size, autocast, state,
+                            from_config(cfg.train))
         loss_seconds = time.perf_counter() - t0
         predictions, seconds = generate_summaries(model, tokenizer, cfg, autocast, list(ds["article"]), True, state)
     else:  # no model (lead3): no loss; the summaries come from the articles alone
