@@ -174,6 +174,7 @@ def test_resume_refuses_another_selection(tmp_path):
     rouge_more = build_config(sets=["train.select_by=rougeL", "eval.select_samples=32", "eval.preset=cnndm"])
     keys = {k for k, *_ in config_differences(rouge, rouge_more)}
     assert {"eval.select_samples", "eval.preset", "eval.num_beams"} <= keys
+    assert config_differences(rouge, build_config(sets=["train.select_by=rougeL", "eval.batch_size=8"])) == []
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
     save_config(rouge, run.config)

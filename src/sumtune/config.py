@@ -335,7 +335,8 @@ def config_from_dict(d: dict[str, Any], source: str = "a saved config") -> Confi
 # Keys that may change between a run and its continuation: they do not alter the optimisation.
 RESUME_FREE = ("output_dir", "train.save_steps", "train.tensorboard", "train.report_to", "train.tracker_project",
                "train.log_predictions", "data.num_proc", "eval.metrics",
-               "eval.bertscore_model", "eval.bertscore_layers", "eval.bertscore_rescale")
+               "eval.bertscore_model", "eval.bertscore_layers", "eval.bertscore_rescale",
+               "eval.batch_size")  # how rows are batched, not which summaries (runs from before its default changed resume)
 
 
 def config_differences(old: Config, new: Config, ignore: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:

@@ -26,8 +26,8 @@ import json
 import logging
 import sys
 import time
-from dataclasses import replace
 from collections.abc import Collection
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
