@@ -70,3 +70,16 @@ def test_bench_in_bf16_measures_the_rounding_that_parts_the_sides(tiny_family, t
     noise = r["bf16_logprob_noise"]
     assert 0 < noise["mean"] <= noise["p99"] and r["tie_tolerance"] == 0.1
     assert "bf16 moves the model's log-probabilities" in capsys.readouterr().out
+
+
+def test_decode_batch_bench_decodes_the_same_summaries_at_each_size(tiny_family, tmp_path, capsys):
+    import decode_batch
+
+    tiny = tiny_family("llama")
+    data = _token_file(tiny, tmp_path / "tokens.jsonl")
+    rows = decode_batch.main(["--data", str(data), "--model", str(tiny), "--sizes", "8", "4", "--n", "3",
+                              "--max-new-tokens", "6", "--json"])
+    assert [r["batch_size"] for r in rows] == [4, 8] and all(r["cpu_seconds"] > 0 for r in rows)
+    assert rows[1]["peak_rss_mb"] >= rows[0]["peak_rss_mb"] > 0
+    assert [r["same_as_smallest"] for r in rows] == [3, 3]  # batching changes no summary in fp32
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"] == rows
