@@ -117,6 +117,9 @@ def _build(a: argparse.Namespace, precision: str):
     optimizer, scheduler = make_optimizer(model, method, cfg.train, applied, 1000)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
+    if a.trim:  # glibc gives its free pages back after every backward (a row's, where rows run alone)
+        backward = accelerator.backward
+        accelerator.backward = lambda loss: (backward(loss), _malloc_trim())
 
     def step(loss) -> float:
         batches = micro_batches(ds, epoch_order(len(ds), 0, 0), a.batch_size, 1, 0, collate)
@@ -175,6 +178,7 @@ def main() -> None:
     ap.add_argument("--without", nargs="*", default=[], choices=FAST_PATH_NAMES, metavar="NAME")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more config flags")
     ap.add_argument("--steps", type=int, default=1, help="steps measured (each its own peak; the first's breakdown)")
+    ap.add_argument("--trim", action="store_true", help="malloc_trim(0) after every backward (an experiment)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
