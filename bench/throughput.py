@@ -15,7 +15,8 @@ else fp32 on the CPU; the peer gets --bf16 exactly when it is bf16, and has no f
 Each side trains `--steps` optimizer steps on the first steps x 8 rows of the file (each
 row seen once, in a fresh process each time) and the two alternate, `--reps` times.
 tokens/s = rows x mean row length / training seconds, as the peer counts it; peak RSS
-is the process's maximum resident set (wait4), model building included, for both.
+is the process's maximum resident set (wait4), model building included, for both (sumtune's run
+lines also give its peak before training; bench/step_memory.py breaks a step's memory down).
 For last_layers sumtune also trains `--epochs-last-layers` epochs over the same rows
 (feature cache after the first) and reports that time over its first epoch.
 
@@ -140,8 +141,9 @@ def run_alternating(cmds: dict[str, list[str]], reps: int, work: Path, epochs: i
             busy = f" busy ({r['others_cpu_share']:.0%} CPU used by others)" if r["others_cpu_share"] > BUSY else ""
             extra = (f" | {epochs} epochs {r['seconds_all_epochs']:.1f} s = {r['epochs_over_first']:.2f} x first"
                      if side == "sumtune" and epochs > 1 else "")
+            setup = f" ({r['setup_peak_rss_mb']} MB before training)" if r.get("setup_peak_rss_mb") else ""
             print(f"rep {rep} {side:8s} {r['tokens_per_s']:8.1f} tokens/s  {r['seconds']:7.1f} s  "
-                  f"peak RSS {r['peak_rss_mb']} MB{extra}{busy}", flush=True)
+                  f"peak RSS {r['peak_rss_mb']} MB{setup}{extra}{busy}", flush=True)
     return runs
 
 

@@ -6,7 +6,8 @@ sets them up: the method's `prepare`, `fastpath.apply_fast_paths` and `select_lo
 by train.fast and train.fast_paths), the AdamW parameter groups and schedule, the data order, collation and
 `train.optimizer_step` (exact accumulation, clipping). What `train.train` adds around
 them - reading text data, validation, checkpoints - is left out, as the peer has none.
-Prints one JSON line: seconds and tokens/s of the first epoch, and all epochs' time.
+Prints one JSON line: seconds and tokens/s of the first epoch, all epochs' time, and the peak RSS
+before training (model loading and set-up: bench/throughput.py prints it beside the whole run's).
 """
 
 from __future__ import annotations
@@ -76,6 +77,15 @@ def train_epochs(cfg, accelerator, method, model, applied, loss_fn, ds, pad_id: 
     return epoch_ends, losses, trained
 
 
+def _peak_rss_mb() -> int | None:
+    """This process's peak resident set so far (VmHWM), MB; None where /proc is unavailable."""
+    try:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
+    return int(line.split()[1]) // 1024
+
+
 def main() -> None:
     a = parse_args()
     if a.threads:
@@ -92,6 +102,7 @@ def main() -> None:
     tokenizer = load_tokenizer(a.model)
     method, model, applied, loss_fn = method_model(cfg, tokenizer, load_model(a.model), precision)
     ds = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+    setup_peak = _peak_rss_mb()  # model loading and set-up; the process's peak (wait4) includes training
     epoch_ends, losses, trained = train_epochs(cfg, accelerator, method, model, applied, loss_fn, ds,
                                                tokenizer.pad_token_id, a.epochs)
     first = epoch_ends[0]
@@ -103,7 +114,7 @@ def main() -> None:
         "epoch_seconds": [round(b - e, 2) for b, e in zip(epoch_ends, [0.0] + epoch_ends[:-1])],
         "final_loss": losses[-1], "trainable_params": sum(p.numel() for p in trained),
         "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
-        "loss_function": getattr(loss_fn, "__name__", type(loss_fn).__name__),
+        "setup_peak_rss_mb": setup_peak, "loss_function": getattr(loss_fn, "__name__", type(loss_fn).__name__),
     }))
 
 

@@ -114,3 +114,51 @@ def test_fsdp_refuses_methods_it_does_not_shard():
 
     with pytest.raises(UserError, match="launch it with DDP"):
         fsdp_plan(cfg, Acc())
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neo"])
+def test_backward_row_by_row_equals_reference_step(tiny_family, tmp_path, arch):
+    """On a CPU the label-positions loss runs each row alone, and the step runs each row's backward
+    before the next row's forward (one row's activations held at a time): two AdamW-free optimizer
+    steps give the reference loss's (full logits, one backward per micro-batch) losses and weights."""
+    from sumtune.fastpath import select_loss, speed_up
+    from sumtune.training import state, step
+
+    model_dir = tiny_family(arch)
+    cfg = build_config(flags={"model.name": str(model_dir), "method.name": "lora", "train.precision": "fp32"},
+                       sets=["method.lora.r=4", "method.lora.dropout=0.0"])
+    accelerator, _ = state.accelerator_for(cfg, tmp_path)
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for lengths in ((40, 29, 33), (25, 38)):  # right-padded rows, labels after 18 prompt tokens
+        ids = torch.randint(3, 200, (len(lengths), max(lengths)), generator=g)
+        mask = (torch.arange(ids.shape[1])[None] < torch.tensor(lengths)[:, None]).long()
+        labels = ids.masked_fill(mask == 0, -100)
+        labels[:, :18] = -100
+        batches.append(({"input_ids": ids, "attention_mask": mask, "labels": labels}, True))
+    results = {}
+    for fast in (True, False):
+        tok = load_tokenizer(str(model_dir))
+        torch.manual_seed(0)
+        _m, model, _p, _l = method_model(cfg, tok, load_model(str(model_dir)), "fp32")
+        for n, p in model.named_parameters():  # PEFT starts B at zero; make the adapters matter
+            if "lora_B" in n:
+                torch.nn.init.normal_(p, std=0.05)
+        speed_up(model, fast)
+        loss_fn = select_loss(model, step.token_loss_sum, fast)
+        assert step.rows_alone(loss_fn, model, torch.device("cpu")) is fast
+        backwards = []
+        real_backward = accelerator.backward
+        accelerator.backward = lambda loss, seen=backwards, real=real_backward: (seen.append(1), real(loss))
+        trained = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(trained, lr=0.5)  # the update is the gradient (Adam would magnify rounding)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        losses = [step.optimizer_step(accelerator, model.train(), opt, sched, loss_fn, batches, trained, 1.0).loss
+                  for _ in range(2)]
+        accelerator.backward = real_backward
+        assert len(backwards) == 2 * (5 if fast else 2)  # a backward per row, else per micro-batch
+        results[fast] = losses, [p.detach().clone() for p in trained]
+    (losses, weights), (ref_losses, ref_weights) = results[True], results[False]
+    assert losses == pytest.approx(ref_losses, rel=1e-5)
+    for a, b in zip(weights, ref_weights):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

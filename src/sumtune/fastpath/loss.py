@@ -15,7 +15,9 @@ labels) and pads every row of a micro-batch to the longest one. Here:
   per step);
 - on a CPU each row runs alone, trimmed to its last needed position (with causal
   attention this is exact: no position attends to later ones), so no compute is spent
-  on padding; on a GPU or under DDP the batch runs in one pass, trimmed likewise.
+  on padding; on a GPU or under DDP the batch runs in one pass, trimmed likewise. Rows alone
+  also let the trainer run each row's backward before the next row's forward (`rows_alone`):
+  the activations saved for the backward are then one row's, not the micro-batch's.
 """
 
 from __future__ import annotations
@@ -213,6 +215,13 @@ def one_pass_per_row(model: nn.Module, device: torch.device) -> bool:
     return device.type == "cpu" and not isinstance(model, nn.parallel.DistributedDataParallel)
 
 
+def rows_alone(loss_fn, model: nn.Module, device: torch.device) -> bool:
+    """Whether `loss_fn` runs each row of a batch alone on `model` (see the module doc): then a
+    row's forward and backward can run before the next row's, and only one row's activations are
+    held for the backward at a time (`training.step` does so in a single process)."""
+    return getattr(loss_fn, "runs_rows_alone", False) and one_pass_per_row(model, device)
+
+
 def fast_token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over the labelled positions of a batch, and the number of
     those positions; equal to the full-logits loss (see module doc)."""
@@ -235,6 +244,8 @@ def fast_token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tup
         hidden = final_hidden(model, ids[:, :end], mask[:, :end])[keep[:, :end]]
     return head_loss_sum(head, hidden, labels[:, 1:][keep]), n
 
+
+fast_token_loss_sum.runs_rows_alone = True  # type: ignore[attr-defined]  # (`rows_alone`)
 
 class LabelLoss(StepPath):
     """The training loss above (`select_loss` picks it) instead of the full-logits loss."""

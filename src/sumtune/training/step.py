@@ -7,6 +7,9 @@ Exactness, which the tests check:
   divided by their total number of target tokens (counted before the forward passes and
   summed over processes), never a mean of per-micro-batch means, so batch 1 x accumulation 4
   and batch 4 x accumulation 1 give the same gradient.
+- Rows. Where the loss runs each row alone anyway (`fastpath.loss.rows_alone`: on a CPU, one
+  process), each row's backward runs before the next row's forward: the gradient is the same
+  sum, and the activations held for a backward are one row's instead of the micro-batch's.
 - Processes. DDP averages gradients over the P processes, so the loss is multiplied by P. A
   process left without samples at the end of an epoch runs a filler: a real sample through
   the same forward/backward with its loss times 0 (zero gradients, not counted), so every
@@ -22,6 +25,7 @@ import torch
 
 from sumtune.config import Config
 from sumtune.errors import UserError
+from sumtune.fastpath.loss import rows_alone
 from sumtune.metrics import summed_token_loss
 from sumtune.training.sharding import as_plain, gradient_sync
 
@@ -57,6 +61,12 @@ def groups_by_targets(batches: list[dict], targets: list[int], limit: int) -> li
     return groups
 
 
+def single_rows(batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """The rows of a micro-batch, each a batch of one (a loss that runs rows alone gives each the
+    same result as in the batch; backward row by row holds one row's activations at a time)."""
+    return [{k: v[r:r + 1] for k, v in batch.items()} for r in range(len(batch["input_ids"]))]
+
+
 class StepResult(NamedTuple):
     loss: float  # per target token over the whole step, all processes
     targets: int
@@ -85,6 +95,8 @@ def optimizer_step(accelerator, model, optimizer, scheduler, loss_fn, batches: l
             accelerator.backward(loss * scale)
             loss_sum += loss.detach().double()
     else:
+        if accelerator.num_processes == 1 and rows_alone(loss_fn, model, device):
+            batches = [(row, counted) for batch, counted in batches for row in single_rows(batch)]
         for i, (batch, counted) in enumerate(batches):
             batch = {k: v.to(device) for k, v in batch.items()}
             sync = i == len(batches) - 1  # gradients are all-reduced (FSDP: reduce-scattered) once per step
