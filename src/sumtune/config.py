@@ -50,8 +50,8 @@ SELECT_BY = ("loss", "rouge1", "rouge2", "rougeL", "rougeLsum")
 EVAL_METRICS = ("rouge", "bertscore")  # eval.metrics: what `evaluate` scores (sumtune.bertscore for the second)
 # The fast paths by name, in the order they are applied (sumtune.fastpath.FAST_PATHS, which says why
 # that order; kept here so validating a config does not import torch).
-FAST_PATH_NAMES = ("sdpa_attention", "blocked_local_attention", "cast_frozen_weights", "fused_gelu", "fast_lora",
-                   "few_rows_head", "lean_decode_step", "label_loss", "feature_cache", "fused_adamw")
+FAST_PATH_NAMES = ("sdpa_attention", "blocked_local_attention", "cast_frozen_weights", "fused_gelu",
+                   "fused_rmsnorm", "fused_rotary", "gqa_attention", "fused_swiglu", "fast_lora", "few_rows_head", "lean_decode_step", "label_loss", "feature_cache", "fused_adamw")
 # train.report_to: Accelerate's tracker names (its `log_with`); training.trackers checks and starts them
 TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
 
