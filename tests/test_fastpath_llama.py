@@ -117,3 +117,21 @@ def test_llama_paths_leave_decoding_and_gpt_neo_alone(tiny_family, tiny_neo):
     neo, _ = _method_model(tiny_neo, "lora")
     assert not set(LLAMA_PATHS) & set(apply_fast_paths(neo, TRAIN, True))
     revert_fast_paths(neo)
+
+
+@pytest.mark.slow
+def test_compiled_blocks_match_the_reference_and_revert(tiny_family):
+    """train.compile: the blocks through inductor give the reference loss and gradients; the hand-fused
+    Llama ops stand aside; revert gives the eager blocks back."""
+    model, tok = _method_model(tiny_family("llama"), "lora", dropout=0.0)
+    batch = padded_batch(tok)
+    want_loss, want_n, want_grads = _loss_and_grads(model, fast_token_loss_sum, batch)
+    applied = apply_fast_paths(model, FastPathContext(training=True, compile=True), True)
+    assert "compiled_blocks" in applied and not {"fused_rmsnorm", "fused_rotary", "fused_swiglu"} & set(applied)
+    loss, n, grads = _loss_and_grads(model, fast_token_loss_sum, batch)
+    assert n == want_n
+    torch.testing.assert_close(loss, want_loss, rtol=1e-4, atol=1e-4)
+    _assert_close_grads(grads, want_grads, tol=1e-4)
+    revert_fast_paths(model)
+    assert all(m._compiled_call_impl is None for m in model.modules() if hasattr(m, "_compiled_call_impl")
+               and type(m).__name__.endswith("DecoderLayer"))

@@ -9,6 +9,7 @@ In `FAST_PATHS` order:
 - fused_gelu (gelu.py): one-kernel tanh GELU;
 - fused_rmsnorm, fused_rotary, gqa_attention, fused_swiglu (rmsnorm.py, rotary.py, gqa.py, swiglu.py):
   the Llama layout's RMSNorm, rotary embeddings, grouped-query attention and SwiGLU (training only);
+- compiled_blocks (compiled.py): the decoder blocks through torch.compile, only under `train.compile`;
 - fast_lora (lora.py): PEFT LoRA layers with a cheaper dropout mask and a fused update;
 - few_rows_head (head.py): the LM head for the few rows of a decoding step (inference only);
 - lean_decode_step (decode_step.py): decoding steps of a Llama-layout model without Transformers'
@@ -33,6 +34,7 @@ from torch import nn
 from sumtune.config import FAST_PATH_NAMES
 from sumtune.fastpath.attention import BlockedLocalAttention, SdpaAttention, attention_in_use, set_attention
 from sumtune.fastpath.base import FastPath, FastPathContext, StepPath
+from sumtune.fastpath.compiled import CompiledBlocks
 from sumtune.fastpath.decode_step import LeanDecodeStep
 from sumtune.fastpath.features import CachedHeadLoss, FeatureCache, FeatureCachePath
 from sumtune.fastpath.gelu import FusedGelu, set_fast_gelu
@@ -71,7 +73,7 @@ ATTENTION, CAST, FUSED_ADAMW = SdpaAttention(), CastFrozenWeights(), FusedAdamW(
 # last (they change nothing). `config.FAST_PATH_NAMES` lists the same names in the same order.
 FAST_PATHS: tuple[FastPath, ...] = (
     ATTENTION, BlockedLocalAttention(), CAST, FusedGelu(), FusedRMSNorm(), FusedRotary(), GqaAttention(), FusedSwiGLU(),
-    FastLora(), FewRowsHead(), LeanDecodeStep(),
+    CompiledBlocks(), FastLora(), FewRowsHead(), LeanDecodeStep(),
     LabelLoss(), FeatureCachePath(), FUSED_ADAMW,
 )
 assert tuple(p.name for p in FAST_PATHS) == FAST_PATH_NAMES, "keep config.FAST_PATH_NAMES in step"

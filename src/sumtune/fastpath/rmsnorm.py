@@ -85,7 +85,7 @@ class FusedRMSNorm(FastPath):
     why = "RMSNorm as one op: one pass for the sum of squares, a written-out backward saving x and 1/rms"
 
     def applies_to(self, model: nn.Module, ctx: FastPathContext) -> bool:
-        return ctx.training and bool(_norms(model))  # decoding keeps the reference's rounding
+        return ctx.training and not ctx.compile and bool(_norms(model))  # decoding keeps the reference's rounding
 
     def apply(self, model: nn.Module, ctx: FastPathContext) -> None:
         for m in _norms(model):

@@ -119,6 +119,11 @@ class FlaggedAttentionPath(FastPath):
 
 
 class FusedRotary(FlaggedAttentionPath):
+    """The rotation above in every Llama attention (not under `train.compile`: inductor fuses it)."""
+
     name = "fused_rotary"
     why = "rotary embeddings of q and k in one op: no rotate_half copies, a backward that saves only cos/sin"
     flag = "fused_rotary"
+
+    def applies_to(self, model: nn.Module, ctx: FastPathContext) -> bool:
+        return not ctx.compile and super().applies_to(model, ctx)

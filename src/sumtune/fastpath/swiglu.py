@@ -73,7 +73,7 @@ class FusedSwiGLU(FastPath):
     why = "SwiGLU as one op: saves gate and up only, the silu recomputed in its backward"
 
     def applies_to(self, model: nn.Module, ctx: FastPathContext) -> bool:
-        return ctx.training and bool(_mlps(model))
+        return ctx.training and not ctx.compile and bool(_mlps(model))
 
     def apply(self, model: nn.Module, ctx: FastPathContext) -> None:
         for m in _mlps(model):
