@@ -4,7 +4,8 @@ Each profiler event's self CPU time is put in one family by its operator name an
 phase by its ancestors: backward (under an autograd engine node), optimizer (under
 `Optimizer.step`), else forward (which includes gradient clipping). Families: GEMMs (mm,
 addmm, bmm, ...), attention (the SDPA kernels), casts (copy_/to), dropout (random bits,
-the keep-mask compare, bernoulli), GELU, norms, loss (log-softmax, NLL, logsumexp),
+the keep-mask compare, bernoulli), GELU (and tanh, pow), SiLU, norms (RMSNorm's rsqrt; its
+pow counts as GELU, its mean as other), loss (log-softmax, NLL, logsumexp),
 optimizer (AdamW, foreach, the gradient norm), elementwise (add, mul, ...), other.
 """
 
@@ -19,7 +20,8 @@ FAMILIES: tuple[tuple[str, str], ...] = (
     ("cast", r"^aten::(copy_|_to_copy|to)$"),
     ("dropout", r"^aten::(random_|bernoulli_|ge|native_dropout|native_dropout_backward)$"),
     ("gelu", r"^aten::(gelu|gelu_backward|tanh|tanh_backward|pow)$"),
-    ("norm", r"layer_norm"),
+    ("silu", r"^aten::(silu|silu_backward|sigmoid)$"),
+    ("norm", r"layer_norm|rms_norm|^aten::rsqrt$"),
     ("loss", r"log_softmax|nll_loss|logsumexp|cross_entropy"),
     ("optimizer", r"adamw|_foreach_|linalg_vector_norm|^aten::norm$|clamp"),
     ("elementwise", r"^aten::(add|add_|mul|mul_|div|div_|sub|sub_|neg|where|masked_fill_?|fill_|zero_|sum|"

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """One training fast path on and off: optimizer steps of sumtune's trainer with every fast path,
-against the same without `--without NAME`, alternating in one process on one model and the same
+against the same without `--without NAME...` (one path or several), alternating in one process on one model and the same
 8 rows (bench/throughput.py compares with the peer instead).
 
     python bench/train_ab.py --data TOKENS.jsonl --without blocked_local_attention
@@ -33,7 +33,7 @@ from sumtune.config import FAST_PATH_NAMES
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="JSONL of {input_ids, labels} (make_token_data.py)")
-    ap.add_argument("--without", required=True, choices=FAST_PATH_NAMES)
+    ap.add_argument("--without", required=True, nargs="+", choices=FAST_PATH_NAMES, metavar="NAME")
     ap.add_argument("--method", default="lora", choices=["lora", "prompt_tuning", "last_layers"])
     ap.add_argument("--model", default=RANDOM_125M)
     ap.add_argument("--reps", type=int, default=4)
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     method = get_method(a.method)
     model = method.prepare(load_model(model_dir), tokenizer, method.options(cfg.method))
     ctx = FastPathContext(autocast=autocast_dtype(precision))
-    enabled = {"with": set(FAST_PATH_NAMES), "without": set(FAST_PATH_NAMES) - {a.without}}
+    enabled = {"with": set(FAST_PATH_NAMES), "without": set(FAST_PATH_NAMES) - set(a.without)}
     applied = {side: apply_fast_paths(model, ctx, names) for side, names in enabled.items()}  # (names only)
     ds = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
     collate = Collator(tokenizer.pad_token_id)
@@ -90,11 +90,11 @@ def main(argv: list[str] | None = None) -> dict:
                 losses.setdefault(side, loss)
                 print(f"rep {rep} {side:7s} {times[side][-1]:.3f} s loss {loss:.5f}", flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
-    result = {"without": a.without, "method": a.method, "precision": precision, "threads": torch.get_num_threads(),
+    result = {"without": " ".join(a.without), "method": a.method, "precision": precision, "threads": torch.get_num_threads(),
               "reps": a.reps, "with_s": round(med["with"], 3), "without_s": round(med["without"], 3),
               "ratio": round(med["with"] / med["without"], 3), "first_losses": losses,
               "applied_with": applied["with"]}
-    print(f"{a.method} {precision}, {result['threads']} threads: with {a.without} {med['with']:.3f} s | without "
+    print(f"{a.method} {precision}, {result['threads']} threads: with {' '.join(a.without)} {med['with']:.3f} s | without "
           f"{med['without']:.3f} s | with/without {result['ratio']:.3f}")
     if a.json:
         print(json.dumps(result))

@@ -50,7 +50,8 @@ SELECT_BY = ("loss", "rouge1", "rouge2", "rougeL", "rougeLsum")
 EVAL_METRICS = ("rouge", "bertscore")  # eval.metrics: what `evaluate` scores (sumtune.bertscore for the second)
 # The fast paths by name, in the order they are applied (sumtune.fastpath.FAST_PATHS, which says why
 # that order; kept here so validating a config does not import torch).
-FAST_PATH_NAMES = ("sdpa_attention", "blocked_local_attention", "cast_frozen_weights", "fused_gelu", "fast_lora",
+FAST_PATH_NAMES = ("sdpa_attention", "blocked_local_attention", "cast_frozen_weights", "fused_gelu",
+                   "fused_rmsnorm", "fused_rotary", "gqa_attention", "fused_swiglu", "compiled_blocks", "fast_lora",
                    "few_rows_head", "lean_decode_step", "label_loss", "feature_cache", "fused_adamw")
 # train.report_to: Accelerate's tracker names (its `log_with`); training.trackers checks and starts them
 TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
@@ -112,6 +113,7 @@ class TrainConfig:
     log_predictions: int = 4  # rows decoded per validation for the trackers' sample-predictions table; 0 = none
     fast: bool = True  # our measured fast paths; false = plain reference path
     fast_paths: list[str] = field(default_factory=list)  # with fast: only these (FAST_PATH_NAMES); empty = all
+    compile: bool = False  # torch.compile the decoder blocks (fast path compiled_blocks); off: measured slower
     fsdp: bool = False  # shard with FSDP2 across processes (also on when launched with accelerate --use_fsdp)
     cpu_offload: bool = False  # FSDP only: parameters, gradients and optimizer state in CPU memory
     gradient_checkpointing: bool = False  # recompute block activations in backward: less memory, same result

@@ -7,6 +7,9 @@ In `FAST_PATHS` order:
 - blocked_local_attention (attention.py): GPT-Neo's local layers blockwise over long rows;
 - cast_frozen_weights (precision.py): frozen linear weights cast to the autocast dtype once;
 - fused_gelu (gelu.py): one-kernel tanh GELU;
+- fused_rmsnorm, fused_rotary, gqa_attention, fused_swiglu (rmsnorm.py, rotary.py, gqa.py, swiglu.py):
+  the Llama layout's RMSNorm, rotary embeddings, grouped-query attention and SwiGLU (training only);
+- compiled_blocks (compiled.py): the decoder blocks through torch.compile, only under `train.compile`;
 - fast_lora (lora.py): PEFT LoRA layers with a cheaper dropout mask and a fused update;
 - few_rows_head (head.py): the LM head for the few rows of a decoding step (inference only);
 - lean_decode_step (decode_step.py): decoding steps of a Llama-layout model without Transformers'
@@ -31,13 +34,18 @@ from torch import nn
 from sumtune.config import FAST_PATH_NAMES
 from sumtune.fastpath.attention import BlockedLocalAttention, SdpaAttention, attention_in_use, set_attention
 from sumtune.fastpath.base import FastPath, FastPathContext, StepPath
+from sumtune.fastpath.compiled import CompiledBlocks
 from sumtune.fastpath.decode_step import LeanDecodeStep
 from sumtune.fastpath.features import CachedHeadLoss, FeatureCache, FeatureCachePath
 from sumtune.fastpath.gelu import FusedGelu, set_fast_gelu
+from sumtune.fastpath.gqa import GqaAttention
 from sumtune.fastpath.head import FewRowsHead, set_fast_head
 from sumtune.fastpath.lora import FastLora, set_fast_lora
 from sumtune.fastpath.loss import LabelLoss, fast_token_loss_sum
 from sumtune.fastpath.precision import CastFrozenWeights
+from sumtune.fastpath.rmsnorm import FusedRMSNorm
+from sumtune.fastpath.rotary import FusedRotary
+from sumtune.fastpath.swiglu import FusedSwiGLU
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +72,8 @@ ATTENTION, CAST, FUSED_ADAMW = SdpaAttention(), CastFrozenWeights(), FusedAdamW(
 # sdpa_attention before blocked_local_attention (eager -> SDPA -> blocked). Attention goes first (it changes only the attention classes and configs); the training-step choices come
 # last (they change nothing). `config.FAST_PATH_NAMES` lists the same names in the same order.
 FAST_PATHS: tuple[FastPath, ...] = (
-    ATTENTION, BlockedLocalAttention(), CAST, FusedGelu(), FastLora(), FewRowsHead(), LeanDecodeStep(),
+    ATTENTION, BlockedLocalAttention(), CAST, FusedGelu(), FusedRMSNorm(), FusedRotary(), GqaAttention(), FusedSwiGLU(),
+    CompiledBlocks(), FastLora(), FewRowsHead(), LeanDecodeStep(),
     LabelLoss(), FeatureCachePath(), FUSED_ADAMW,
 )
 assert tuple(p.name for p in FAST_PATHS) == FAST_PATH_NAMES, "keep config.FAST_PATH_NAMES in step"

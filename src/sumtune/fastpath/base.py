@@ -29,12 +29,13 @@ from torch import nn
 class FastPathContext:
     """What a model is prepared for: `training` (else evaluation/decoding: nothing trains),
     `autocast` (the dtype the forward runs under, None: fp32), `attention` (`model.attention`:
-    auto, sdpa or eager) and `distributed` (several processes, DDP)."""
+    auto, sdpa or eager), `distributed` (several processes, DDP) and `compile` (`train.compile`)."""
 
     training: bool = True
     autocast: torch.dtype | None = None
     attention: str = "auto"
     distributed: bool = False
+    compile: bool = False
 
 
 def _ref(obj):

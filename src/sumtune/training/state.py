@@ -250,7 +250,8 @@ def prepared_model(cfg: Config, tokenizer, base: torch.nn.Module) -> tuple[Metho
 
 def with_fast_paths(cfg: Config, model: torch.nn.Module, precision: str, world: int = 1, fsdp: bool = False):
     """(the fast paths applied to `model` for training, the loss function)."""
-    ctx = FastPathContext(autocast=autocast_dtype(precision), attention=cfg.model.attention, distributed=world > 1)
+    ctx = FastPathContext(autocast=autocast_dtype(precision), attention=cfg.model.attention, distributed=world > 1,
+                          compile=cfg.train.compile)
     enabled = from_config(cfg.train)
     if fsdp:
         enabled = FSDP_FAST_PATHS & enabled_names(enabled)
