@@ -11,22 +11,16 @@ weight), so the results are equal up to rounding.
 
 from __future__ import annotations
 
-from functools import cache
-
 import torch
 from torch import nn
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
+from transformers.models.mistral.modeling_mistral import MistralRMSNorm
+from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
 from sumtune.fastpath.base import FastPath, FastPathContext
 
-
-@cache
-def _norm_classes() -> tuple[type, ...]:
-    """The RMSNorm classes with Llama's formula (weight * normalised, no offset; not Gemma's 1 + w)."""
-    from transformers.models.llama.modeling_llama import LlamaRMSNorm
-    from transformers.models.mistral.modeling_mistral import MistralRMSNorm
-    from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
-
-    return LlamaRMSNorm, MistralRMSNorm, Qwen2RMSNorm
+# the RMSNorm classes with Llama's formula (weight * normalised, no offset; not Gemma's 1 + w)
+NORM_CLASSES = (LlamaRMSNorm, MistralRMSNorm, Qwen2RMSNorm)
 
 
 class RMSNormFunction(torch.autograd.Function):
@@ -74,7 +68,7 @@ def fused_class(cls: type) -> type:
 
 
 def _norms(model: nn.Module) -> list[nn.Module]:
-    classes = _norm_classes()
+    classes = NORM_CLASSES
     return [m for m in model.modules() if type(m) in classes]
 
 

@@ -10,22 +10,16 @@ Equal to the reference up to rounding; it saves a third of the MLP's activation 
 
 from __future__ import annotations
 
-from functools import cache
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.models.llama.modeling_llama import LlamaMLP
+from transformers.models.mistral.modeling_mistral import MistralMLP
+from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP
 
 from sumtune.fastpath.base import FastPath, FastPathContext
 
-
-@cache
-def _mlp_classes() -> tuple[type, ...]:
-    from transformers.models.llama.modeling_llama import LlamaMLP
-    from transformers.models.mistral.modeling_mistral import MistralMLP
-    from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP
-
-    return LlamaMLP, MistralMLP, Qwen2MLP
+MLP_CLASSES = (LlamaMLP, MistralMLP, Qwen2MLP)
 
 
 class SwiGLUFunction(torch.autograd.Function):
@@ -62,7 +56,7 @@ def fused_class(cls: type) -> type:
 
 def _mlps(model: nn.Module) -> list[nn.Module]:
     """The gated MLPs whose activation is plain silu (`hidden_act: silu`)."""
-    classes = _mlp_classes()
+    classes = MLP_CLASSES
     return [m for m in model.modules() if type(m) in classes and getattr(m.config, "hidden_act", None) == "silu"]
 
 
