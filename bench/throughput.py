@@ -21,7 +21,7 @@ For last_layers sumtune also trains `--epochs-last-layers` epochs over the same 
 (feature cache after the first) and reports that time over its first epoch.
 
 Printed: each run, then medians and ratios, and each side's model FLOP utilisation (MFU:
-achieved model FLOP/s over the bf16 matmul peak measured here, before and after the runs,
+achieved model FLOP/s over the matmul peak of the run's precision measured here, before and after the runs,
 the better of the two, on the device the run uses: bench/peak.py; bench/mfu.py says what counts
 as model FLOPs); with --json the last line is one JSON object. On a CUDA GPU also each side's
 peak CUDA memory (torch.cuda.max_memory_allocated; the peer through bench/cuda_peak.py) and,
@@ -187,7 +187,7 @@ def print_summary(result: dict, epochs: int) -> None:
           f"medians): sumtune {r['sumtune_tokens_per_s']} tokens/s, peer {r['peer_tokens_per_s']} tokens/s, "
           f"ratio {r['ratio']:.2f}x; peak RSS {r['sumtune_peak_rss_mb']} vs {r['peer_peak_rss_mb']} MB "
           f"({r['rss_ratio']:.2f}x); MFU sumtune {100 * r['sumtune_mfu']:.1f}%, peer "
-          f"{100 * r['peer_mfu']:.1f}% of a {r['peak']['bf16_flops']} GFLOP/s bf16 matmul peak measured on "
+          f"{100 * r['peer_mfu']:.1f}% of a {r['peak'][r['mfu_peak'] + '_flops']} GFLOP/s {r['mfu_peak']} matmul peak measured on "
           f"{r['peak']['device']}"
           + (f" ({100 * r['sumtune_mfu_datasheet']:.1f}% / {100 * r['peer_mfu_datasheet']:.1f}% of the datasheet's "
              f"{r['peak']['datasheet_bf16_dense_flops']} GFLOP/s dense bf16)" if "sumtune_mfu_datasheet" in r else "")

@@ -52,3 +52,16 @@ def test_op_families_split_a_real_profile_by_family_and_phase():
     assert op_families.family_of("aten::_fused_adamw_") == "optimizer"
     assert op_families.family_of("aten::random_") == "dropout"
     assert op_families.family_of("aten::copy_") == "cast"
+
+
+def test_throughput_summary_names_the_peak_of_the_runs_precision(capsys):
+    """An fp32 run's MFU is over the fp32 matmul peak, and the line says so (not bf16's figure)."""
+    import throughput
+
+    r = {"method": "lora", "precision": "fp32", "rows": 8, "mean_row_tokens": 600.0, "reps": 3,
+         "sumtune_tokens_per_s": 50.0, "peer_tokens_per_s": 25.0, "ratio": 2.0, "sumtune_peak_rss_mb": 3000,
+         "peer_peak_rss_mb": 7000, "rss_ratio": 0.43, "sumtune_mfu": 0.2, "peer_mfu": 0.1, "mfu_peak": "fp32",
+         "peak": {"device": "cpu", "bf16_flops": 0.6, "fp32_flops": 55.9}}
+    throughput.print_summary(r, 1)
+    out = capsys.readouterr().out
+    assert "of a 55.9 GFLOP/s fp32 matmul peak" in out and "bf16 matmul" not in out
