@@ -85,11 +85,24 @@ class Calibration:
     n_test: int = 0
     step_flops: list[int] = field(default_factory=list)  # every planned step's training FLOPs (a FLOPs budget)
     eval_shared_from: str | None = None  # the method whose evaluation measurements this one shares
+    step_tokens: list[int] = field(default_factory=list)  # padded tokens of each timed step
+    mean_step_tokens: float = 0.0  # padded tokens of the first epoch's steps, on average (0: not counted)
     error: str | None = None  # out of memory (or another failure) during the calibration
 
     @property
     def feature_cache(self) -> bool:
         return bool(self.cached_step_seconds)
+
+    def per_step(self, cached: bool = False) -> float:
+        """Seconds of an average optimizer step: each timed step's seconds per padded token x the
+        epoch's mean padded tokens a step (the median of those), so that a few timed steps of
+        shorter or longer rows than usual still project the whole epoch; without token counts the
+        median timed step."""
+        seconds = self.cached_step_seconds if cached else self.step_seconds
+        if self.mean_step_tokens and len(self.step_tokens) == len(seconds) and all(self.step_tokens):
+            return statistics.median(s / t for s, t in zip(seconds, self.step_tokens, strict=True)) * \
+                self.mean_step_tokens
+        return statistics.median(seconds)
 
 
 def longest_first_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -219,6 +232,15 @@ class Calibrator:
             order = plan.order(len(lengths), epoch, lengths if cfg.data.group_by_length else None)
             chunks.append(order[(k - first) * plan.per_step:(k - first + 1) * plan.per_step])
         cal.step_seconds = [step(c) for c in chunks]
+        if not tc.max_tokens_per_batch:  # what a step computes: each micro-batch padded to its longest row
+            def padded(chunk: list[int]) -> int:
+                micro = [chunk[i:i + tc.batch_size] for i in range(0, len(chunk), tc.batch_size)]
+                return sum(len(m) * max(lengths[i] for i in m) for m in micro)
+
+            cal.step_tokens = [padded(c) for c in chunks]
+            first = plan.order(len(lengths), 0, lengths if cfg.data.group_by_length else None)
+            cal.mean_step_tokens = statistics.fmean(padded(first[k * plan.per_step:(k + 1) * plan.per_step])
+                                                    for k in range(plan.steps_per_epoch))
         if cached:  # later epochs: the same rows again, their features cached
             cal.cached_step_seconds = [step(c) for c in chunks]
             cache = s.loss_fn.cache
