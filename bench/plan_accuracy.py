@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -113,19 +114,28 @@ def config(a: argparse.Namespace, model_dir: Path | str, data_dir: Path | str, o
     }, sets=a.sets)
 
 
-def measure(a: argparse.Namespace, cfg) -> tuple[dict, dict, dict, float]:
-    """(projection, results.json, metrics.json, evaluation wall seconds)."""
+def measure(a: argparse.Namespace, cfg) -> tuple[dict, dict, dict, float, dict]:
+    """(projection, results.json, metrics.json, evaluation wall seconds, the plan's wall seconds and the
+    1-minute load average before and after each part: on a shared machine the load moves the times)."""
     from sumtune.recipes.evaluate import evaluate_run
     from sumtune.recipes.experiment import Plan
     from sumtune.recipes.plan import run_plan
     from sumtune.recipes.train import train
 
+    load = [os.getloadavg()[0]]
+    t0 = time.perf_counter()
     record = run_plan(cfg, Plan(chosen=(a.method,)), steps=a.calibration_steps, articles=a.calibration_articles)
+    plan_wall = time.perf_counter() - t0
+    load.append(os.getloadavg()[0])
     run = train(cfg)
+    load.append(os.getloadavg()[0])
     t0 = time.perf_counter()
     metrics = evaluate_run(run, "test", overrides=vars(cfg.eval))
     wall = time.perf_counter() - t0
-    return record, json.loads((run / "results.json").read_text()), metrics, wall
+    load.append(os.getloadavg()[0])
+    when = {"plan_wall_seconds": round(plan_wall, 1), "load_average": dict(zip(
+        ("start", "after plan", "after train", "after evaluate"), load, strict=True))}
+    return record, json.loads((run / "results.json").read_text()), metrics, wall, when
 
 
 def compare(record: dict, results: dict, metrics: dict, eval_wall: float) -> list[dict]:
@@ -179,12 +189,13 @@ def main(argv: list[str] | None = None) -> dict:
     model_dir, data_dir = stage(a, work) if synthetic(a) else (a.model, a.data)
     out = work / f"run-{a.method}-{time.strftime('%H%M%S')}"
     cfg = config(a, model_dir, data_dir, out)
-    record, results, metrics, eval_wall = measure(a, cfg)
+    record, results, metrics, eval_wall, when = measure(a, cfg)
     rows = compare(record, results, metrics, eval_wall)
     print(f"\n{a.method} on {a.model} ({record['precision']}, {record['device']}): {a.train_rows} train rows, "
           f"{results['steps']} steps of {a.batch_size} x {a.grad_accum}, {a.val_rows} validation rows, "
           f"{metrics['n']} test articles ({metrics['decoding']['label']}, up to {a.max_new_tokens} new tokens); "
-          f"calibration {a.calibration_steps} steps, {record['calibration']['articles_decoded']} articles")
+          f"calibration {a.calibration_steps} steps, {record['calibration']['articles_decoded']} articles, "
+          f"{when['plan_wall_seconds']} s; load average {when['load_average']}")
     print(f"{'figure':48s} {'projected':>12s} {'measured':>12s} {'error':>8s}")
     for r in rows:
         proj = "-" if r["projected"] is None else f"{r['projected']:.2f}"
@@ -193,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"method": a.method, "model": a.model, "precision": record["precision"], "device": record["device"],
               "train_rows": a.train_rows, "steps": results["steps"], "test_articles": metrics["n"],
               "decoding": metrics["decoding"]["label"], "calibration_steps": a.calibration_steps,
-              "calibration_articles": record["calibration"]["articles_decoded"], "figures": rows}
+              "calibration_articles": record["calibration"]["articles_decoded"], **when, "figures": rows}
     if a.json:
         print(json.dumps(result))
     return result
