@@ -1,10 +1,16 @@
 #!/usr/bin/env python3
 """`sumtune plan`'s projection against the measured run it projects, side by side.
 
-    python bench/plan_accuracy.py --method {lora,prompt_tuning,last_layers,full,...} --data TOKENS.jsonl
-        [--model gpt-neo-125m-random|gpt-neo-small-random] [--train-rows 16] [--val-rows 4] [--test-rows 4]
-        [--epochs 1] [--batch-size 2] [--grad-accum 1] [--decoding greedy] [--max-new-tokens 32] [--eval-batch-size 2]
-        [--calibration-steps 3] [--calibration-articles 2] [--precision auto] [--threads 0] [--json]
+    python bench/plan_accuracy.py --method {lora,prompt_tuning,last_layers,full,...} --data TOKENS.jsonl|CSV_DIR
+        [--model gpt-neo-125m-random|gpt-neo-small-random|NAME|DIR] [--train-rows 16] [--val-rows 4] [--test-rows 4]
+        [--epochs 1] [--batch-size 2] [--grad-accum 1] [--max-length N] [--decoding greedy] [--max-new-tokens 32]
+        [--eval-batch-size 2] [--calibration-steps 3] [--calibration-articles 2] [--precision auto] [--threads 0]
+        [--set key=value ...] [--json]
+
+A real model (any other --model: a name sumtune loads, e.g. smollm2-135m-instruct, or a model
+directory) trains on real text: --data is then a data source (e.g. ../shared/data/cnndm, a Kaggle
+CSV directory), its first --train-rows / --val-rows / --test-rows rows (data.max_*_samples),
+--max-length tokens a row (default 512), and --set passes config keys (e.g. data.prompt_format=chat).
 
 The rows are make_token_data.py's (../shared/bench/make_token_data.py): each token id becomes one
 word of a word-level tokenizer saved with the model (`w<id>`; ids above 50,251 fold onto
@@ -28,6 +34,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -85,33 +92,50 @@ def stage(a: argparse.Namespace, work: Path) -> tuple[Path, Path]:
     return model_dir, data_dir
 
 
-def config(a: argparse.Namespace, model_dir: Path, data_dir: Path, out: Path):
+def synthetic(a: argparse.Namespace) -> bool:
+    return a.model in (RANDOM_125M, RANDOM_SMALL)
+
+
+def config(a: argparse.Namespace, model_dir: Path | str, data_dir: Path | str, out: Path):
     from sumtune.config import build_config
 
-    longest = max(len(r["input_ids"]) for r in load_rows(a.data))
+    if synthetic(a):
+        longest = max(len(r["input_ids"]) for r in load_rows(a.data))
+        sizes = {"data.max_length": min(2048, longest + len(SEPARATOR) + 1), "data.max_summary_length": 64}
+    else:  # real rows: the first N of each split
+        sizes = {"data.max_length": a.max_length or 512, "data.max_train_samples": a.train_rows,
+                 "data.max_eval_samples": a.val_rows, "data.max_test_samples": a.test_rows}
     return build_config(flags={
         "model.name": str(model_dir), "data.source": str(data_dir), "output_dir": str(out),
         "method.name": a.method, "train.epochs": a.epochs, "train.batch_size": a.batch_size,
-        "train.grad_accum": a.grad_accum, "train.precision": a.precision, "train.lr": 1e-4,
-        "data.max_length": min(2048, longest + len(SEPARATOR) + 1), "data.max_summary_length": 64,
+        "train.grad_accum": a.grad_accum, "train.precision": a.precision, "train.lr": 1e-4, **sizes,
         "eval.preset": a.decoding, "eval.max_new_tokens": a.max_new_tokens, "eval.batch_size": a.eval_batch_size,
         "eval.min_new_tokens": min(a.max_new_tokens, 55) if a.decoding == "cnndm" else 0,
-    })
+    }, sets=a.sets)
 
 
-def measure(a: argparse.Namespace, cfg) -> tuple[dict, dict, dict, float]:
-    """(projection, results.json, metrics.json, evaluation wall seconds)."""
+def measure(a: argparse.Namespace, cfg) -> tuple[dict, dict, dict, float, dict]:
+    """(projection, results.json, metrics.json, evaluation wall seconds, the plan's wall seconds and the
+    1-minute load average before and after each part: on a shared machine the load moves the times)."""
     from sumtune.recipes.evaluate import evaluate_run
     from sumtune.recipes.experiment import Plan
     from sumtune.recipes.plan import run_plan
     from sumtune.recipes.train import train
 
+    load = [os.getloadavg()[0]]
+    t0 = time.perf_counter()
     record = run_plan(cfg, Plan(chosen=(a.method,)), steps=a.calibration_steps, articles=a.calibration_articles)
+    plan_wall = time.perf_counter() - t0
+    load.append(os.getloadavg()[0])
     run = train(cfg)
+    load.append(os.getloadavg()[0])
     t0 = time.perf_counter()
     metrics = evaluate_run(run, "test", overrides=vars(cfg.eval))
     wall = time.perf_counter() - t0
-    return record, json.loads((run / "results.json").read_text()), metrics, wall
+    load.append(os.getloadavg()[0])
+    when = {"plan_wall_seconds": round(plan_wall, 1), "load_average": dict(zip(
+        ("start", "after plan", "after train", "after evaluate"), load, strict=True))}
+    return record, json.loads((run / "results.json").read_text()), metrics, wall, when
 
 
 def compare(record: dict, results: dict, metrics: dict, eval_wall: float) -> list[dict]:
@@ -133,8 +157,12 @@ def compare(record: dict, results: dict, metrics: dict, eval_wall: float) -> lis
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", required=True)
-    ap.add_argument("--data", required=True, help="JSONL of {input_ids, labels} (make_token_data.py)")
-    ap.add_argument("--model", default=RANDOM_125M, choices=[RANDOM_125M, RANDOM_SMALL])
+    ap.add_argument("--data", required=True, help="JSONL of {input_ids, labels} (make_token_data.py); with a real "
+                    "--model a data source (e.g. a Kaggle CSV directory)")
+    ap.add_argument("--model", default=RANDOM_125M,
+                    help=f"{RANDOM_125M}, {RANDOM_SMALL} (random weights), or a real model's name or directory")
+    ap.add_argument("--max-length", type=int, default=0, help="data.max_length with a real model (default 512)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="config keys")
     ap.add_argument("--train-rows", type=int, default=16)
     ap.add_argument("--val-rows", type=int, default=4)
     ap.add_argument("--test-rows", type=int, default=4)
@@ -158,15 +186,16 @@ def main(argv: list[str] | None = None) -> dict:
     if a.threads:
         torch.set_num_threads(a.threads)
     work = Path(a.workdir or tempfile.mkdtemp(prefix="sumtune-plan-bench-"))
-    model_dir, data_dir = stage(a, work)
+    model_dir, data_dir = stage(a, work) if synthetic(a) else (a.model, a.data)
     out = work / f"run-{a.method}-{time.strftime('%H%M%S')}"
     cfg = config(a, model_dir, data_dir, out)
-    record, results, metrics, eval_wall = measure(a, cfg)
+    record, results, metrics, eval_wall, when = measure(a, cfg)
     rows = compare(record, results, metrics, eval_wall)
     print(f"\n{a.method} on {a.model} ({record['precision']}, {record['device']}): {a.train_rows} train rows, "
           f"{results['steps']} steps of {a.batch_size} x {a.grad_accum}, {a.val_rows} validation rows, "
           f"{metrics['n']} test articles ({metrics['decoding']['label']}, up to {a.max_new_tokens} new tokens); "
-          f"calibration {a.calibration_steps} steps, {record['calibration']['articles_decoded']} articles")
+          f"calibration {a.calibration_steps} steps, {record['calibration']['articles_decoded']} articles, "
+          f"{when['plan_wall_seconds']} s; load average {when['load_average']}")
     print(f"{'figure':48s} {'projected':>12s} {'measured':>12s} {'error':>8s}")
     for r in rows:
         proj = "-" if r["projected"] is None else f"{r['projected']:.2f}"
@@ -175,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"method": a.method, "model": a.model, "precision": record["precision"], "device": record["device"],
               "train_rows": a.train_rows, "steps": results["steps"], "test_articles": metrics["n"],
               "decoding": metrics["decoding"]["label"], "calibration_steps": a.calibration_steps,
-              "calibration_articles": record["calibration"]["articles_decoded"], "figures": rows}
+              "calibration_articles": record["calibration"]["articles_decoded"], **when, "figures": rows}
     if a.json:
         print(json.dumps(result))
     return result

@@ -211,11 +211,12 @@ def _add_study_commands(sub) -> None:
     p = sub.add_parser("plan", help="projected time and memory of `experiment` with the same flags, from a short "
                                     "calibration here (writes nothing unless --output)")
     _add_experiment_flags(p)
-    p.add_argument("--calibration-steps", type=positive_int, default=3,
-                   help="timed optimizer steps (and loss batches) per method, after one warm-up step (default 3)")
-    p.add_argument("--calibration-articles", type=positive_int, default=8,
-                   help="test articles decoded per method, in whole decoding batches, the first (longest) "
-                        "included, and at least one batch after it (default 8)")
+    p.add_argument("--calibration-steps", type=positive_int, default=1,
+                   help="timed optimizer steps (and loss batches) per method, after one warm-up micro-batch "
+                        "(default 1)")
+    p.add_argument("--calibration-articles", type=positive_int, default=4,
+                   help="test articles decoded per decoding signature, in whole decoding batches, the first "
+                        "(longest) included, and at least one batch after it (default 4)")
     p.add_argument("--json", action="store_true", help="print the projection as JSON")
     p.add_argument("--output", metavar="FILE", help="also write the JSON to FILE")
 

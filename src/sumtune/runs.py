@@ -195,11 +195,12 @@ def check_base(meta: dict, base: dict, where: Path) -> None:
         )
 
 
-def load_run(run_dir: str | Path, dtype: torch.dtype = torch.float32,
-             base_model: str | None = None) -> tuple[Config, Method, torch.nn.Module, object]:
+def load_run(run_dir: str | Path, dtype: torch.dtype = torch.float32, base_model: str | None = None,
+             base: torch.nn.Module | None = None) -> tuple[Config, Method, torch.nn.Module, object]:
     """(cfg, method, model, tokenizer) of a finished run, on the CPU in eval mode, nothing
     requiring grad. `base_model` overrides the run's model.name (e.g. the model moved);
-    it must still be the same model."""
+    it must still be the same model. `base`: that model already loaded (a copy `plan` holds), used
+    instead of loading it, still checked against the run's fingerprint."""
     run = Path(run_dir)
     cfg = load_run_config(run)
     adapter = run / "adapter"
@@ -216,7 +217,7 @@ def load_run(run_dir: str | Path, dtype: torch.dtype = torch.float32,
         weights_path(adapter, method.weights_file)  # fail before loading the base model
     name = base_model or cfg.model.name
     tokenizer = load_tokenizer(name)
-    model = load_model(name, quantize=cfg.method.quantize)  # fp32 (or QLoRA's 4-bit): as the run trained
+    model = base if base is not None else load_model(name, quantize=cfg.method.quantize)  # fp32 or QLoRA's 4-bit
     check_base(meta, fingerprint(name, model), adapter)
     if dtype != torch.float32:
         model = model.to(dtype)

@@ -4,9 +4,11 @@ step, validation_loss, save_state, the run loaded back as evaluate loads it, `Ge
 the configured decoding), in a temporary run directory that the caller removes.
 
 What is timed, and why so:
-- Optimizer steps: one untimed warm-up step over the longest training rows first (the first
-  step pays one-time costs, and the longest rows set the activations' peak memory), then the
-  first `steps` steps of the trainer's own epoch order, each timed alone.
+- Optimizer steps: one untimed warm-up step over the longest training micro-batch first (the
+  first step pays one-time costs, and the longest rows set the activations' peak memory: one
+  micro-batch's activations are freed before the next, so the other micro-batches of a
+  gradient-accumulation step raise no peak and are not run), then the first `steps` steps of the
+  trainer's own epoch order, each timed alone.
 - Head-only last_layers (the frozen-feature cache): its first epoch computes and caches the
   body's features, later epochs cost only the head; the same steps are therefore timed twice,
   cache cold and warm, and validation passes likewise.
@@ -15,6 +17,8 @@ What is timed, and why so:
   their mean times the number of batches estimates the whole pass. In evaluation the first
   (longest) batch is timed as such, as `evaluate` runs it first, one-time costs included (the
   decoder's `few_rows_head` times its two paths then), and the strata come from the rest.
+- Shared between methods (`calibrate_shared`): one load of the base model, and the evaluation of
+  every method whose decoded model has the same signature (merged adapters, last layers: the base's).
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ from sumtune.decoding import Generator
 from sumtune.decoding.summaries import summary_text
 from sumtune.fastpath import from_config
 from sumtune.fastpath.features import CachedHeadLoss
-from sumtune.memory import PeakMemory
+from sumtune.memory import KIND_RSS, PeakMemory
 from sumtune.methods import get_method
+from sumtune.recipes.calibrate_shared import SharedBase, decoding_signature, shared_eval
 from sumtune.recipes.evaluate import _model, _scores, _split_rows, summary_loss
 from sumtune.runs import RunDir
 from sumtune.training.budget import StepFlops, budget_of, planned_step_flops
@@ -79,11 +84,25 @@ class Calibration:
     n_val: int = 0
     n_test: int = 0
     step_flops: list[int] = field(default_factory=list)  # every planned step's training FLOPs (a FLOPs budget)
+    eval_shared_from: str | None = None  # the method whose evaluation measurements this one shares
+    step_tokens: list[int] = field(default_factory=list)  # padded tokens of each timed step
+    mean_step_tokens: float = 0.0  # padded tokens of the first epoch's steps, on average (0: not counted)
     error: str | None = None  # out of memory (or another failure) during the calibration
 
     @property
     def feature_cache(self) -> bool:
         return bool(self.cached_step_seconds)
+
+    def per_step(self, cached: bool = False) -> float:
+        """Seconds of an average optimizer step: each timed step's seconds per padded token x the
+        epoch's mean padded tokens a step (the median of those), so that a few timed steps of
+        shorter or longer rows than usual still project the whole epoch; without token counts the
+        median timed step."""
+        seconds = self.cached_step_seconds if cached else self.step_seconds
+        if self.mean_step_tokens and len(self.step_tokens) == len(seconds) and all(self.step_tokens):
+            return statistics.median(s / t for s, t in zip(seconds, self.step_tokens, strict=True)) * \
+                self.mean_step_tokens
+        return statistics.median(seconds)
 
 
 def longest_first_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -118,6 +137,8 @@ class Calibrator:
         self.bar = bar
         self._prompts: dict[str, list[list[int]]] = {}  # test prompts, shared by the methods
         self._scorer: tuple[Any, float] | None = None  # (BERTScore scorer, its load seconds), shared likewise
+        self.base = SharedBase()  # the base model, loaded once
+        self._evals: dict[tuple, Calibration] = {}  # decoding signature -> the calibration that measured it
 
     def _bertscore(self, cfg: Config) -> tuple[Any, float]:
         """(scorer, seconds `evaluate` spends loading it) with eval.metrics bertscore, else (None, 0)."""
@@ -166,14 +187,16 @@ class Calibrator:
         memory = PeakMemory(accelerator.device).start()
         cal.memory_kind, cal.precision = memory.kind, precision
         try:
-            s, cal.setup_seconds = _timed(setup, cfg, accelerator, precision)
+            base = self.base.copy(cfg)  # untimed: the run loads it instead, for the seconds added below
+            s, cal.setup_seconds = _timed(setup, cfg, accelerator, precision, base=base)
+            cal.setup_seconds += self.base.seconds(cfg)
             self.bar.update(1)
             cal.trains, cal.trainable_params, cal.total_params = s.method.trains, s.trainable, s.total
             cal.n_train, cal.n_val = len(s.train_ds), len(s.val_ds)
             save_config(cfg, run.config)
             self._train_part(s, run, cal, memory) if s.method.trains else self._validation(s, s.model, cal)
             cal.save_seconds = _timed(s.method.save, accelerator.unwrap_model(s.model), run.adapter, s.meta)[1]
-            cal.train_peak_mb = memory.peak_mb()
+            cal.train_peak_mb = self._peak(memory)
         finally:
             memory.stop()
 
@@ -202,13 +225,22 @@ class Calibrator:
             return seconds
 
         cached = isinstance(s.loss_fn, CachedHeadLoss)
-        step(sorted(range(len(lengths)), key=lambda i: -lengths[i])[:plan.per_step])  # warm-up, the longest rows
+        step(sorted(range(len(lengths)), key=lambda i: -lengths[i])[:tc.batch_size])  # warm-up: the longest rows
         chunks = []
         for k in range(min(self.steps, plan.steps_per_epoch if cached else plan.total)):
             epoch, first, _ = plan.epoch_bounds(k)
             order = plan.order(len(lengths), epoch, lengths if cfg.data.group_by_length else None)
             chunks.append(order[(k - first) * plan.per_step:(k - first + 1) * plan.per_step])
         cal.step_seconds = [step(c) for c in chunks]
+        if not tc.max_tokens_per_batch:  # what a step computes: each micro-batch padded to its longest row
+            def padded(chunk: list[int]) -> int:
+                micro = [chunk[i:i + tc.batch_size] for i in range(0, len(chunk), tc.batch_size)]
+                return sum(len(m) * max(lengths[i] for i in m) for m in micro)
+
+            cal.step_tokens = [padded(c) for c in chunks]
+            first = plan.order(len(lengths), 0, lengths if cfg.data.group_by_length else None)
+            cal.mean_step_tokens = statistics.fmean(padded(first[k * plan.per_step:(k + 1) * plan.per_step])
+                                                    for k in range(plan.steps_per_epoch))
         if cached:  # later epochs: the same rows again, their features cached
             cal.cached_step_seconds = [step(c) for c in chunks]
             cache = s.loss_fn.cache
@@ -242,53 +274,69 @@ class Calibrator:
 
     def _eval_part(self, cfg: Config, run: RunDir, cal: Calibration) -> None:
         """The run loaded back as `evaluate` loads it; sampled loss batches and decoded batches of the
-        test rows the experiment would evaluate."""
+        test rows the experiment would evaluate, or those of an earlier method whose decoded model has
+        the same signature (`calibrate_shared`)."""
         from datasets import DatasetDict  # late: datasets (0.6 s to import) only when rows are tokenized
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         memory = PeakMemory(device).start()
         try:
+            base = self.base.copy(cfg)  # untimed: evaluate loads it instead, for the seconds added below
             t0 = time.perf_counter()
             ds = _split_rows(cfg, "test", self.eval_limit)
-            model, tokenizer, autocast = _model(run.path, cfg)
+            model, tokenizer, autocast = _model(run.path, cfg, base=base)
             rows = tokenize_splits(DatasetDict({"test": ds}), tokenizer, cfg.data)["test"]
-            cal.eval_load_seconds = time.perf_counter() - t0
+            cal.eval_load_seconds = time.perf_counter() - t0 + self.base.seconds(cfg)
             cal.n_test = len(ds)
             self.bar.update(1)
-            loss_batches = longest_first_batches([len(x) for x in rows["input_ids"]], cfg.eval.batch_size)
-
-            def loss(batch: list[int]) -> float:
-                self.bar.update(1)
-                return _timed(summary_loss, model, rows.select(batch), tokenizer.pad_token_id, cfg.eval.batch_size,
-                              autocast, None, from_config(cfg.train))[1]
-
-            cal.loss_first_seconds = loss(loss_batches[0])  # the real pass's first batch, one-time costs included
-            cal.loss_batch_seconds = [loss(b) for b in strata(loss_batches[1:], self.batches)]
-            if "prompts" not in self._prompts:
-                self._prompts["prompts"] = encode_prompts(tokenizer, list(ds["article"]), cfg.data)
-            prompts = self._prompts["prompts"]
-            generator, build = _timed(Generator, model, tokenizer, cfg.eval, autocast=autocast,  # evaluate times it too
-                                      stop_ids=stop_ids(tokenizer, cfg.data))
-            per_batch = max(1, cfg.eval.batch_size // cfg.eval.num_beams)  # as Generator.generate batches
-            batches = longest_first_batches([len(p) for p in prompts], per_batch)
-            predictions, references, seconds = [], [], []
-            # at least one batch after the first, whose time holds one-time costs (kernels' first calls)
-            later = max(1, math.ceil(self.articles / per_batch) - 1)
-            for b in [batches[0], *strata(batches[1:], later)]:
-                out, t = _timed(generator.generate, [prompts[i] for i in b])
-                seconds.append(t)
-                predictions += [summary_text(tokenizer, g, cfg) for g in out]
-                references += [ds[i]["summary"] for i in b]
-                self.bar.update(len(b))
-            cal.decode_first_seconds, cal.decode_batch_seconds = build + seconds[0], seconds[1:]
-            cal.articles_decoded = len(predictions)
             scorer, load_s = self._bertscore(cfg)  # every evaluation loads it once
             cal.eval_load_seconds += load_s
-            _scores(predictions, references, tokenizer, cfg.train.seed, scorer, device)  # the scorers' one-time set-up
-            cal.score_seconds = _timed(_scores, predictions, references, tokenizer, cfg.train.seed, scorer, device)[1]
-            cal.eval_peak_mb = memory.peak_mb()
+            signature = decoding_signature(model, cfg, autocast)
+            if signature in self._evals:
+                shared_eval(cal, self._evals[signature])
+                return
+            self._measure_eval(cfg, cal, ds, rows, model, tokenizer, autocast, scorer, device)
+            cal.eval_peak_mb = self._peak(memory)
+            self._evals[signature] = cal
         finally:
             memory.stop()
+
+    def _measure_eval(self, cfg: Config, cal: Calibration, ds, rows, model, tokenizer, autocast, scorer,
+                      device: torch.device) -> None:
+        loss_batches = longest_first_batches([len(x) for x in rows["input_ids"]], cfg.eval.batch_size)
+
+        def loss(batch: list[int]) -> float:
+            self.bar.update(1)
+            return _timed(summary_loss, model, rows.select(batch), tokenizer.pad_token_id, cfg.eval.batch_size,
+                          autocast, None, from_config(cfg.train))[1]
+
+        cal.loss_first_seconds = loss(loss_batches[0])  # the real pass's first batch, one-time costs included
+        cal.loss_batch_seconds = [loss(b) for b in strata(loss_batches[1:], self.batches)]
+        if "prompts" not in self._prompts:
+            self._prompts["prompts"] = encode_prompts(tokenizer, list(ds["article"]), cfg.data)
+        prompts = self._prompts["prompts"]
+        generator, build = _timed(Generator, model, tokenizer, cfg.eval, autocast=autocast,  # evaluate times it too
+                                  stop_ids=stop_ids(tokenizer, cfg.data))
+        per_batch = max(1, cfg.eval.batch_size // cfg.eval.num_beams)  # as Generator.generate batches
+        batches = longest_first_batches([len(p) for p in prompts], per_batch)
+        predictions, references, seconds = [], [], []
+        # at least one batch after the first, whose time holds one-time costs (kernels' first calls)
+        later = max(1, math.ceil(self.articles / per_batch) - 1)
+        for b in [batches[0], *strata(batches[1:], later)]:
+            out, t = _timed(generator.generate, [prompts[i] for i in b])
+            seconds.append(t)
+            predictions += [summary_text(tokenizer, g, cfg) for g in out]
+            references += [ds[i]["summary"] for i in b]
+            self.bar.update(len(b))
+        cal.decode_first_seconds, cal.decode_batch_seconds = build + seconds[0], seconds[1:]
+        cal.articles_decoded = len(predictions)
+        _scores(predictions, references, tokenizer, cfg.train.seed, scorer, device)  # the scorers' one-time set-up
+        cal.score_seconds = _timed(_scores, predictions, references, tokenizer, cfg.train.seed, scorer, device)[1]
+
+    def _peak(self, memory: PeakMemory) -> float:
+        """The peak measured, less the held base model's copy where it counts (peak RSS)."""
+        held = self.base.held_mb() if memory.kind == KIND_RSS else 0.0
+        return max(0.0, memory.peak_mb() - held)
 
 
 def _out_of_memory(e: BaseException) -> bool:

@@ -69,11 +69,12 @@ def _config(run: Path, overrides: dict[str, Any] | None, data: str | None = None
     return with_overrides(load_run_config(run), overrides, data, data_preset)
 
 
-def _model(run: Path, cfg: Config, base_model: str | None = None, device: torch.device | None = None):
+def _model(run: Path, cfg: Config, base_model: str | None = None, device: torch.device | None = None,
+           base: torch.nn.Module | None = None):
     """(model on the device, tokenizer, autocast dtype or None); `base_model` loads the run onto
     another copy of its base model (the fingerprint check refuses a different one); `device`:
-    this process's under `accelerate launch`."""
-    _cfg, method, model, tokenizer = load_run(run, base_model=base_model)
+    this process's under `accelerate launch`; `base`: the base model already loaded (`load_run`)."""
+    _cfg, method, model, tokenizer = load_run(run, base_model=base_model, base=base)
     if not method.not_exportable and cfg.method.quantize == "none":
         # an adapter (LoRA, DoRA, IA³) merged into the base weights: each step one matmul per layer, not
         # two more; equal to the unmerged model up to rounding (tested). QLoRA's 4-bit base stays unmerged.

@@ -192,15 +192,17 @@ class TrainSetup:
         return self.data["validation"].select_columns(["input_ids", "labels"])
 
 
-def setup(cfg: Config, accelerator, precision: str) -> TrainSetup:
-    """Data, base model, method and fast paths for `cfg`; nothing written."""
+def setup(cfg: Config, accelerator, precision: str, base: torch.nn.Module | None = None) -> TrainSetup:
+    """Data, base model, method and fast paths for `cfg`; nothing written. `base`: the base model
+    already loaded (a fresh copy `plan` hands each method), else loaded here."""
     check_quantize(cfg.method.quantize)  # QLoRA without CUDA: refused before anything loads
     set_seed(cfg.train.seed)  # the same initialisation (LoRA, soft prompt) in every process
     world = accelerator.num_processes
     tokenizer = load_tokenizer(cfg.model.name)
     with accelerator.main_process_first(), writing(datasets_cache(), only=FULL_DISK):
         data = tokenize_splits(load_splits(cfg.data, cfg.data.seed), tokenizer, cfg.data)  # main fills the cache
-    base = load_model(cfg.model.name, quantize=cfg.method.quantize)
+    if base is None:
+        base = load_model(cfg.model.name, quantize=cfg.method.quantize)
     check_max_length(cfg, base.config)
     meta = run_meta(cfg, base, data={"source": cfg.data.source, "sizes": {s: len(data[s]) for s in data},
                                      "fingerprint": data_fingerprint(cfg.data)})
