@@ -9,6 +9,8 @@ import torch
 
 RANDOM_125M = "gpt-neo-125m-random"
 RANDOM_SMALL = "gpt-neo-small-random"  # for quick runs: 4 layers, hidden 256, the same vocabulary
+RANDOM_SMOLLM2 = "smollm2-135m-random"  # the Llama layout in SmolLM2-135M's shape, where the real weights cannot go
+RANDOM_MODELS = (RANDOM_125M, RANDOM_SMALL, RANDOM_SMOLLM2)
 
 
 def load_rows(path: str | Path) -> list[dict]:
@@ -31,6 +33,20 @@ def random_gpt_neo(name: str = RANDOM_125M):
     return GPTNeoForCausalLM(cfg)
 
 
+def random_smollm2():
+    """A Llama-layout model in SmolLM2-135M's shape (30 layers, hidden 576, 9 query / 3 key-value heads,
+    SwiGLU 1536, 49,152 words, tied head), random weights (seed 0): the real model's speed without its
+    file, e.g. on a lent GPU machine that cannot download it. Token files for it: make_token_data.py
+    --vocab 49152."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                      rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True, hidden_act="silu")
+    return LlamaForCausalLM(cfg)
+
+
 def bench_tokenizer():
     """A small offline tokenizer: the token files are ids already; sumtune needs one for EOS/padding."""
     from sumtune.tiny import synthetic_news, train_tokenizer
@@ -39,9 +55,11 @@ def bench_tokenizer():
 
 
 def build_model(name: str):
-    """(model, tokenizer): a random GPT-Neo (with a small tokenizer), or a model directory."""
+    """(model, tokenizer): a random GPT-Neo or SmolLM2-shaped Llama (with a small tokenizer), or a model directory."""
     if name in (RANDOM_125M, RANDOM_SMALL):
         return random_gpt_neo(name), bench_tokenizer()
+    if name == RANDOM_SMOLLM2:
+        return random_smollm2(), bench_tokenizer()
     from sumtune.modeling import load_model, load_tokenizer
 
     return load_model(name), load_tokenizer(name)
@@ -49,7 +67,7 @@ def build_model(name: str):
 
 def write_model_dir(name: str, out: Path) -> Path:
     """A model directory sumtune's trainer can load by path (a random model is saved once)."""
-    if name not in (RANDOM_125M, RANDOM_SMALL):
+    if name not in RANDOM_MODELS:
         return Path(name)
     if not (out / "config.json").is_file():
         model, tok = build_model(name)

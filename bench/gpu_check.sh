@@ -8,7 +8,7 @@
 # The checks, in order (name: what it measures):
 #   cuda_device        torch sees a CUDA device (none: a loud failure, and nothing else runs)
 #   python_packages    every package the checks import is importable (bitsandbytes for qlora)
-#   make_data          64 pre-tokenised rows, 300-700 article + 64 summary tokens (make_token_data.py)
+#   make_data          64 pre-tokenised rows, 300-700 article + 64 summary tokens, ids < 49,152 (make_token_data.py)
 #   cuda_tests         pytest -m cuda: every CUDA-marked test; any skip counts as a failure
 #   throughput_lora, throughput_prompt_tuning, throughput_last_layers
 #                      bench/throughput.py in bf16 against the peer (HF Trainer + PEFT), GPT-Neo-125M
@@ -16,8 +16,12 @@
 #                      (torch.cuda.max_memory_allocated), MFU against a bf16 matmul peak measured on
 #                      the device in the same run (8192^3 products) and against the datasheet's
 #                      dense bf16 figure where bench/peak.py knows the device
+#   throughput_lora_llama, throughput_prompt_tuning_llama
+#                      the same on the Llama layout in SmolLM2-135M's shape (random weights:
+#                      bench/common.py's smollm2-135m-random)
 #   generate_cnndm     bench/generate.py $GENERATE_FLAGS: decoding at the cnndm preset against
 #                      batched HF generate at the same batch (--peers hf_batched)
+#   generate_cnndm_llama  the same on the SmolLM2-shaped model
 #   qlora              bench/qlora_check.py: 4-bit NF4 base, QLoRA training, decoding, PEFT reload
 # Each check's log and last JSON line go to $OUT_DIR/NAME.log and NAME.json; a line per check as it
 # ends; then one JSON line {"gpu_check": {...}, "ok": bool, "failed": [...], "checks": {NAME: {rc,
@@ -52,8 +56,9 @@ MAKE_DATA=$(dirname "$PEER")/make_token_data.py
 DATA="$OUT/tokens.jsonl"
 GENERATE_FLAGS=${GENERATE_FLAGS:---decoding cnndm --n 32 --batch-size 32 --max-new-tokens 64 --reps 3 --peers hf_batched}
 # name, cap in seconds: the caps add up to CAPS_TOTAL (< 600 s with the script's own seconds)
-CHECKS=(cuda_device:30 python_packages:20 make_data:10 cuda_tests:120 throughput_lora:95
-        throughput_prompt_tuning:90 throughput_last_layers:85 generate_cnndm:80 qlora:50)
+CHECKS=(cuda_device:30 python_packages:20 make_data:10 cuda_tests:90 throughput_lora:70
+        throughput_prompt_tuning:50 throughput_last_layers:45 throughput_lora_llama:70
+        throughput_prompt_tuning_llama:50 generate_cnndm:50 generate_cnndm_llama:50 qlora:50)
 CAPS_TOTAL=0
 for c in "${CHECKS[@]}"; do CAPS_TOTAL=$((CAPS_TOTAL + ${c#*:})); done
 FAILED=()
@@ -134,15 +139,25 @@ fi
 
 if (( DRY )) || [[ ${#FAILED[@]} -eq 0 ]]; then
   check python_packages "$PY" bench/gpu_preflight.py packages
-  check make_data "$PY" "$MAKE_DATA" --n 64 --out "$DATA"
+  # ids below 49,152: the same rows fit GPT-Neo's vocabulary and SmolLM2's
+  check make_data "$PY" "$MAKE_DATA" --n 64 --vocab 49152 --out "$DATA"
   # a cuda test that skips (a missing package, say) is a failure here, not a pass
   EXTRA_FAIL='[0-9]+ skipped' check cuda_tests "$PY" -m pytest -q -rs -p no:cacheprovider -m cuda -s tests
   for method in lora prompt_tuning last_layers; do
     check "throughput_$method" "$PY" bench/throughput.py --method "$method" --data "$DATA" --precision bf16 \
       --steps 4 --reps 2 --epochs-last-layers 3 --peak-seconds 1 --peer "$PEER" --workdir "$OUT/work_$method" --json
   done
+  # the Llama layout in SmolLM2-135M's shape, random weights (the real file cannot travel here)
+  for method in lora prompt_tuning; do
+    check "throughput_${method}_llama" "$PY" bench/throughput.py --model smollm2-135m-random --method "$method" \
+      --data "$DATA" --precision bf16 --steps 4 --reps 2 --peak-seconds 1 --peer "$PEER" \
+      --workdir "$OUT/work_${method}_llama" --json
+  done
   # shellcheck disable=SC2086  # GENERATE_FLAGS is a list of flags
   check generate_cnndm "$PY" bench/generate.py --data "$DATA" $GENERATE_FLAGS --precision bf16 --json
+  # shellcheck disable=SC2086
+  check generate_cnndm_llama "$PY" bench/generate.py --model smollm2-135m-random --data "$DATA" $GENERATE_FLAGS \
+    --precision bf16 --json
   check qlora "$PY" bench/qlora_check.py --out "$OUT/qlora"
 fi
 

@@ -15,7 +15,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
 CHECKS = ["cuda_device", "python_packages", "make_data", "cuda_tests", "throughput_lora", "throughput_prompt_tuning",
-          "throughput_last_layers", "generate_cnndm", "qlora"]
+          "throughput_last_layers", "throughput_lora_llama", "throughput_prompt_tuning_llama", "generate_cnndm",
+          "generate_cnndm_llama", "qlora"]
 
 
 def _run(tmp_path, *args, **env) -> subprocess.CompletedProcess:
@@ -43,7 +44,10 @@ def test_dry_run_lists_every_check_with_caps_under_ten_minutes(tmp_path):
     for method in ("lora", "prompt_tuning", "last_layers"):
         assert f"--method {method}" in commands[f"throughput_{method}"]
         assert "--precision bf16" in commands[f"throughput_{method}"]
+    for method in ("lora", "prompt_tuning"):
+        assert "--model smollm2-135m-random" in commands[f"throughput_{method}_llama"]
     assert "--decoding cnndm" in commands["generate_cnndm"] and "--json" in commands["generate_cnndm"]
+    assert "--model smollm2-135m-random" in commands["generate_cnndm_llama"]
     assert "bench/qlora_check.py" in commands["qlora"]
     # the scripts start; generate.py's cnndm flags come from task 5's bench/generate.py: without them the
     # dry run must say so and fail, with them it must pass
