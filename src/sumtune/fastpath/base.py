@@ -100,6 +100,10 @@ class FastPath:
         """Give `module` the class `cls` (same parameters and buffers, another forward)."""
         self.set_attr(model, module, "__class__", cls)
 
+    def set_mixin(self, model: nn.Module, module: nn.Module, mixin: type) -> None:
+        """Give `module` its class with `mixin`'s methods first (`with_mixin`)."""
+        self.set_class(model, module, with_mixin(mixin, type(module)))
+
     def set_requires_grad(self, model: nn.Module, param: nn.Parameter, flag: bool) -> None:
         old, target = param.requires_grad, _ref(param)
         self._log(model, lambda: target() is not None and target().requires_grad_(old))
@@ -116,3 +120,14 @@ class StepPath(FastPath):
 
     def apply(self, model: nn.Module, ctx: FastPathContext) -> None:
         self.note(model)
+
+
+_MIXED: dict[tuple[type, type], type] = {}
+
+
+def with_mixin(mixin: type, cls: type) -> type:
+    """`cls` with `mixin`'s methods first, one subclass per pair (`isinstance(m, cls)` still holds for a
+    module given it): how a fast path swaps a Transformers module's forward without copying its weights."""
+    if (mixin, cls) not in _MIXED:
+        _MIXED[mixin, cls] = type(f"{cls.__name__}With{mixin.__name__}", (mixin, cls), {})
+    return _MIXED[mixin, cls]

@@ -57,16 +57,6 @@ class FusedRMSNormModule(nn.Module):
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
 
 
-_FUSED: dict[type, type] = {}
-
-
-def fused_class(cls: type) -> type:
-    """`cls` with the fused forward (one subclass per RMSNorm class, so `isinstance` still holds)."""
-    if cls not in _FUSED:
-        _FUSED[cls] = type(f"Fused{cls.__name__}", (FusedRMSNormModule, cls), {})
-    return _FUSED[cls]
-
-
 def _norms(model: nn.Module) -> list[nn.Module]:
     classes = NORM_CLASSES
     return [m for m in model.modules() if type(m) in classes]
@@ -83,5 +73,5 @@ class FusedRMSNorm(FastPath):
 
     def apply(self, model: nn.Module, ctx: FastPathContext) -> None:
         for m in _norms(model):
-            self.set_class(model, m, fused_class(type(m)))
+            self.set_mixin(model, m, FusedRMSNormModule)
         self.note(model)

@@ -45,15 +45,6 @@ class FusedSwiGLUMLP(nn.Module):
         return self.down_proj(SwiGLUFunction.apply(self.gate_proj(x), self.up_proj(x)))
 
 
-_FUSED: dict[type, type] = {}
-
-
-def fused_class(cls: type) -> type:
-    if cls not in _FUSED:
-        _FUSED[cls] = type(f"Fused{cls.__name__}", (FusedSwiGLUMLP, cls), {})
-    return _FUSED[cls]
-
-
 def _mlps(model: nn.Module) -> list[nn.Module]:
     """The gated MLPs whose activation is plain silu (`hidden_act: silu`)."""
     classes = MLP_CLASSES
@@ -71,5 +62,5 @@ class FusedSwiGLU(FastPath):
 
     def apply(self, model: nn.Module, ctx: FastPathContext) -> None:
         for m in _mlps(model):
-            self.set_class(model, m, fused_class(type(m)))
+            self.set_mixin(model, m, FusedSwiGLUMLP)
         self.note(model)
