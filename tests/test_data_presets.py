@@ -25,7 +25,7 @@ from sumtune.errors import UserError
 from sumtune.fingerprints import file_sha256
 from sumtune.runs import RunDir
 
-SHARED_XSUM = Path(__file__).resolve().parents[2] / "shared" / "data" / "xsum" / "test.jsonl"
+SHARED_XSUM = (Path(__file__).resolve().parents[2] / "shared" / "data" / "xsum" / "test.jsonl").resolve()  # as sumtune names it (absolute, links resolved)
 
 DIALOGUES = [
     ("Amanda: I baked cookies. Do you want some?\r\nJerry: Sure!\r\nAmanda: I'll bring you tomorrow :-)",
