@@ -76,6 +76,32 @@ def write_model_dir(name: str, out: Path) -> Path:
     return out
 
 
+def train_step_parts(cfg, rows: list[dict], work: Path):
+    """The trainer's own pieces for optimizer steps over `rows` (make_token_data.py rows) under `cfg`,
+    built as `sumtune train` builds them and prepared (the model in train mode): a namespace of
+    accelerator, method, model, applied (fast paths), loss_fn, optimizer, scheduler, trained (the
+    trained parameters), ds and collate (for `micro_batches`)."""
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    from sumtune.data import Collator
+    from sumtune.modeling import load_model, load_tokenizer
+    from sumtune.training import accelerator_for, make_optimizer, method_model
+
+    accelerator, precision = accelerator_for(cfg, work / "run")
+    tokenizer = load_tokenizer(cfg.model.name)
+    method, model, applied, loss_fn = method_model(cfg, tokenizer, load_model(cfg.model.name), precision)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer, scheduler = make_optimizer(model, method, cfg.train, applied, 1000)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    ds = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+    return SimpleNamespace(accelerator=accelerator, method=method, model=model, applied=applied, loss_fn=loss_fn,
+                           optimizer=optimizer, scheduler=scheduler, trained=trained, ds=ds,
+                           collate=Collator(tokenizer.pad_token_id))
+
+
 def precision_for(requested: str) -> str:
     """What `--precision` means on this machine (`sumtune.modeling.resolve_precision`; auto: bf16 on a CUDA
     GPU with bf16 or a CPU with AMX/AVX512-BF16, else fp16 on a CUDA GPU, else fp32 on the CPU)."""

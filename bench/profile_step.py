@@ -28,7 +28,15 @@ import time
 from pathlib import Path
 
 import torch
-from common import RANDOM_125M, build_model, load_rows, peer_method_flags, precision_for, write_model_dir  # noqa: E402
+from common import (
+    RANDOM_125M,
+    build_model,
+    load_rows,
+    peer_method_flags,
+    precision_for,
+    train_step_parts,
+    write_model_dir,  # noqa: E402
+)
 from mfu import bf16_peak, flops_per_token
 from op_families import family_table
 from torch.profiler import ProfilerActivity, profile
@@ -38,12 +46,9 @@ from sumtune.config import FAST_PATH_NAMES
 
 def _train_step(a, precision: str):
     """(a function running one optimizer step for epoch e, the step's model FLOPs (bench/mfu.py))."""
-    from datasets import Dataset
-
     from sumtune.config import build_config
-    from sumtune.data import Collator, epoch_order, micro_batches
-    from sumtune.modeling import load_model, load_tokenizer
-    from sumtune.training import accelerator_for, make_optimizer, method_model, optimizer_step
+    from sumtune.data import epoch_order, micro_batches
+    from sumtune.training import optimizer_step
 
     work = Path(tempfile.mkdtemp(prefix="sumtune-profile-"))
     model_dir = str(write_model_dir(a.model, work / "model"))
@@ -54,24 +59,16 @@ def _train_step(a, precision: str):
         "train.warmup_ratio": 0.0, "train.precision": precision, "train.fast": a.fast == "true", "train.seed": 0,
         "train.fast_paths": [n for n in FAST_PATH_NAMES if n not in a.without],
     })
-    accelerator, precision = accelerator_for(cfg, work / "run")
-    tokenizer = load_tokenizer(model_dir)
-    method, model, applied, loss_fn = method_model(cfg, tokenizer, load_model(model_dir), precision)
-    ds = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
-    collate = Collator(tokenizer.pad_token_id)
-    trained = [p for p in model.parameters() if p.requires_grad]
-    optimizer, scheduler = make_optimizer(model, method, cfg.train, applied, 1000)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    model.train()
+    t = train_step_parts(cfg, rows, work)
 
     def step(epoch: int) -> None:
-        batches = micro_batches(ds, epoch_order(len(ds), 0, epoch), 2, 1, 0, collate)
-        optimizer_step(accelerator, model, optimizer, scheduler, loss_fn, batches, trained, 1.0)
+        batches = micro_batches(t.ds, epoch_order(len(t.ds), 0, epoch), 2, 1, 0, t.collate)
+        optimizer_step(t.accelerator, t.model, t.optimizer, t.scheduler, t.loss_fn, batches, t.trained, 1.0)
 
     tokens = sum(len(r["input_ids"]) for r in rows)
     from sumtune.fastpath.loss import find_lm
 
-    return step, tokens * flops_per_token(find_lm(model).config, a.method, sum(p.numel() for p in trained))
+    return step, tokens * flops_per_token(find_lm(t.model).config, a.method, sum(p.numel() for p in t.trained))
 
 
 def _generate(a, precision: str):

@@ -32,7 +32,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from common import load_rows, peer_method_flags, precision_for
+from common import load_rows, peer_method_flags, precision_for, train_step_parts
 
 from sumtune.config import FAST_PATH_NAMES
 from sumtune.memory import PeakMemory, current_rss_mb
@@ -89,12 +89,9 @@ class SavedTensors:
 
 
 def _build(a: argparse.Namespace, precision: str):
-    from datasets import Dataset
-
     from sumtune.config import build_config
-    from sumtune.data import Collator, epoch_order, micro_batches
-    from sumtune.modeling import load_model, load_tokenizer
-    from sumtune.training import accelerator_for, make_optimizer, method_model, optimizer_step
+    from sumtune.data import epoch_order, micro_batches
+    from sumtune.training import optimizer_step
 
     work = Path(tempfile.mkdtemp(prefix="sumtune-memory-"))
     n = a.batch_size * a.grad_accum
@@ -108,24 +105,16 @@ def _build(a: argparse.Namespace, precision: str):
     }
     flags.update(dict(kv.split("=", 1) for kv in a.set))
     cfg = build_config(flags=flags)
-    accelerator, precision = accelerator_for(cfg, work / "run")
-    tokenizer = load_tokenizer(a.model)
-    method, model, applied, loss_fn = method_model(cfg, tokenizer, load_model(a.model), precision)
-    ds = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
-    collate = Collator(tokenizer.pad_token_id)
-    trained = [p for p in model.parameters() if p.requires_grad]
-    optimizer, scheduler = make_optimizer(model, method, cfg.train, applied, 1000)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    model.train()
+    t = train_step_parts(cfg, rows, work)
     if a.trim:  # glibc gives its free pages back after every backward (a row's, where rows run alone)
-        backward = accelerator.backward
-        accelerator.backward = lambda loss: (backward(loss), _malloc_trim())
+        backward = t.accelerator.backward
+        t.accelerator.backward = lambda loss: (backward(loss), _malloc_trim())
 
     def step(loss) -> float:
-        batches = micro_batches(ds, epoch_order(len(ds), 0, 0), a.batch_size, 1, 0, collate)
-        return optimizer_step(accelerator, model, optimizer, scheduler, loss, batches, trained, 1.0).loss
+        batches = micro_batches(t.ds, epoch_order(len(t.ds), 0, 0), a.batch_size, 1, 0, t.collate)
+        return optimizer_step(t.accelerator, t.model, t.optimizer, t.scheduler, loss, batches, t.trained, 1.0).loss
 
-    return model, optimizer, loss_fn, step, applied, rows
+    return t.model, t.optimizer, t.loss_fn, step, t.applied, rows
 
 
 def _weights(model: torch.nn.Module) -> dict[str, float]:

@@ -151,7 +151,12 @@ def select_loss(model: nn.Module, reference: LossFn, fast: bool | Collection[str
         cached = CachedHeadLoss.for_model(model, FeatureCache(feature_cache_mb))
         if cached is not None:
             return cached
-    return fast_token_loss_sum if LabelLoss.name in names else reference
+    return label_loss_or(reference, names)
+
+
+def label_loss_or(reference: LossFn, fast: bool | Collection[str] = True) -> LossFn:
+    """The label-positions loss (`fast_token_loss_sum`) where `label_loss` is enabled, else `reference`."""
+    return fast_token_loss_sum if LabelLoss.name in enabled_names(fast) else reference
 
 
 def fused_adamw(fast: bool | Collection[str] = True) -> bool | None:
@@ -162,6 +167,6 @@ def fused_adamw(fast: bool | Collection[str] = True) -> bool | None:
 
 
 __all__ = ["FAST_PATHS", "FastPath", "FastPathContext", "LossFn", "apply_fast_paths", "revert_fast_paths",
-           "applied_fast_paths", "enabled_names", "fast_paths_for_decoding", "from_config", "fused_adamw", "select_loss", "speed_up",
+           "applied_fast_paths", "enabled_names", "fast_paths_for_decoding", "from_config", "fused_adamw", "label_loss_or", "select_loss", "speed_up",
            "set_attention", "set_fast_gelu", "set_fast_head", "set_fast_lora", "fast_token_loss_sum",
            "CachedHeadLoss", "FeatureCache"]

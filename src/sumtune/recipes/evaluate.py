@@ -43,8 +43,7 @@ from sumtune.data.sources import check_source
 from sumtune.decoding.summaries import article_text, check_text, generate_summaries
 from sumtune.distributed import process_state, sum_over_processes
 from sumtune.errors import UserError
-from sumtune.fastpath import enabled_names, fast_paths_for_decoding, fast_token_loss_sum, from_config
-from sumtune.fastpath.loss import LabelLoss
+from sumtune.fastpath import fast_paths_for_decoding, from_config, label_loss_or
 from sumtune.fingerprints import data_fingerprint, data_label
 from sumtune.io import FULL_DISK, atomic_write_json, atomic_write_text, read_json, writing
 from sumtune.lock import DirLock
@@ -102,7 +101,7 @@ def summary_loss(model, rows, pad_id: int, batch_size: int, autocast: torch.dtyp
     summary positions only, row by row on a CPU: a batch never holds [rows, length, vocab] logits,
     so eval.batch_size sizes decoding without a memory cliff here (equal to the full-logits loss, tested)."""
     device = next(model.parameters()).device
-    loss_fn = fast_token_loss_sum if LabelLoss.name in enabled_names(fast) else token_loss_sum
+    loss_fn = label_loss_or(token_loss_sum, fast)
 
     def ctx():
         return torch.autocast(device.type, dtype=autocast, enabled=autocast is not None)
