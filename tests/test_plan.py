@@ -14,7 +14,7 @@ from conftest import write_kaggle_dir
 
 from sumtune.cli import main
 from sumtune.config import build_config
-from sumtune.recipes.calibrate import Calibration, longest_first_batches, strata
+from sumtune.recipes.calibration import Calibration, longest_first_batches, strata
 from sumtune.recipes.experiment import Plan
 from sumtune.recipes.plan import _count_until, budget_steps, format_plan, project_training, run_plan
 
@@ -30,7 +30,10 @@ def test_plan_prints_projections_and_writes_nothing(tiny_neo, kaggle_dir, tmp_pa
     out = tmp_path / "exp"
     assert main(_argv(tiny_neo, kaggle_dir, out, "--methods", "lora,prompt_tuning,last_layers")) == 0
     printed = capsys.readouterr().out
-    assert "PROJECTIONS" in printed and "1 timed optimizer steps of 4 rows" in printed
+    assert "PROJECTIONS" in printed
+    # on a CPU LoRA's and prompt tuning's rows run alone: one row timed; the feature cache's loss takes whole steps
+    assert "one step on the longest training row alone (+1 warm-up on the shortest row) for lora, prompt_tuning" in printed
+    assert "1 timed optimizer steps of 4 rows (+1 warm-up step on the longest rows) for last_layers" in printed
     rows = {line.split("|")[1].strip(): line for line in printed.splitlines() if line.startswith("| ")}
     assert set(rows) == {"method", "lora", "prompt_tuning", "last_layers"}
     assert "features cached" in rows["last_layers"] and "peak RSS" in rows["lora"] and "fits" in rows["lora"]
@@ -111,7 +114,8 @@ def test_step_counts_follow_the_trainer_schedule():
     cfg = build_config(flags={"train.epochs": 3, "train.batch_size": 2, "train.grad_accum": 2,
                               "train.save_steps": 2, "train.eval_steps": 0})
     cal = Calibration("last_layers", True, step_seconds=[2.0, 1.0, 3.0], cached_step_seconds=[0.5, 0.5],
-                      val_batch_seconds=[1.0], cached_val_batch_seconds=[0.25], save_seconds=0.5,
+                      val_batch_seconds=[1.0], cached_val_batch_seconds=[0.25], val_batch_tokens=[10],
+                      val_pass_tokens=20, save_seconds=0.5,
                       checkpoint_seconds=0.1, n_train=10, n_val=4)
     p = project_training(cal, cfg)  # 3 steps an epoch, 9 steps
     assert p.steps == 9 and p.step_seconds == 3 * 2.0 + 6 * 0.5
@@ -124,7 +128,7 @@ def test_validations_count_the_decoding_they_do():
     """Selecting by ROUGE decodes eval.select_samples rows a validation; a tracker with tables (by
     loss) decodes train.log_predictions rows; no tracker, or log_predictions 0, none."""
     cal = Calibration("lora", True, step_seconds=[1.0], val_batch_seconds=[1.0], n_train=8, n_val=40,
-                      decode_first_seconds=3.0, decode_batch_seconds=[1.0], articles_decoded=4)  # 1 s an article
+                      decode_batch_seconds=[3.0, 1.0], articles_decoded=4)  # 1 s an article
     flags = {"train.epochs": 2, "train.batch_size": 4, "train.grad_accum": 2}  # 1 step an epoch, 2 validations
     base = project_training(cal, build_config(flags=flags)).validation_seconds
 

@@ -212,11 +212,11 @@ def _add_study_commands(sub) -> None:
                                     "calibration here (writes nothing unless --output)")
     _add_experiment_flags(p)
     p.add_argument("--calibration-steps", type=positive_int, default=1,
-                   help="timed optimizer steps (and loss batches) per method, after one warm-up micro-batch "
-                        "(default 1)")
+                   help="timed optimizer steps (and sampled loss rows or batches) per method; the first is the "
+                        "longest micro-batch (on a CPU one row), after a warm-up (default 1)")
     p.add_argument("--calibration-articles", type=positive_int, default=4,
                    help="test articles decoded per decoding signature, in whole decoding batches, the first "
-                        "(longest) included, and at least one batch after it (default 4)")
+                        "(longest) first (default 4: the first batch)")
     p.add_argument("--json", action="store_true", help="print the projection as JSON")
     p.add_argument("--output", metavar="FILE", help="also write the JSON to FILE")
 

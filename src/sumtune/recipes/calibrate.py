@@ -3,22 +3,29 @@ through the code `sumtune train` and `sumtune evaluate` run (training.setup, the
 step, validation_loss, save_state, the run loaded back as evaluate loads it, `Generator` with
 the configured decoding), in a temporary run directory that the caller removes.
 
-What is timed, and why so:
-- Optimizer steps: one untimed warm-up step over the longest training micro-batch first (the
-  first step pays one-time costs, and the longest rows set the activations' peak memory: one
-  micro-batch's activations are freed before the next, so the other micro-batches of a
-  gradient-accumulation step raise no peak and are not run), then the first `steps` steps of the
-  trainer's own epoch order, each timed alone.
+What is timed, and why so (each time projected by the tokens it computed: `per_step`, `val_pass`,
+`loss_pass`):
+- Optimizer steps. The longest rows set the activations' peak memory, and one micro-batch's
+  activations are freed before the next, so the longest micro-batch as the trainer runs it sets a
+  step's peak. Where rows run alone (`fastpath.loss.rows_alone`: on a CPU each row's forward and
+  backward run before the next row's, unpadded), that is one row: a warm-up step on the shortest
+  row pays the one-time costs (optimizer state, kernels' first calls), then one step on the
+  longest row is timed and holds the peak, and a step is projected by its rows' tokens. The
+  head-only feature cache times its longest micro-batch likewise. Elsewhere (padded batches, a
+  GPU) an untimed warm-up step on the longest micro-batch, then the first steps of the trainer's
+  epoch order, projected by their padded tokens. `steps` > 1 adds steps of the epoch order.
 - Head-only last_layers (the frozen-feature cache): its first epoch computes and caches the
   body's features, later epochs cost only the head; the same steps are therefore timed twice,
   cache cold and warm, and validation passes likewise.
-- Loss passes (validation, the test split) and decoding run in batches sorted longest first;
-  `batches` evenly spaced batches of that very order are timed (one per stratum of length), so
-  their mean times the number of batches estimates the whole pass. In evaluation the first
-  (longest) batch is timed as such, as `evaluate` runs it first, one-time costs included (the
-  decoder's `few_rows_head` times its two paths then), and the strata come from the rest.
-- Shared between methods (`calibrate_shared`): one load of the base model, and the evaluation of
-  every method whose decoded model has the same signature (merged adapters, last layers: the base's).
+- Loss passes (validation, the test split): `batches` evenly spaced passes of the loop's own
+  longest-first order (single rows where rows run alone), so their seconds per token times the
+  whole pass's tokens estimate it.
+- Decoding: a two-token decode pays the one-time costs, untimed; then the first (longest) batch,
+  as `evaluate` runs it first, and evenly spaced later batches up to `articles`; the other batches
+  are projected at their mean (none: at the first's, an upper bound).
+- Shared between methods (`calibrate_shared`): one load of the base model, and the decoding of
+  every method whose decoded model has the same signature (merged adapters, last layers, soft
+  prompts: the base's).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import gc
 import math
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,89 +43,23 @@ import torch
 from sumtune.bertscore import load_scorer, wanted
 from sumtune.config import Config, save_config
 from sumtune.data import encode_prompts, load_splits, micro_batches, stop_ids, token_batches, tokenize_splits
+from sumtune.data.batching import pack_by_tokens
 from sumtune.decoding import Generator
 from sumtune.decoding.summaries import summary_text
-from sumtune.fastpath import from_config
+from sumtune.fastpath import from_config, label_loss_or
 from sumtune.fastpath.features import CachedHeadLoss
+from sumtune.fastpath.loss import rows_alone
 from sumtune.memory import KIND_RSS, PeakMemory
 from sumtune.methods import get_method
 from sumtune.recipes.calibrate_shared import SharedBase, decoding_signature, shared_eval
+from sumtune.recipes.calibration import Calibration, longest_first_batches, loss_units, strata, unit_tokens
 from sumtune.recipes.evaluate import _model, _scores, _split_rows, summary_loss
 from sumtune.runs import RunDir
 from sumtune.training.budget import StepFlops, budget_of, planned_step_flops
 from sumtune.training.resume import save_state
 from sumtune.training.state import Progress, accelerator_for, make_optimizer, plan_steps, setup
-from sumtune.training.step import optimizer_step
+from sumtune.training.step import optimizer_step, token_loss_sum
 from sumtune.training.validation import validation_loss
-
-
-@dataclass
-class Calibration:
-    """What one method's calibration measured (seconds, MB); None where it does not apply."""
-
-    method: str
-    trains: bool
-    trainable_params: int = 0
-    total_params: int = 0
-    precision: str = ""
-    setup_seconds: float = 0.0  # data, model, method, fast paths (each run pays it)
-    step_seconds: list[float] = field(default_factory=list)  # timed optimizer steps
-    cached_step_seconds: list[float] = field(default_factory=list)  # the same steps, feature cache warm
-    rows_per_step: int = 0
-    val_batch_seconds: list[float] = field(default_factory=list)
-    cached_val_batch_seconds: list[float] = field(default_factory=list)
-    checkpoint_seconds: float = 0.0
-    save_seconds: float = 0.0  # the best weights into RUN/adapter (at each improving validation)
-    train_peak_mb: float = 0.0
-    feature_cache_mb: float = 0.0  # projected extra: the cache of every train+validation row, RSS only
-    memory_kind: str = ""
-    eval_load_seconds: float = 0.0  # the run loaded back, test rows read and tokenised
-    loss_first_seconds: float = 0.0  # the first (longest) batch: it pays the one-time costs, as in evaluate
-    loss_batch_seconds: list[float] = field(default_factory=list)  # sampled from the other batches
-    decode_first_seconds: float = 0.0  # building the Generator (its stop tables) + the first batch
-    decode_batch_seconds: list[float] = field(default_factory=list)
-    articles_decoded: int = 0
-    score_seconds: float = 0.0  # ROUGE, lengths and bootstrap intervals of the decoded articles
-    eval_peak_mb: float = 0.0
-    n_train: int = 0
-    n_val: int = 0
-    n_test: int = 0
-    step_flops: list[int] = field(default_factory=list)  # every planned step's training FLOPs (a FLOPs budget)
-    eval_shared_from: str | None = None  # the method whose evaluation measurements this one shares
-    step_tokens: list[int] = field(default_factory=list)  # padded tokens of each timed step
-    mean_step_tokens: float = 0.0  # padded tokens of the first epoch's steps, on average (0: not counted)
-    error: str | None = None  # out of memory (or another failure) during the calibration
-
-    @property
-    def feature_cache(self) -> bool:
-        return bool(self.cached_step_seconds)
-
-    def per_step(self, cached: bool = False) -> float:
-        """Seconds of an average optimizer step: each timed step's seconds per padded token x the
-        epoch's mean padded tokens a step (the median of those), so that a few timed steps of
-        shorter or longer rows than usual still project the whole epoch; without token counts the
-        median timed step."""
-        seconds = self.cached_step_seconds if cached else self.step_seconds
-        if self.mean_step_tokens and len(self.step_tokens) == len(seconds) and all(self.step_tokens):
-            return statistics.median(s / t for s, t in zip(seconds, self.step_tokens, strict=True)) * \
-                self.mean_step_tokens
-        return statistics.median(seconds)
-
-
-def longest_first_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Row indices of each batch, as the loss loop and `Generator` batch: sorted longest first."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-
-
-def strata(batches: list[list[int]], count: int) -> list[list[int]]:
-    """`count` batches evenly spaced through `batches` (the middle of each of `count` strata)."""
-    n = len(batches)
-    count = min(count, n)
-    if count < 1:
-        return []
-    picks = sorted({min(n - 1, int((i + 0.5) * n / count)) for i in range(count)})
-    return [batches[i] for i in picks]
 
 
 def _timed(fn, *args, **kwargs) -> tuple[Any, float]:
@@ -225,22 +166,35 @@ class Calibrator:
             return seconds
 
         cached = isinstance(s.loss_fn, CachedHeadLoss)
-        step(sorted(range(len(lengths)), key=lambda i: -lengths[i])[:tc.batch_size])  # warm-up: the longest rows
+        alone = cal.rows_alone = rows_alone(s.loss_fn, model, accelerator.device)
+        by_length = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        epoch_steps = min(self.steps, plan.steps_per_epoch if cached else plan.total)
         chunks = []
-        for k in range(min(self.steps, plan.steps_per_epoch if cached else plan.total)):
+        if alone or cached:  # the longest micro-batch as the trainer runs it (one row alone), timed: it sets the peak
+            step(by_length[-1:])  # warm-up: the shortest row pays the one-time costs (optimizer state, kernels)
+            chunks.append(by_length[:1 if alone else tc.batch_size])
+            epoch_steps -= 1
+        else:
+            step(by_length[:tc.batch_size])  # warm-up: the longest micro-batch (the peak), one-time costs
+        for k in range(epoch_steps):
             epoch, first, _ = plan.epoch_bounds(k)
             order = plan.order(len(lengths), epoch, lengths if cfg.data.group_by_length else None)
             chunks.append(order[(k - first) * plan.per_step:(k - first + 1) * plan.per_step])
         cal.step_seconds = [step(c) for c in chunks]
-        if not tc.max_tokens_per_batch:  # what a step computes: each micro-batch padded to its longest row
-            def padded(chunk: list[int]) -> int:
-                micro = [chunk[i:i + tc.batch_size] for i in range(0, len(chunk), tc.batch_size)]
-                return sum(len(m) * max(lengths[i] for i in m) for m in micro)
 
-            cal.step_tokens = [padded(c) for c in chunks]
-            first = plan.order(len(lengths), 0, lengths if cfg.data.group_by_length else None)
-            cal.mean_step_tokens = statistics.fmean(padded(first[k * plan.per_step:(k + 1) * plan.per_step])
-                                                    for k in range(plan.steps_per_epoch))
+        def cost(chunk: list[int]) -> int:  # what a step computes: each row alone, else padded batches
+            if alone:
+                return sum(lengths[i] for i in chunk)
+            if tc.max_tokens_per_batch:
+                packs = pack_by_tokens(sorted(chunk, key=lambda i: -lengths[i]), lengths, tc.max_tokens_per_batch)
+            else:
+                packs = [chunk[i:i + tc.batch_size] for i in range(0, len(chunk), tc.batch_size)]
+            return sum(len(m) * max(lengths[i] for i in m) for m in packs)
+
+        cal.step_tokens = [cost(c) for c in chunks]
+        first = plan.order(len(lengths), 0, lengths if cfg.data.group_by_length else None)
+        cal.mean_step_tokens = statistics.fmean(cost(first[k * plan.per_step:(k + 1) * plan.per_step])
+                                                for k in range(plan.steps_per_epoch))
         if cached:  # later epochs: the same rows again, their features cached
             cal.cached_step_seconds = [step(c) for c in chunks]
             cache = s.loss_fn.cache
@@ -253,12 +207,16 @@ class Calibrator:
         self.bar.update(1)
 
     def _validation(self, s, model, cal: Calibration, twice: bool = False) -> None:
-        """Sampled batches of a validation pass (the trainer's `validation_loss`), timed."""
+        """Sampled passes of a validation pass (the trainer's `validation_loss`), timed, with their tokens."""
         if not s.method.trains:
             model.to(s.accelerator.device)
         val = s.val_ds
-        picked = strata(longest_first_batches([len(x) for x in val["input_ids"]], s.cfg.train.batch_size),
-                        self.batches)
+        alone = rows_alone(s.loss_fn, model, s.accelerator.device)
+        lengths = [len(x) for x in val["input_ids"]]
+        units = loss_units(lengths, s.cfg.train.batch_size, alone)
+        picked = strata(units, self.batches)
+        cal.val_batch_tokens = [unit_tokens(b, lengths) for b in picked]
+        cal.val_pass_tokens = sum(unit_tokens(b, lengths) for b in units)
 
         def one(rows: list[int]) -> float:
             seconds = _timed(validation_loss, s.accelerator, model, s.loss_fn, val.select(rows), s.collate,
@@ -291,44 +249,52 @@ class Calibrator:
             self.bar.update(1)
             scorer, load_s = self._bertscore(cfg)  # every evaluation loads it once
             cal.eval_load_seconds += load_s
+            self._measure_loss(cfg, cal, rows, model, tokenizer, autocast, device)
             signature = decoding_signature(model, cfg, autocast)
             if signature in self._evals:
                 shared_eval(cal, self._evals[signature])
-                return
-            self._measure_eval(cfg, cal, ds, rows, model, tokenizer, autocast, scorer, device)
-            cal.eval_peak_mb = self._peak(memory)
-            self._evals[signature] = cal
+            else:
+                self._measure_decoding(cfg, cal, ds, model, tokenizer, autocast, scorer, device)
+                self._evals[signature] = cal
+            cal.eval_peak_mb = max(cal.eval_peak_mb, self._peak(memory))
         finally:
             memory.stop()
 
-    def _measure_eval(self, cfg: Config, cal: Calibration, ds, rows, model, tokenizer, autocast, scorer,
+    def _measure_loss(self, cfg: Config, cal: Calibration, rows, model, tokenizer, autocast,
                       device: torch.device) -> None:
-        loss_batches = longest_first_batches([len(x) for x in rows["input_ids"]], cfg.eval.batch_size)
-
-        def loss(batch: list[int]) -> float:
+        """Sampled passes of the test loss pass (`summary_loss`), timed, with their tokens."""
+        fast = from_config(cfg.train)
+        lengths = [len(x) for x in rows["input_ids"]]
+        units = loss_units(lengths, cfg.eval.batch_size, rows_alone(label_loss_or(token_loss_sum, fast), model, device))
+        picked = strata(units, self.batches)
+        cal.loss_tokens = [unit_tokens(b, lengths) for b in picked]
+        cal.loss_pass_tokens = sum(unit_tokens(b, lengths) for b in units)
+        for b in picked:
+            cal.loss_seconds.append(_timed(summary_loss, model, rows.select(b), tokenizer.pad_token_id,
+                                           cfg.eval.batch_size, autocast, None, fast)[1])
             self.bar.update(1)
-            return _timed(summary_loss, model, rows.select(batch), tokenizer.pad_token_id, cfg.eval.batch_size,
-                          autocast, None, from_config(cfg.train))[1]
 
-        cal.loss_first_seconds = loss(loss_batches[0])  # the real pass's first batch, one-time costs included
-        cal.loss_batch_seconds = [loss(b) for b in strata(loss_batches[1:], self.batches)]
+    def _measure_decoding(self, cfg: Config, cal: Calibration, ds, model, tokenizer, autocast, scorer,
+                          device: torch.device) -> None:
+        """The first (longest) decoding batch, and evenly spaced later ones up to `articles`, timed;
+        then their scoring. A decode of two tokens of the shortest prompt first pays the one-time
+        costs (kernels' first calls, the head's path choice), untimed."""
         if "prompts" not in self._prompts:
             self._prompts["prompts"] = encode_prompts(tokenizer, list(ds["article"]), cfg.data)
         prompts = self._prompts["prompts"]
-        generator, build = _timed(Generator, model, tokenizer, cfg.eval, autocast=autocast,  # evaluate times it too
-                                  stop_ids=stop_ids(tokenizer, cfg.data))
+        generator, cal.decode_build_seconds = _timed(Generator, model, tokenizer, cfg.eval, autocast=autocast,
+                                                     stop_ids=stop_ids(tokenizer, cfg.data))  # evaluate pays it too
         per_batch = max(1, cfg.eval.batch_size // cfg.eval.num_beams)  # as Generator.generate batches
         batches = longest_first_batches([len(p) for p in prompts], per_batch)
-        predictions, references, seconds = [], [], []
-        # at least one batch after the first, whose time holds one-time costs (kernels' first calls)
-        later = max(1, math.ceil(self.articles / per_batch) - 1)
-        for b in [batches[0], *strata(batches[1:], later)]:
+        warm = generator.with_config(replace(cfg.eval, max_new_tokens=2, min_new_tokens=0))
+        warm.generate([prompts[batches[-1][-1]]])
+        predictions, references = [], []
+        for b in [batches[0], *strata(batches[1:], math.ceil(self.articles / per_batch) - 1)]:
             out, t = _timed(generator.generate, [prompts[i] for i in b])
-            seconds.append(t)
+            cal.decode_batch_seconds.append(t)
             predictions += [summary_text(tokenizer, g, cfg) for g in out]
             references += [ds[i]["summary"] for i in b]
             self.bar.update(len(b))
-        cal.decode_first_seconds, cal.decode_batch_seconds = build + seconds[0], seconds[1:]
         cal.articles_decoded = len(predictions)
         _scores(predictions, references, tokenizer, cfg.train.seed, scorer, device)  # the scorers' one-time set-up
         cal.score_seconds = _timed(_scores, predictions, references, tokenizer, cfg.train.seed, scorer, device)[1]
@@ -342,10 +308,6 @@ class Calibrator:
 def _out_of_memory(e: BaseException) -> bool:
     """As `training.step.oom_error` recognises it: CUDA's error, or the CPU allocator's."""
     return isinstance(e, torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(e)
-
-
-def mean(xs: list[float]) -> float:
-    return statistics.fmean(xs) if xs else 0.0
 
 
 def _release() -> None:

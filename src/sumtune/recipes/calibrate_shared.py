@@ -6,14 +6,17 @@ the same measurement each method would have made alone:
   itself, so the one load's seconds are added to every method's set-up and evaluation load, as
   measured; the held copy's bytes are taken off the peak RSS measured beside it (the run holds no
   such copy).
-- Evaluation (the test loss pass, decoding, scoring): its cost depends on the model `evaluate`
-  decodes, not on its weight values: the same modules and parameter shapes, soft prompt and
-  prefix run the same operations on the same rows. Merged adapters (LoRA, DoRA, IA³ merged for
-  decoding) and trained last layers leave the base model's shape, so they decode at zero_shot's
-  cost (`decoding_signature`); a soft prompt or prefix changes it, so such a method is measured
-  itself. How long the summaries come out does depend on the weights, but a calibration's weights
-  are a few steps from the base's, so each method's own measurement would decode the base's
-  lengths too: sharing loses nothing the projection had.
+- Decoding and scoring: their cost depends on the model `evaluate` decodes, not on its weight
+  values: the same modules and parameter shapes run the same operations on the same rows.
+  Merged adapters (LoRA, DoRA, IA³ merged for decoding) and trained last layers leave the base
+  model's shape, so they decode at zero_shot's cost (`decoding_signature`). A soft prompt or
+  prefix of n virtual tokens is not part of the signature either: its keys and values are
+  computed once, so each step and each prompt's prefill attend to n more positions and compute
+  nothing else. How long the summaries come out does depend on the weights, but a calibration's
+  weights are a few steps from the base's, and no calibration knows the lengths a trained
+  method will learn: the projection decodes the base's lengths for every method, and says so.
+- The test loss pass is measured for each method (a few rows: the soft prompt's and prefix's
+  tokens do count there).
 """
 
 from __future__ import annotations
@@ -71,30 +74,27 @@ class SharedBase:
 
 
 def decoding_signature(model: torch.nn.Module, cfg: Config, autocast: torch.dtype | None) -> tuple:
-    """What decides evaluation's cost for the model `evaluate` decodes: its class, every parameter's
+    """What decides decoding's cost for the model `evaluate` decodes: its class, every parameter's
     and buffer's name, shape and dtype (tied weights listed under each name, so a head untied by
-    training matches a tied one: the same product either way), the soft prompt's and prefix's
-    shapes, the precision, decoding and data settings. Equal signatures: the same operations on the
-    same rows."""
-    lm, soft, prefix = decoding_parts(model)
+    training matches a tied one: the same product either way), the precision, decoding and data
+    settings. Equal signatures: the same operations on the same rows (a soft prompt or prefix
+    aside: see the module docstring)."""
+    lm, _, _ = decoding_parts(model)
 
     def shapes(items) -> tuple:
         return tuple((n, tuple(t.shape), str(t.dtype)) for n, t in items)
 
     return (type(lm).__name__, shapes(lm.named_parameters(remove_duplicate=False)),
             shapes(lm.named_buffers(remove_duplicate=False)),
-            None if soft is None else tuple(soft.shape),
-            None if prefix is None else tuple(tuple(k.shape) for k, _ in prefix),
             str(autocast), repr(sorted(decoding_summary(cfg.eval).items())), repr(cfg.data), cfg.train.seed)
 
 
-EVAL_FIELDS = ("loss_first_seconds", "loss_batch_seconds", "decode_first_seconds", "decode_batch_seconds",
-               "articles_decoded", "score_seconds", "eval_peak_mb", "n_test")
+EVAL_FIELDS = ("decode_build_seconds", "decode_batch_seconds", "articles_decoded", "score_seconds", "eval_peak_mb")
 
 
 def shared_eval(cal: Any, source: Any) -> None:
-    """Copy the evaluation measurements of `source` (a Calibration of the same signature) into `cal`;
-    `cal.eval_shared_from` names it."""
+    """Copy the decoding and scoring measurements of `source` (a Calibration of the same signature) into
+    `cal`; `cal.eval_shared_from` names it."""
     for name in EVAL_FIELDS:
         setattr(cal, name, copy.copy(getattr(source, name)))
     cal.eval_shared_from = source.method

@@ -40,7 +40,8 @@ from sumtune.memory import current_rss_mb
 from sumtune.methods import get_method
 from sumtune.modeling import resolve_precision
 from sumtune.progress import bar
-from sumtune.recipes.calibrate import Calibration, Calibrator, mean
+from sumtune.recipes.calibrate import Calibrator
+from sumtune.recipes.calibration import Calibration, mean
 from sumtune.recipes.experiment import (
     LR_GRID,
     SWEEP_BUDGET_FRACTION,
@@ -126,14 +127,13 @@ def project_training(cal: Calibration, cfg: Config, steps: int | None = None) ->
     warm = cal.per_step(cached=True) if cal.feature_cache else per_step
     epoch_ends = set(range(plan.steps_per_epoch, total + 1, plan.steps_per_epoch)) | {total}
     validations = _count_until(total, tc.eval_steps, epoch_ends)
-    val_batches = math.ceil(cal.n_val / tc.batch_size)
-    first_pass = mean(cal.val_batch_seconds) * val_batches
-    later_pass = mean(cal.cached_val_batch_seconds or cal.val_batch_seconds) * val_batches
+    first_pass = cal.val_pass()
+    later_pass = cal.val_pass(cached=cal.feature_cache)
     checkpoints = _count_until(total - 1, tc.save_steps, epoch_ends)
     # each validation also decodes the selection subset, or else the trackers' sample predictions
     decoded = cfg.eval.select_samples if tc.select_by != "loss" else tc.log_predictions if wants_samples(cfg) else 0
     if decoded and cal.articles_decoded:
-        per_article = (cal.decode_first_seconds + sum(cal.decode_batch_seconds)) / cal.articles_decoded
+        per_article = (cal.decode_build_seconds + sum(cal.decode_batch_seconds)) / cal.articles_decoded
         later_pass += min(decoded, cal.n_val) * per_article
         first_pass += min(decoded, cal.n_val) * per_article
     return TrainingProjection(
@@ -202,10 +202,14 @@ def _fits(peak: float, limit: float) -> str:
     return "fits" if peak <= (1 - HEADROOM) * limit else "tight" if peak <= limit else "does not fit"
 
 
-def _pass(first: float, sampled: list[float], batches: int) -> float:
-    """A pass over `batches` batches: its first batch as timed, the others at the sampled mean (none
-    sampled: at the first batch's time, an upper bound as it is the longest)."""
-    return first + mean(sampled or [first]) * max(0, batches - 1) if batches else 0.0
+def decoding_seconds(cal: Calibration, batches: int) -> float:
+    """Decoding `batches` batches: building the decoder, the first (longest) batch as timed, the others
+    at the mean of the later ones timed (none: at the first batch's time, an upper bound as its
+    prompts are the longest)."""
+    if not batches or not cal.decode_batch_seconds:
+        return 0.0
+    first, later = cal.decode_batch_seconds[0], cal.decode_batch_seconds[1:]
+    return cal.decode_build_seconds + first + mean(later or [first]) * (batches - 1)
 
 
 def project(cal: Calibration, cfg: Config, plan: Plan, limit: float) -> Projection:
@@ -216,15 +220,13 @@ def project(cal: Calibration, cfg: Config, plan: Plan, limit: float) -> Projecti
                           0.0, 0.0, max(cal.train_peak_mb, cal.eval_peak_mb), cal.train_peak_mb, cal.eval_peak_mb,
                           cal.memory_kind, "does not fit", cal.error)
     ev = cfg.eval
-    loss_s = _pass(cal.loss_first_seconds, cal.loss_batch_seconds, math.ceil(cal.n_test / ev.batch_size))
-    decode_s = _pass(cal.decode_first_seconds, cal.decode_batch_seconds,
-                     math.ceil(cal.n_test / max(1, ev.batch_size // ev.num_beams)))
+    loss_s = cal.loss_pass()
+    decode_s = decoding_seconds(cal, math.ceil(cal.n_test / max(1, ev.batch_size // ev.num_beams)))
     score_s = cal.score_seconds * cal.n_test / max(1, cal.articles_decoded)
     eval_s = cal.eval_load_seconds + loss_s + decode_s + score_s
     runs = max(1, plan.seeds) if cal.trains else 1
     training = project_training(cal, cfg, budget_steps(cal, cfg)) if cal.trains else None
-    train_once = training.seconds if training else cal.setup_seconds + mean(cal.val_batch_seconds) * math.ceil(
-        cal.n_val / cfg.train.batch_size) + cal.save_seconds
+    train_once = training.seconds if training else cal.setup_seconds + cal.val_pass() + cal.save_seconds
     sweep_runs, sweep_s = _sweep(cal, cfg, plan)
     train_peak = cal.train_peak_mb + cal.feature_cache_mb
     peak = max(train_peak, cal.eval_peak_mb)
@@ -297,7 +299,8 @@ def _record(cfg: Config, plan: Plan, steps: int, articles: int, device: torch.de
     return {
         "kind": "projection (not measured runs)",
         "calibration": {"optimizer_steps": steps, "warmup_steps": 1, "rows_per_step": max(c.rows_per_step for c in cals),
-                        "loss_batches": steps, "articles_decoded": max((c.articles_decoded for c in cals), default=0),
+                        "rows_alone": [c.method for c in cals if c.rows_alone],
+                        "whole_steps": [c.method for c in cals if c.step_seconds and not c.rows_alone], "loss_passes": steps, "articles_decoded": max((c.articles_decoded for c in cals), default=0),
                         "per_method": {c.method: asdict(c) for c in cals}},
         "device": _device_name(device), "precision": precision, "model": cfg.model.name, "data": cfg.data.source,
         "data_sizes": {"train": n.n_train, "validation": n.n_val, "test_evaluated": n.n_test},
@@ -313,6 +316,21 @@ def _record(cfg: Config, plan: Plan, steps: int, articles: int, device: torch.de
         "notes": ["training times are upper bounds: early stopping can only shorten a run",
                   "an lr sweep counts one run per grid value plus one edge extension (an upper bound)"],
     }
+
+
+def _timed_steps(cal: dict) -> str:
+    """What the training calibration timed: one step on the longest row where rows run alone (each row's
+    forward and backward before the next row's: the peak is one row's), else whole steps."""
+    more = cal["optimizer_steps"] - 1
+    parts = []
+    if cal["rows_alone"]:
+        parts.append("one step on the longest training row alone (+1 warm-up on the shortest row)"
+                     + (f" and {more} optimizer steps of {cal['rows_per_step']} rows" if more else "")
+                     + f" for {', '.join(cal['rows_alone'])}, whose rows run alone on this device")
+    if cal["whole_steps"]:
+        parts.append(f"{cal['optimizer_steps']} timed optimizer steps of {cal['rows_per_step']} rows (+1 warm-up step "
+                     f"on the longest rows) for {', '.join(cal['whole_steps'])}")
+    return "; ".join(parts) or "no training"
 
 
 def _limit(b: dict) -> str:
@@ -336,10 +354,10 @@ def format_plan(record: dict) -> str:
     cal, d = record["calibration"], record["decoding"]
     sizes = record["data_sizes"]
     lines = [
-        f"Projected cost of `sumtune experiment` with these arguments (PROJECTIONS from a calibration, not measured runs): "
-        f"{cal['optimizer_steps']} timed optimizer steps of {cal['rows_per_step']} rows (+1 warm-up step on the longest "
-        f"rows), {cal['loss_batches']} validation and test loss batches and {cal['articles_decoded']} decoded articles "
-        "per method.",
+        "Projected cost of `sumtune experiment` with these arguments (PROJECTIONS from a calibration, not measured runs): "
+        + _timed_steps(cal) + f", {cal['loss_passes']} sampled validation and test loss "
+        + ("rows" if cal["rows_alone"] else "batches") + f" per method, and {cal['articles_decoded']} decoded articles "
+        "per decoding cost (every method is projected at the base model's summary lengths).",
         f"Machine: {record['device']}; precision {record['precision']}; decoding {d['label']} ({d['num_beams']} beam(s), "
         f"up to {d['max_new_tokens']} new tokens); data: {sizes['train']} train / {sizes['validation']} validation rows, "
         f"{sizes['test_evaluated']} test articles evaluated; "
