@@ -4,7 +4,7 @@
     python bench/plan_accuracy.py --method {lora,prompt_tuning,last_layers,full,...} --data TOKENS.jsonl|CSV_DIR
         [--model gpt-neo-125m-random|gpt-neo-small-random|NAME|DIR] [--train-rows 16] [--val-rows 4] [--test-rows 4]
         [--epochs 1] [--batch-size 2] [--grad-accum 1] [--max-length N] [--decoding greedy] [--max-new-tokens 32]
-        [--eval-batch-size 2] [--calibration-steps 3] [--calibration-articles 2] [--precision auto] [--threads 0]
+        [--eval-batch-size 2] [--calibration-steps N] [--calibration-articles N] [--precision auto] [--threads 0]
         [--set key=value ...] [--json]
 
 A real model (any other --model: a name sumtune loads, e.g. smollm2-135m-instruct, or a model
@@ -119,9 +119,11 @@ def measure(a: argparse.Namespace, cfg) -> tuple[dict, dict, dict, float, dict]:
     1-minute load average before and after each part: on a shared machine the load moves the times)."""
     from sumtune.recipes.evaluate import evaluate_run
     from sumtune.recipes.experiment import Plan
-    from sumtune.recipes.plan import run_plan
+    from sumtune.recipes.plan import DEFAULT_ARTICLES, DEFAULT_STEPS, run_plan
     from sumtune.recipes.train import train
 
+    a.calibration_steps = a.calibration_steps or DEFAULT_STEPS
+    a.calibration_articles = a.calibration_articles or DEFAULT_ARTICLES
     load = [os.getloadavg()[0]]
     t0 = time.perf_counter()
     record = run_plan(cfg, Plan(chosen=(a.method,)), steps=a.calibration_steps, articles=a.calibration_articles)
@@ -172,8 +174,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--decoding", default="greedy", choices=["greedy", "cnndm"])
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--eval-batch-size", type=int, default=2, help="eval.batch_size (rows per decoding batch x beams)")
-    ap.add_argument("--calibration-steps", type=int, default=3)
-    ap.add_argument("--calibration-articles", type=int, default=2)
+    ap.add_argument("--calibration-steps", type=int, default=None, help="default: sumtune plan's")
+    ap.add_argument("--calibration-articles", type=int, default=None, help="default: sumtune plan's")
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     ap.add_argument("--workdir", default=None, help="where the model, data and runs go (default: a temp dir)")

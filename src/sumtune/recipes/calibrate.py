@@ -10,15 +10,17 @@ What is timed, and why so (each time projected by the tokens it computed: `per_s
   step's peak. Where rows run alone (`fastpath.loss.rows_alone`: on a CPU each row's forward and
   backward run before the next row's, unpadded), that is one row: a warm-up step on the shortest
   row pays the one-time costs (optimizer state, kernels' first calls), then one step on the
-  longest row is timed and holds the peak, and a step is projected by its rows' tokens. The
-  head-only feature cache times its longest micro-batch likewise. Elsewhere (padded batches, a
-  GPU) an untimed warm-up step on the longest micro-batch, then the first steps of the trainer's
-  epoch order, projected by their padded tokens. `steps` > 1 adds steps of the epoch order.
+  longest row is timed and holds the peak. Elsewhere (padded batches, a GPU) an untimed warm-up
+  step on the longest micro-batch, then the first step of the trainer's epoch order, timed; the
+  head-only feature cache (whose head takes a whole step's rows at once) warms up on the shortest
+  row and times the first step likewise. `steps` > 1 adds steps of the epoch order. Each step is
+  projected by its tokens: the rows' own where they are computed alone (`computes_rows_alone`),
+  else each micro-batch padded to its longest row.
 - Head-only last_layers (the frozen-feature cache): its first epoch computes and caches the
   body's features, later epochs cost only the head; the same steps are therefore timed twice,
   cache cold and warm, and validation passes likewise.
 - Loss passes (validation, the test split): `batches` evenly spaced passes of the loop's own
-  longest-first order (single rows where rows run alone), so their seconds per token times the
+  longest-first order (single rows where they are computed alone), so their seconds per token times the
   whole pass's tokens estimate it.
 - Decoding: a two-token decode pays the one-time costs, untimed; then the first (longest) batch,
   as `evaluate` runs it first, and evenly spaced later batches up to `articles`; the other batches
@@ -60,6 +62,12 @@ from sumtune.training.resume import save_state
 from sumtune.training.state import Progress, accelerator_for, make_optimizer, plan_steps, setup
 from sumtune.training.step import optimizer_step, token_loss_sum
 from sumtune.training.validation import validation_loss
+
+
+def computes_rows_alone(loss_fn, model: torch.nn.Module, device: torch.device) -> bool:
+    """Whether `loss_fn` computes each row alone, unpadded: the label loss on a CPU (`rows_alone`), or the
+    feature cache, which computes the body's features row by row."""
+    return rows_alone(loss_fn, model, device) or isinstance(loss_fn, CachedHeadLoss)
 
 
 def _timed(fn, *args, **kwargs) -> tuple[Any, float]:
@@ -165,17 +173,18 @@ class Calibrator:
             self.bar.update(1)
             return seconds
 
-        cached = isinstance(s.loss_fn, CachedHeadLoss)
+        cached = isinstance(s.loss_fn, CachedHeadLoss)  # its head takes the whole step: a step is timed
         alone = cal.rows_alone = rows_alone(s.loss_fn, model, accelerator.device)
         by_length = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         epoch_steps = min(self.steps, plan.steps_per_epoch if cached else plan.total)
         chunks = []
-        if alone or cached:  # the longest micro-batch as the trainer runs it (one row alone), timed: it sets the peak
-            step(by_length[-1:])  # warm-up: the shortest row pays the one-time costs (optimizer state, kernels)
-            chunks.append(by_length[:1 if alone else tc.batch_size])
+        if alone or cached:  # warm-up: the shortest row pays the one-time costs (optimizer state, kernels)
+            step(by_length[-1:])
+        else:  # warm-up: the longest micro-batch (the peak), one-time costs
+            step(by_length[:tc.batch_size])
+        if alone:  # the longest micro-batch as the trainer runs it is one row: timed, it sets the peak
+            chunks.append(by_length[:1])
             epoch_steps -= 1
-        else:
-            step(by_length[:tc.batch_size])  # warm-up: the longest micro-batch (the peak), one-time costs
         for k in range(epoch_steps):
             epoch, first, _ = plan.epoch_bounds(k)
             order = plan.order(len(lengths), epoch, lengths if cfg.data.group_by_length else None)
@@ -183,7 +192,7 @@ class Calibrator:
         cal.step_seconds = [step(c) for c in chunks]
 
         def cost(chunk: list[int]) -> int:  # what a step computes: each row alone, else padded batches
-            if alone:
+            if computes_rows_alone(s.loss_fn, model, accelerator.device):
                 return sum(lengths[i] for i in chunk)
             if tc.max_tokens_per_batch:
                 packs = pack_by_tokens(sorted(chunk, key=lambda i: -lengths[i]), lengths, tc.max_tokens_per_batch)
@@ -211,9 +220,8 @@ class Calibrator:
         if not s.method.trains:
             model.to(s.accelerator.device)
         val = s.val_ds
-        alone = rows_alone(s.loss_fn, model, s.accelerator.device)
         lengths = [len(x) for x in val["input_ids"]]
-        units = loss_units(lengths, s.cfg.train.batch_size, alone)
+        units = loss_units(lengths, s.cfg.train.batch_size, computes_rows_alone(s.loss_fn, model, s.accelerator.device))
         picked = strata(units, self.batches)
         cal.val_batch_tokens = [unit_tokens(b, lengths) for b in picked]
         cal.val_pass_tokens = sum(unit_tokens(b, lengths) for b in units)
@@ -265,7 +273,8 @@ class Calibrator:
         """Sampled passes of the test loss pass (`summary_loss`), timed, with their tokens."""
         fast = from_config(cfg.train)
         lengths = [len(x) for x in rows["input_ids"]]
-        units = loss_units(lengths, cfg.eval.batch_size, rows_alone(label_loss_or(token_loss_sum, fast), model, device))
+        units = loss_units(lengths, cfg.eval.batch_size,
+                           computes_rows_alone(label_loss_or(token_loss_sum, fast), model, device))
         picked = strata(units, self.batches)
         cal.loss_tokens = [unit_tokens(b, lengths) for b in picked]
         cal.loss_pass_tokens = sum(unit_tokens(b, lengths) for b in units)

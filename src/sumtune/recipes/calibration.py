@@ -91,8 +91,8 @@ def strata(batches: list[list[int]], count: int) -> list[list[int]]:
 
 
 def loss_units(lengths: list[int], batch_size: int, alone: bool) -> list[list[int]]:
-    """The forward passes a loss loop makes, longest first: each row alone where the loss runs rows alone
-    (`fastpath.loss.rows_alone`: no padding computed), else padded batches."""
+    """The forward passes a loss loop makes, longest first, as far as their cost goes: each row alone where
+    the loss computes rows alone (no padding computed), else padded batches."""
     return longest_first_batches(lengths, 1 if alone else batch_size)
 
 

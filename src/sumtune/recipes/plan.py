@@ -328,8 +328,8 @@ def _timed_steps(cal: dict) -> str:
                      + (f" and {more} optimizer steps of {cal['rows_per_step']} rows" if more else "")
                      + f" for {', '.join(cal['rows_alone'])}, whose rows run alone on this device")
     if cal["whole_steps"]:
-        parts.append(f"{cal['optimizer_steps']} timed optimizer steps of {cal['rows_per_step']} rows (+1 warm-up step "
-                     f"on the longest rows) for {', '.join(cal['whole_steps'])}")
+        parts.append(f"{cal['optimizer_steps']} timed optimizer steps of {cal['rows_per_step']} rows (after a warm-up "
+                     f"step) for {', '.join(cal['whole_steps'])}")
     return "; ".join(parts) or "no training"
 
 
