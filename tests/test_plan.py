@@ -31,8 +31,9 @@ def test_plan_prints_projections_and_writes_nothing(tiny_neo, kaggle_dir, tmp_pa
     assert main(_argv(tiny_neo, kaggle_dir, out, "--methods", "lora,prompt_tuning,last_layers")) == 0
     printed = capsys.readouterr().out
     assert "PROJECTIONS" in printed
-    # on a CPU LoRA's and prompt tuning's rows run alone: one row timed; the feature cache's loss takes whole steps
-    assert "one step on the longest training row alone (+1 warm-up on the shortest row) for lora, prompt_tuning" in printed
+    # on a CPU LoRA's and prompt tuning's rows run alone: the longest micro-batch timed; the feature cache, whole steps
+    assert "one step on the 4 longest training rows, each alone (+1 warm-up on the shortest row) for lora, prompt_tuning" \
+        in printed
     assert "1 timed optimizer steps of 4 rows (after a warm-up step) for last_layers" in printed
     rows = {line.split("|")[1].strip(): line for line in printed.splitlines() if line.startswith("| ")}
     assert set(rows) == {"method", "lora", "prompt_tuning", "last_layers"}

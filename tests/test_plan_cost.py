@@ -1,7 +1,7 @@
 """What keeps `sumtune plan` cheap: the base model loaded from disk once for all methods (each
 method on its own copy); decoding measured once per decoding signature (a merged adapter, trained
-last layers or a soft prompt decode the base model's shape); where rows run alone (a CPU), one
-training row timed, and loss passes projected from a few rows by their tokens."""
+last layers or a soft prompt decode the base model's shape); where rows run alone (a CPU), the
+longest micro-batch timed, and loss passes projected from a few rows by their tokens."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def test_decoding_signature_matches_the_base_for_a_merged_adapter_or_a_soft_prom
 
 def test_rows_alone_time_the_longest_row_and_project_by_tokens(tiny_neo, kaggle_dir, tmp_path):
     """On a CPU with the label loss each row's forward and backward run alone, so the calibration times
-    one step on the longest training row (its peak is the step's) and projects a step by its rows'
+    one step on the longest micro-batch (its peak is the step's) and projects a step by its rows' own
     tokens; without the label loss the rows share padded batches, and whole steps are timed."""
     import datasets
 
@@ -111,7 +111,7 @@ def test_rows_alone_time_the_longest_row_and_project_by_tokens(tiny_neo, kaggle_
     train = tokenize_splits(datasets.DatasetDict({"train": load_splits(cfg.data, cfg.data.seed)["train"]}),
                             load_tokenizer(str(tiny_neo)), cfg.data)["train"]
     lengths = [len(x) for x in train["input_ids"]]
-    assert cal["step_tokens"] == [max(lengths)]  # the longest row, alone
+    assert cal["step_tokens"] == [sum(sorted(lengths)[-4:])]  # the longest micro-batch, its rows alone
     steps = math.ceil(len(lengths) / cal["rows_per_step"])
     assert cal["mean_step_tokens"] == pytest.approx(sum(lengths) / steps)  # the rows' own tokens: no padding computed
 

@@ -8,9 +8,11 @@ What is timed, and why so (each time projected by the tokens it computed: `per_s
 - Optimizer steps. The longest rows set the activations' peak memory, and one micro-batch's
   activations are freed before the next, so the longest micro-batch as the trainer runs it sets a
   step's peak. Where rows run alone (`fastpath.loss.rows_alone`: on a CPU each row's forward and
-  backward run before the next row's, unpadded), that is one row: a warm-up step on the shortest
-  row pays the one-time costs (optimizer state, kernels' first calls), then one step on the
-  longest row is timed and holds the peak. Elsewhere (padded batches, a GPU) an untimed warm-up
+  backward run before the next row's, unpadded), a warm-up step on the shortest row pays the
+  one-time costs (optimizer state, kernels' first calls), then a step on the longest micro-batch,
+  its rows alone as the trainer runs them, is timed and holds the peak: one row's activations at a
+  time, and what the C allocator keeps from row to row (glibc keeps freed activations in its heap
+  after the first row, so one row alone shows less than a step's peak RSS). Elsewhere (padded batches, a GPU) an untimed warm-up
   step on the longest micro-batch, then the first step of the trainer's epoch order, timed; the
   head-only feature cache (whose head takes a whole step's rows at once) warms up on the shortest
   row and times the first step likewise. `steps` > 1 adds steps of the epoch order. Each step is
@@ -182,8 +184,8 @@ class Calibrator:
             step(by_length[-1:])
         else:  # warm-up: the longest micro-batch (the peak), one-time costs
             step(by_length[:tc.batch_size])
-        if alone:  # the longest micro-batch as the trainer runs it is one row: timed, it sets the peak
-            chunks.append(by_length[:1])
+        if alone:  # the longest micro-batch, its rows alone as the trainer runs them: timed, it sets the peak
+            chunks.append(by_length[:tc.batch_size])
             epoch_steps -= 1
         for k in range(epoch_steps):
             epoch, first, _ = plan.epoch_bounds(k)
@@ -232,8 +234,8 @@ class Calibrator:
             self.bar.update(1)
             return seconds
 
-        if not s.method.trains:  # nothing warmed the model up
-            one(picked[0])
+        if not s.method.trains:  # nothing warmed the model up: the shortest pass does, untimed
+            one(units[-1])
         cal.val_batch_seconds = [one(b) for b in picked]
         if twice:
             cal.cached_val_batch_seconds = [one(b) for b in picked]

@@ -21,7 +21,7 @@ class Calibration:
     step_seconds: list[float] = field(default_factory=list)  # timed optimizer steps
     cached_step_seconds: list[float] = field(default_factory=list)  # the same steps, feature cache warm
     rows_per_step: int = 0
-    rows_alone: bool = False  # each training row ran alone (`fastpath.loss.rows_alone`): one row was timed
+    rows_alone: bool = False  # each training row ran alone (`fastpath.loss.rows_alone`): the longest micro-batch timed
     val_batch_seconds: list[float] = field(default_factory=list)  # sampled passes of validation
     cached_val_batch_seconds: list[float] = field(default_factory=list)
     val_batch_tokens: list[int] = field(default_factory=list)  # tokens each sampled pass computes
@@ -45,8 +45,8 @@ class Calibration:
     n_test: int = 0
     step_flops: list[int] = field(default_factory=list)  # every planned step's training FLOPs (a FLOPs budget)
     eval_shared_from: str | None = None  # the method whose evaluation measurements this one shares
-    step_tokens: list[int] = field(default_factory=list)  # padded tokens of each timed step
-    mean_step_tokens: float = 0.0  # padded tokens of the first epoch's steps, on average (0: not counted)
+    step_tokens: list[int] = field(default_factory=list)  # tokens each timed step computed (padding included)
+    mean_step_tokens: float = 0.0  # tokens of the first epoch's steps, on average (0: not counted)
     error: str | None = None  # out of memory (or another failure) during the calibration
 
     @property
@@ -54,8 +54,8 @@ class Calibration:
         return bool(self.cached_step_seconds)
 
     def per_step(self, cached: bool = False) -> float:
-        """Seconds of an average optimizer step: each timed step's seconds per padded token x the
-        epoch's mean padded tokens a step (the median of those), so that a few timed steps of
+        """Seconds of an average optimizer step: each timed step's seconds per computed token x the
+        epoch's mean computed tokens a step (the median of those), so that a few timed steps of
         shorter or longer rows than usual still project the whole epoch; without token counts the
         median timed step."""
         seconds = self.cached_step_seconds if cached else self.step_seconds

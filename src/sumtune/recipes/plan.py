@@ -300,6 +300,7 @@ def _record(cfg: Config, plan: Plan, steps: int, articles: int, device: torch.de
         "kind": "projection (not measured runs)",
         "calibration": {"optimizer_steps": steps, "warmup_steps": 1, "rows_per_step": max(c.rows_per_step for c in cals),
                         "rows_alone": [c.method for c in cals if c.rows_alone],
+                        "rows_per_micro_batch": cfg.train.batch_size,
                         "whole_steps": [c.method for c in cals if c.step_seconds and not c.rows_alone], "loss_passes": steps, "articles_decoded": max((c.articles_decoded for c in cals), default=0),
                         "per_method": {c.method: asdict(c) for c in cals}},
         "device": _device_name(device), "precision": precision, "model": cfg.model.name, "data": cfg.data.source,
@@ -319,12 +320,13 @@ def _record(cfg: Config, plan: Plan, steps: int, articles: int, device: torch.de
 
 
 def _timed_steps(cal: dict) -> str:
-    """What the training calibration timed: one step on the longest row where rows run alone (each row's
-    forward and backward before the next row's: the peak is one row's), else whole steps."""
+    """What the training calibration timed: one step on the longest micro-batch where rows run alone (each
+    row's forward and backward before the next row's), else whole steps."""
     more = cal["optimizer_steps"] - 1
     parts = []
     if cal["rows_alone"]:
-        parts.append("one step on the longest training row alone (+1 warm-up on the shortest row)"
+        parts.append(f"one step on the {cal['rows_per_micro_batch']} longest training rows, each alone (+1 warm-up on the "
+                     "shortest row)"
                      + (f" and {more} optimizer steps of {cal['rows_per_step']} rows" if more else "")
                      + f" for {', '.join(cal['rows_alone'])}, whose rows run alone on this device")
     if cal["whole_steps"]:
