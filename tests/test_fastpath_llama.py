@@ -137,9 +137,10 @@ def test_compiled_blocks_match_the_reference_and_revert(tiny_family):
                and type(m).__name__.endswith("DecoderLayer"))
 
 
-@pytest.mark.parametrize("method,cfg", [("lora", {"dropout": 0.0}), ("prompt_tuning", {"n_tokens": 5})])
+@pytest.mark.parametrize("arch,method,cfg", [("llama", "lora", {"dropout": 0.0}), ("llama", "prompt_tuning", {"n_tokens": 5}),
+                                             ("qwen2", "prompt_tuning", {"n_tokens": 5})])
 @pytest.mark.parametrize("setting", ["sdpa", "eager", "checkpointing"])
-def test_last_block_runs_only_the_labelled_rows(tiny_family, method, cfg, setting):
+def test_last_block_runs_only_the_labelled_rows(tiny_family, arch, method, cfg, setting):
     """label_rows_last_block: the label loss's last block computes its MLP at the labelled positions
     only (after a method's virtual tokens), with the loss and gradients of the whole block, under SDPA
     (no mask) and eager attention (Transformers' additive mask); under gradient checkpointing (which
@@ -147,7 +148,7 @@ def test_last_block_runs_only_the_labelled_rows(tiny_family, method, cfg, settin
     from sumtune.fastpath.last_block import last_block
     from sumtune.fastpath.loss import find_lm
 
-    model, tok = _method_model(tiny_family("llama"), method, **cfg)
+    model, tok = _method_model(tiny_family(arch), method, **cfg)
     checkpointing = setting == "checkpointing"
     if setting == "eager":
         find_lm(model).set_attn_implementation("eager")
