@@ -60,11 +60,16 @@ def by_family(events) -> tuple[dict[tuple[str, str], float], float]:
     return seconds, gemm_flops
 
 
-def family_table(events, wall_s: float, peak_flops: float, model_flops: float | None, dtype: str = "bf16") -> str:
+def family_table(events, wall_s: float, peak_flops: float, model_flops: float | None, dtype: str = "bf16",
+                 flop_events=None) -> str:
     """The breakdown as text: seconds and share of the self time per family and phase, the GEMMs'
     achieved rate against `peak_flops`, and (training) the MFU of the step and its bound if only
-    the GEMMs took time (`model_flops`: bench/mfu.py's count for the step)."""
+    the GEMMs took time (`model_flops`: bench/mfu.py's count for the step). `flop_events`: a profile
+    of the same work with `with_flops` for the GEMMs' FLOPs, where `events` was recorded without it
+    (recording shapes slows elementwise ops several-fold, which would skew their shares)."""
     seconds, gemm_flops = by_family(events)
+    if flop_events is not None:
+        gemm_flops = by_family(flop_events)[1]
     total = sum(seconds.values())
     families = [f for f, _ in FAMILIES] + ["other"]
     lines = [f"time per op family (self CPU time, total {total:.3f} s; step wall {wall_s:.3f} s under the profiler)",

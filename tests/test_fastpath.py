@@ -693,7 +693,8 @@ def test_fast_paths_config_selects_and_logs(tiny_gpt2, tiny_family, caplog):
             continue
         cfg = build_config(flags={"train.fast_paths": name})
         on = {"feature_cache": head_only, "lean_decode_step": llama, "fused_rmsnorm": llama, "fused_rotary": llama,
-              "gqa_attention": llama, "fused_swiglu": llama, "compiled_blocks": llama}.get(name, model)
+              "gqa_attention": llama, "fused_swiglu": llama, "label_rows_last_block": llama,
+              "compiled_blocks": llama}.get(name, model)
         infer = CONTEXTS["infer" if name in ("few_rows_head", "lean_decode_step") else "train"]
         infer = FastPathContext(training=True, compile=True) if name == "compiled_blocks" else infer
         applied = apply_fast_paths(on, infer, from_config(cfg.train))

@@ -25,7 +25,7 @@ from sumtune.fastpath.rmsnorm import RMSNormFunction
 from sumtune.fastpath.rotary import FastLlamaAttention, gqa_sdpa, rotate_qk
 from sumtune.fastpath.swiglu import SwiGLUFunction
 
-LLAMA_PATHS = ("fused_rmsnorm", "fused_rotary", "gqa_attention", "fused_swiglu")
+LLAMA_PATHS = ("fused_rmsnorm", "fused_rotary", "gqa_attention", "fused_swiglu", "label_rows_last_block")
 TRAIN = FastPathContext(training=True)
 TOL = 1e-5
 
@@ -135,3 +135,38 @@ def test_compiled_blocks_match_the_reference_and_revert(tiny_family):
     revert_fast_paths(model)
     assert all(m._compiled_call_impl is None for m in model.modules() if hasattr(m, "_compiled_call_impl")
                and type(m).__name__.endswith("DecoderLayer"))
+
+
+@pytest.mark.parametrize("arch,method,cfg", [("llama", "lora", {"dropout": 0.0}), ("llama", "prompt_tuning", {"n_tokens": 5}),
+                                             ("qwen2", "prompt_tuning", {"n_tokens": 5})])
+@pytest.mark.parametrize("setting", ["sdpa", "eager", "checkpointing"])
+def test_last_block_runs_only_the_labelled_rows(tiny_family, arch, method, cfg, setting):
+    """label_rows_last_block: the label loss's last block computes its MLP at the labelled positions
+    only (after a method's virtual tokens), with the loss and gradients of the whole block, under SDPA
+    (no mask) and eager attention (Transformers' additive mask); under gradient checkpointing (which
+    reruns the block in backward) the block runs whole."""
+    from sumtune.fastpath.last_block import last_block
+    from sumtune.fastpath.loss import find_lm
+
+    model, tok = _method_model(tiny_family(arch), method, **cfg)
+    checkpointing = setting == "checkpointing"
+    if setting == "eager":
+        find_lm(model).set_attn_implementation("eager")
+    if checkpointing:
+        find_lm(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    batch = padded_batch(tok)
+    lengths = batch["attention_mask"].sum(1)
+    batch["labels"] = torch.where(torch.arange(batch["labels"].shape[1]) >= lengths[:, None] - 3, batch["labels"], -100)
+    want_loss, want_n, want_grads = _loss_and_grads(model, fast_token_loss_sum, batch)
+    assert apply_fast_paths(model, TRAIN, {"label_rows_last_block"}) == ["label_rows_last_block"]
+    rows = []
+    hook = last_block(model).mlp.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[1]))
+    loss, n, grads = _loss_and_grads(model, fast_token_loss_sum, batch)
+    hook.remove()
+    assert n == want_n
+    torch.testing.assert_close(loss, want_loss, rtol=TOL, atol=TOL)
+    _assert_close_grads(grads, want_grads)
+    labelled = (batch["labels"][:, 1:] != -100).sum(1).tolist()  # positions whose next token is a label
+    whole = [int(x) - 1 + cfg.get("n_tokens", 0) for x in lengths]  # each row up to its last such position
+    assert rows[:len(whole)] == (whole if checkpointing else labelled) and labelled != whole
+    revert_fast_paths(model)

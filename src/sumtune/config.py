@@ -51,7 +51,8 @@ EVAL_METRICS = ("rouge", "bertscore")  # eval.metrics: what `evaluate` scores (s
 # The fast paths by name, in the order they are applied (sumtune.fastpath.FAST_PATHS, which says why
 # that order; kept here so validating a config does not import torch).
 FAST_PATH_NAMES = ("sdpa_attention", "blocked_local_attention", "cast_frozen_weights", "fused_gelu",
-                   "fused_rmsnorm", "fused_rotary", "gqa_attention", "fused_swiglu", "compiled_blocks", "fast_lora",
+                   "fused_rmsnorm", "fused_rotary", "gqa_attention", "fused_swiglu",
+                   "label_rows_last_block", "compiled_blocks", "fast_lora",
                    "few_rows_head", "lean_decode_step", "label_loss", "feature_cache", "fused_adamw")
 # train.report_to: Accelerate's tracker names (its `log_with`); training.trackers checks and starts them
 TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")

@@ -9,6 +9,8 @@ In `FAST_PATHS` order:
 - fused_gelu (gelu.py): one-kernel tanh GELU;
 - fused_rmsnorm, fused_rotary, gqa_attention, fused_swiglu (rmsnorm.py, rotary.py, gqa.py, swiglu.py):
   the Llama layout's RMSNorm, rotary embeddings, grouped-query attention and SwiGLU (training only);
+- label_rows_last_block (last_block.py): the Llama layout's last block only at the labelled positions
+  (training, with the label loss's rows alone);
 - compiled_blocks (compiled.py): the decoder blocks through torch.compile, only under `train.compile`;
 - fast_lora (lora.py): PEFT LoRA layers with a cheaper dropout mask and a fused update;
 - few_rows_head (head.py): the LM head for the few rows of a decoding step (inference only);
@@ -40,6 +42,7 @@ from sumtune.fastpath.features import CachedHeadLoss, FeatureCache, FeatureCache
 from sumtune.fastpath.gelu import FusedGelu, set_fast_gelu
 from sumtune.fastpath.gqa import GqaAttention
 from sumtune.fastpath.head import FewRowsHead, set_fast_head
+from sumtune.fastpath.last_block import LabelRowsLastBlock
 from sumtune.fastpath.lora import FastLora, set_fast_lora
 from sumtune.fastpath.loss import LabelLoss, fast_token_loss_sum
 from sumtune.fastpath.precision import CastFrozenWeights
@@ -73,7 +76,7 @@ ATTENTION, CAST, FUSED_ADAMW = SdpaAttention(), CastFrozenWeights(), FusedAdamW(
 # last (they change nothing). `config.FAST_PATH_NAMES` lists the same names in the same order.
 FAST_PATHS: tuple[FastPath, ...] = (
     ATTENTION, BlockedLocalAttention(), CAST, FusedGelu(), FusedRMSNorm(), FusedRotary(), GqaAttention(), FusedSwiGLU(),
-    CompiledBlocks(), FastLora(), FewRowsHead(), LeanDecodeStep(),
+    LabelRowsLastBlock(), CompiledBlocks(), FastLora(), FewRowsHead(), LeanDecodeStep(),
     LabelLoss(), FeatureCachePath(), FUSED_ADAMW,
 )
 assert tuple(p.name for p in FAST_PATHS) == FAST_PATH_NAMES, "keep config.FAST_PATH_NAMES in step"

@@ -32,6 +32,7 @@ from torch import nn
 
 from sumtune.architecture import causal_lm
 from sumtune.fastpath.base import FastPathContext, StepPath
+from sumtune.fastpath.last_block import rows_of_last_block
 
 
 def find_lm(model: nn.Module) -> nn.Module:
@@ -99,13 +100,29 @@ def _captured(model: nn.Module, before: nn.Module | None) -> Iterator[list[torch
             torch.set_autocast_enabled(*states.pop())
 
 
+def _last_output(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, before: nn.Module | None) -> torch.Tensor:
+    """What `_captured` takes from one forward of `model` (virtual positions included). No key/value
+    cache: a training forward has no use for one (Transformers would copy every layer's keys and values
+    into it)."""
+    with _captured(model, before) as out:
+        model(input_ids=ids, attention_mask=mask, logits_to_keep=_NO_POSITION.to(ids.device), use_cache=False)
+    return out[-1]
+
+
 def final_hidden(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor,
                  before: nn.Module | None = None) -> torch.Tensor:
     """The final hidden states [B, T, H] aligned with `ids` [B, T] (see the module doc); with
     `before`, that module's input instead (the head-only feature cache with a trained norm)."""
-    with _captured(model, before) as out:
-        model(input_ids=ids, attention_mask=mask, logits_to_keep=_NO_POSITION.to(ids.device))
-    return out[-1][:, out[-1].shape[1] - ids.shape[1]:]
+    out = _last_output(model, ids, mask, before)
+    return out[:, out.shape[1] - ids.shape[1]:]
+
+
+def label_hidden(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The final hidden states [n, H] at `positions` of one row (`ids`, `mask`: [1, T]); the last
+    block computes only those rows where `label_rows_last_block` is applied (last_block.py)."""
+    with rows_of_last_block(model, positions, ids.shape[1]) as state:
+        out = _last_output(model, ids, mask, None)
+    return out[0] if state["done"] else out[0, out.shape[1] - ids.shape[1] + positions]
 
 
 def label_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -237,7 +254,7 @@ def fast_token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tup
             pos, _ = label_positions(labels[r])
             if pos.numel():
                 end = int(pos[-1]) + 1
-                parts.append(final_hidden(model, ids[r : r + 1, :end], mask[r : r + 1, :end])[0, pos])
+                parts.append(label_hidden(model, ids[r : r + 1, :end], mask[r : r + 1, :end], pos))
         hidden = torch.cat(parts)
     else:
         end = int(keep.any(0).nonzero().max()) + 1
