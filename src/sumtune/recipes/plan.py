@@ -301,7 +301,8 @@ def _record(cfg: Config, plan: Plan, steps: int, articles: int, device: torch.de
         "calibration": {"optimizer_steps": steps, "warmup_steps": 1, "rows_per_step": max(c.rows_per_step for c in cals),
                         "rows_alone": [c.method for c in cals if c.rows_alone],
                         "rows_per_micro_batch": cfg.train.batch_size,
-                        "whole_steps": [c.method for c in cals if c.step_seconds and not c.rows_alone], "loss_passes": steps, "articles_decoded": max((c.articles_decoded for c in cals), default=0),
+                        "whole_steps": [c.method for c in cals if c.step_seconds and not c.rows_alone],
+                        "loss_passes": steps, "articles_decoded": max((c.articles_decoded for c in cals), default=0),
                         "per_method": {c.method: asdict(c) for c in cals}},
         "device": _device_name(device), "precision": precision, "model": cfg.model.name, "data": cfg.data.source,
         "data_sizes": {"train": n.n_train, "validation": n.n_val, "test_evaluated": n.n_test},
@@ -359,7 +360,7 @@ def format_plan(record: dict) -> str:
         "Projected cost of `sumtune experiment` with these arguments (PROJECTIONS from a calibration, not measured runs): "
         + _timed_steps(cal) + f", {cal['loss_passes']} sampled validation and test loss "
         + ("rows" if cal["rows_alone"] else "batches") + f" per method, and {cal['articles_decoded']} decoded articles "
-        "per decoding cost (every method is projected at the base model's summary lengths).",
+        "per decoding signature (every method is projected at the base model's summary lengths).",
         f"Machine: {record['device']}; precision {record['precision']}; decoding {d['label']} ({d['num_beams']} beam(s), "
         f"up to {d['max_new_tokens']} new tokens); data: {sizes['train']} train / {sizes['validation']} validation rows, "
         f"{sizes['test_evaluated']} test articles evaluated; "
