@@ -16,7 +16,7 @@ from sumtune.modeling import load_model
 from sumtune.recipes.calibrate_shared import decoding_signature
 from sumtune.recipes.calibration import Calibration, loss_units, per_token, unit_tokens
 from sumtune.recipes.experiment import Plan
-from sumtune.recipes.plan import decoding_seconds, run_plan
+from sumtune.recipes.plan import run_plan
 
 
 def _cfg(model, data, out):
@@ -135,6 +135,6 @@ def test_loss_passes_are_projected_by_their_tokens():
 
 def test_decoding_is_projected_from_its_first_batch_and_the_later_ones():
     cal = Calibration("zero_shot", False, decode_build_seconds=0.5, decode_batch_seconds=[4.0])
-    assert decoding_seconds(cal, 3) == 0.5 + 3 * 4.0  # only the first (longest) timed: an upper bound
+    assert cal.decode_pass(3) == 0.5 + 3 * 4.0  # only the first (longest) timed: an upper bound
     cal.decode_batch_seconds = [4.0, 2.0, 3.0]
-    assert decoding_seconds(cal, 5) == 0.5 + 4.0 + 4 * 2.5 and decoding_seconds(cal, 0) == 0.0
+    assert cal.decode_pass(5) == 0.5 + 4.0 + 4 * 2.5 and cal.decode_pass(0) == 0.0

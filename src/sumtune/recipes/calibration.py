@@ -73,6 +73,15 @@ class Calibration:
         """Seconds of the test split's loss pass, likewise."""
         return per_token(self.loss_seconds, self.loss_tokens) * self.loss_pass_tokens
 
+    def decode_pass(self, batches: int) -> float:
+        """Seconds decoding `batches` batches: building the decoder, the first (longest) batch as timed, the
+        others at the mean of the later ones timed (none: at the first's, an upper bound as its prompts are
+        the longest)."""
+        if not batches or not self.decode_batch_seconds:
+            return 0.0
+        first, later = self.decode_batch_seconds[0], self.decode_batch_seconds[1:]
+        return self.decode_build_seconds + first + mean(later or [first]) * (batches - 1)
+
 
 def longest_first_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Row indices of each batch, as the loss loop and `Generator` batch: sorted longest first."""

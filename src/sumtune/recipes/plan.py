@@ -41,7 +41,7 @@ from sumtune.methods import get_method
 from sumtune.modeling import resolve_precision
 from sumtune.progress import bar
 from sumtune.recipes.calibrate import Calibrator
-from sumtune.recipes.calibration import Calibration, mean
+from sumtune.recipes.calibration import Calibration
 from sumtune.recipes.experiment import (
     LR_GRID,
     SWEEP_BUDGET_FRACTION,
@@ -202,16 +202,6 @@ def _fits(peak: float, limit: float) -> str:
     return "fits" if peak <= (1 - HEADROOM) * limit else "tight" if peak <= limit else "does not fit"
 
 
-def decoding_seconds(cal: Calibration, batches: int) -> float:
-    """Decoding `batches` batches: building the decoder, the first (longest) batch as timed, the others
-    at the mean of the later ones timed (none: at the first batch's time, an upper bound as its
-    prompts are the longest)."""
-    if not batches or not cal.decode_batch_seconds:
-        return 0.0
-    first, later = cal.decode_batch_seconds[0], cal.decode_batch_seconds[1:]
-    return cal.decode_build_seconds + first + mean(later or [first]) * (batches - 1)
-
-
 def project(cal: Calibration, cfg: Config, plan: Plan, limit: float) -> Projection:
     """A method's projection in the experiment `plan` over `cfg` (a calibration that ran out of
     memory: flagged, its times unknown)."""
@@ -221,7 +211,7 @@ def project(cal: Calibration, cfg: Config, plan: Plan, limit: float) -> Projecti
                           cal.memory_kind, "does not fit", cal.error)
     ev = cfg.eval
     loss_s = cal.loss_pass()
-    decode_s = decoding_seconds(cal, math.ceil(cal.n_test / max(1, ev.batch_size // ev.num_beams)))
+    decode_s = cal.decode_pass(math.ceil(cal.n_test / max(1, ev.batch_size // ev.num_beams)))
     score_s = cal.score_seconds * cal.n_test / max(1, cal.articles_decoded)
     eval_s = cal.eval_load_seconds + loss_s + decode_s + score_s
     runs = max(1, plan.seeds) if cal.trains else 1
