@@ -193,8 +193,10 @@ class Calibrator:
             chunks.append(order[(k - first) * plan.per_step:(k - first + 1) * plan.per_step])
         cal.step_seconds = [step(c) for c in chunks]
 
+        unpadded = computes_rows_alone(s.loss_fn, model, accelerator.device)
+
         def cost(chunk: list[int]) -> int:  # what a step computes: each row alone, else padded batches
-            if computes_rows_alone(s.loss_fn, model, accelerator.device):
+            if unpadded:
                 return sum(lengths[i] for i in chunk)
             if tc.max_tokens_per_batch:
                 packs = pack_by_tokens(sorted(chunk, key=lambda i: -lengths[i]), lengths, tc.max_tokens_per_batch)
