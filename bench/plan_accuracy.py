@@ -122,8 +122,8 @@ def measure(a: argparse.Namespace, cfg) -> tuple[dict, dict, dict, float, dict]:
     from sumtune.recipes.plan import DEFAULT_ARTICLES, DEFAULT_STEPS, run_plan
     from sumtune.recipes.train import train
 
-    a.calibration_steps = a.calibration_steps or DEFAULT_STEPS
-    a.calibration_articles = a.calibration_articles or DEFAULT_ARTICLES
+    a.calibration_steps = DEFAULT_STEPS if a.calibration_steps is None else a.calibration_steps
+    a.calibration_articles = DEFAULT_ARTICLES if a.calibration_articles is None else a.calibration_articles
     load = [os.getloadavg()[0]]
     t0 = time.perf_counter()
     record = run_plan(cfg, Plan(chosen=(a.method,)), steps=a.calibration_steps, articles=a.calibration_articles)
